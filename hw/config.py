@@ -1,0 +1,88 @@
+"""Named accelerator configurations, one per board (array shape, memories, clocks).
+
+Everything that sizes the gateware lives here, so the compiler (host side) can check a
+network against exactly what the board was built with, and the board reports the same
+numbers in its identity frame.
+"""
+
+from dataclasses import dataclass, replace
+
+__all__ = ["AcceleratorConfig", "CONFIGS", "get_config"]
+
+
+@dataclass(frozen=True)
+class AcceleratorConfig:
+    """Sizes of one accelerator build.
+
+    Attributes
+    ----------
+    name : str
+        Board/config name (``icebreaker``, ``ulx3s-85f``, ...).
+    rows, cols : int
+        Systolic array shape: ``rows`` output channels × ``cols`` output pixels per tile.
+        The core needs ``rows`` to be a multiple of 8 (weight words are written in
+        64-bit chunks); the units accept any positive shape.
+    max_reduction : int
+        Largest ``Cin*F*F`` a layer may have; sets the accumulator width.
+    weight_words : int
+        Depth of the weight memory in words of ``rows`` int8 weights.
+    act_bytes : int
+        Activation memory (image slots and ping-pong buffers), in bytes.
+    qparam_entries : int
+        Per-output-channel requantisation entries (bias, M, S), all layers together.
+    max_layers : int
+        Layer descriptors the program memory holds.
+    max_logits : int
+        Outputs of the last layer the results buffer holds.
+    clock_hz, baud : int
+        Core clock and UART baud rate.
+    ice40 : bool
+        Use hand-instantiated iCE40 primitives (SB_MAC16 pairs, SB_SPRAM256KA).
+    """
+    name: str
+    rows: int
+    cols: int
+    max_reduction: int
+    weight_words: int
+    act_bytes: int
+    qparam_entries: int
+    max_layers: int
+    max_logits: int
+    clock_hz: int
+    baud: int
+    ice40: bool = False
+
+    @property
+    def acc_width(self):
+        """Signed accumulator width: no sum of ``max_reduction`` int8 products overflows."""
+        return (self.max_reduction * (1 << 14)).bit_length() + 1
+
+    @property
+    def multipliers(self):
+        return self.rows * self.cols
+
+    def with_(self, **changes):
+        return replace(self, **changes)
+
+
+CONFIGS = {
+    # iCE40UP5K: 8 SB_MAC16 as 16 int8 multipliers (two 8×8 per block), 4 SPRAMs give one
+    # 64-bit word (8 weights) per cycle, activations in EBR (duplicated per column).
+    "icebreaker": AcceleratorConfig(
+        name="icebreaker", rows=8, cols=2, max_reduction=1024,
+        weight_words=16384, act_bytes=4096, qparam_entries=256, max_layers=8,
+        max_logits=16, clock_hz=36_000_000, baud=3_000_000, ice40=True),
+    # ECP5-85F: 156 18×18 multipliers and 3.7 Mbit of EBR; a 16×8 array.
+    "ulx3s-85f": AcceleratorConfig(
+        name="ulx3s-85f", rows=16, cols=8, max_reduction=4096,
+        weight_words=8192, act_bytes=16384, qparam_entries=1024, max_layers=16,
+        max_logits=64, clock_hz=50_000_000, baud=3_000_000, ice40=False),
+}
+
+
+def get_config(name):
+    try:
+        return CONFIGS[name]
+    except KeyError:
+        raise ValueError(f"unknown board/config {name!r}; choose one of "
+                         f"{', '.join(CONFIGS)}") from None

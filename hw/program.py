@@ -1,0 +1,87 @@
+"""The layer program: descriptors the core's sequencer executes, and memory spaces.
+
+This is part of the host↔board contract (like :mod:`.protocol`): the host compiler
+(``fpgacnn.sw.compiler``) encodes these structs, the gateware decodes them. Pure
+definitions, no gateware.
+
+A fully connected layer is a convolution whose kernel covers the flattened input:
+``cin = D, in_h = in_w = kernel = 1``.
+"""
+
+from amaranth.hdl import signed, unsigned
+from amaranth.lib import data, enum
+
+__all__ = ["Space", "ReadSpace", "LayerDescriptor", "QParam",
+           "DESCRIPTOR_WORDS", "CHUNK_BITS", "encode_struct", "decode_struct"]
+
+#: Host writes move 64-bit chunks.
+CHUNK_BITS = 64
+
+
+class Space(enum.Enum, shape=2):
+    """Memory space of a host write (``addr`` counts 64-bit chunks in every space)."""
+    WEIGHTS = 0   # weight memory; chunk a holds weights for rows 8*(a%n)..+7, n = rows/8
+    QPARAMS = 1   # one QParam per chunk, indexed by output channel (q_base + k)
+    PROGRAM = 2   # DESCRIPTOR_WORDS chunks per layer descriptor
+    IMAGE = 3     # activation memory, 8 bytes per chunk (image slots live here)
+
+
+class ReadSpace(enum.Enum, shape=2):
+    """What a host read returns (32-bit values)."""
+    LOGITS = 0    # addr k: last run's output k, sign-extended
+    COUNTERS = 1  # addr 0: cycles of the last run; addr 1+i: cycles of layer i
+
+
+class LayerDescriptor(data.Struct):
+    """One stage: Conv/FC → requant → ReLU? → max-pool?; first field = LSBs."""
+    relu: 1
+    pool_en: 1
+    in_from_image: 1      # read the input from the image base given with START
+    to_logits: 1          # last layer: write results to the logits buffer, then stop
+    cin: unsigned(12)
+    in_h: unsigned(8)
+    in_w: unsigned(8)
+    kernel: unsigned(4)
+    stride: unsigned(3)
+    pad: unsigned(3)
+    out_h: unsigned(8)    # convolution output (before pooling)
+    out_w: unsigned(8)
+    out_channels: unsigned(12)
+    k_blocks: unsigned(8)     # ceil(out_channels / rows)
+    reduction: unsigned(16)   # cin * kernel * kernel
+    pool_kernel: unsigned(3)
+    pool_stride: unsigned(3)
+    pool_h: unsigned(8)       # pooled output
+    pool_w: unsigned(8)
+    in_base: unsigned(16)     # activation byte address of the input map (C, H, W)
+    out_base: unsigned(16)    # activation byte address of the output map (C, H, W)
+    w_base: unsigned(16)      # weight word address of this layer's first weight word
+    q_base: unsigned(12)      # QParam index of output channel 0
+
+
+class QParam(data.Struct):
+    """Requantisation of one output channel (see golden.requantize)."""
+    bias: signed(32)
+    m: unsigned(16)
+    s: unsigned(6)
+    _pad: unsigned(10)
+
+
+DESCRIPTOR_WORDS = -(-LayerDescriptor.as_shape().size // CHUNK_BITS)
+
+
+def encode_struct(layout, fields):
+    """Pack ``fields`` (a dict) into an int with ``layout``'s bit positions."""
+    return layout.const(fields).as_value().value & ((1 << layout.as_shape().size) - 1)
+
+
+def decode_struct(layout, value):
+    """Unpack an int into a dict of ``layout``'s fields (plain ints)."""
+    out = {}
+    for name, f in data.Layout.cast(layout):
+        raw = (value >> f.offset) & ((1 << f.width) - 1)
+        shape = f.shape if not hasattr(f.shape, "as_shape") else f.shape.as_shape()
+        if getattr(shape, "signed", False) and raw >> (f.width - 1):
+            raw -= 1 << f.width
+        out[name] = raw
+    return out
