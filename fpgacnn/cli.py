@@ -12,8 +12,16 @@ import sys
 # name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS = {
     "demo": ("fpgacnn.commands.demo", "LeNet-5 on held-out MNIST digits, end to end"),
+    "build": ("fpgacnn.commands.build",
+              "build a board's bitstream; report LUT/DSP/RAM use and Fmax"),
     "describe": ("fpgacnn.commands.describe",
                  "print a network's layers, shapes, parameters and MACs"),
+    "sim-board": ("fpgacnn.commands.sim_board",
+                  "run the simulated board (Verilator) on a local TCP port"),
+    "infer": ("fpgacnn.commands.infer",
+              "classify image files (PNG, .npy, MNIST IDX) on a board or the simulated one"),
+    "train": ("fpgacnn.commands.train",
+              "train LeNet-5 on MNIST (NumPy), quantise to int8, write a model file"),
 }
 
 

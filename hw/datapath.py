@@ -1,0 +1,216 @@
+"""One layer of the network: address generator → memories → array → requant → pool → writer.
+
+See docs/architecture.md for the loop order and the stream orders this relies on.
+"""
+
+from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from . import program
+from .config import AcceleratorConfig
+from .im2col import Im2col
+from .maxpool import MaxPool
+from .memories import read_port_signature, write_port_signature
+from .requant import Requantizer
+from .systolic import SystolicArray
+
+__all__ = ["Datapath"]
+
+
+class Datapath(wiring.Component):
+    """Runs one :class:`~fpgacnn.hw.program.LayerDescriptor` on the systolic array.
+
+    Stages, all valid/ready pipelines that never lose a beat:
+
+    1. :class:`~fpgacnn.hw.im2col.Im2col` walks ``for y: for kb: for xt: for d`` and
+       gives per beat ``cols`` activation addresses (+ padding flags), the weight word
+       address and ``last``;
+    2. fetch: one read per array column from the activation memory copies and one
+       ``rows``-byte word from the weight memory (1-cycle reads), padded operands
+       zeroed → :class:`~fpgacnn.hw.systolic.SystolicArray`;
+    3. the array's results (``for col: for row`` per tile): pixels ``>= out_w`` dropped,
+       the channel's :class:`~fpgacnn.hw.program.QParam` read at ``q_base + kb*R + row``
+       (1-cycle read) → :class:`~fpgacnn.hw.requant.Requantizer` (``relu`` from the
+       descriptor);
+    4. optional :class:`~fpgacnn.hw.maxpool.MaxPool`;
+    5. writer: the stream ``for y: for kb: for x: for r`` becomes byte writes at
+       ``out_base + (k*H + y)*W + x`` (CHW), channels ``k >= out_channels`` dropped; the
+       ``to_logits`` layer writes the logits buffer at ``(k*H + y)*W + x`` instead.
+
+    Throughput: one operand beat per cycle (``out_h·k_blocks·x_tiles·D`` cycles per
+    layer) as long as ``D >= array.min_tile``, plus the pipeline's fill and drain (a few
+    tens of cycles) per layer.
+
+    Control: hold ``desc``/``image_base`` stable and pulse ``start``; ``done`` pulses
+    once the layer's last output is written. ``cycles`` then holds the layer's cycles
+    (start to done). Memory ports are signature members; the core owns the memories and
+    must let ``act_wr`` write whenever ``act_wr.en`` is high.
+
+    Parameters
+    ----------
+    config : AcceleratorConfig
+    mac : "generic" or "ice40"
+    """
+    def __init__(self, config, *, mac="generic"):
+        if not isinstance(config, AcceleratorConfig):
+            raise TypeError(f"Datapath needs an AcceleratorConfig, not {config!r}")
+        self._config = config
+        self._mac = mac
+        rows, cols = config.rows, config.cols
+        super().__init__({
+            "desc": In(program.LayerDescriptor),
+            "image_base": In(16),
+            "start": In(1),
+            "done": Out(1),
+            "busy": Out(1),
+            "cycles": Out(32),
+            "act_rd": Out(read_port_signature(config.act_bytes, unsigned(8))).array(cols),
+            "w_rd": Out(read_port_signature(config.weight_words, unsigned(rows * 8))),
+            "q_rd": Out(read_port_signature(config.qparam_entries, program.QParam)),
+            "act_wr": Out(write_port_signature(config.act_bytes, unsigned(8))),
+            "logit_wr": Out(write_port_signature(config.max_logits, unsigned(8))),
+        })
+
+    def elaborate(self, platform):
+        cfg = self._config
+        R, C = cfg.rows, cfg.cols
+        log_r = (R - 1).bit_length()
+        m = Module()
+        desc = self.desc
+
+        m.submodules.im2col = gen = Im2col(C)
+        m.submodules.array = array = SystolicArray(R, C, cfg.acc_width, mac=self._mac)
+        m.submodules.requant = rq = Requantizer(cfg.acc_width)
+        m.submodules.pool = pool = MaxPool(cfg.pool_width, cfg.pool_blocks, R)
+
+        running = Signal()
+        m.d.comb += self.busy.eq(running)
+        with m.If(running):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+        with m.If(self.start):
+            m.d.sync += [running.eq(1), self.cycles.eq(1)]
+
+        # ---- 1: address generator (idle whenever a layer starts) -------------------------
+        m.d.comb += [gen.start.valid.eq(self.start), gen.start.p.eq(desc),
+                     gen.start.p.in_base.eq(Mux(desc.in_from_image, self.image_base,
+                                                desc.in_base))]
+
+        # ---- 2: fetch ------------------------------------------------------------------
+        ops = array.i_stream
+        beat = gen.o_stream
+        advance = Signal()
+        pad_r = Signal(C)
+        m.d.comb += [advance.eq(~ops.valid | ops.ready), beat.ready.eq(advance)]
+        for j in range(C):
+            m.d.comb += [self.act_rd[j].addr.eq(beat.p.act_addr[j]),
+                         self.act_rd[j].en.eq(advance),
+                         ops.p.x[j].eq(Mux(pad_r[j], 0, self.act_rd[j].data))]
+        m.d.comb += [self.w_rd.addr.eq(beat.p.w_addr), self.w_rd.en.eq(advance),
+                     ops.p.w.eq(self.w_rd.data)]
+        with m.If(advance):
+            m.d.sync += [ops.valid.eq(beat.valid), pad_r.eq(beat.p.act_zero),
+                         ops.p.last.eq(beat.p.last)]
+
+        # ---- 3: drop columns beyond out_w, read the channel's qparam ---------------------
+        res = array.o_stream
+        xbase = Signal(8)            # first pixel of the tile being drained
+        kbase = Signal(12)           # kb * R
+        t_kb = Signal(8)
+        keep = Signal()
+        m.d.comb += keep.eq(xbase + res.p.col < desc.out_w)
+        rq_in = rq.i_stream
+        adv_q = Signal()
+        acc_r = Signal.like(res.p.acc)
+        m.d.comb += [adv_q.eq(~rq_in.valid | rq_in.ready),
+                     self.q_rd.addr.eq(desc.q_base + kbase + res.p.row),
+                     self.q_rd.en.eq(adv_q)]
+        with m.If(adv_q):
+            m.d.comb += res.ready.eq(1)
+            m.d.sync += [rq_in.valid.eq(res.valid & keep), acc_r.eq(res.p.acc)]
+        with m.Elif(~keep):
+            m.d.comb += res.ready.eq(1)
+        with m.If(res.valid & res.ready & res.p.last):
+            with m.If(xbase + C >= desc.out_w):
+                m.d.sync += xbase.eq(0)
+                with m.If(t_kb + 1 == desc.k_blocks):
+                    m.d.sync += [t_kb.eq(0), kbase.eq(0)]
+                with m.Else():
+                    m.d.sync += [t_kb.eq(t_kb + 1), kbase.eq(kbase + R)]
+            with m.Else():
+                m.d.sync += xbase.eq(xbase + C)
+        qp = self.q_rd.data
+        m.d.comb += [rq_in.p.lanes[0].acc.eq(acc_r), rq_in.p.lanes[0].bias.eq(qp.bias),
+                     rq_in.p.lanes[0].m.eq(qp.m), rq_in.p.lanes[0].s.eq(qp.s),
+                     rq_in.p.relu.eq(desc.relu)]
+
+        # ---- 4: optional max-pool ------------------------------------------------------
+        m.d.comb += [pool.start.eq(self.start), pool.height.eq(desc.out_h),
+                     pool.width.eq(desc.out_w), pool.blocks.eq(desc.k_blocks),
+                     pool.kernel.eq(desc.pool_kernel), pool.stride.eq(desc.pool_stride)]
+        out_valid, out_value, out_ready = Signal(), Signal(8), Signal()
+        with m.If(desc.pool_en):
+            m.d.comb += [pool.i_stream.valid.eq(rq.o_stream.valid),
+                         pool.i_stream.p.eq(rq.o_stream.p.y[0]),
+                         rq.o_stream.ready.eq(pool.i_stream.ready),
+                         out_valid.eq(pool.o_stream.valid), out_value.eq(pool.o_stream.p),
+                         pool.o_stream.ready.eq(out_ready)]
+        with m.Else():
+            m.d.comb += [out_valid.eq(rq.o_stream.valid), out_value.eq(rq.o_stream.p.y[0]),
+                         rq.o_stream.ready.eq(out_ready)]
+
+        # ---- 5: writer -----------------------------------------------------------------
+        # Map size H*W by repeated addition at layer start (no multiplier to spare).
+        out_h = Mux(desc.pool_en, desc.pool_h, desc.out_h)
+        out_w = Mux(desc.pool_en, desc.pool_w, desc.out_w)
+        plane = Signal(16)                  # H * W
+        plane_rows = Signal(8)
+        plane_ok = Signal()
+        with m.If(self.start):
+            m.d.sync += [plane.eq(0), plane_rows.eq(0), plane_ok.eq(0)]
+        with m.Elif(~plane_ok):
+            with m.If(plane_rows == out_h):
+                m.d.sync += plane_ok.eq(1)
+            with m.Else():
+                m.d.sync += [plane.eq(plane + out_w), plane_rows.eq(plane_rows + 1)]
+
+        wy, wx = Signal(8), Signal(8)
+        wkb = Signal(8)
+        wr_ = Signal(range(R))
+        row_addr = Signal(16)               # out_base + y*W
+        kb_off = Signal(16)                 # kb * R * H*W
+        r_off = Signal(16)                  # r * H*W
+        k = Signal(12)                      # kb*R + r
+        m.d.comb += [out_ready.eq(plane_ok & running), k.eq((wkb << log_r) | wr_)]
+        addr = Signal(16)
+        m.d.comb += addr.eq(row_addr + kb_off + r_off + wx)
+        take = out_valid & out_ready
+        last_r = wr_ == R - 1
+        last_x = wx + 1 == out_w
+        last_kb = wkb + 1 == desc.k_blocks
+        last_y = wy + 1 == out_h
+
+        m.d.sync += [self.act_wr.en.eq(0), self.logit_wr.en.eq(0), self.done.eq(0)]
+        with m.If(take):
+            in_range = k < desc.out_channels
+            m.d.sync += [self.act_wr.addr.eq(addr), self.act_wr.data.eq(out_value),
+                         self.act_wr.en.eq(in_range & ~desc.to_logits),
+                         self.logit_wr.addr.eq(addr), self.logit_wr.data.eq(out_value),
+                         self.logit_wr.en.eq(in_range & desc.to_logits)]
+            m.d.sync += [wr_.eq(wr_ + 1), r_off.eq(r_off + plane)]
+            with m.If(last_r):
+                m.d.sync += [wr_.eq(0), r_off.eq(0), wx.eq(wx + 1)]
+                with m.If(last_x):
+                    m.d.sync += [wx.eq(0), wkb.eq(wkb + 1),
+                                 kb_off.eq(kb_off + (plane << log_r))]
+                    with m.If(last_kb):
+                        m.d.sync += [wkb.eq(0), kb_off.eq(0), wy.eq(wy + 1),
+                                     row_addr.eq(row_addr + out_w)]
+                        with m.If(last_y):
+                            m.d.sync += [running.eq(0), self.done.eq(1)]
+
+        with m.If(self.start):
+            m.d.sync += [wy.eq(0), wx.eq(0), wkb.eq(0), wr_.eq(0), r_off.eq(0), kb_off.eq(0),
+                         row_addr.eq(Mux(desc.to_logits, 0, desc.out_base)),
+                         xbase.eq(0), kbase.eq(0), t_kb.eq(0)]
+        return m

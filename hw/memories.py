@@ -1,0 +1,145 @@
+"""On-chip memories of the core: weights, activations, qparams, program.
+
+Every memory is a :class:`wiring.Component` with read and write ports as signature
+members (:func:`read_port_signature`, :func:`write_port_signature`), so the units that
+use them (datapath, sequencer, host writes) only see ports and the core owns the storage.
+
+All read ports have the same timing: ``data`` shows the word at the ``addr`` presented in
+the previous cycle in which ``en`` was high, and holds while ``en`` is low (a 1-cycle
+synchronous read with a clock enable, which both iCE40 EBR/SPRAM and ECP5 EBR provide).
+"""
+
+from amaranth.hdl import C, ClockSignal, Instance, Module, Mux, Signal, unsigned
+from amaranth.lib import data, memory, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["read_port_signature", "write_port_signature", "Ram", "WeightMemory",
+           "SPRAM_DEPTH", "SPRAM_WIDTH"]
+
+#: SB_SPRAM256KA: 16K words of 16 bits.
+SPRAM_DEPTH, SPRAM_WIDTH = 16384, 16
+
+
+def _bits(depth):
+    return max(1, (depth - 1).bit_length())
+
+
+def read_port_signature(depth, shape):
+    """A read port seen from its user: ``addr``, ``en`` out; ``data`` (1 cycle later) in."""
+    return wiring.Signature({"addr": Out(_bits(depth)), "en": Out(1), "data": In(shape)})
+
+
+def write_port_signature(depth, shape):
+    """A write port seen from its user: ``addr``, ``data``, ``en`` out (written on the edge)."""
+    return wiring.Signature({"addr": Out(_bits(depth)), "data": Out(shape), "en": Out(1)})
+
+
+class Ram(wiring.Component):
+    """``depth`` words of ``shape``: one write port, ``copies`` identical read ports.
+
+    Each read port has its own copy of the storage (so the copies map to separate block
+    RAMs with one read and one write port each); every write goes to all copies. The
+    activation memory uses ``copies = cols`` to read one byte per array column per cycle.
+
+    Latency 1 cycle (see module docstring); one write and ``copies`` reads per cycle.
+    A read of the address being written returns the old word.
+
+    Parameters
+    ----------
+    shape : shape-castable
+    depth : int
+    copies : int
+    init : list, optional
+        Initial contents (simulation and FPGA configuration), e.g. for tests.
+    """
+    def __init__(self, shape, depth, *, copies=1, init=()):
+        if not isinstance(depth, int) or depth < 1:
+            raise TypeError(f"Memory depth must be a positive integer, not {depth!r}")
+        if not isinstance(copies, int) or copies < 1:
+            raise TypeError(f"Read-port copies must be a positive integer, not {copies!r}")
+        self._shape, self._depth, self._copies, self._init = shape, depth, copies, list(init)
+        super().__init__({
+            "rd": In(read_port_signature(depth, shape)).array(copies),
+            "wr": In(write_port_signature(depth, shape)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        for i in range(self._copies):
+            mem = m.submodules[f"mem{i}"] = memory.Memory(
+                shape=self._shape, depth=self._depth, init=self._init)
+            wp = mem.write_port()
+            rp = mem.read_port()
+            m.d.comb += [
+                wp.addr.eq(self.wr.addr), wp.data.eq(self.wr.data), wp.en.eq(self.wr.en),
+                rp.addr.eq(self.rd[i].addr), rp.en.eq(self.rd[i].en),
+                self.rd[i].data.eq(rp.data),
+            ]
+        return m
+
+
+class WeightMemory(wiring.Component):
+    """Weight memory: ``depth`` words of ``rows`` int8 weights, written in 64-bit chunks.
+
+    Host chunk ``a`` is part ``a % n`` (bytes ``8*(a % n)`` … ``+7``, i.e. rows
+    ``8*(a%n)`` … ``+7``) of word ``a // n``, ``n = rows / 8`` (a power of two).
+
+    With ``ice40=True`` the storage is four SB_SPRAM256KA side by side (16K × 64 bits,
+    ``rows == 8``), hand-instantiated so the iCE40UP5K's 128 KB single-port RAMs hold
+    the weights instead of scarce EBR. Single port: a write in the same cycle as a read
+    wins and the read returns garbage; the core only writes while idle. Otherwise
+    :class:`amaranth.lib.memory.Memory` (block RAM).
+
+    Read latency 1 cycle, one word per cycle (see module docstring).
+    """
+    def __init__(self, *, rows, depth, ice40=False, init=()):
+        if not isinstance(rows, int) or rows < 8 or rows % 8 or (rows // 8) & (rows // 8 - 1):
+            raise ValueError(f"Weight rows must be 8 times a power of two, not {rows!r}")
+        if ice40 and (rows != 8 or depth > SPRAM_DEPTH):
+            raise ValueError(f"iCE40 SPRAM weight memory holds up to {SPRAM_DEPTH} words of "
+                             f"8 weights, not {depth} words of {rows}")
+        if ice40 and init:
+            raise ValueError("SB_SPRAM256KA cannot be initialised; write it at run time")
+        self._rows, self._depth, self._ice40, self._init = rows, depth, ice40, list(init)
+        self._parts = rows // 8
+        super().__init__({
+            "rd": In(read_port_signature(depth, unsigned(rows * 8))),
+            "wr": In(write_port_signature(depth * self._parts, unsigned(64))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        part_bits = (self._parts - 1).bit_length()
+        word = self.wr.addr[part_bits:]
+        if self._ice40:
+            addr = Signal(14)
+            m.d.comb += addr.eq(Mux(self.wr.en, word, self.rd.addr))
+            dout = Signal(64)
+            for i in range(4):
+                m.submodules[f"spram{i}"] = Instance(
+                    "SB_SPRAM256KA",
+                    i_ADDRESS=addr, i_DATAIN=self.wr.data[16 * i:16 * (i + 1)],
+                    i_MASKWREN=C(0b1111, 4), i_WREN=self.wr.en,
+                    i_CHIPSELECT=self.wr.en | self.rd.en, i_CLOCK=ClockSignal(),
+                    i_STANDBY=C(0, 1), i_SLEEP=C(0, 1), i_POWEROFF=C(1, 1),
+                    o_DATAOUT=dout[16 * i:16 * (i + 1)])
+            m.d.comb += self.rd.data.eq(dout)
+        else:
+            mem = m.submodules.mem = memory.Memory(
+                shape=unsigned(self._rows * 8), depth=self._depth, init=self._init)
+            granularity = 64 if self._parts > 1 else None
+            wp = mem.write_port(granularity=granularity)
+            rp = mem.read_port()
+            m.d.comb += [
+                wp.addr.eq(word), rp.addr.eq(self.rd.addr), rp.en.eq(self.rd.en),
+                self.rd.data.eq(rp.data),
+            ]
+            if self._parts > 1:
+                for p in range(self._parts):
+                    m.d.comb += [
+                        wp.data[64 * p:64 * (p + 1)].eq(self.wr.data),
+                        wp.en[p].eq(self.wr.en & (self.wr.addr[:part_bits] == p)),
+                    ]
+            else:
+                m.d.comb += [wp.data.eq(self.wr.data), wp.en.eq(self.wr.en)]
+        return m

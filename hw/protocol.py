@@ -1,0 +1,276 @@
+"""The host↔board wire protocol: the one place it is defined.
+
+Gateware (:mod:`.link`) and the host driver (``fpgacnn.sw.driver``) both use these
+definitions; nothing here builds gateware, so the host may import it freely.
+
+Framing (all multi-byte fields little-endian, CRC-16/CCITT from ``amaranth.lib.crc``
+over every byte of the frame before the CRC, sync byte included; the CRC goes out low
+byte first)::
+
+    request  : RequestHeader  (sync 0xA5, opcode, length)          + payload + crc16
+    response : ResponseHeader (sync 0x5A, status, opcode, length)  + payload + crc16
+
+The host sends one request and waits for its response (stop-and-wait); the board answers
+every complete request with exactly one response. The board receives a whole frame and
+checks its CRC, length and arguments *before* acting on it, so a damaged frame never
+changes what is loaded. A frame whose bytes stop arriving for :data:`FRAME_TIMEOUT_US`
+is answered with :attr:`Status.TRUNCATED`; bytes outside a frame (garbage) are skipped
+until the next sync byte.
+
+Commands (``payload`` → response payload on :attr:`Status.OK`):
+
+``IDENTIFY``  ``-`` → :class:`Identity`.
+``WRITE``     :class:`WriteArgs` + ``n`` 8-byte chunks (1 ≤ ``n`` ≤ :data:`MAX_CHUNKS`)
+              → 2-byte CRC-16 of the chunk bytes as the board committed them.
+              Writes to anything but ``IMAGE`` are refused with ``BUSY`` while a run is
+              in progress (image slots are double-buffered by the host).
+``RUN``       :class:`RunArgs` → ``-``; returns at once (``BUSY`` if a run is in
+              progress, ``NOT_LOADED`` before any layer program was written).
+``RESULT``    :class:`ResultArgs` → waits for the run to finish, then ``n_logits``
+              int8 logits followed by ``n_counters`` uint32 cycle counters (total, then
+              one per layer); ``NO_RESULT`` if nothing was run.
+"""
+
+from amaranth.lib import crc, data, enum
+
+from .program import ReadSpace, Space
+
+__all__ = [
+    "PROTOCOL_VERSION", "REQUEST_SYNC", "RESPONSE_SYNC", "MAX_CHUNKS", "CHUNK_BYTES",
+    "MAX_PAYLOAD", "FRAME_TIMEOUT_US", "CRC",
+    "Opcode", "Status", "RequestHeader", "ResponseHeader", "WriteArgs", "RunArgs",
+    "ResultArgs", "Identity", "ARGS_BYTES", "IDENTITY_FLAG_ICE40",
+    "struct_bytes", "encode_struct", "decode_struct", "crc16",
+    "encode_request", "encode_response", "ProtocolError", "parse_response",
+    "parse_request", "write_payload", "space_chunks", "identity_fields",
+    "ReadSpace", "Space", "REQUEST_HEADER_BYTES", "RESPONSE_HEADER_BYTES",
+]
+
+PROTOCOL_VERSION = 1
+REQUEST_SYNC = 0xA5
+RESPONSE_SYNC = 0x5A
+#: Bytes of one WRITE chunk (a 64-bit ``Core.wr`` beat).
+CHUNK_BYTES = 8
+#: Chunks one WRITE frame may carry; the board buffers them (one EBR) before committing.
+MAX_CHUNKS = 64
+#: Bytes of every command's argument block (the first bytes of a request payload).
+ARGS_BYTES = 4
+#: Largest request payload the board accepts (a full WRITE).
+MAX_PAYLOAD = ARGS_BYTES + MAX_CHUNKS * CHUNK_BYTES
+#: A frame whose next byte does not arrive within this time is dropped (TRUNCATED).
+FRAME_TIMEOUT_US = 10_000
+#: Frame check: CRC-16/CCITT (KERMIT), reflected, bytes in, 16 bits out.
+CRC = crc.catalog.CRC16_CCITT(data_width=8)
+#: ``Identity.flags`` bit: built with hand-instantiated iCE40 primitives.
+IDENTITY_FLAG_ICE40 = 1
+
+
+class Opcode(enum.Enum, shape=8):
+    IDENTIFY = 0x01
+    WRITE = 0x02
+    RUN = 0x03
+    RESULT = 0x04
+
+
+class Status(enum.Enum, shape=8):
+    OK = 0x00
+    BAD_CRC = 0x01       # frame check failed: nothing was done
+    BAD_OPCODE = 0x02    # unknown opcode
+    BAD_LENGTH = 0x03    # payload length wrong for the opcode, or above MAX_PAYLOAD
+    BAD_ARGUMENT = 0x04  # address range beyond a memory, count beyond a buffer
+    NOT_LOADED = 0x05    # RUN before any layer program was written
+    BUSY = 0x06          # RUN or a model write while a run is in progress
+    NO_RESULT = 0x07     # RESULT without a RUN
+    TRUNCATED = 0x08     # the frame stopped arriving mid-way (FRAME_TIMEOUT_US)
+
+
+class RequestHeader(data.Struct):
+    """First bytes of a request; first field = least significant = first on the wire."""
+    sync: 8
+    opcode: Opcode
+    length: 16           # payload bytes, CRC excluded
+
+
+class ResponseHeader(data.Struct):
+    sync: 8
+    status: Status
+    opcode: Opcode       # echo of the request's opcode
+    length: 16
+
+
+class WriteArgs(data.Struct):
+    space: Space
+    _reserved0: 6
+    addr: 16             # first chunk; chunk i goes to addr + i
+    _reserved1: 8
+
+
+class RunArgs(data.Struct):
+    image_base: 16       # activation byte address of the image slot to run on
+    _reserved: 16
+
+
+class ResultArgs(data.Struct):
+    n_logits: 8          # int8 logits to return (<= Identity.max_logits)
+    n_counters: 8        # uint32 counters to return: total, then per layer (<= 1 + max_layers)
+    _reserved: 16
+
+
+class Identity(data.Struct):
+    """What the board reports to IDENTIFY: enough for the host to compile for it."""
+    version: 8
+    rows: 8
+    cols: 8
+    flags: 8
+    weight_words: 32
+    act_bytes: 32
+    max_reduction: 16
+    qparam_entries: 16
+    max_layers: 8
+    max_logits: 8
+    max_chunks: 8
+    _reserved: 8
+    clock_hz: 32
+    baud: 32
+    timeout_us: 32
+
+
+for _args in (WriteArgs, RunArgs, ResultArgs):
+    assert _args.as_shape().size == ARGS_BYTES * 8, _args
+
+
+def struct_bytes(layout):
+    """Size of ``layout`` in whole bytes."""
+    return -(-data.Layout.cast(layout).size // 8)
+
+
+def encode_struct(layout, fields):
+    """``fields`` (a dict; enums as members or ints) packed into little-endian bytes.
+
+    Missing fields are zero. Raw ints are accepted for enum fields, so tests can
+    encode values the enum does not define (an unknown opcode).
+    """
+    layout = data.Layout.cast(layout)
+    unknown = set(fields) - {name for name, _ in layout}
+    if unknown:
+        raise KeyError(f"{sorted(unknown)} are not fields of {layout!r}")
+    value = 0
+    for name, f in layout:
+        v = fields.get(name, 0)
+        v = v.value if hasattr(v, "value") else int(v)
+        if not -(1 << f.width) < v < 1 << f.width:
+            raise ValueError(f"{name} = {v} does not fit {f.width} bits")
+        value |= (v & ((1 << f.width) - 1)) << f.offset
+    return value.to_bytes(struct_bytes(layout), "little")
+
+
+def decode_struct(layout, raw):
+    """Little-endian ``raw`` bytes → dict of ``layout``'s fields as plain ints."""
+    value = int.from_bytes(bytes(raw), "little")
+    out = {}
+    for name, f in data.Layout.cast(layout):
+        out[name] = (value >> f.offset) & ((1 << f.width) - 1)
+    return out
+
+
+def crc16(raw):
+    """The frame check value of ``raw`` bytes."""
+    return CRC.compute(bytes(raw))
+
+
+def _frame(header, payload):
+    body = header + bytes(payload)
+    return body + crc16(body).to_bytes(2, "little")
+
+
+def encode_request(opcode, payload=b""):
+    """A complete request frame."""
+    payload = bytes(payload)
+    if len(payload) >= 1 << 16:
+        raise ValueError(f"payload of {len(payload)} bytes does not fit the 16-bit length")
+    return _frame(encode_struct(RequestHeader, {
+        "sync": REQUEST_SYNC, "opcode": opcode, "length": len(payload)}), payload)
+
+
+def encode_response(status, opcode, payload=b""):
+    """A complete response frame (what the board sends; used by tests and test doubles)."""
+    return _frame(encode_struct(ResponseHeader, {
+        "sync": RESPONSE_SYNC, "status": Status(status), "opcode": Opcode(opcode),
+        "length": len(payload)}), payload)
+
+
+class ProtocolError(Exception):
+    """A frame that cannot be parsed (bad sync, CRC or length)."""
+
+
+REQUEST_HEADER_BYTES = struct_bytes(RequestHeader)
+RESPONSE_HEADER_BYTES = struct_bytes(ResponseHeader)
+
+
+def _parse(raw, layout, sync, what):
+    size = struct_bytes(layout)
+    if len(raw) < size + 2:
+        raise ProtocolError(f"{what} of {len(raw)} bytes is shorter than a header and CRC")
+    header = decode_struct(layout, raw[:size])
+    if header["sync"] != sync:
+        raise ProtocolError(f"{what} starts with 0x{header['sync']:02x}, not 0x{sync:02x}")
+    if len(raw) != size + header["length"] + 2:
+        raise ProtocolError(f"{what} of {len(raw)} bytes, header says payload "
+                            f"{header['length']} (+{size} header, +2 CRC)")
+    got = int.from_bytes(raw[-2:], "little")
+    if got != crc16(raw[:-2]):
+        raise ProtocolError(f"{what} CRC 0x{got:04x} != computed 0x{crc16(raw[:-2]):04x}")
+    return header, bytes(raw[size:-2])
+
+
+def parse_response(raw):
+    """A complete response frame → ``(Status, Opcode or int, payload)``."""
+    header, payload = _parse(bytes(raw), ResponseHeader, RESPONSE_SYNC, "response")
+    try:
+        opcode = Opcode(header["opcode"])
+    except ValueError:
+        opcode = header["opcode"]
+    try:
+        status = Status(header["status"])
+    except ValueError:
+        raise ProtocolError(f"response with unknown status 0x{header['status']:02x}") from None
+    return status, opcode, payload
+
+
+def parse_request(raw):
+    """A complete request frame → ``(opcode int, payload)`` (for test doubles)."""
+    header, payload = _parse(bytes(raw), RequestHeader, REQUEST_SYNC, "request")
+    return header["opcode"], payload
+
+
+def write_payload(space, addr, chunks):
+    """WRITE payload: ``chunks`` (ints of 64 bits) to ``space`` from chunk ``addr``."""
+    chunks = list(chunks)
+    if not 1 <= len(chunks) <= MAX_CHUNKS:
+        raise ValueError(f"a WRITE carries 1..{MAX_CHUNKS} chunks, not {len(chunks)}")
+    body = b"".join(int(c).to_bytes(CHUNK_BYTES, "little") for c in chunks)
+    return encode_struct(WriteArgs, {"space": Space(space), "addr": addr}) + body
+
+
+def space_chunks(config, space):
+    """Number of 64-bit chunks in memory ``space`` of a board built with ``config``."""
+    from .program import DESCRIPTOR_WORDS
+    return {
+        Space.WEIGHTS: config.weight_words * config.rows // CHUNK_BYTES,
+        Space.QPARAMS: config.qparam_entries,
+        Space.PROGRAM: config.max_layers * DESCRIPTOR_WORDS,
+        Space.IMAGE: config.act_bytes // CHUNK_BYTES,
+    }[Space(space)]
+
+
+def identity_fields(config):
+    """The :class:`Identity` a board built with ``config`` reports."""
+    return {
+        "version": PROTOCOL_VERSION, "rows": config.rows, "cols": config.cols,
+        "flags": IDENTITY_FLAG_ICE40 if config.ice40 else 0,
+        "weight_words": config.weight_words, "act_bytes": config.act_bytes,
+        "max_reduction": config.max_reduction, "qparam_entries": config.qparam_entries,
+        "max_layers": config.max_layers, "max_logits": config.max_logits,
+        "max_chunks": MAX_CHUNKS, "clock_hz": config.clock_hz, "baud": config.baud,
+        "timeout_us": FRAME_TIMEOUT_US,
+    }

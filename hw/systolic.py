@@ -1,0 +1,207 @@
+"""Output-stationary systolic array of int8 multiply-accumulate PEs.
+
+See docs/architecture.md ("Dataflow") for how convolutions and fully connected layers
+are fed to it as matrix products.
+"""
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .multiplier import DualMul8
+
+__all__ = ["SystolicArray", "operands_layout", "resolve_mac", "result_layout"]
+
+
+def operands_layout(rows, cols):
+    """One operand beat: ``rows`` weights, ``cols`` activations, end-of-tile flag."""
+    return data.StructLayout({
+        "w": data.ArrayLayout(signed(8), rows),
+        "x": data.ArrayLayout(signed(8), cols),
+        "last": 1,
+    })
+
+
+def result_layout(rows, cols, acc_width):
+    """One result: the accumulator of PE (``row``, ``col``); ``last`` ends the tile."""
+    return data.StructLayout({
+        "acc": signed(acc_width),
+        "row": range(rows),
+        "col": range(cols),
+        "last": 1,
+    })
+
+
+def resolve_mac(mac):
+    """The DualMul8-compatible class for ``mac`` (``"generic"``, ``"ice40"`` or a class)."""
+    if mac == "generic":
+        return DualMul8
+    if mac == "ice40":
+        # Imported lazily: the iCE40 primitive wrapper is only needed for iCE40 builds.
+        from .ice40 import Ice40DualMul8
+        return Ice40DualMul8
+    if isinstance(mac, type) and isinstance(getattr(mac, "LATENCY", None), int):
+        return mac
+    raise ValueError(f"mac must be 'generic', 'ice40' or a DualMul8-like class with an int "
+                     f"LATENCY attribute, not {mac!r}")
+
+
+class SystolicArray(wiring.Component):
+    """``rows × cols`` output-stationary systolic array computing ``W[K×D] · X[D×N]`` tiles.
+
+    PE (r, c) accumulates ``sum_d w[r, d] * x[d, c]`` for one tile. Weights enter row r at
+    the left edge and move right one PE per cycle; activations enter column c at the top
+    and move down one PE per cycle; the skew that makes ``w[r, d]`` and ``x[d, c]`` meet
+    in PE (r, c) is applied inside the array, so a beat carries one ``d`` for all rows and
+    columns. PEs are paired two per ``DualMul8`` (one iCE40 SB_MAC16 each with
+    ``mac="ice40"``).
+
+    Why output-stationary: the only wide values, the accumulators, never move until a
+    tile is done; only 8-bit operands travel between PEs. At the end of a tile (the beat
+    with ``last``) every PE moves its sum into a shadow register and starts the next
+    tile at once, while the shadows drain through ``o_stream`` in the order
+    ``for col: for row``.
+
+    The array itself never stalls: a bubble on ``i_stream`` (``valid`` low) enters as
+    zero operands, which add nothing. Backpressure on ``o_stream`` only holds back the
+    *last* beat of the next tile: it is accepted once every result of the previous tile
+    has left the shadow registers, so no sum is ever lost or overwritten. (``ready``
+    therefore depends combinationally on ``i_stream.payload.last``, never on ``valid``.)
+
+    Latency and throughput: one operand beat per cycle as long as tiles have
+    ``D >= min_tile = rows*cols + mac.LATENCY + 2`` beats (19 for 8×2 with ``DualMul8``)
+    and ``o_stream`` keeps up; shorter tiles run at one tile per ``min_tile`` cycles,
+    since the array emits one result per cycle. The first result of a tile is valid
+    ``result_latency = mac.LATENCY + 3`` cycles after its last beat was accepted, the
+    tile's last result ``rows*cols - 1`` cycles after that.
+
+    Parameters
+    ----------
+    rows, cols : int
+        Array shape: output channels × output pixels per tile.
+    acc_width : int
+        Signed accumulator width (see ``golden.accumulator_bits``); sums wrap beyond it.
+    mac : ``"generic"``, ``"ice40"`` or class
+        Multiplier block with the ``DualMul8`` signature and a ``LATENCY`` attribute.
+
+    Attributes
+    ----------
+    i_stream : In(stream.Signature(operands_layout(rows, cols)))
+    o_stream : Out(stream.Signature(result_layout(rows, cols, acc_width)))
+    """
+
+    def __init__(self, rows, cols, acc_width, mac="generic"):
+        for name, value in (("rows", rows), ("cols", cols)):
+            if not isinstance(value, int) or value < 1:
+                raise TypeError(f"{name} must be a positive integer, not {value!r}")
+        if not isinstance(acc_width, int) or acc_width < 17:
+            raise ValueError(f"acc_width must be an integer >= 17 (one int8×int8 product "
+                             f"needs 16 bits plus room to sum), not {acc_width!r}")
+        self._mac = resolve_mac(mac)
+        self.rows, self.cols, self.acc_width = rows, cols, acc_width
+        self.result_latency = self._mac.LATENCY + 3
+        self.min_tile = rows * cols + self._mac.LATENCY + 2
+        super().__init__({
+            "i_stream": In(stream.Signature(operands_layout(rows, cols))),
+            "o_stream": Out(stream.Signature(result_layout(rows, cols, acc_width))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        R, C, lat = self.rows, self.cols, self._mac.LATENCY
+        i, o = self.i_stream, self.o_stream
+
+        busy = Signal()        # a tile's results are still in the shadow registers
+        accept = Signal()
+        m.d.comb += [
+            i.ready.eq(~(i.payload.last & busy)),
+            accept.eq(i.valid & i.ready),
+        ]
+
+        # Edge inputs: zero operands on bubbles, then the skew (row r delayed r cycles,
+        # column c delayed c cycles) so w[r, d] and x[d, c] meet in PE (r, c).
+        def skewed(values, n, name):
+            out = []
+            for k in range(n):
+                v = Mux(accept, values[k], 0)
+                for s in range(k):
+                    reg = Signal(signed(8), name=f"{name}_skew{k}_{s}")
+                    m.d.sync += reg.eq(v)
+                    v = reg
+                out.append(v)
+            return out
+        w_edge = skewed(i.payload.w, R, "w")
+        x_edge = skewed(i.payload.x, C, "x")
+
+        wreg = [[Signal(signed(8), name=f"w_{r}_{c}") for c in range(C)] for r in range(R)]
+        xreg = [[Signal(signed(8), name=f"x_{r}_{c}") for c in range(C)] for r in range(R)]
+        for r in range(R):
+            for c in range(C):
+                m.d.sync += wreg[r][c].eq(w_edge[r] if c == 0 else wreg[r][c - 1])
+                m.d.sync += xreg[r][c].eq(x_edge[c] if r == 0 else xreg[r - 1][c])
+
+        # Multipliers, two PEs per block; an odd PE out multiplies zeros in lane 1.
+        pes = [(r, c) for r in range(R) for c in range(C)]
+        prod = {}
+        for k in range(0, len(pes), 2):
+            mul = self._mac()
+            m.submodules[f"mul{k // 2}"] = mul
+            for lane, pe in enumerate(pes[k:k + 2]):
+                r, c = pe
+                m.d.comb += [mul.a[lane].eq(wreg[r][c]), mul.b[lane].eq(xreg[r][c])]
+                prod[pe] = mul.p[lane]
+            if len(pes[k:k + 2]) == 1:
+                m.d.comb += [mul.a[1].eq(0), mul.b[1].eq(0)]
+
+        # lastpipe[j] is high in cycle A + 1 + j after the last beat was accepted in
+        # cycle A; the products of that beat sit in the diagonal r + c = j - lat then.
+        lastpipe = Signal(lat + R + C - 1)
+        m.d.sync += lastpipe.eq(Cat(accept & i.payload.last, lastpipe[:-1]))
+
+        acc = {pe: Signal(signed(self.acc_width), name=f"acc_{pe[0]}_{pe[1]}") for pe in pes}
+        shadow = {pe: Signal(signed(self.acc_width), name=f"sh_{pe[0]}_{pe[1]}")
+                  for pe in pes}
+        for (r, c) in pes:
+            total = acc[(r, c)] + prod[(r, c)]
+            with m.If(lastpipe[lat + r + c]):
+                m.d.sync += [shadow[(r, c)].eq(total), acc[(r, c)].eq(0)]
+            with m.Else():
+                m.d.sync += acc[(r, c)].eq(total)
+
+        # Drain. PE (r, c) captures in cycle A + 1 + lat + r + c; reading index
+        # j = c*R + r from cycle A + 2 + lat on, one per cycle at most, is never early.
+        draining = Signal()
+        idx_r = Signal(range(R))
+        idx_c = Signal(range(C))
+        final = Signal()
+        m.d.comb += final.eq((idx_r == R - 1) & (idx_c == C - 1))
+        with m.If(lastpipe[lat]):
+            m.d.sync += [draining.eq(1), idx_r.eq(0), idx_c.eq(0)]
+        with m.If(accept & i.payload.last):
+            m.d.sync += busy.eq(1)
+
+        flat = Signal(range(R * C))
+        m.d.comb += flat.eq(idx_c * R + idx_r)
+        selected = Signal(signed(self.acc_width))
+        with m.Switch(flat):
+            for (r, c) in pes:
+                with m.Case(c * R + r):
+                    m.d.comb += selected.eq(shadow[(r, c)])
+
+        with m.If(o.ready | ~o.valid):
+            m.d.sync += o.valid.eq(0)
+            with m.If(draining):
+                m.d.sync += [
+                    o.valid.eq(1),
+                    o.payload.acc.eq(selected),
+                    o.payload.row.eq(idx_r),
+                    o.payload.col.eq(idx_c),
+                    o.payload.last.eq(final),
+                ]
+                with m.If(final):
+                    m.d.sync += [draining.eq(0), busy.eq(0)]
+                with m.Elif(idx_r == R - 1):
+                    m.d.sync += [idx_r.eq(0), idx_c.eq(idx_c + 1)]
+                with m.Else():
+                    m.d.sync += idx_r.eq(idx_r + 1)
+        return m

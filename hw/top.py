@@ -1,0 +1,85 @@
+"""``BoardTop``: UART + link + core, the board-independent top level.
+
+Board files (``hw/boards.py``) wrap it with a PLL and pins; the simulated board
+(``sim/simboard.py``) runs it under Verilator as it is.
+"""
+
+from amaranth.hdl import Module
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from .link import Link
+from .uart import UARTReceiver, UARTTransmitter, baud_divisor
+
+__all__ = ["BoardTop"]
+
+
+def _stream(m, src, dst):
+    # Field-by-field, so the core may declare its payloads as its own Struct classes
+    # with the same layout as link.WRITE_BEAT & co.
+    m.d.comb += [dst.valid.eq(src.valid), dst.payload.eq(src.payload),
+                 src.ready.eq(dst.ready)]
+
+
+class BoardTop(wiring.Component):
+    """The accelerator behind its UART: everything of a board except clocks and pins.
+
+    Runs in the ``sync`` domain at ``config.clock_hz``; the UART bit time is
+    ``config.clock_hz / config.baud`` cycles (:func:`uart.baud_divisor`).
+
+    Parameters
+    ----------
+    config : AcceleratorConfig
+    core : Elaboratable, optional
+        Something with the core's host interface (``wr``, ``start``, ``busy``, ``rd``,
+        ``rd_data``); default ``Core(config)``. Tests pass a small stand-in.
+    timeout : int, optional
+        Frame timeout in cycles (default :func:`link.timeout_cycles`).
+    debug : bool
+        Add an ``idle`` output (nothing received, sent or computing) so that a
+        simulator can skip the board's idle time.
+
+    Attributes
+    ----------
+    uart_rx : In(1)
+        Serial input (host → board), idle high.
+    uart_tx : Out(1)
+        Serial output (board → host), idle high.
+    """
+
+    def __init__(self, config, *, core=None, timeout=None, debug=False):
+        self._config = config
+        self._divisor = baud_divisor(config.clock_hz, config.baud)
+        self._timeout = timeout
+        if core is None:
+            from .core import Core
+            core = Core(config)
+        self._core = core
+        ports = {"uart_rx": In(1, init=1), "uart_tx": Out(1, init=1)}
+        if debug:
+            ports["idle"] = Out(1)
+        super().__init__(ports)
+
+    @property
+    def core(self):
+        return self._core
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.uart_rx = rx = UARTReceiver(self._divisor)
+        m.submodules.uart_tx = tx = UARTTransmitter(self._divisor)
+        m.submodules.link = link = Link(self._config, timeout=self._timeout)
+        m.submodules.core = core = self._core
+
+        m.d.comb += [rx.rx.eq(self.uart_rx), self.uart_tx.eq(tx.tx)]
+        wiring.connect(m, rx.o, link.rx)
+        wiring.connect(m, link.tx, tx.i)
+        _stream(m, link.wr, core.wr)
+        _stream(m, link.start, core.start)
+        _stream(m, link.rd, core.rd)
+        _stream(m, core.rd_data, link.rd_data)
+        m.d.comb += link.busy.eq(core.busy)
+        if "idle" in self.signature.members:
+            m.d.comb += self.idle.eq(link.idle & ~rx.busy & ~tx.busy & ~tx.i.valid &
+                                     ~rx.o.valid & ~core.busy)
+        return m

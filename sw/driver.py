@@ -1,0 +1,415 @@
+"""Host driver: load a network into the board and classify images over its serial link.
+
+The same code talks to a real board (``/dev/ttyUSB1``) and to the simulated board
+(``socket://127.0.0.1:PORT``, see ``fpgacnn sim-board``): pyserial's
+``serial_for_url`` opens both. The wire protocol is :mod:`fpgacnn.hw.protocol`::
+
+    from fpgacnn.sw.driver import Accelerator
+    with Accelerator.open("socket://127.0.0.1:9000") as acc:
+        acc.load(network, params)                 # compiled for the board acc.identify()
+        classes, logits = acc.infer(images)       # uint8 28×28 digits or int8 (C, H, W)
+
+Every failure raises a :class:`DriverError` subclass with a message that says what to
+do; nothing waits forever (every read has a deadline).
+"""
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..hw import protocol as proto
+from ..hw.config import AcceleratorConfig
+from ..hw.program import Space
+from . import compiler, mnist
+
+__all__ = ["Accelerator", "BoardInfo", "DriverError", "BoardNotFound", "BoardTimeout",
+           "BoardError", "ModelDoesNotFit", "ImageError", "prepare_images",
+           "DEFAULT_BAUD"]
+
+DEFAULT_BAUD = 3_000_000
+
+
+class DriverError(Exception):
+    """Base class of everything the driver raises about the board or the link."""
+
+
+class BoardNotFound(DriverError):
+    """The port or socket could not be opened."""
+
+
+class BoardTimeout(DriverError):
+    """The board did not answer in time."""
+
+
+class BoardError(DriverError):
+    """The board answered with an error status.
+
+    Attributes
+    ----------
+    status : protocol.Status
+    opcode : protocol.Opcode
+    """
+
+    def __init__(self, message, status, opcode):
+        super().__init__(message)
+        self.status, self.opcode = status, opcode
+
+
+class ModelDoesNotFit(DriverError, ValueError):
+    """The network cannot be compiled for the board's configuration."""
+
+
+class ImageError(DriverError, ValueError):
+    """Images of the wrong shape, dtype or range."""
+
+
+_HINTS = {
+    proto.Status.BAD_CRC: "the frame was damaged on the way; check the cable/baud rate",
+    proto.Status.NOT_LOADED: "load a model first (Accelerator.load)",
+    proto.Status.BUSY: "a run is still in progress",
+    proto.Status.NO_RESULT: "nothing was run since the board started",
+}
+
+
+@dataclass(frozen=True)
+class BoardInfo:
+    """A board's :class:`~fpgacnn.hw.protocol.Identity`, decoded."""
+    version: int
+    rows: int
+    cols: int
+    ice40: bool
+    weight_words: int
+    act_bytes: int
+    max_reduction: int
+    qparam_entries: int
+    max_layers: int
+    max_logits: int
+    max_chunks: int
+    clock_hz: int
+    baud: int
+    timeout_us: int
+
+    @classmethod
+    def decode(cls, raw):
+        f = proto.decode_struct(proto.Identity, raw)
+        return cls(version=f["version"], rows=f["rows"], cols=f["cols"],
+                   ice40=bool(f["flags"] & proto.IDENTITY_FLAG_ICE40),
+                   weight_words=f["weight_words"], act_bytes=f["act_bytes"],
+                   max_reduction=f["max_reduction"], qparam_entries=f["qparam_entries"],
+                   max_layers=f["max_layers"], max_logits=f["max_logits"],
+                   max_chunks=f["max_chunks"], clock_hz=f["clock_hz"], baud=f["baud"],
+                   timeout_us=f["timeout_us"])
+
+    @property
+    def config(self):
+        """The :class:`AcceleratorConfig` the board was built with (as far as it matters)."""
+        from ..hw.config import CONFIGS
+        cfg = AcceleratorConfig(
+            name="board", rows=self.rows, cols=self.cols, max_reduction=self.max_reduction,
+            weight_words=self.weight_words, act_bytes=self.act_bytes,
+            qparam_entries=self.qparam_entries, max_layers=self.max_layers,
+            max_logits=self.max_logits, clock_hz=self.clock_hz, baud=self.baud,
+            ice40=self.ice40)
+        for known in CONFIGS.values():
+            if known.with_(name="board") == cfg:
+                return known
+        return cfg
+
+    def describe(self):
+        return (f"{self.config.name}: {self.rows}x{self.cols} array, "
+                f"{self.weight_words} weight words, {self.act_bytes} B activations, "
+                f"{self.clock_hz / 1e6:g} MHz, {self.baud:,} baud")
+
+
+def prepare_images(images, input_shape):
+    """Images → int8 array ``(N, *input_shape)``, or :class:`ImageError`.
+
+    Accepts uint8 pixels 0..255 (converted with :func:`mnist.image_to_int8`) or int8
+    activations, either as one image or a batch; a single-channel input may omit C.
+    """
+    shape = tuple(input_shape)
+    x = np.asarray(images)
+    if x.dtype == np.uint8:
+        x = mnist.image_to_int8(x)
+    elif x.dtype != np.int8:
+        raise ImageError(f"images must be uint8 pixels (0..255) or int8 activations, not "
+                         f"{x.dtype}; convert with numpy .astype(np.uint8) after scaling "
+                         f"to 0..255")
+    accepted = [shape] + ([shape[1:]] if shape[0] == 1 else [])
+    for one in accepted:
+        if x.shape == one:
+            return x.reshape((1,) + shape)
+        if x.shape[1:] == one:
+            return x.reshape((len(x),) + shape)
+    raise ImageError(f"images of shape {x.shape} do not match the network input {shape} "
+                     f"(C, H, W); pass one image of {' or '.join(map(str, accepted))} or a "
+                     f"batch (N, ...) of them")
+
+
+class Accelerator:
+    """A board behind a serial link (use :meth:`open`).
+
+    Attributes
+    ----------
+    url : str
+    info : BoardInfo or None
+        Set by :meth:`identify`.
+    program : compiler.CompiledProgram or None
+        Set by :meth:`load`.
+    counters : ndarray of uint32, shape (N, 1 + layers)
+        Cycle counters of the last :meth:`infer` batch: total, then per layer.
+    bytes_sent, bytes_received : int
+        Link traffic so far (frames and CRCs included).
+    """
+
+    def __init__(self, port, url, *, timeout):
+        self._port = port
+        self.url = url
+        self.timeout = timeout
+        self.info = None
+        self.program = None
+        self.counters = np.zeros((0, 0), np.uint32)
+        self.bytes_sent = self.bytes_received = 0
+        self._dirty = False
+
+    @classmethod
+    def open(cls, url, *, timeout=5.0, baud=DEFAULT_BAUD):
+        """Open ``url`` (a serial device or ``socket://127.0.0.1:PORT``).
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait for any one response before :class:`BoardTimeout`.
+        baud : int
+            Serial baud rate (ignored by sockets); must match the board's build.
+        """
+        import serial
+        try:
+            port = serial.serial_for_url(url, baudrate=baud, timeout=min(timeout, 0.5),
+                                         write_timeout=timeout)
+        except (serial.SerialException, ValueError, OSError) as e:
+            hint = ("is `fpgacnn sim-board` running on that port?" if url.startswith("socket:")
+                    else "is the board plugged in, and is that its port (ls /dev/ttyUSB*)?")
+            raise BoardNotFound(f"cannot open {url}: {e}; {hint}") from None
+        return cls(port, url, timeout=timeout)
+
+    def close(self):
+        if self._port is not None:
+            self._port.close()
+            self._port = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- link ------------------------------------------------------------------------------
+
+    def resync(self):
+        """Bring the link back to a known state after garbage, a timeout or a bad frame.
+
+        Waits for the board to drop any half-received frame (its frame timeout), discards
+        stale input, then sends IDENTIFY until its answer comes back, skipping stale
+        responses. The simulated board runs slower than real time, hence the retries.
+        """
+        wait = (self.info.timeout_us if self.info else proto.FRAME_TIMEOUT_US) * 2e-6
+        deadline = time.monotonic() + max(2 * self.timeout, 1.0)
+        self._dirty = False
+        while True:
+            if time.monotonic() >= deadline:
+                self._dirty = True
+                raise BoardTimeout(f"cannot resynchronise with the board at {self.url}: "
+                                   f"no answer to IDENTIFY; reset or reprogram it")
+            time.sleep(wait)
+            self._port.reset_input_buffer()
+            self._send(proto.Opcode.IDENTIFY, b"")
+            attempt = min(time.monotonic() + min(self.timeout, 1.0), deadline)
+            try:
+                while True:
+                    status, echo, _ = self._receive(attempt, proto.Opcode.IDENTIFY)
+                    if status == proto.Status.OK and echo == proto.Opcode.IDENTIFY:
+                        return
+                    if status in (proto.Status.TRUNCATED, proto.Status.BAD_CRC):
+                        break       # our IDENTIFY was swallowed by a damaged frame: again
+            except (BoardTimeout, proto.ProtocolError):
+                pass                # silence or a damaged answer: try again until deadline
+
+    def _read(self, n, deadline, opcode):
+        out = bytearray()
+        while len(out) < n:
+            if time.monotonic() > deadline:
+                raise BoardTimeout(
+                    f"no answer to {opcode.name} from {self.url} within {self.timeout:g} s "
+                    f"(got {len(out)} of {n} bytes); is the board programmed with the "
+                    f"fpgacnn bitstream and at the same baud rate?")
+            out += self._port.read(n - len(out))
+        return bytes(out)
+
+    def _send(self, opcode, payload):
+        frame = proto.encode_request(opcode, payload)
+        self._port.write(frame)
+        self.bytes_sent += len(frame)
+
+    def _receive(self, deadline, opcode):
+        """One response frame: ``(status, echoed opcode, payload)``; skips garbage."""
+        skipped = 0
+        while self._read(1, deadline, opcode)[0] != proto.RESPONSE_SYNC:
+            skipped += 1
+        head = bytes([proto.RESPONSE_SYNC]) + self._read(
+            proto.RESPONSE_HEADER_BYTES - 1, deadline, opcode)
+        length = proto.decode_struct(proto.ResponseHeader, head)["length"]
+        raw = head + self._read(length + 2, deadline, opcode)
+        self.bytes_received += len(raw) + skipped
+        return proto.parse_response(raw)
+
+    def transact(self, opcode, payload=b"", *, timeout=None):
+        """Send one request, return the payload of its OK response.
+
+        Raises
+        ------
+        BoardTimeout, BoardError, DriverError
+        """
+        if self._port is None:
+            raise DriverError("the accelerator is closed")
+        if self._dirty:
+            self.resync()
+        self._send(opcode, payload)
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        try:
+            status, echo, data = self._receive(deadline, opcode)
+        except BoardTimeout:
+            self._dirty = True
+            raise
+        except proto.ProtocolError as e:
+            self._dirty = True
+            raise DriverError(f"damaged response to {opcode.name} from {self.url}: {e}") \
+                from None
+        if status != proto.Status.OK:
+            if status in (proto.Status.TRUNCATED, proto.Status.BAD_CRC):
+                self._dirty = True
+            hint = _HINTS.get(status, "this is a driver/board version mismatch or a bug")
+            raise BoardError(f"board answered {opcode.name} with {status.name}: {hint}",
+                             status, echo)
+        if echo != opcode:
+            self._dirty = True
+            raise DriverError(f"board answered {echo!r} to {opcode.name}; resynchronising")
+        return data
+
+    # -- commands --------------------------------------------------------------------------
+
+    def identify(self):
+        """Ask the board what it is; returns (and caches) a :class:`BoardInfo`."""
+        info = BoardInfo.decode(self.transact(proto.Opcode.IDENTIFY))
+        if info.version != proto.PROTOCOL_VERSION:
+            raise DriverError(f"board speaks protocol version {info.version}, this driver "
+                              f"{proto.PROTOCOL_VERSION}; rebuild the bitstream or update")
+        self.info = info
+        return info
+
+    def write(self, space, addr, chunks):
+        """Write 64-bit ``chunks`` to ``space`` from chunk ``addr``; check the board's CRC."""
+        chunks = list(chunks)
+        payload = proto.write_payload(space, addr, chunks)
+        got = int.from_bytes(self.transact(proto.Opcode.WRITE, payload), "little")
+        want = proto.crc16(payload[proto.ARGS_BYTES:])
+        if got != want:
+            raise DriverError(f"board stored a different {Space(space).name} block at "
+                              f"{addr} (CRC 0x{got:04x}, sent 0x{want:04x}); reload the model")
+
+    def _write_runs(self, space, writes, bar=None):
+        """``[(addr, data), ...]`` as few WRITE frames as the board allows."""
+        limit = self.info.max_chunks
+        i = 0
+        while i < len(writes):
+            start = writes[i][0]
+            j = i + 1
+            while j < len(writes) and j - i < limit and writes[j][0] == start + (j - i):
+                j += 1
+            self.write(space, start, [d for _, d in writes[i:j]])
+            if bar is not None:
+                bar.update(j - i)
+            i = j
+
+    def load(self, network, params, *, progress=True):
+        """Compile ``network`` + ``params`` for this board and load them.
+
+        Raises
+        ------
+        ModelDoesNotFit
+            With the compiler's explanation (which layer, which memory, how much).
+        """
+        from tqdm import tqdm
+        info = self.info or self.identify()
+        try:
+            program = compiler.compile_network(network, params, info.config)
+        except compiler.CompileError as e:
+            raise ModelDoesNotFit(f"{network.name} does not fit the board at {self.url} "
+                                  f"({info.describe()}): {e}") from None
+        writes = program.model_writes()
+        order = [Space.WEIGHTS, Space.QPARAMS, Space.PROGRAM]   # program last: "loaded"
+        total = sum(len(writes[s]) for s in order)
+        self.program = None
+        with tqdm(total=total, unit="chunk", desc=f"loading {network.name}",
+                  disable=not progress, leave=False) as bar:
+            for space in order:
+                self._write_runs(space, writes[space], bar)
+        self.program = program
+        return program
+
+    def _result_args(self):
+        return proto.encode_struct(proto.ResultArgs, {
+            "n_logits": self.program.output_count,
+            "n_counters": 1 + len(self.program.stages)})
+
+    def _load_image(self, image, slot):
+        self._write_runs(Space.IMAGE, self.program.image_writes(image, slot))
+
+    def _run(self, slot):
+        self.transact(proto.Opcode.RUN, proto.encode_struct(
+            proto.RunArgs, {"image_base": self.program.image_base(slot)}))
+
+    def _result(self):
+        data = self.transact(proto.Opcode.RESULT, self._result_args())
+        n = self.program.output_count
+        logits = np.frombuffer(data[:n], dtype=np.int8)
+        counters = np.frombuffer(data[n:], dtype="<u4")
+        return logits, counters
+
+    def infer(self, images, *, progress=True):
+        """Classify ``images``; returns ``(classes (N,), logits int8 (N, K))``.
+
+        Pipelined over the two image slots: image ``b+1`` is sent while image ``b``
+        computes. Per-image cycle counters are left in :attr:`counters`.
+
+        Raises
+        ------
+        ImageError
+            Wrong dtype or shape (see :func:`prepare_images`).
+        DriverError
+            No model loaded, or a link failure.
+        """
+        from tqdm import tqdm
+        if self.program is None:
+            raise DriverError("no model loaded; call load(network, params) first")
+        x = prepare_images(images, self.program.network.input_shape)
+        n = len(x)
+        logits, counters = [], []
+        if n:
+            self._load_image(x[0], 0)
+            self._run(0)
+        for b in tqdm(range(n), unit="img", desc="inference", disable=not progress or n < 2,
+                      leave=False):
+            if b + 1 < n:
+                self._load_image(x[b + 1], (b + 1) % 2)     # overlaps with run b
+            out, cyc = self._result()
+            logits.append(out)
+            counters.append(cyc)
+            if b + 1 < n:
+                self._run((b + 1) % 2)
+        k = self.program.output_count
+        logits = np.array(logits, dtype=np.int8).reshape(n, k)
+        self.counters = np.array(counters, dtype=np.uint32).reshape(
+            n, 1 + len(self.program.stages))
+        return logits.argmax(axis=1), logits

@@ -1,0 +1,176 @@
+"""Host compiler: memory plans, weight/qparam/descriptor layouts, chunk writes, rejections."""
+
+import numpy as np
+import pytest
+from numpy.testing import assert_array_equal
+
+from fpgacnn.hw import program as prog
+from fpgacnn.hw.config import get_config
+from fpgacnn.sw import network as nets
+from fpgacnn.sw.compiler import CompileError, compile_network
+from fpgacnn.sw.network import FC, Conv, MaxPool, Network, ReLU
+
+ICEBREAKER = get_config("icebreaker")
+ULX3S = get_config("ulx3s-85f")
+
+
+def lenet(seed=0, config=ICEBREAKER):
+    net = nets.lenet5()
+    return compile_network(net, nets.random_params(net, seed), config)
+
+
+def test_lenet5_plan_and_descriptors():
+    p = lenet()
+    # Slots of 784 B, then C1's pooled 6x14x14 and C3's pooled 16x5x5 maps ping-pong.
+    assert p.plan.image_slots == (0, 784)
+    assert p.plan.buffers == (1568, 1568 + 1176)
+    assert p.plan.buffer_bytes == (1176, 400)
+    assert p.plan.used_bytes == 3144
+    d = p.descriptors
+    assert [x["in_base"] for x in d] == [0, 1568, 2744, 1568, 2744]
+    assert [x["out_base"] for x in d[:-1]] == [1568, 2744, 1568, 2744]
+    assert [x["in_from_image"] for x in d] == [1, 0, 0, 0, 0]
+    assert [x["to_logits"] for x in d] == [0, 0, 0, 0, 1]
+    assert [x["relu"] for x in d] == [1, 1, 1, 1, 0]
+    assert [x["k_blocks"] for x in d] == [1, 2, 15, 11, 2]
+    assert [x["reduction"] for x in d] == [25, 150, 400, 120, 84]
+    assert [x["w_base"] for x in d] == [0, 25, 325, 6325, 7645]
+    assert [x["q_base"] for x in d] == [0, 6, 22, 142, 226]
+    assert (d[0]["out_h"], d[0]["pool_h"], d[0]["pad"]) == (28, 14, 2)
+    assert (d[2]["cin"], d[2]["in_h"], d[2]["kernel"]) == (400, 1, 1)
+    assert p.weight_words.shape == (7813, 8)
+    assert len(p.qparams) == 236 and p.output_count == 10
+    # architecture.md's cycle model: 32,288 operand beats on the 8x2 array.
+    assert p.ideal_cycles() == [9800, 15000, 6000, 1320, 168]
+
+
+@pytest.mark.parametrize("config", [ICEBREAKER, ULX3S], ids=lambda c: c.name)
+@pytest.mark.parametrize("seed", range(2))
+def test_weight_words_layout(config, seed):
+    net = nets.lenet5()
+    params = nets.random_params(net, seed)
+    p = compile_network(net, params, config)
+    r = config.rows
+    for stage, qp, desc in zip(p.stages, params, p.descriptors):
+        w = qp.weight.reshape(stage.out_channels, -1)
+        d_red = w.shape[1]
+        for kb in range(desc["k_blocks"]):
+            block = p.weight_words[desc["w_base"] + kb * d_red:][:d_red]   # (D, R)
+            for row in range(r):
+                k = kb * r + row
+                expect = w[k] if k < stage.out_channels else np.zeros(d_red, np.int8)
+                assert_array_equal(block[:, row], expect, err_msg=f"stage {stage.index} k {k}")
+
+
+@pytest.mark.parametrize("config", [ICEBREAKER, ULX3S], ids=lambda c: c.name)
+def test_model_writes_round_trip(config):
+    p = lenet(1, config)
+    writes = p.model_writes()
+    for space, chunks in writes.items():
+        assert [a for a, _ in chunks] == list(range(len(chunks))), space
+        assert all(0 <= v < 1 << 64 for _, v in chunks)
+    parts = config.rows // 8
+    raw = b"".join(v.to_bytes(8, "little") for _, v in writes[prog.Space.WEIGHTS])
+    words = np.frombuffer(raw, np.int8).reshape(-1, config.rows)
+    assert len(writes[prog.Space.WEIGHTS]) == len(p.weight_words) * parts
+    assert_array_equal(words, p.weight_words)
+    q = [prog.decode_struct(prog.QParam, v) for _, v in writes[prog.Space.QPARAMS]]
+    assert q == p.qparams
+    assert q[0]["bias"] == int(nets.random_params(nets.lenet5(), 1)[0].bias[0])
+    chunks = [v for _, v in writes[prog.Space.PROGRAM]]
+    assert len(chunks) == len(p.stages) * prog.DESCRIPTOR_WORDS
+    for i, d in enumerate(p.descriptors):
+        value = sum(c << (64 * j) for j, c in
+                    enumerate(chunks[i * prog.DESCRIPTOR_WORDS:(i + 1) * prog.DESCRIPTOR_WORDS]))
+        assert prog.decode_struct(prog.LayerDescriptor, value) == d
+
+
+def test_image_writes():
+    net = nets.seeds_cifar_example()
+    p = compile_network(net, nets.random_params(net, 0), ULX3S)
+    assert p.plan.image_slots == (0, 3072) and p.plan.used_bytes == 9488
+    img = np.random.default_rng(0).integers(-128, 128, (3, 32, 32), dtype=np.int8)
+    for slot in (0, 1):
+        writes = p.image_writes(img, slot)
+        assert writes[0][0] == p.image_base(slot) // 8 and len(writes) == 384
+        raw = b"".join(v.to_bytes(8, "little") for _, v in writes)
+        assert_array_equal(np.frombuffer(raw, np.int8).reshape(3, 32, 32), img)
+    # An image that is not a whole number of chunks is padded with zeros.
+    small = Network("s", (3, 5, 5), [Conv(2, 3), ReLU(), FC(4)])
+    ps = compile_network(small, nets.random_params(small, 0), ICEBREAKER)
+    writes = ps.image_writes(np.full((3, 5, 5), -1, np.int8), 1)
+    assert len(writes) == 10 and writes[0][0] == 10 and writes[-1][1] == 0xFFFFFFFFFFFFFFFF >> 40
+    with pytest.raises(ValueError, match="image slot must be 0 or 1"):
+        ps.image_base(2)
+
+
+@pytest.mark.parametrize("image, message", [
+    (np.zeros((28, 28), np.int8), r"shape \(1, 28, 28\) \(C, H, W\), got \(28, 28\); reshape"),
+    (np.zeros((1, 32, 32), np.int8), r"got \(1, 32, 32\)"),
+    (np.zeros((1, 28, 28), np.uint8), r"must be int8, not uint8"),
+])
+def test_bad_images_are_rejected(image, message):
+    with pytest.raises(CompileError, match=message):
+        lenet().image_writes(image, 0)
+
+
+def _net(layers, shape=(1, 8, 8)):
+    return Network("t", shape, layers)
+
+
+@pytest.mark.parametrize("net, config, message", [
+    (nets.lenet5(), ICEBREAKER.with_(weight_words=7000),
+     r"layer 3 \(fc 120->84\): needs 1320 weight words \(11 k-blocks × D = 120\), 7645 in "
+     r"total, but the weight memory of icebreaker holds 7000 words of 8 weights"),
+    (nets.seeds_cifar_example(), ICEBREAKER,
+     r"4096-byte activation memory of icebreaker: two image slots of 3072 B \+ ping-pong "
+     r"buffers of 2560 B and 784 B = 9488 B"),
+    (nets.lenet5(), ICEBREAKER.with_(qparam_entries=200),
+     r"layer 3 \(fc 120->84\): needs 84 qparam entries, 226 in total, but icebreaker holds 200"),
+    (nets.lenet5(), ICEBREAKER.with_(max_layers=4),
+     r"lenet5 has 5 layers but the program memory of icebreaker holds 4 descriptors"),
+    (nets.lenet5(), ICEBREAKER.with_(max_logits=8),
+     r"layer 4 \(fc 84->10\) produces 10 outputs \(10, 1, 1\) but the logits buffer of "
+     r"icebreaker holds 8"),
+    (nets.lenet5(), ICEBREAKER.with_(max_reduction=256),
+     r"layer 2 \(fc 400->120\): reduction C\*F\*F = 400 exceeds max_reduction 256"),
+    (_net([Conv(2, 1), FC(3)], (1, 256, 2)), ICEBREAKER,
+     r"layer 0 \(conv 2@1x1\): in_h = 256 does not fit the 8-bit descriptor field \(max 255\)"),
+    (_net([Conv(2, 3, stride=8, pad=1), FC(3)], (1, 17, 17)), ICEBREAKER,
+     r"layer 0 \(conv 2@3x3\): stride = 8 does not fit the 3-bit descriptor field"),
+    (_net([Conv(2, 3), MaxPool(4, 2), FC(3)], (1, 12, 12)), ICEBREAKER,
+     r"layer 0 \(conv 2@3x3\): max-pool 4x4 stride 2 is not supported"),
+    (_net([Conv(2, 3), MaxPool(3, 3), FC(3)], (1, 11, 11)), ICEBREAKER,
+     r"layer 0 \(conv 2@3x3\): max-pool 3x3 stride 3 is not supported"),
+    (_net([Conv(2, 3), MaxPool(2, 2), FC(3)], (1, 10, 10)), ICEBREAKER.with_(rows=12),
+     r"rows = 12 must be a multiple of 8"),
+    (_net([Conv(2, 2), MaxPool(3, 1), FC(3)], (1, 11, 11)), ICEBREAKER,
+     r"max-pool 3x3 stride 1 is not supported"),
+    (_net([Conv(2, 3), MaxPool(2, 2), FC(3)], (1, 36, 36)), ICEBREAKER,
+     r"layer 0 \(conv 2@3x3\): max-pool over 34 columns × 1 k-blocks exceeds the line buffer "
+     r"of icebreaker \(32 columns × 2 k-blocks of 8 channels\)"),
+    (_net([Conv(17, 3), MaxPool(2, 2), FC(3)], (1, 10, 10)), ICEBREAKER,
+     r"max-pool over 8 columns × 3 k-blocks exceeds the line buffer"),
+], ids=["weights", "act", "qparams", "program", "logits", "reduction", "in_h", "stride",
+        "pool_kernel", "pool_stride", "rows", "pool_3_1", "pool_width", "pool_blocks"])
+def test_rejections_name_layer_and_sizes(net, config, message):
+    with pytest.raises(CompileError, match=message):
+        compile_network(net, nets.random_params(net, 0), config)
+
+
+def test_params_must_match_network():
+    net = nets.lenet5()
+    params = nets.random_params(net, 0)
+    with pytest.raises(ValueError, match="has 5 stages, got 4"):
+        compile_network(net, params[:4], ICEBREAKER)
+    params[1].weight = params[1].weight[:, :3]
+    with pytest.raises(ValueError, match=r"stage 1 weight: shape"):
+        compile_network(net, params, ICEBREAKER)
+
+
+def test_address_field_overflow_is_rejected():
+    # A 64 KiB activation memory lets a plan run past the 16-bit in/out_base fields.
+    net = _net([Conv(1, 1), ReLU(), FC(2)], (1, 200, 200))
+    with pytest.raises(CompileError, match=r"layer 0 \(conv 1@1x1\): out_base = 80000 does "
+                                           r"not fit the 16-bit descriptor field"):
+        compile_network(net, nets.random_params(net, 0), ICEBREAKER.with_(act_bytes=1 << 20))

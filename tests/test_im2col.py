@@ -1,0 +1,201 @@
+# amaranth: UnusedElaboratable=no
+"""Im2col vs its Python reference, and the reference vs golden.conv2d."""
+
+import random
+
+import numpy as np
+import pytest
+
+from fpgacnn.hw.im2col import Im2col, im2col_reference
+from fpgacnn.sim.amaranth_sim import run_simulation
+from fpgacnn.sim.streams import stream_get
+from fpgacnn.sw import golden
+
+
+def descriptor(cin, h, w, kernel, stride, pad, out_channels, rows, *, in_base=0, w_base=0):
+    out_h = golden.conv_output_size(h, kernel, stride, pad)
+    out_w = golden.conv_output_size(w, kernel, stride, pad)
+    return {"cin": cin, "in_h": h, "in_w": w, "kernel": kernel, "stride": stride, "pad": pad,
+            "out_h": out_h, "out_w": out_w, "out_channels": out_channels,
+            "k_blocks": -(-out_channels // rows), "reduction": cin * kernel * kernel,
+            "in_base": in_base, "w_base": w_base}
+
+
+def fc_descriptor(d, k, rows, **bases):
+    return descriptor(d, 1, 1, 1, 1, 0, k, rows, **bases)
+
+
+GEOMETRIES = {  # name: (descriptor, cols)
+    "c1_like": (descriptor(1, 8, 8, 5, 1, 2, 6, 8, in_base=100, w_base=7), 2),
+    "c3_like": (descriptor(3, 7, 7, 5, 1, 0, 16, 8, in_base=1000, w_base=300), 2),
+    "stride2_pad1": (descriptor(2, 7, 9, 3, 2, 1, 5, 4, in_base=5), 3),
+    "fc": (fc_descriptor(40, 10, 8, in_base=2000, w_base=60), 2),
+    "one_col": (descriptor(2, 5, 4, 3, 1, 1, 3, 2), 1),
+    "wide": (descriptor(1, 3, 12, 1, 1, 0, 1, 1, in_base=65530), 4),   # address wrap
+}
+
+
+def run_im2col(dut, desc, *, seed, name, stall=0.3):
+    got = []
+    expected = list(im2col_reference(desc, dut.cols))
+
+    async def bench(ctx):
+        rng = random.Random(seed)
+        ctx.set(dut.start.payload, desc)
+        ctx.set(dut.start.valid, 1)
+        await ctx.tick().until(dut.start.ready)
+        ctx.set(dut.start.valid, 0)
+        for _ in expected:
+            p = await stream_get(ctx, dut.o_stream)
+            got.append({"act_addr": [p.act_addr[j] for j in range(dut.cols)],
+                        "act_zero": [p.act_zero[j] for j in range(dut.cols)],
+                        "w_addr": p.w_addr, "last": p.last, "end": p.end})
+            while rng.random() < stall:
+                await ctx.tick()
+        for _ in range(3):                 # nothing after the end, and idle again
+            await ctx.tick()
+            assert not ctx.get(dut.o_stream.valid)
+        assert not ctx.get(dut.busy)
+
+    def check():
+        assert len(got) == len(expected)
+        for n, (a, b) in enumerate(zip(got, expected)):
+            # Addresses of zeroed operands are don't-care.
+            a_addr = [x for x, z in zip(a["act_addr"], a["act_zero"]) if not z]
+            b_addr = [x for x, z in zip(b["act_addr"], b["act_zero"]) if not z]
+            assert (a_addr, a["act_zero"], a["w_addr"], a["last"], a["end"]) == \
+                   (b_addr, b["act_zero"], b["w_addr"], b["last"], b["end"]), \
+                   f"beat {n} (seed {seed}): got {a}, expected {b}"
+
+    run_simulation(dut, [bench], name=name, check=check)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_im2col_matches_reference(request, geometry):
+    desc, cols = GEOMETRIES[geometry]
+    run_im2col(Im2col(cols), desc, seed=len(geometry), name=request.node.name)
+
+
+def test_im2col_back_to_back_layers(request):
+    """Two layers through one unit; full rate (no backpressure) takes one cycle per beat."""
+    dut = Im2col(2)
+    first, second = GEOMETRIES["c1_like"][0], GEOMETRIES["fc"][0]
+    got, cycles = [], []
+
+    async def bench(ctx):
+        ctx.set(dut.o_stream.ready, 1)
+        for desc in (first, second):
+            ctx.set(dut.start.payload, desc)
+            ctx.set(dut.start.valid, 1)
+            await ctx.tick().until(dut.start.ready)
+            ctx.set(dut.start.valid, 0)
+            n, count, first_at = 0, 0, None
+            while True:
+                _, _, valid, p = await ctx.tick().sample(dut.o_stream.valid,
+                                                          dut.o_stream.payload)
+                count += 1
+                if valid:
+                    first_at = count if first_at is None else first_at
+                    n += 1
+                    got.append(p.w_addr)
+                    if p.end:
+                        break
+            cycles.append((n, count - first_at + 1))
+
+    def check():
+        for desc, (n, span) in zip((first, second), cycles):
+            assert n == len(list(im2col_reference(desc, 2)))
+            assert span == n, f"{n} beats took {span} cycles"
+        expected = [b["w_addr"] for desc in (first, second) for b in im2col_reference(desc, 2)]
+        assert got == expected
+
+    run_simulation(dut, [bench], name=request.node.name, check=check)
+
+
+@pytest.mark.parametrize("geometry", ["c1_like", "c3_like", "stride2_pad1", "fc", "one_col"])
+def test_reference_computes_the_convolution(geometry):
+    """Operands fetched at the reference's addresses give golden.conv2d (tile by tile)."""
+    desc, cols = GEOMETRIES[geometry]
+    rows = 8 if geometry in ("c1_like", "c3_like", "fc") else (4 if geometry.startswith("s")
+                                                                else 2)
+    rng = np.random.default_rng(0)
+    k = desc["out_channels"]
+    x = rng.integers(-128, 128, (desc["cin"], desc["in_h"], desc["in_w"]), dtype=np.int8)
+    wt = rng.integers(-128, 128, (k, desc["cin"], desc["kernel"], desc["kernel"]),
+                      dtype=np.int8)
+    act = np.zeros(1 << 16, dtype=np.int64)
+    flat = x.reshape(-1).astype(np.int64)
+    act[(desc["in_base"] + np.arange(flat.size)) & 0xFFFF] = flat
+    wmat = np.zeros((desc["k_blocks"] * rows, desc["reduction"]), dtype=np.int64)
+    wmat[:k] = wt.reshape(k, -1)
+    words = {}   # word address -> rows weights
+    for kb in range(desc["k_blocks"]):
+        for d in range(desc["reduction"]):
+            words[(desc["w_base"] + kb * desc["reduction"] + d) & 0xFFFF] = \
+                wmat[kb * rows:(kb + 1) * rows, d]
+    out = np.zeros((desc["k_blocks"] * rows, desc["out_h"], -(-desc["out_w"] // cols) * cols),
+                   dtype=np.int64)
+    acc = np.zeros((rows, cols), dtype=np.int64)
+    tile = 0
+    tiles_per_row = -(-desc["out_w"] // cols)
+    for beat in im2col_reference(desc, cols):
+        xs = np.array([0 if z else act[a] for a, z in zip(beat["act_addr"], beat["act_zero"])])
+        acc += np.outer(words[beat["w_addr"]], xs)
+        if beat["last"]:
+            y, rest = divmod(tile, desc["k_blocks"] * tiles_per_row)
+            kb, xt = divmod(rest, tiles_per_row)
+            out[kb * rows:(kb + 1) * rows, y, xt * cols:(xt + 1) * cols] = acc
+            acc[:] = 0
+            tile += 1
+    expected = golden.conv2d(x, wt, stride=desc["stride"], pad=desc["pad"])
+    np.testing.assert_array_equal(out[:k, :, :desc["out_w"]], expected)
+
+
+def test_empty_descriptor_returns_to_idle(request):
+    dut = Im2col(2)
+
+    async def bench(ctx):
+        ctx.set(dut.start.payload, {**GEOMETRIES["fc"][0], "reduction": 0})
+        ctx.set(dut.start.valid, 1)
+        await ctx.tick().until(dut.start.ready)
+        ctx.set(dut.start.valid, 0)
+        for _ in range(5):
+            await ctx.tick()
+            assert not ctx.get(dut.o_stream.valid) and not ctx.get(dut.busy)
+
+    run_simulation(dut, [bench], name=request.node.name)
+
+
+def test_lenet_c1_c3_cycles(request):
+    """Beats and cycles of LeNet-5's C1 and C3 on the 8×2 iCEBreaker array vs MACs / 16."""
+    dut = Im2col(2)
+    layers = {"C1": (descriptor(1, 28, 28, 5, 1, 2, 6, 8), 6 * 28 * 28 * 25),
+              "C3": (descriptor(6, 14, 14, 5, 1, 0, 16, 8), 16 * 10 * 10 * 150)}
+    counts = {}
+
+    async def bench(ctx):
+        ctx.set(dut.o_stream.ready, 1)
+        for name, (desc, _) in layers.items():
+            ctx.set(dut.start.payload, desc)
+            ctx.set(dut.start.valid, 1)
+            await ctx.tick().until(dut.start.ready)
+            ctx.set(dut.start.valid, 0)
+            beats = cycles = 0
+            while True:
+                _, _, valid, end = await ctx.tick().sample(dut.o_stream.valid,
+                                                            dut.o_stream.payload.end)
+                cycles += 1
+                beats += valid
+                if valid and end:
+                    break
+            counts[name] = (beats, cycles)
+
+    run_simulation(dut, [bench], name=request.node.name, max_cycles=40_000)
+    for name, (desc, macs) in layers.items():
+        beats, cycles = counts[name]
+        ideal = macs / 16
+        print(f"im2col {name}: {beats} beats in {cycles} cycles (start to end), "
+              f"ideal MACs/16 = {ideal:.0f}: {cycles / ideal:.2f}x")
+        assert beats == len(list(im2col_reference(desc, 2)))
+        setup = max(desc["in_h"], desc["stride"], desc["pad"], desc["kernel"], 2) + 3
+        assert cycles <= beats + setup

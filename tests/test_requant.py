@@ -1,0 +1,138 @@
+# amaranth: UnusedElaboratable=no
+"""Requantizer vs golden.requantize, in Amaranth's simulator."""
+
+import random
+
+import numpy as np
+import pytest
+from amaranth.hdl import unsigned
+
+from fpgacnn.hw.requant import Requantizer
+from fpgacnn.sim.amaranth_sim import run_simulation
+from fpgacnn.sim.streams import stream_get, stream_put
+from fpgacnn.sw import golden
+
+
+def make_inputs(n, acc_width, seed):
+    """``n`` (acc, bias, m, s, relu) rows: random, extremes, and rounding/saturation edges."""
+    rng = np.random.default_rng(seed)
+    lo, hi = -(1 << (acc_width - 1)), (1 << (acc_width - 1)) - 1
+    acc = rng.integers(lo, hi + 1, n, dtype=np.int64)
+    bias = rng.integers(-(1 << 31), 1 << 31, n, dtype=np.int64)
+    m = rng.integers(0, 1 << 16, n, dtype=np.int64)
+    s = rng.integers(1, 64, n, dtype=np.int64)
+    relu = rng.integers(0, 2, n, dtype=np.int64)
+    # Realistic scale: small bias, s near log2(acc*m) so results land inside int8 often.
+    k = n // 3
+    bias[:k] = rng.integers(-1000, 1000, k)
+    acc[:k] = rng.integers(-(1 << 18), 1 << 18, k)
+    s[:k] = rng.integers(20, 34, k)
+    edges = [
+        (hi, (1 << 31) - 1, (1 << 16) - 1, 1, 0),     # largest product, smallest shift
+        (lo, -(1 << 31), (1 << 16) - 1, 1, 0),        # most negative
+        (lo, -(1 << 31), (1 << 16) - 1, 63, 0),
+        (hi, (1 << 31) - 1, (1 << 16) - 1, 63, 1),
+        (5, 0, 1, 1, 0), (-5, 0, 1, 1, 0),            # exact halves round up: 3, -2
+        (255, 0, 1, 1, 0), (256, 0, 1, 1, 0), (-257, 0, 1, 1, 0), (-258, 0, 1, 1, 0),
+        (0, 0, 0, 5, 0), (0, 0, 0, 63, 1), (123, 4, 0, 7, 0),
+        (-1, 0, 1, 63, 0), (-(1 << 20), 0, 1, 13, 1), (1 << 20, 0, 1, 13, 0),
+    ]
+    for row, e in enumerate(edges[:n]):
+        acc[row], bias[row], m[row], s[row], relu[row] = e
+    acc = np.clip(acc, lo, hi)
+    return acc, bias, m, s, relu
+
+
+def golden_requant(acc, bias, m, s, relu):
+    total = acc + bias
+    plain = golden.requantize(total, m, s, relu=False)
+    rect = golden.requantize(total, m, s, relu=True)
+    return np.where(relu.astype(bool), rect, plain).astype(np.int8)
+
+
+def run_requant(dut, inputs, *, seed, name, idle=0.3, stall=0.3):
+    acc, bias, m, s, relu = inputs
+    lanes = dut.lanes
+    beats = len(acc) // lanes
+    got, tags = [], []
+
+    async def producer(ctx):
+        rng = random.Random(seed)
+        for b in range(beats):
+            sl = range(b * lanes, (b + 1) * lanes)
+            payload = {"lanes": [{"acc": int(acc[j]), "bias": int(bias[j]), "m": int(m[j]),
+                                  "s": int(s[j])} for j in sl],
+                       "relu": int(relu[b * lanes])}
+            if dut.tag is not None:
+                payload["tag"] = b % 1024
+            await stream_put(ctx, dut.i_stream, payload)
+            while rng.random() < idle:
+                await ctx.tick()
+
+    async def consumer(ctx):
+        rng = random.Random(seed + 1)
+        for _ in range(beats):
+            p = await stream_get(ctx, dut.o_stream)
+            got.extend(p.y[j] for j in range(lanes))
+            if dut.tag is not None:
+                tags.append(p.tag)
+            while rng.random() < stall:
+                await ctx.tick()
+
+    # relu is per beat: all lanes of a beat share lane 0's flag.
+    relu_per_value = np.repeat(relu[::lanes][:beats], lanes)
+    expected = golden_requant(acc, bias, m, s, relu_per_value)[:beats * lanes]
+
+    def check():
+        np.testing.assert_array_equal(np.array(got, dtype=np.int8), expected,
+                                      err_msg=f"seed={seed}")
+        if dut.tag is not None:
+            assert tags == [b % 1024 for b in range(beats)]
+
+    run_simulation(dut, [producer, consumer], name=name, check=check)
+
+
+@pytest.mark.parametrize("acc_width", [26, 40])
+@pytest.mark.parametrize("seed", range(3))
+def test_requant_matches_golden(request, acc_width, seed):
+    inputs = make_inputs(300, acc_width, seed)
+    run_requant(Requantizer(acc_width), inputs, seed=seed, name=request.node.name)
+
+
+def test_requant_lanes_and_tag(request):
+    dut = Requantizer(24, lanes=3, tag=unsigned(10))
+    run_requant(dut, make_inputs(240, 24, 11), seed=11, name=request.node.name,
+                idle=0.2, stall=0.6)
+
+
+def test_requant_full_rate(request):
+    """No idle, no backpressure: one value per cycle after LATENCY cycles."""
+    dut = Requantizer(26)
+    inputs = make_inputs(100, 26, 5)
+    cycles = {}
+
+    async def producer(ctx):
+        acc, bias, m, s, relu = inputs
+        for j in range(100):
+            await stream_put(ctx, dut.i_stream, {"lanes": [{"acc": int(acc[j]),
+                             "bias": int(bias[j]), "m": int(m[j]), "s": int(s[j])}],
+                             "relu": int(relu[j])})
+
+    async def consumer(ctx):
+        ctx.set(dut.o_stream.ready, 1)
+        n, count = 0, 0
+        while n < 100:
+            await ctx.tick()
+            count += 1
+            n += ctx.get(dut.o_stream.valid)
+        cycles["n"] = count
+
+    run_simulation(dut, [producer, consumer], name=request.node.name)
+    assert cycles["n"] <= 100 + Requantizer.LATENCY
+
+
+def test_requant_bad_arguments():
+    with pytest.raises(TypeError, match="lanes"):
+        Requantizer(26, lanes=0)
+    with pytest.raises(ValueError, match="acc_width"):
+        Requantizer(0)

@@ -1,0 +1,155 @@
+"""The simulated board end to end: driver → TCP → Verilated BoardTop (UART, link, core).
+
+One Verilator build of the iCEBreaker top (iCE40 cell models included) serves the whole
+module; the model is loaded once. Logits must equal the golden model's exactly, also
+after every kind of damaged frame.
+"""
+
+import time
+
+import numpy as np
+import pytest
+
+from fpgacnn.hw import protocol as proto
+from fpgacnn.hw.program import Space
+from fpgacnn.sim.simboard import SimBoard
+from fpgacnn.sw import mnist
+from fpgacnn.sw import network as nets
+from fpgacnn.sw.driver import Accelerator, BoardError
+
+
+def lenet():
+    from fpgacnn.sw import modelfile
+    try:
+        net, params, _ = modelfile.load_default()
+    except FileNotFoundError:
+        net = nets.lenet5()
+        params = nets.random_params(net, 0)
+    return net, params
+
+
+@pytest.fixture(scope="module")
+def board():
+    with SimBoard("icebreaker", stats=True, progress=None) as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def model():
+    return lenet()
+
+
+@pytest.fixture(scope="module")
+def acc(board, model):
+    a = Accelerator.open(board.url, timeout=30)
+    a.load(*model, progress=False)
+    yield a
+    a.close()
+
+
+@pytest.fixture(scope="module")
+def digits(model):
+    net, params = model
+    x, y = mnist.heldout()
+    x = x[:24]
+    golden = np.stack([nets.run_network(net, params, img[None])
+                       for img in mnist.image_to_int8(x)])
+    return x, y[:24], golden
+
+
+def test_identify(acc, board):
+    info = acc.identify()
+    assert info.config == board.config
+
+
+def test_infer_matches_golden(acc, digits):
+    x, _, golden = digits
+    classes, logits = acc.infer(x, progress=False)
+    np.testing.assert_array_equal(logits, golden)
+    np.testing.assert_array_equal(classes, golden.argmax(axis=1))
+    cycles = acc.counters
+    assert cycles.shape == (len(x), 1 + len(acc.program.stages))
+    assert np.all(cycles[:, 0] == cycles[0, 0])           # data-independent schedule
+    assert np.all(cycles[:, 1:].sum(axis=1) <= cycles[:, 0])
+    print(f"\ncore cycles per image: {cycles[0, 0]:,} (layers {cycles[0, 1:].tolist()})")
+
+
+def _raw(acc, frame, *, wait_truncated=False):
+    """Send raw bytes, return the status of the board's response."""
+    acc._port.reset_input_buffer()
+    acc._port.write(frame)
+    deadline = time.monotonic() + 10
+    head = b""
+    while len(head) < proto.RESPONSE_HEADER_BYTES and time.monotonic() < deadline:
+        head += acc._port.read(proto.RESPONSE_HEADER_BYTES - len(head))
+    length = proto.decode_struct(proto.ResponseHeader, head)["length"]
+    rest = b""
+    while len(rest) < length + 2 and time.monotonic() < deadline:
+        rest += acc._port.read(length + 2 - len(rest))
+    return proto.parse_response(head + rest)[0]
+
+
+def test_faults_keep_the_loaded_model(acc, digits):
+    S = proto.Status
+    # A weight write whose payload was damaged on the way: must not reach the memory.
+    zeros = proto.encode_request(proto.Opcode.WRITE, proto.write_payload(
+        Space.WEIGHTS, 0, [0] * proto.MAX_CHUNKS))
+    corrupted = bytearray(zeros)
+    corrupted[40] ^= 0x01
+    assert _raw(acc, bytes(corrupted)) == S.BAD_CRC
+    assert _raw(acc, zeros[:-5]) == S.TRUNCATED
+    assert _raw(acc, proto.encode_request(0x5C, b"")) == S.BAD_OPCODE
+    assert _raw(acc, proto.encode_request(proto.Opcode.WRITE,
+                                          bytes(proto.MAX_PAYLOAD + 8))) == S.BAD_LENGTH
+    qparams_end = proto.space_chunks(acc.info.config, Space.QPARAMS)
+    assert _raw(acc, proto.encode_request(proto.Opcode.WRITE, proto.write_payload(
+        Space.QPARAMS, qparams_end, [0]))) == S.BAD_ARGUMENT
+    # Random garbage (sync bytes included): the driver resynchronises and carries on.
+    rng = np.random.default_rng(5)
+    acc._port.write(bytes(rng.integers(0, 256, 300, dtype=np.uint8)) + b"\xa5\x02\xff")
+    acc.resync()
+    with pytest.raises(BoardError, match="BAD_ARGUMENT"):
+        acc.transact(proto.Opcode.RESULT, proto.encode_struct(
+            proto.ResultArgs, {"n_logits": 200, "n_counters": 0}))
+    x, _, golden = digits
+    _, logits = acc.infer(x[:4], progress=False)
+    np.testing.assert_array_equal(logits, golden[:4])
+
+
+def test_second_connection_and_speed(acc, board, digits):
+    """The board keeps its model across connections; report simulated cycles/s."""
+    acc.close()                                   # the harness serves one client at a time
+    stats = board.wait_stats(1)
+    assert stats, f"no stats from the harness; its stderr: {board.errors}"
+    rate = stats[-1]["rate"]
+    print(f"\nsimulated board: {stats[-1]['busy_cycles']:,.0f} cycles in "
+          f"{stats[-1]['busy_seconds']:.2f} s busy = {rate / 1e6:.2f} M cycles/s")
+    assert rate > 2e5
+    x, _, golden = digits
+    with Accelerator.open(board.url, timeout=30) as again:
+        again.identify()
+        # Reuse the compiled program without reloading: the board kept its memories.
+        again.program = acc.program
+        _, logits = again.infer(x[4:8], progress=False)
+    np.testing.assert_array_equal(logits, golden[4:8])
+
+
+def test_cli_infer_png_npy_idx(board, digits, tmp_path, capsys):
+    """``fpgacnn infer`` on the three file kinds; the printed classes are the golden ones."""
+    from PIL import Image
+
+    from fpgacnn.cli import main
+    x, _, golden = digits
+    Image.fromarray(x[8]).save(tmp_path / "a.png")
+    np.save(tmp_path / "b.npy", x[9:11])
+    idx = bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in (2, 28, 28))
+    (tmp_path / "c-images-idx3-ubyte").write_bytes(idx + x[11:13].tobytes())
+    files = [str(tmp_path / n) for n in ("a.png", "b.npy", "c-images-idx3-ubyte")]
+    assert main(["infer", "--port", board.url, "--timeout", "30", *files]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in out if line.split()[:1] and
+            line.split()[0].startswith(("a.png", "b.npy", "c-images"))]
+    assert [r[0] for r in rows] == ["a.png", "b.npy[0]", "b.npy[1]", "c-images-idx3-ubyte[0]",
+                                    "c-images-idx3-ubyte[1]"]
+    assert [int(r[1]) for r in rows] == golden[8:13].argmax(axis=1).tolist()
+    assert [[int(v) for v in r[2:]] for r in rows] == golden[8:13].tolist()

@@ -1,0 +1,155 @@
+# amaranth: UnusedElaboratable=no
+"""SystolicArray vs the golden matrix product, in Amaranth's simulator."""
+
+import random
+
+import numpy as np
+import pytest
+from amaranth.hdl import Module, Signal
+from amaranth.lib import wiring
+
+from fpgacnn.hw.multiplier import DualMul8, dual_mul8_signature
+from fpgacnn.hw.systolic import SystolicArray
+from fpgacnn.sim.amaranth_sim import run_simulation
+from fpgacnn.sim.streams import stream_put
+from fpgacnn.sw import golden
+
+
+def make_tiles(rows, cols, depths, seed):
+    """Random (W[rows×D], X[D×cols]) int8 tiles, with edge-value tiles mixed in."""
+    rng = np.random.default_rng(seed)
+    tiles = []
+    for n, d in enumerate(depths):
+        kind = n % 5
+        if kind == 1:      # the largest sums: (-128)*(-128) everywhere
+            w, x = np.full((rows, d), -128), np.full((d, cols), -128)
+        elif kind == 2:    # the most negative sums
+            w, x = np.full((rows, d), -128), np.full((d, cols), 127)
+        elif kind == 3:
+            w, x = np.zeros((rows, d)), rng.integers(-128, 128, (d, cols))
+        else:
+            w, x = rng.integers(-128, 128, (rows, d)), rng.integers(-128, 128, (d, cols))
+        tiles.append((w.astype(np.int8), x.astype(np.int8)))
+    return tiles
+
+
+def expected_results(tiles):
+    """Golden stream: per tile ``for col: for row`` of (acc, row, col, last)."""
+    out = []
+    for w, x in tiles:
+        acc = w.astype(np.int64) @ x.astype(np.int64)
+        rows, cols = acc.shape
+        for c in range(cols):
+            for r in range(rows):
+                out.append((acc[r, c], r, c, int(r == rows - 1 and c == cols - 1)))
+    return np.array(out, dtype=np.int64).reshape(-1, 4)
+
+
+def run_array(dut, tiles, *, seed, name, idle=0.3, stall=0.3):
+    """Feed ``tiles`` to ``dut``; return (results array, cycles from first beat to last)."""
+    expected = expected_results(tiles)
+    got, times = [], {}
+
+    async def producer(ctx):
+        rng = random.Random(seed)
+        times["start"] = 0
+        for w, x in tiles:
+            d = w.shape[1]
+            for k in range(d):
+                await stream_put(ctx, dut.i_stream, {
+                    "w": w[:, k].tolist(), "x": x[k, :].tolist(), "last": int(k == d - 1)})
+                while rng.random() < idle:
+                    await ctx.tick()
+
+    async def consumer(ctx):
+        rng = random.Random(seed + 1000)
+        cycles = 0
+        for _ in range(len(expected)):
+            ctx.set(dut.o_stream.ready, 1)
+            while True:
+                _, _, valid, p = await ctx.tick().sample(dut.o_stream.valid,
+                                                          dut.o_stream.payload)
+                cycles += 1
+                if valid:
+                    break
+            ctx.set(dut.o_stream.ready, 0)
+            got.append((p.acc, p.row, p.col, p.last))
+            while rng.random() < stall:
+                await ctx.tick()
+                cycles += 1
+        times["cycles"] = cycles
+
+    def check():
+        np.testing.assert_array_equal(np.array(got, dtype=np.int64).reshape(-1, 4), expected,
+                                      err_msg=f"seed={seed}")
+
+    # ready is only raised for whole beats, so count cycles in the consumer.
+    run_simulation(dut, [producer, consumer], name=name, check=check,
+                   max_cycles=50 * len(expected) + 20 * sum(w.shape[1] for w, _ in tiles))
+    return np.array(got), times["cycles"]
+
+
+SHAPES = [(1, 1), (4, 4), (8, 2), (2, 8), (3, 1)]
+
+
+@pytest.mark.parametrize("rows,cols", SHAPES)
+@pytest.mark.parametrize("seed", range(2))
+def test_array_matches_golden(request, rows, cols, seed):
+    rng = random.Random(seed)
+    # Short tiles (D = 1, 2, < rows*cols) and long ones, back to back.
+    depths = [1, 2, rows * cols + 5, 3] + [rng.randrange(1, 2 * rows * cols + 8)
+                                           for _ in range(4)]
+    dut = SystolicArray(rows, cols, acc_width=golden.accumulator_bits(max(depths)))
+    run_array(dut, make_tiles(rows, cols, depths, seed), seed=seed, name=request.node.name)
+
+
+def test_heavy_backpressure(request):
+    dut = SystolicArray(4, 2, acc_width=24)
+    tiles = make_tiles(4, 2, [9, 1, 12, 2, 30], seed=7)
+    run_array(dut, tiles, seed=7, name=request.node.name, idle=0.1, stall=0.8)
+
+
+class SlowMul(wiring.Component):
+    """A DualMul8 stand-in with LATENCY = 3, to prove the array follows the attribute."""
+    LATENCY = 3
+
+    def __init__(self):
+        super().__init__(dual_mul8_signature())
+
+    def elaborate(self, platform):
+        m = Module()
+        inner = m.submodules.inner = DualMul8()
+        m.d.comb += [inner.a.eq(self.a), inner.b.eq(self.b)]
+        delayed = inner.p
+        for n in range(self.LATENCY - DualMul8.LATENCY):
+            reg = Signal(inner.p.shape(), name=f"d{n}")
+            m.d.sync += reg.eq(delayed)
+            delayed = reg
+        m.d.comb += self.p.eq(delayed)
+        return m
+
+
+def test_other_multiplier_latency(request):
+    dut = SystolicArray(2, 3, acc_width=24, mac=SlowMul)
+    run_array(dut, make_tiles(2, 3, [1, 8, 2, 11, 5], seed=3), seed=3, name=request.node.name)
+
+
+def test_throughput_one_beat_per_cycle(request):
+    """Tiles of D = min_tile beats stream with no stall: cycles = beats + drain latency."""
+    rows, cols = 8, 2
+    dut = SystolicArray(rows, cols, acc_width=24)
+    depths = [dut.min_tile] * 4
+    _, cycles = run_array(dut, make_tiles(rows, cols, depths, seed=1), seed=1,
+                          name=request.node.name, idle=0, stall=0)
+    ideal = sum(depths) + dut.result_latency + rows * cols - 1
+    print(f"8x2 array: {sum(depths)} beats, {cycles} cycles (ideal {ideal})")
+    assert cycles <= ideal + 1
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="rows must be a positive integer"):
+        SystolicArray(0, 2, acc_width=24)
+    with pytest.raises(ValueError, match="acc_width"):
+        SystolicArray(2, 2, acc_width=8)
+    with pytest.raises(ValueError, match="mac must be"):
+        SystolicArray(2, 2, acc_width=24, mac="dsp48")
