@@ -148,7 +148,9 @@ def _power_on_reset(m, cd_sync, lock, clock_hz):
 
 
 def _uart(m, platform, top):
-    uart = platform.request("uart", 0, dir={"rx": "-", "tx": "-"})
+    # Raw ports for every subsignal (the ULX3S also has rts/dtr; left unused).
+    subsignals = [sub.name for sub in platform.lookup("uart", 0).ios]
+    uart = platform.request("uart", 0, dir=dict.fromkeys(subsignals, "-"))
     m.submodules.uart_rx_buf = rx_buf = io.Buffer("i", uart.rx)
     m.submodules.uart_tx_buf = tx_buf = io.Buffer("o", uart.tx)
     # rx is asynchronous to our clock; idle high, so the synchroniser starts at 1.

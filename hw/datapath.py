@@ -56,8 +56,11 @@ class Datapath(wiring.Component):
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"Datapath needs an AcceleratorConfig, not {config!r}")
         self._config = config
-        self._mac = mac
         rows, cols = config.rows, config.cols
+        self.im2col = Im2col(cols)
+        self.array = SystolicArray(rows, cols, config.acc_width, mac=mac)
+        self.requant = Requantizer(config.acc_width)
+        self.pool = MaxPool(config.pool_width, config.pool_blocks, rows)
         super().__init__({
             "desc": In(program.LayerDescriptor),
             "image_base": In(16),
@@ -79,10 +82,10 @@ class Datapath(wiring.Component):
         m = Module()
         desc = self.desc
 
-        m.submodules.im2col = gen = Im2col(C)
-        m.submodules.array = array = SystolicArray(R, C, cfg.acc_width, mac=self._mac)
-        m.submodules.requant = rq = Requantizer(cfg.acc_width)
-        m.submodules.pool = pool = MaxPool(cfg.pool_width, cfg.pool_blocks, R)
+        m.submodules.im2col = gen = self.im2col
+        m.submodules.array = array = self.array
+        m.submodules.requant = rq = self.requant
+        m.submodules.pool = pool = self.pool
 
         running = Signal()
         m.d.comb += self.busy.eq(running)

@@ -28,7 +28,11 @@ meanings follow Lattice's "DSP Function Usage Guide for iCE40 Devices", TN1295):
   output reads 0 during reset, like the generic multiplier's reset value.
 
 ``tests/test_ice40.py`` checks every one of the 65,536 operand pairs on both products
-under Verilator with ``cells_sim.v``, and that ``synth_ice40 -dsp`` keeps the block.
+under Verilator with ``cells_sim.v``, and that synthesis as ``fpgacnn build`` runs it
+keeps the block unchanged. Never synthesise these blocks with ``synth_ice40 -dsp``: its
+``ice40_dsp`` pass rewrites *every* SB_MAC16, hand-instantiated ones included, into a
+16×16 multiplier (``MODE_8x8 = 0``); the build refuses such a netlist
+(``fpgacnn.commands.build.check_hand_dsps``).
 """
 
 from amaranth.hdl import C, Cat, ClockSignal, Instance, Module, ResetSignal, Signal

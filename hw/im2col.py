@@ -62,9 +62,8 @@ class Im2col(wiring.Component):
     """Generate the operand addresses of one layer, one beat per cycle.
 
     A layer starts with a beat on ``start`` (a :class:`~fpgacnn.hw.program.LayerDescriptor`;
-    ``start.ready`` is high only while idle). The unit then spends
-    ``max(in_h, stride, pad, kernel, cols) + 2`` cycles computing per-layer constants by
-    repeated addition (no multipliers anywhere), and emits ``out_h * k_blocks *
+    ``start.ready`` is high only while idle). The unit then spends 10 cycles computing
+    per-layer constants by shift-and-add (no multipliers anywhere), and emits ``out_h * k_blocks *
     ceil(out_w / cols) * reduction`` beats on ``o_stream``, one per cycle unless
     backpressured, the final one with ``end``. Column ``j``'s byte address is
     ``in_base + (c*in_h + iy)*in_w + ix`` (CHW), its ``act_zero`` flags padding or a pixel
@@ -75,8 +74,8 @@ class Im2col(wiring.Component):
     compiler guarantees it; :func:`im2col_reference` is the exact model). A descriptor
     with any of those counts zero emits nothing and returns to idle.
 
-    Latency: first beat ``max(in_h, stride, pad, kernel, cols) + 3`` cycles after
-    ``start``; throughput one beat per cycle.
+    Latency: first beat valid 12 cycles after the ``start`` transfer; throughput one
+    beat per cycle.
 
     Parameters
     ----------
@@ -98,33 +97,38 @@ class Im2col(wiring.Component):
         m = Module()
         C = self.cols
         o = self.o_stream
-        A = signed(19)   # address arithmetic: 16-bit addresses ± padding offsets
+        # Addresses wrap modulo 2**16 like the memories, so address arithmetic is plain
+        # 16-bit; only the pixel coordinates that decide padding need a sign.
+        A = unsigned(16)
+        P = signed(12)          # coordinates: |value| < (255 + cols) * 7 + 15
 
         # Latched geometry.
         g = Signal(LayerDescriptor)
-        # Per-layer constants, built by repeated addition in INIT.
+        # Per-layer constants, built by shift-and-add in INIT.
         hw = Signal(A)          # in_h * in_w
         sw = Signal(A)          # stride * in_w
         pw = Signal(A)          # pad * in_w
         fw = Signal(A)          # kernel * in_w
-        cs = Signal(A)          # cols * stride
-        colb0 = [Signal(A, name=f"colb0_{j}") for j in range(C)]   # j*stride - pad
+        cs = Signal(P)          # cols * stride
+        colb0 = [Signal(P, name=f"colb0_{j}") for j in range(C)]   # j*stride - pad
         step_y = Signal(A)      # in_w - kernel + 1: next fy
         step_c = Signal(A)      # hw - fw + step_y: next channel
-        n = Signal(8)
-        n_max = Signal(8)
+        n = Signal(3)
+        wsh = Signal(A)         # in_w << n
+        hsh, ssh = Signal(8), Signal(3)             # multiplier bits, LSB first
+        psh, fsh = Signal(3), Signal(4)
 
         # Loop state describing the beat to emit next.
         y, kb, c = Signal(8), Signal(8), Signal(12)
         fy, fx = Signal(4), Signal(4)
         d = Signal(16)
-        iy0 = Signal(A)         # y*stride - pad
-        iy = Signal(A)          # iy0 + fy
+        iy0 = Signal(P)         # y*stride - pad
+        iy = Signal(P)          # iy0 + fy
         rowb = Signal(A)        # in_base + iy0*in_w
         inner = Signal(A)       # c*hw + fy*in_w + fx
         wrow = Signal(A)        # w_base + kb*reduction
-        colb = [Signal(A, name=f"colb_{j}") for j in range(C)]     # pixel*stride - pad
-        ix = [Signal(A, name=f"ix_{j}") for j in range(C)]         # colb + fx
+        colb = [Signal(P, name=f"colb_{j}") for j in range(C)]     # pixel*stride - pad
+        ix = [Signal(P, name=f"ix_{j}") for j in range(C)]         # colb + fx
         pix = [Signal(9, name=f"pix_{j}") for j in range(C)]        # xt*cols + j
 
         def fits(value, limit):
@@ -141,11 +145,10 @@ class Im2col(wiring.Component):
                 with m.If(self.start.valid):
                     p = self.start.payload
                     m.d.sync += [
-                        g.eq(p), n.eq(0),
-                        n_max.eq(Mux(p.in_h > C, p.in_h, C)),
-                        hw.eq(0), sw.eq(0), pw.eq(0), fw.eq(0), cs.eq(0),
+                        g.eq(p), n.eq(0), wsh.eq(p.in_w),
+                        hsh.eq(p.in_h), ssh.eq(p.stride), psh.eq(p.pad), fsh.eq(p.kernel),
+                        hw.eq(0), sw.eq(0), pw.eq(0), fw.eq(0),
                     ]
-                    m.d.sync += [colb0[j].eq(-p.pad) for j in range(C)]
                     empty = ((p.cin == 0) | (p.in_h == 0) | (p.in_w == 0) | (p.kernel == 0) |
                              (p.stride == 0) | (p.out_h == 0) | (p.out_w == 0) |
                              (p.k_blocks == 0) | (p.reduction == 0))
@@ -153,23 +156,17 @@ class Im2col(wiring.Component):
                         m.next = "INIT"
             with m.State("INIT"):
                 m.d.comb += self.busy.eq(1)
-                # Products by repeated addition: n runs over max(in_h, cols, stride, ...).
-                with m.If(n < g.in_h):
-                    m.d.sync += hw.eq(hw + g.in_w)
-                with m.If(n < g.stride):
-                    m.d.sync += [sw.eq(sw + g.in_w)]
-                with m.If(n < g.pad):
-                    m.d.sync += pw.eq(pw + g.in_w)
-                with m.If(n < g.kernel):
-                    m.d.sync += fw.eq(fw + g.in_w)
-                with m.If(n < C):
-                    m.d.sync += cs.eq(cs + g.stride)
-                for j in range(C):
-                    with m.If(n < j):
-                        m.d.sync += colb0[j].eq(colb0[j] + g.stride)
-                m.d.sync += n.eq(n + 1)
-                with m.If((n + 1 >= n_max) & (n + 1 >= g.stride) & (n + 1 >= g.pad) &
-                          (n + 1 >= g.kernel)):
+                # Products with in_w by shift-and-add, one multiplier bit per cycle: 8
+                # cycles (in_h has 8 bits), no multiplier.
+                m.d.sync += [wsh.eq(wsh << 1), hsh.eq(hsh >> 1), ssh.eq(ssh >> 1),
+                             psh.eq(psh >> 1), fsh.eq(fsh >> 1), n.eq(n + 1)]
+                for product, bits in ((hw, hsh), (sw, ssh), (pw, psh), (fw, fsh)):
+                    with m.If(bits[0]):
+                        m.d.sync += product.eq(product + wsh)
+                # Constant × stride: a few shifted adds, settled long before FINAL.
+                m.d.sync += cs.eq(g.stride * C)
+                m.d.sync += [colb0[j].eq(g.stride * j - g.pad) for j in range(C)]
+                with m.If(n == 7):
                     m.next = "FINAL"
             with m.State("FINAL"):
                 m.d.comb += self.busy.eq(1)

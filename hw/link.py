@@ -55,8 +55,10 @@ class Link(wiring.Component):
     Attributes
     ----------
     rx : In(stream.Signature(8))
-        Bytes from the UART receiver; always ready (bytes that arrive while a command
-        executes are dropped, the host waits for each response).
+        Bytes from the UART receiver, through a FIFO (``BoardTop``): ready only while a
+        frame is being received or awaited, i.e. not while a command executes or a
+        response goes out; the FIFO holds what arrives meanwhile (the host's window
+        rule in :mod:`.protocol` bounds it).
     tx : Out(stream.Signature(8))
         Bytes to the UART transmitter.
     wr, start, busy, rd, rd_data
@@ -125,7 +127,8 @@ class Link(wiring.Component):
         identity = proto.Identity.const(proto.identity_fields(cfg)).as_value()
 
         byte_in = Signal(8)
-        m.d.comb += [byte_in.eq(self.rx.payload), self.rx.ready.eq(1)]
+        receiving = Signal()                    # set by the frame-receiving states
+        m.d.comb += [byte_in.eq(self.rx.payload), self.rx.ready.eq(receiving)]
         got = self.rx.valid
 
         space_end = Signal(17)
@@ -148,6 +151,9 @@ class Link(wiring.Component):
             with m.Else():
                 m.d.sync += idle_timer.eq(idle_timer + 1)
         timed_out = in_frame & (idle_timer == self._timeout)
+        # A byte is consumed only in a state that uses it; after a time-out it is left for
+        # SYNC (the FIFO keeps it), so it can start the next frame.
+        m.d.comb += receiving.eq((in_frame & ~timed_out) | self.idle)
 
         with m.FSM():
             with m.State("SYNC"):

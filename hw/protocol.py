@@ -10,8 +10,16 @@ byte first)::
     request  : RequestHeader  (sync 0xA5, opcode, length)          + payload + crc16
     response : ResponseHeader (sync 0x5A, status, opcode, length)  + payload + crc16
 
-The host sends one request and waits for its response (stop-and-wait); the board answers
-every complete request with exactly one response. The board receives a whole frame and
+The board answers every complete request with exactly one response, in request order. The
+host may keep requests in flight (pipelining) under one rule, which makes overrun
+impossible without any timing assumption: **at most** :data:`RX_FIFO_BYTES` bytes
+(``1 << Identity.rx_fifo_log2``) may have been sent whose request has not been answered
+yet. Every byte the board has received but not yet consumed belongs to such a request
+(a request is answered only after all its bytes were consumed), and the board buffers
+that many bytes in front of its frame decoder, so none is ever dropped while it commits
+a write, waits for a run or sends a response. A request larger than the window must not
+be sent at all; the driver splits image writes accordingly. The board receives a whole
+frame and
 checks its CRC, length and arguments *before* acting on it, so a damaged frame never
 changes what is loaded. A frame whose bytes stop arriving for :data:`FRAME_TIMEOUT_US`
 is answered with :attr:`Status.TRUNCATED`; bytes outside a frame (garbage) are skipped
@@ -29,6 +37,16 @@ Commands (``payload`` → response payload on :attr:`Status.OK`):
 ``RESULT``    :class:`ResultArgs` → waits for the run to finish, then ``n_logits``
               int8 logits followed by ``n_counters`` uint32 cycle counters (total, then
               one per layer); ``NO_RESULT`` if nothing was run.
+
+Pipelined inference (what the driver sends for image ``i`` in slot ``i % 2``)::
+
+    WRITE(image 0 → slot 0)  RUN(slot 0)
+    WRITE(image i+1 → slot (i+1)%2)  RESULT(i)  RUN(slot (i+1)%2)    for i = 0, 1, ...
+
+All back to back within the window: the image bytes keep the host→board wire busy while
+image ``i`` computes, and the small responses travel on the board→host wire meanwhile.
+RESULT(i) arrives after the bytes of image ``i+1``, so the run is normally over when it
+is decoded; RUN(i+1) follows the RESULT that waited for run ``i``, so it is never BUSY.
 """
 
 from amaranth.lib import crc, data, enum
@@ -37,7 +55,7 @@ from .program import ReadSpace, Space
 
 __all__ = [
     "PROTOCOL_VERSION", "REQUEST_SYNC", "RESPONSE_SYNC", "MAX_CHUNKS", "CHUNK_BYTES",
-    "MAX_PAYLOAD", "FRAME_TIMEOUT_US", "CRC",
+    "MAX_PAYLOAD", "FRAME_TIMEOUT_US", "RX_FIFO_BYTES", "CRC",
     "Opcode", "Status", "RequestHeader", "ResponseHeader", "WriteArgs", "RunArgs",
     "ResultArgs", "Identity", "ARGS_BYTES", "IDENTITY_FLAG_ICE40",
     "struct_bytes", "encode_struct", "decode_struct", "crc16",
@@ -46,7 +64,7 @@ __all__ = [
     "ReadSpace", "Space", "REQUEST_HEADER_BYTES", "RESPONSE_HEADER_BYTES",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 REQUEST_SYNC = 0xA5
 RESPONSE_SYNC = 0x5A
 #: Bytes of one WRITE chunk (a 64-bit ``Core.wr`` beat).
@@ -59,6 +77,9 @@ ARGS_BYTES = 4
 MAX_PAYLOAD = ARGS_BYTES + MAX_CHUNKS * CHUNK_BYTES
 #: A frame whose next byte does not arrive within this time is dropped (TRUNCATED).
 FRAME_TIMEOUT_US = 10_000
+#: Host→board bytes the board buffers in front of its frame decoder (one iCE40 EBR); the
+#: pipelining window of the host (see the module docs). A power of two.
+RX_FIFO_BYTES = 512
 #: Frame check: CRC-16/CCITT (KERMIT), reflected, bytes in, 16 bits out.
 CRC = crc.catalog.CRC16_CCITT(data_width=8)
 #: ``Identity.flags`` bit: built with hand-instantiated iCE40 primitives.
@@ -129,12 +150,13 @@ class Identity(data.Struct):
     max_layers: 8
     max_logits: 8
     max_chunks: 8
-    _reserved: 8
+    rx_fifo_log2: 8      # the host's pipelining window is 1 << rx_fifo_log2 bytes
     clock_hz: 32
     baud: 32
     timeout_us: 32
 
 
+assert RX_FIFO_BYTES & (RX_FIFO_BYTES - 1) == 0, RX_FIFO_BYTES
 for _args in (WriteArgs, RunArgs, ResultArgs):
     assert _args.as_shape().size == ARGS_BYTES * 8, _args
 
@@ -271,6 +293,7 @@ def identity_fields(config):
         "weight_words": config.weight_words, "act_bytes": config.act_bytes,
         "max_reduction": config.max_reduction, "qparam_entries": config.qparam_entries,
         "max_layers": config.max_layers, "max_logits": config.max_logits,
-        "max_chunks": MAX_CHUNKS, "clock_hz": config.clock_hz, "baud": config.baud,
+        "max_chunks": MAX_CHUNKS, "rx_fifo_log2": RX_FIFO_BYTES.bit_length() - 1,
+        "clock_hz": config.clock_hz, "baud": config.baud,
         "timeout_us": FRAME_TIMEOUT_US,
     }

@@ -38,7 +38,14 @@ class Requantizer(wiring.Component):
     3. sum of the partial products; 4. coarse shift + overflow flag; 5. fine shift;
     6. round, saturate, ReLU.
 
-    Latency ``LATENCY = 6`` cycles; throughput one beat (``lanes`` values) per cycle.
+    Latency ``LATENCY = 6`` stages; throughput one beat (``lanes`` values) per
+    ``interval`` cycles (each stage takes ``interval`` cycles, so up to
+    ``interval * LATENCY`` cycles from input to output).
+
+    Cost: the exact ``33 × 16``-bit product dominates. Per lane with ``acc_width=26``,
+    yosys ``synth_ice40`` without DSPs gives ~1,570 LUT4 at ``interval=1`` (two
+    ``33 × 8`` multipliers) and about half the multiplier at ``interval=2`` (one,
+    used twice); ``synth_ice40 -dsp`` would take 4 SB_MAC16 instead.
     Backpressure stalls the whole pipeline (``i_stream.ready`` follows
     ``o_stream.ready`` combinationally while the output register is full).
 
@@ -51,6 +58,9 @@ class Requantizer(wiring.Component):
     tag : shape-castable or None
         Opaque payload carried from input to output unchanged (e.g. the pixel/channel
         position), or None for no tag.
+    interval : 1 or 2
+        Cycles per beat. 2 halves the multiplier hardware (for the iCE40UP5K, whose
+        DSPs all serve the systolic array); the stream interface is the same.
 
     Attributes
     ----------
@@ -60,9 +70,12 @@ class Requantizer(wiring.Component):
     """
     LATENCY = 6
 
-    def __init__(self, acc_width, lanes=1, tag=None):
+    def __init__(self, acc_width, lanes=1, tag=None, interval=1):
         if not isinstance(acc_width, int) or not 1 <= acc_width <= 64:
             raise ValueError(f"acc_width must be an integer in 1..64, not {acc_width!r}")
+        if interval not in (1, 2):
+            raise ValueError(f"interval must be 1 or 2 cycles per beat, not {interval!r}")
+        self.interval = interval
         if not isinstance(lanes, int) or lanes < 1:
             raise TypeError(f"lanes must be a positive integer, not {lanes!r}")
         self.acc_width, self.lanes, self.tag = acc_width, lanes, tag
@@ -80,31 +93,42 @@ class Requantizer(wiring.Component):
         i, o = self.i_stream, self.o_stream
         n = self.LATENCY
 
-        # All stages advance together; a stage register is free when the output is.
+        # All stages advance together (``adv``); a stage register is free when the output
+        # is. With interval 2 they advance every other cycle (phase 1), and the one
+        # 8-bit-wide multiplier computes v*M[7:0] in phase 0, v*M[15:8] in phase 1.
         en = Signal()
-        m.d.comb += [en.eq(o.ready | ~o.valid), i.ready.eq(en)]
+        adv = Signal()
+        phase = Signal()
+        m.d.comb += en.eq(o.ready | ~o.valid)
+        if self.interval == 1:
+            m.d.comb += adv.eq(en)
+        else:
+            m.d.sync += phase.eq(~phase)
+            m.d.comb += adv.eq(en & phase)
+            with m.If(o.valid & o.ready & ~adv):
+                m.d.sync += o.valid.eq(0)    # taken in phase 0: do not show it twice
+        m.d.comb += i.ready.eq(adv)
 
-        valid = [Signal(name=f"valid{k}") for k in range(n)]
+        valid = [Signal(name=f"valid{k}") for k in range(n - 1)] + [o.valid]
         relu = [Signal(name=f"relu{k}") for k in range(n)]
         tags = ([Signal(self.tag, name=f"tag{k}") for k in range(n)]
                 if self.tag is not None else None)
-        with m.If(en):
+        with m.If(adv):
             m.d.sync += [valid[0].eq(i.valid), relu[0].eq(i.payload.relu)]
             m.d.sync += [valid[k].eq(valid[k - 1]) for k in range(1, n)]
             m.d.sync += [relu[k].eq(relu[k - 1]) for k in range(1, n)]
             if tags is not None:
                 m.d.sync += tags[0].eq(i.payload.tag)
                 m.d.sync += [tags[k].eq(tags[k - 1]) for k in range(1, n)]
-        m.d.comb += o.valid.eq(valid[n - 1])
         if tags is not None:
             m.d.comb += o.payload.tag.eq(tags[n - 1])
 
         for lane in range(self.lanes):
-            m.d.comb += o.payload.y[lane].eq(self._lane(m, en, i.payload.lanes[lane],
+            m.d.comb += o.payload.y[lane].eq(self._lane(m, adv, phase, i.payload.lanes[lane],
                                                         relu, lane))
         return m
 
-    def _lane(self, m, en, x, relu, lane):
+    def _lane(self, m, en, phase, x, relu, lane):
         vw = max(self.acc_width, 32) + 1
         pw = vw + 16                       # v * M, M unsigned 16 bits: exact
         name = f"l{lane}_"
@@ -121,8 +145,17 @@ class Requantizer(wiring.Component):
         # S - 1 (mod 64): S = 0 is illegal, it just wraps to a shift of 63.
         sh1 = reg(unsigned(6), "sh1", x.s - 1)
         # 2: two 8-bit partial products.
-        plo = reg(signed(vw + 9), "plo", v * m1[:8])
-        phi = reg(signed(vw + 9), "phi", v * m1[8:])
+        if self.interval == 1:
+            plo = reg(signed(vw + 9), "plo", v * m1[:8])
+            phi = reg(signed(vw + 9), "phi", v * m1[8:])
+        else:
+            product = Signal(signed(vw + 9), name=f"{name}product")
+            m.d.comb += product.eq(v * Mux(phase, m1[8:], m1[:8]))
+            early = Signal(signed(vw + 9), name=f"{name}plo_early")
+            with m.If(~phase):
+                m.d.sync += early.eq(product)
+            plo = reg(signed(vw + 9), "plo", early)
+            phi = reg(signed(vw + 9), "phi", product)
         sh2 = reg(unsigned(6), "sh2", sh1)
         # 3: the full product.
         p = reg(signed(pw), "p", plo + (phi << 8))

@@ -83,6 +83,14 @@ class SystolicArray(wiring.Component):
         Signed accumulator width (see ``golden.accumulator_bits``); sums wrap beyond it.
     mac : ``"generic"``, ``"ice40"`` or class
         Multiplier block with the ``DualMul8`` signature and a ``LATENCY`` attribute.
+    dataflow : ``"systolic"`` or ``"broadcast"``
+        ``"systolic"`` (default) moves operands one PE per cycle as described above.
+        ``"broadcast"`` registers each row's weight and each column's activation once
+        and fans them out to the whole row/column: same results, order, latency and
+        throughput, but without the ``rows*cols*16`` operand and
+        ``4*(rows*(rows-1) + cols*(cols-1))`` skew flip-flops — about 480 iCE40 logic
+        cells on the 8×2 iCEBreaker array, where the fan-out (8 and 2) is harmless.
+        Large arrays (ECP5 16×8) should stay systolic.
 
     Attributes
     ----------
@@ -90,14 +98,17 @@ class SystolicArray(wiring.Component):
     o_stream : Out(stream.Signature(result_layout(rows, cols, acc_width)))
     """
 
-    def __init__(self, rows, cols, acc_width, mac="generic"):
+    def __init__(self, rows, cols, acc_width, mac="generic", dataflow="systolic"):
         for name, value in (("rows", rows), ("cols", cols)):
             if not isinstance(value, int) or value < 1:
                 raise TypeError(f"{name} must be a positive integer, not {value!r}")
         if not isinstance(acc_width, int) or acc_width < 17:
             raise ValueError(f"acc_width must be an integer >= 17 (one int8×int8 product "
                              f"needs 16 bits plus room to sum), not {acc_width!r}")
+        if dataflow not in ("systolic", "broadcast"):
+            raise ValueError(f"dataflow must be 'systolic' or 'broadcast', not {dataflow!r}")
         self._mac = resolve_mac(mac)
+        self.dataflow = dataflow
         self.rows, self.cols, self.acc_width = rows, cols, acc_width
         self.result_latency = self._mac.LATENCY + 3
         self.min_tile = rows * cols + self._mac.LATENCY + 2
@@ -130,15 +141,28 @@ class SystolicArray(wiring.Component):
                     v = reg
                 out.append(v)
             return out
-        w_edge = skewed(i.payload.w, R, "w")
-        x_edge = skewed(i.payload.x, C, "x")
+        if self.dataflow == "systolic":
+            w_edge = skewed(i.payload.w, R, "w")
+            x_edge = skewed(i.payload.x, C, "x")
+            wreg = [[Signal(signed(8), name=f"w_{r}_{c}") for c in range(C)]
+                    for r in range(R)]
+            xreg = [[Signal(signed(8), name=f"x_{r}_{c}") for c in range(C)]
+                    for r in range(R)]
+            for r in range(R):
+                for c in range(C):
+                    m.d.sync += wreg[r][c].eq(w_edge[r] if c == 0 else wreg[r][c - 1])
+                    m.d.sync += xreg[r][c].eq(x_edge[c] if r == 0 else xreg[r - 1][c])
+        else:
+            # One register per row and per column, fanned out to the whole row/column.
+            wrow = [Signal(signed(8), name=f"w_{r}") for r in range(R)]
+            xcol = [Signal(signed(8), name=f"x_{c}") for c in range(C)]
+            m.d.sync += [wrow[r].eq(Mux(accept, i.payload.w[r], 0)) for r in range(R)]
+            m.d.sync += [xcol[c].eq(Mux(accept, i.payload.x[c], 0)) for c in range(C)]
+            wreg = [[wrow[r]] * C for r in range(R)]
+            xreg = [xcol for _ in range(R)]
 
-        wreg = [[Signal(signed(8), name=f"w_{r}_{c}") for c in range(C)] for r in range(R)]
-        xreg = [[Signal(signed(8), name=f"x_{r}_{c}") for c in range(C)] for r in range(R)]
-        for r in range(R):
-            for c in range(C):
-                m.d.sync += wreg[r][c].eq(w_edge[r] if c == 0 else wreg[r][c - 1])
-                m.d.sync += xreg[r][c].eq(x_edge[c] if r == 0 else xreg[r - 1][c])
+        def skew(r, c):     # cycles between PE (0, 0) and PE (r, c) seeing one beat
+            return r + c if self.dataflow == "systolic" else 0
 
         # Multipliers, two PEs per block; an odd PE out multiplies zeros in lane 1.
         pes = [(r, c) for r in range(R) for c in range(C)]
@@ -155,7 +179,7 @@ class SystolicArray(wiring.Component):
 
         # lastpipe[j] is high in cycle A + 1 + j after the last beat was accepted in
         # cycle A; the products of that beat sit in the diagonal r + c = j - lat then.
-        lastpipe = Signal(lat + R + C - 1)
+        lastpipe = Signal(lat + skew(R - 1, C - 1) + 1)
         m.d.sync += lastpipe.eq(Cat(accept & i.payload.last, lastpipe[:-1]))
 
         acc = {pe: Signal(signed(self.acc_width), name=f"acc_{pe[0]}_{pe[1]}") for pe in pes}
@@ -163,7 +187,7 @@ class SystolicArray(wiring.Component):
                   for pe in pes}
         for (r, c) in pes:
             total = acc[(r, c)] + prod[(r, c)]
-            with m.If(lastpipe[lat + r + c]):
+            with m.If(lastpipe[lat + skew(r, c)]):
                 m.d.sync += [shadow[(r, c)].eq(total), acc[(r, c)].eq(0)]
             with m.Else():
                 m.d.sync += acc[(r, c)].eq(total)

@@ -6,8 +6,10 @@ Board files (``hw/boards.py``) wrap it with a PLL and pins; the simulated board
 
 from amaranth.hdl import Module
 from amaranth.lib import wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
+from . import protocol as proto
 from .link import Link
 from .uart import UARTReceiver, UARTTransmitter, baud_divisor
 
@@ -26,6 +28,12 @@ class BoardTop(wiring.Component):
 
     Runs in the ``sync`` domain at ``config.clock_hz``; the UART bit time is
     ``config.clock_hz / config.baud`` cycles (:func:`uart.baud_divisor`).
+
+    Received bytes pass through a :data:`protocol.RX_FIFO_BYTES`-byte FIFO (one EBR on
+    the iCE40) before the link, so the host may pipeline requests: the link stops taking
+    bytes while it commits a write, waits for a run or sends a response, and the FIFO
+    keeps what the host sent meanwhile. It cannot overflow while the host obeys the
+    window rule of :mod:`.protocol`. Latency: 2 cycles more per byte (far below a bit).
 
     Parameters
     ----------
@@ -71,8 +79,17 @@ class BoardTop(wiring.Component):
         m.submodules.link = link = Link(self._config, timeout=self._timeout)
         m.submodules.core = core = self._core
 
+        # +1: SyncFIFOBuffered keeps one entry in its output register, so the memory is
+        # exactly RX_FIFO_BYTES deep (one 4 kbit EBR at 512) and the window still fits.
+        m.submodules.rx_fifo = fifo = SyncFIFOBuffered(width=8, depth=proto.RX_FIFO_BYTES + 1)
+
         m.d.comb += [rx.rx.eq(self.uart_rx), self.uart_tx.eq(tx.tx)]
-        wiring.connect(m, rx.o, link.rx)
+        # The receiver's byte is taken at once while the FIFO has room; a host that breaks
+        # the window rule loses bytes here (answered as BAD_CRC/TRUNCATED), never hangs.
+        m.d.comb += [fifo.w_data.eq(rx.o.payload), fifo.w_en.eq(rx.o.valid),
+                     rx.o.ready.eq(fifo.w_rdy),
+                     link.rx.payload.eq(fifo.r_data), link.rx.valid.eq(fifo.r_rdy),
+                     fifo.r_en.eq(link.rx.ready)]
         wiring.connect(m, link.tx, tx.i)
         _stream(m, link.wr, core.wr)
         _stream(m, link.start, core.start)
@@ -81,5 +98,5 @@ class BoardTop(wiring.Component):
         m.d.comb += link.busy.eq(core.busy)
         if "idle" in self.signature.members:
             m.d.comb += self.idle.eq(link.idle & ~rx.busy & ~tx.busy & ~tx.i.valid &
-                                     ~rx.o.valid & ~core.busy)
+                                     ~rx.o.valid & (fifo.level == 0) & ~core.busy)
         return m

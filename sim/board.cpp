@@ -9,13 +9,22 @@
 // in poll(): an idle board costs no CPU. One client at a time; the board keeps its state
 // (loaded model) across connections, like a real board across serial sessions.
 //
+// Idle skipping never skips time while bytes are in flight: it needs the host→board queue
+// empty and its line idle, the board→host line idle, and the design's `idle` (UART, RX FIFO,
+// link and core all quiet). So simulated time is wire time as on a real board, except
+// where the host itself left the line idle with the board having nothing to do; such
+// waits are counted (`idle_waits`), so a measurement can prove none happened mid-batch.
+//
 // Usage: board --divisor N [--port P] [--stats]
 // Prints "socket://127.0.0.1:P" on stdout once listening (P chosen by the OS when 0).
-// With --stats, prints "stats cycles=... seconds=... rate=..." on stderr per connection.
+// With --stats, prints "stats k=v ..." on stderr per connection. On SIGUSR1 it prints a
+// "snapshot k=v ..." line of the running totals (simulated cycles, bytes each way, the
+// cycle of the last byte sent to the host, ...) for measurements in simulated time.
 
 #include <arpa/inet.h>
 #include <cerrno>
 #include <csignal>
+#include <signal.h>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -33,11 +42,15 @@
 #include "verilated.h"
 
 static volatile sig_atomic_t g_stop = 0;
+static volatile sig_atomic_t g_snapshot = 0;
 static void on_signal(int) { g_stop = 1; }
+static void on_usr1(int) { g_snapshot = 1; }
 
 namespace {
 
-constexpr int SERVICE_CYCLES = 256;   // socket work at most once per this many cycles
+// Socket work at most once per this many cycles (~2 byte times at 36 MHz / 3 Mbaud), so
+// the syscalls cost next to nothing next to the model's evaluation.
+constexpr int SERVICE_CYCLES = 256;
 constexpr size_t RX_HIGH_WATER = 1 << 16;
 
 struct Board {
@@ -69,11 +82,13 @@ struct LineOut {
     size_t head = 0;
     int timer = 0, bits = 0;
     uint32_t shreg = 0;
+    uint64_t sent = 0;
 
     bool active() const { return bits != 0 || head < queue.size(); }
     inline int step() {  // the line level for this cycle
         if (timer == 0) {
             if (bits == 0 && head < queue.size()) {
+                sent++;
                 shreg = (uint32_t(queue[head++]) << 1) | (1u << 9);
                 bits = 10;
                 if (head == queue.size()) { queue.clear(); head = 0; }
@@ -96,6 +111,8 @@ struct LineIn {
     int timer = 0;
     uint32_t byte = 0;
     std::vector<uint8_t> out;
+    uint64_t received = 0;
+    bool got_byte = false;  // a byte was completed since the flag was cleared
 
     bool active() const { return state >= 0; }
     inline void step(int level) {
@@ -111,7 +128,7 @@ struct LineIn {
         } else if (state <= 8) {
             byte |= uint32_t(level) << (state - 1);
         } else {
-            if (level) out.push_back(uint8_t(byte));
+            if (level) { out.push_back(uint8_t(byte)); received++; got_byte = true; }
             state = -1;
             return;
         }
@@ -164,37 +181,76 @@ bool receive(int fd, LineOut &line) {
     return true;
 }
 
-void serve(Board &board, int client, int divisor, bool stats) {
+// Running totals over the harness's life, for "snapshot" lines.
+struct Totals {
+    uint64_t to_board = 0, from_board = 0;   // bytes, all connections
+    uint64_t last_tx_cycle = 0;              // cycle when the last byte reached the host side
+    uint64_t idle_waits = 0;                 // times simulated time stopped (idle board)
+    uint64_t busy_cycles = 0;
+    double busy_seconds = 0;
+};
+
+void print_snapshot(const Board &board, const Totals &t, const LineOut &lo,
+                    const LineIn &li) {
+    fprintf(stderr, "snapshot cycles=%llu to_board=%llu from_board=%llu last_tx_cycle=%llu "
+            "idle_waits=%llu busy_cycles=%llu busy_seconds=%.6f\n",
+            (unsigned long long)board.cycles, (unsigned long long)(t.to_board + lo.sent),
+            (unsigned long long)(t.from_board + li.received),
+            (unsigned long long)t.last_tx_cycle, (unsigned long long)t.idle_waits,
+            (unsigned long long)t.busy_cycles, t.busy_seconds);
+    fflush(stderr);
+}
+
+void serve(Board &board, int client, int divisor, bool stats, Totals &totals) {
     LineOut to_board{divisor};
     LineIn from_board{divisor};
     auto t0 = std::chrono::steady_clock::now();
     uint64_t c0 = board.cycles, busy_cycles = 0;
     double busy_seconds = 0;
-    bool open = true;
+    bool open = true, was_idle = false;
     while (open && !g_stop) {
         // Idle: nothing in flight anywhere, so wait for the client without simulating.
         if (!to_board.active() && !from_board.active() && board.top->idle) {
             if (!from_board.out.empty() && !send_all(client, from_board.out)) break;
+            if (!was_idle) totals.idle_waits++;
+            was_idle = true;
+            // Snapshots are taken only here, so one asked for just after a batch includes
+            // the batch's end (its last byte and the board going idle).
+            if (g_snapshot) {
+                g_snapshot = 0;
+                print_snapshot(board, totals, to_board, from_board);
+            }
             pollfd p{client, POLLIN, 0};
             if (poll(&p, 1, 100) <= 0) continue;
             if (!receive(client, to_board)) break;
             continue;
         }
+        was_idle = false;
         auto b0 = std::chrono::steady_clock::now();
         uint64_t bc = board.cycles;
+        auto *top = board.top.get();
         for (int i = 0; i < SERVICE_CYCLES; i++) {
-            board.top->uart_rx = to_board.step();
+            top->uart_rx = to_board.step();
             board.tick();
-            from_board.step(board.top->uart_tx);
+            from_board.step(top->uart_tx);
+            if (from_board.got_byte) {
+                from_board.got_byte = false;
+                totals.last_tx_cycle = board.cycles;
+            }
         }
         if (!from_board.out.empty() && !from_board.active() && !send_all(client, from_board.out))
             break;
         open = receive(client, to_board);
+        double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - b0)
+                        .count();
         busy_cycles += board.cycles - bc;
-        busy_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - b0)
-                            .count();
+        busy_seconds += dt;
+        totals.busy_cycles += board.cycles - bc;
+        totals.busy_seconds += dt;
     }
     if (!from_board.out.empty()) send_all(client, from_board.out);
+    totals.to_board += to_board.sent;
+    totals.from_board += from_board.received;
     if (stats) {
         double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         fprintf(stderr, "stats cycles=%llu seconds=%.3f busy_cycles=%llu busy_seconds=%.3f "
@@ -224,17 +280,25 @@ int main(int argc, char **argv) {
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
     signal(SIGPIPE, SIG_IGN);
+    struct sigaction usr1{};
+    usr1.sa_handler = on_usr1;            // no SA_RESTART: wakes poll() up at once
+    sigaction(SIGUSR1, &usr1, nullptr);
 
     Board board;
+    Totals totals;
     int server = listen_on(port);
     while (!g_stop) {
+        if (g_snapshot) {
+            g_snapshot = 0;
+            print_snapshot(board, totals, LineOut{divisor}, LineIn{divisor});
+        }
         pollfd p{server, POLLIN, 0};
         if (poll(&p, 1, 200) <= 0) continue;
         int client = accept(server, nullptr, nullptr);
         if (client < 0) continue;
         int one = 1;
         setsockopt(client, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        serve(board, client, divisor, stats);
+        serve(board, client, divisor, stats, totals);
         close(client);
     }
     close(server);

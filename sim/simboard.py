@@ -23,7 +23,8 @@ from ..hw.config import get_config
 from ..hw.uart import baud_divisor
 from .toolchain import ice40_cells_sim, setup_verilator_env
 
-__all__ = ["build", "SimBoard", "SimBoardError", "BUILD_ROOT", "HARNESS"]
+__all__ = ["build", "SimBoard", "SimBoardError", "BUILD_ROOT", "HARNESS", "batch_rate",
+           "link_ceiling"]
 
 HARNESS = Path(__file__).resolve().parent / "board.cpp"
 BUILD_ROOT = Path(__file__).resolve().parent.parent / "build" / "simboard"
@@ -128,7 +129,7 @@ class SimBoard:
         self._port, self._top, self._stats, self._progress = port, top, stats, progress
         self._proc = None
         self.url = None
-        self.stats, self.errors = [], []
+        self.stats, self.snapshots, self.errors = [], [], []
 
     def start(self, timeout=10.0):
         exe = build(self.config, top=self._top, progress=self._progress)
@@ -155,6 +156,8 @@ class SimBoard:
         for line in proc.stderr:
             if line.startswith("stats "):
                 self.stats.append(parse_stats(line))
+            elif line.startswith("snapshot "):
+                self.snapshots.append(parse_stats(line))
             else:
                 self.errors.append(line.rstrip())
 
@@ -164,6 +167,24 @@ class SimBoard:
         while len(self.stats) < count and time.monotonic() < deadline:
             time.sleep(0.02)
         return list(self.stats)
+
+    def snapshot(self, timeout=5.0):
+        """The harness's running totals now (simulated ``cycles``, bytes ``to_board`` and
+        ``from_board``, ``last_tx_cycle``, ``idle_waits``, ``busy_cycles``,
+        ``busy_seconds``): take one before and one after a batch, see :func:`batch_rate`.
+        """
+        import signal
+        if self._proc is None or self._proc.poll() is not None:
+            raise SimBoardError("the simulated board is not running")
+        count = len(self.snapshots)
+        self._proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while len(self.snapshots) <= count:
+            if time.monotonic() > deadline:
+                raise SimBoardError(f"no snapshot from the simulated board within "
+                                    f"{timeout:g} s; its stderr: {self.errors[-5:]}")
+            time.sleep(0.005)
+        return self.snapshots[count]
 
     def stop(self):
         """Stop the process; return the harness's per-connection stats (``stats=True``)."""
@@ -188,6 +209,45 @@ class SimBoard:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def link_ceiling(config, image_bytes):
+    """Images/s the host→board wire allows for the raw image bytes alone (8N1)."""
+    return config.baud / 10 / image_bytes
+
+
+def batch_rate(config, before, after, images, image_bytes):
+    """Sustained throughput of a batch, measured in simulated time.
+
+    ``before`` is a :meth:`SimBoard.snapshot` taken with the board idle before the batch's
+    first byte (the harness stops simulated time while idle, so the batch starts at its
+    ``cycles``), ``after`` one taken once the host has every answer; the batch ends when
+    the last byte reached the host (``last_tx_cycle``). Returns a dict: ``cycles``,
+    ``images_per_s`` at ``config.clock_hz``, ``ceiling`` (:func:`link_ceiling`),
+    ``efficiency`` (their ratio), bytes per image each way, ``wire_busy`` (fraction of
+    the batch the host→board line carried bytes), ``starved`` (times simulated time
+    stopped mid-batch because the host had sent nothing; 0 means the figure is exactly
+    what a board at this clock and baud rate would achieve with this host protocol),
+    and the simulator's speed ``sim_rate`` (simulated cycles per wall-clock second).
+    """
+    from ..hw.uart import baud_divisor
+    cycles = after["last_tx_cycle"] - before["cycles"]
+    if images <= 0 or cycles <= 0:
+        raise ValueError(f"no batch between the snapshots ({images} images, {cycles} cycles)")
+    ips = images * config.clock_hz / cycles
+    ceiling = link_ceiling(config, image_bytes)
+    to_board = after["to_board"] - before["to_board"]
+    busy_s = after["busy_seconds"] - before["busy_seconds"]
+    divisor = baud_divisor(config.clock_hz, config.baud)
+    return {
+        "images": images, "cycles": int(cycles), "images_per_s": ips, "ceiling": ceiling,
+        "efficiency": ips / ceiling,
+        "to_board_per_image": to_board / images,
+        "from_board_per_image": (after["from_board"] - before["from_board"]) / images,
+        "wire_busy": to_board * 10 * divisor / cycles,
+        "starved": int(after["idle_waits"] - before["idle_waits"]) - 1,
+        "sim_rate": (after["busy_cycles"] - before["busy_cycles"]) / busy_s if busy_s else 0.0,
+    }
 
 
 def parse_stats(line):

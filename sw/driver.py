@@ -14,6 +14,7 @@ do; nothing waits forever (every read has a deadline).
 """
 
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,6 +87,7 @@ class BoardInfo:
     max_layers: int
     max_logits: int
     max_chunks: int
+    rx_fifo: int
     clock_hz: int
     baud: int
     timeout_us: int
@@ -98,7 +100,8 @@ class BoardInfo:
                    weight_words=f["weight_words"], act_bytes=f["act_bytes"],
                    max_reduction=f["max_reduction"], qparam_entries=f["qparam_entries"],
                    max_layers=f["max_layers"], max_logits=f["max_logits"],
-                   max_chunks=f["max_chunks"], clock_hz=f["clock_hz"], baud=f["baud"],
+                   max_chunks=f["max_chunks"], rx_fifo=1 << f["rx_fifo_log2"],
+                   clock_hz=f["clock_hz"], baud=f["baud"],
                    timeout_us=f["timeout_us"])
 
     @property
@@ -276,7 +279,11 @@ class Accelerator:
         if self._dirty:
             self.resync()
         self._send(opcode, payload)
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        return self._reply(opcode, self.timeout if timeout is None else timeout)
+
+    def _reply(self, opcode, timeout):
+        """Receive the response to ``opcode`` (the oldest unanswered request); its payload."""
+        deadline = time.monotonic() + timeout
         try:
             status, echo, data = self._receive(deadline, opcode)
         except BoardTimeout:
@@ -318,19 +325,117 @@ class Accelerator:
             raise DriverError(f"board stored a different {Space(space).name} block at "
                               f"{addr} (CRC 0x{got:04x}, sent 0x{want:04x}); reload the model")
 
-    def _write_runs(self, space, writes, bar=None):
-        """``[(addr, data), ...]`` as few WRITE frames as the board allows."""
-        limit = self.info.max_chunks
-        i = 0
+    @property
+    def window(self):
+        """Bytes the driver keeps in flight: the board's receive FIFO (see protocol)."""
+        return (self.info or self.identify()).rx_fifo
+
+    def _frame_chunks(self):
+        """Most chunks per pipelined WRITE: the whole frame must fit the window."""
+        overhead = proto.REQUEST_HEADER_BYTES + proto.ARGS_BYTES + 2
+        limit = min(self.info.max_chunks, (self.window - overhead) // proto.CHUNK_BYTES)
+        if limit < 1:
+            raise DriverError(f"the board's receive window of {self.window} B cannot hold "
+                              f"one WRITE frame; rebuild the bitstream")
+        return limit
+
+    def _write_requests(self, space, writes, on_done=None):
+        """``[(addr, data), ...]`` → pipelined WRITE requests, contiguous runs split evenly
+        into as few frames as fit the window; ``on_done(chunks)`` after each answer."""
+        limit = self._frame_chunks()
+        runs, i = [], 0
         while i < len(writes):
-            start = writes[i][0]
             j = i + 1
-            while j < len(writes) and j - i < limit and writes[j][0] == start + (j - i):
+            while j < len(writes) and writes[j][0] == writes[i][0] + (j - i):
                 j += 1
-            self.write(space, start, [d for _, d in writes[i:j]])
-            if bar is not None:
-                bar.update(j - i)
+            runs.append(writes[i:j])
             i = j
+        for run in runs:
+            frames = -(-len(run) // limit)
+            for f in range(frames):
+                part = run[f * len(run) // frames:(f + 1) * len(run) // frames]
+                payload = proto.write_payload(space, part[0][0], [d for _, d in part])
+                yield proto.Opcode.WRITE, payload, self._check_write(space, payload, on_done)
+
+    @staticmethod
+    def _check_write(space, payload, on_done):
+        want = proto.crc16(payload[proto.ARGS_BYTES:])
+        addr = proto.decode_struct(proto.WriteArgs, payload[:proto.ARGS_BYTES])["addr"]
+        chunks = (len(payload) - proto.ARGS_BYTES) // proto.CHUNK_BYTES
+
+        def check(data):
+            got = int.from_bytes(data, "little")
+            if got != want:
+                raise DriverError(f"board stored a different {Space(space).name} block at "
+                                  f"{addr} (CRC 0x{got:04x}, sent 0x{want:04x}); reload "
+                                  f"the model")
+            if on_done is not None:
+                on_done(chunks)
+        return check
+
+    def pipeline(self, requests):
+        """Send ``requests`` back to back, never more than :attr:`window` bytes unanswered.
+
+        ``requests`` is an iterable of ``(opcode, payload, on_reply)``; ``on_reply(data)``
+        is called with each OK response's payload, in order. The window rule of
+        :mod:`~fpgacnn.hw.protocol` makes a board overrun impossible whatever the timing
+        (USB latency, a slow host): the board buffers every byte that can be unanswered.
+        Bytes go out as soon as the window allows, even part of a frame, so the host→board
+        wire stays busy while responses come back on the other wire.
+
+        Raises
+        ------
+        BoardTimeout, BoardError, DriverError
+            As :meth:`transact`; the link is resynchronised before the next request.
+        """
+        if self._port is None:
+            raise DriverError("the accelerator is closed")
+        if self._dirty:
+            self.resync()
+        window = self.window
+        requests = iter(requests)
+        pending = bytearray()           # encoded, not written yet
+        inflight = deque()              # (opcode, frame bytes, on_reply), oldest first
+        unanswered = 0                  # bytes written whose request is not answered
+        more = True
+        while True:
+            while more and len(pending) < window:
+                try:
+                    opcode, payload, on_reply = next(requests)
+                except StopIteration:
+                    more = False
+                    break
+                frame = proto.encode_request(opcode, payload)
+                if len(frame) > window:
+                    raise DriverError(f"a {len(frame)}-byte {opcode.name} frame exceeds the "
+                                      f"board's {window}-byte receive window; split it")
+                pending += frame
+                inflight.append((opcode, len(frame), on_reply))
+            if pending and unanswered < window:
+                n = min(window - unanswered, len(pending))
+                self._port.write(bytes(pending[:n]))
+                del pending[:n]
+                unanswered += n
+                self.bytes_sent += n
+                continue
+            if not inflight:
+                return
+            # The window is full (so the oldest request was sent whole) or all is sent.
+            opcode, size, on_reply = inflight.popleft()
+            try:
+                data = self._reply(opcode, self.timeout)
+                unanswered -= size
+                if on_reply is not None:
+                    on_reply(data)
+            except DriverError:
+                if inflight:            # their responses may still come: resync first
+                    self._dirty = True
+                raise
+
+    def _write_runs(self, space, writes, bar=None):
+        """``[(addr, data), ...]`` as pipelined WRITE frames."""
+        self.pipeline(self._write_requests(
+            space, writes, None if bar is None else bar.update))
 
     def load(self, network, params, *, progress=True):
         """Compile ``network`` + ``params`` for this board and load them.
@@ -358,30 +463,20 @@ class Accelerator:
         self.program = program
         return program
 
-    def _result_args(self):
+    def _result_args(self, counters):
         return proto.encode_struct(proto.ResultArgs, {
             "n_logits": self.program.output_count,
-            "n_counters": 1 + len(self.program.stages)})
+            "n_counters": 1 + len(self.program.stages) if counters else 0})
 
-    def _load_image(self, image, slot):
-        self._write_runs(Space.IMAGE, self.program.image_writes(image, slot))
-
-    def _run(self, slot):
-        self.transact(proto.Opcode.RUN, proto.encode_struct(
-            proto.RunArgs, {"image_base": self.program.image_base(slot)}))
-
-    def _result(self):
-        data = self.transact(proto.Opcode.RESULT, self._result_args())
-        n = self.program.output_count
-        logits = np.frombuffer(data[:n], dtype=np.int8)
-        counters = np.frombuffer(data[n:], dtype="<u4")
-        return logits, counters
-
-    def infer(self, images, *, progress=True):
+    def infer(self, images, *, progress=True, all_counters=False):
         """Classify ``images``; returns ``(classes (N,), logits int8 (N, K))``.
 
-        Pipelined over the two image slots: image ``b+1`` is sent while image ``b``
-        computes. Per-image cycle counters are left in :attr:`counters`.
+        Pipelined over the link and the two image slots (the order is in
+        :mod:`~fpgacnn.hw.protocol`): image ``b+1`` is sent while image ``b`` computes,
+        and no request waits for the previous answer, so the host→board wire carries
+        image bytes nearly all the time. The cycle counters (total, then per layer) are
+        left in :attr:`counters`: one row per image with ``all_counters``, else only the
+        first image's (the schedule does not depend on the data; 24 bytes less per image).
 
         Raises
         ------
@@ -395,21 +490,34 @@ class Accelerator:
             raise DriverError("no model loaded; call load(network, params) first")
         x = prepare_images(images, self.program.network.input_shape)
         n = len(x)
-        logits, counters = [], []
-        if n:
-            self._load_image(x[0], 0)
-            self._run(0)
-        for b in tqdm(range(n), unit="img", desc="inference", disable=not progress or n < 2,
-                      leave=False):
-            if b + 1 < n:
-                self._load_image(x[b + 1], (b + 1) % 2)     # overlaps with run b
-            out, cyc = self._result()
-            logits.append(out)
-            counters.append(cyc)
-            if b + 1 < n:
-                self._run((b + 1) % 2)
         k = self.program.output_count
-        logits = np.array(logits, dtype=np.int8).reshape(n, k)
+        logits, counters = [], []
+
+        def result(data):
+            logits.append(np.frombuffer(data[:k], dtype=np.int8))
+            if len(data) > k:
+                counters.append(np.frombuffer(data[k:], dtype="<u4"))
+            bar.update(1)
+
+        def requests():
+            for b in range(n + 1):
+                if b < n:           # image b into slot b % 2: free once RESULT(b-2) is in
+                    yield from self._write_requests(
+                        Space.IMAGE, self.program.image_writes(x[b], b % 2))
+                if b > 0:
+                    yield (proto.Opcode.RESULT,
+                           self._result_args(all_counters or b == 1), result)
+                if b < n:
+                    run = proto.encode_struct(
+                        proto.RunArgs, {"image_base": self.program.image_base(b % 2)})
+                    yield proto.Opcode.RUN, run, None
+
+        with tqdm(total=n, unit="img", desc="inference", disable=not progress or n < 2,
+                  leave=False) as bar:
+            self.pipeline(requests())
+        if len(logits) != n:
+            raise DriverError(f"got {len(logits)} results for {n} images")
         self.counters = np.array(counters, dtype=np.uint32).reshape(
-            n, 1 + len(self.program.stages))
+            len(counters), 1 + len(self.program.stages))
+        logits = np.array(logits, dtype=np.int8).reshape(n, k)
         return logits.argmax(axis=1), logits

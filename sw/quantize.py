@@ -22,6 +22,7 @@ import numpy as np
 
 from . import golden, mnist
 from .network import QuantParams, run_network
+from .train import im2col, pool_forward, single_blas_thread
 
 __all__ = ["quantize_weights", "choose_multiplier", "activation_scales", "quantize",
            "predict_int8", "accuracy_int8", "forward_int8_batch", "calibrate",
@@ -91,10 +92,11 @@ def _stage_outputs(model, images, batch_size=500):
     x = mnist.image_to_float(np.asarray(images))
     x = x.reshape((len(x),) + tuple(model.network.input_shape))
     outs = [[] for _ in model.weights]
-    for i in range(0, len(x), batch_size):
-        _, ys = model.forward(x[i:i + batch_size], outputs=True)
-        for out, y in zip(outs, ys):
-            out.append(np.abs(y).ravel())
+    with single_blas_thread():          # float sums independent of the thread count
+        for i in range(0, len(x), batch_size):
+            _, ys = model.forward(x[i:i + batch_size], outputs=True)
+            for out, y in zip(outs, ys):
+                out.append(np.abs(y).ravel())
     return [np.concatenate(out) for out in outs]
 
 
@@ -161,13 +163,12 @@ def forward_int8_batch(network, params, x, *, batch_size=256):
     stages = network.stages()
     for stage, p in zip(stages, params):
         p.check(stage)
-    return np.concatenate([_forward_int8(stages, params, x[i:i + batch_size])
-                           for i in range(0, len(x), batch_size)])
+    with single_blas_thread():
+        return np.concatenate([_forward_int8(stages, params, x[i:i + batch_size])
+                               for i in range(0, len(x), batch_size)])
 
 
 def _forward_int8(stages, params, x):
-    from .train import im2col, pool_forward
-
     for stage, p in zip(stages, params):
         n = len(x)
         exact = np.float32 if stage.reduction * (1 << 14) < 1 << 24 else np.float64
@@ -223,7 +224,8 @@ def calibrate(model, images, labels, percentiles=DEFAULT_PERCENTILES):
     network = model.network
     x = _inputs(network, images)
     labels = np.asarray(labels)
-    ref = model.forward(mnist.image_to_float(np.asarray(images)).reshape(x.shape))
+    with single_blas_thread():
+        ref = model.forward(mnist.image_to_float(np.asarray(images)).reshape(x.shape))
     outputs = _stage_outputs(model, images)
     results, best = {}, None
     for pct in percentiles:

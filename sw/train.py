@@ -11,14 +11,17 @@ its backward pass is the transposed product and a col2im scatter-add over the F�
 kernel offsets. Inputs are ``pixel / 255`` (:func:`.mnist.image_to_float`), whose int8
 counterpart ``pixel >> 1`` has scale 2/255.
 
-Training is deterministic for a given seed (initialisation, shuffling and the random
-±``shift`` pixel translations all draw from one ``numpy.random.Generator``) and a given
-BLAS thread count (``OMP_NUM_THREADS``): threads split the float32 sums differently.
+Training is deterministic for a given seed: initialisation, shuffling and the random
+±``shift`` pixel translations all draw from one ``numpy.random.Generator``, and the BLAS
+runs single-threaded during training (threads would split the float32 sums differently
+with the thread count; at these matrix sizes a second thread buys little, and on a busy
+machine spinning BLAS threads are many times slower).
 """
 
 from dataclasses import dataclass, field
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from . import mnist
 from .network import Network
@@ -26,12 +29,17 @@ from .network import Network
 __all__ = [
     "im2col", "col2im", "conv_forward", "conv_backward", "pool_forward", "pool_backward",
     "fc_forward", "fc_backward", "relu_forward", "relu_backward",
-    "softmax_cross_entropy", "FloatModel", "init_model", "random_shift", "Adam", "train",
+    "softmax_cross_entropy", "single_blas_thread", "FloatModel", "init_model", "random_shift", "Adam", "train",
     "DEFAULT_EPOCHS", "DEFAULT_SEED",
 ]
 
 DEFAULT_EPOCHS = 30
 DEFAULT_SEED = 1
+
+
+def single_blas_thread():
+    """Context manager: run BLAS on one thread (see the module docstring for why)."""
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 # ---------------------------------------------------------------------------------------
@@ -166,8 +174,9 @@ class FloatModel:
     def predict(self, images, *, batch_size=500):
         """Class of each uint8 image ``(N, 28, 28)`` (or ``(N, C, H, W)``)."""
         x = _as_batch(self.network, mnist.image_to_float(images))
-        return np.concatenate([self.forward(x[i:i + batch_size]).argmax(axis=1)
-                               for i in range(0, len(x), batch_size)])
+        with single_blas_thread():
+            return np.concatenate([self.forward(x[i:i + batch_size]).argmax(axis=1)
+                                   for i in range(0, len(x), batch_size)])
 
     def accuracy(self, images, labels):
         return float(np.mean(self.predict(images) == np.asarray(labels)))
@@ -299,12 +308,19 @@ def train(network, images, labels, *, epochs=DEFAULT_EPOCHS, seed=DEFAULT_SEED,
                          f"{labels.min()}..{labels.max()}")
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, not {epochs!r}")
+    with single_blas_thread():
+        return _train(network, images, labels.astype(np.int64), epochs=epochs, seed=seed,
+                      batch_size=batch_size, lr=lr, weight_decay=weight_decay, shift=shift,
+                      progress=progress)
+
+
+def _train(network, images, labels, *, epochs, seed, batch_size, lr, weight_decay, shift,
+           progress):
     from tqdm import tqdm
 
     rng = np.random.default_rng(seed)
     model = init_model(network, rng)
     opt = Adam(model, lr=lr, weight_decay=weight_decay)
-    labels = labels.astype(np.int64)
     n_batches = -(-len(images) // batch_size)
     total = epochs * n_batches
     for epoch in range(epochs):

@@ -74,7 +74,7 @@ def run_job(build, request, program, params, images, *, again=(0,), seed=0, over
     }))
     build.run("fpgacnn.sim.benches.core_bench", name=request.node.name,
               params={"job": str(job), "out": str(out), "again": list(again), "seed": seed,
-                                 "overlap": overlap})
+                                 "overlap": overlap, "peek": 1})
     return json.loads(out.read_text()), expected
 
 

@@ -99,15 +99,23 @@ def test_requant_matches_golden(request, acc_width, seed):
     run_requant(Requantizer(acc_width), inputs, seed=seed, name=request.node.name)
 
 
-def test_requant_lanes_and_tag(request):
-    dut = Requantizer(24, lanes=3, tag=unsigned(10))
+@pytest.mark.parametrize("seed", range(2))
+def test_requant_interval2_matches_golden(request, seed):
+    inputs = make_inputs(200, 26, seed + 10)
+    run_requant(Requantizer(26, interval=2), inputs, seed=seed, name=request.node.name)
+
+
+@pytest.mark.parametrize("interval", [1, 2])
+def test_requant_lanes_and_tag(request, interval):
+    dut = Requantizer(24, lanes=3, tag=unsigned(10), interval=interval)
     run_requant(dut, make_inputs(240, 24, 11), seed=11, name=request.node.name,
                 idle=0.2, stall=0.6)
 
 
-def test_requant_full_rate(request):
-    """No idle, no backpressure: one value per cycle after LATENCY cycles."""
-    dut = Requantizer(26)
+@pytest.mark.parametrize("interval", [1, 2])
+def test_requant_full_rate(request, interval):
+    """No idle, no backpressure: one value per ``interval`` cycles after the latency."""
+    dut = Requantizer(26, interval=interval)
     inputs = make_inputs(100, 26, 5)
     cycles = {}
 
@@ -128,7 +136,7 @@ def test_requant_full_rate(request):
         cycles["n"] = count
 
     run_simulation(dut, [producer, consumer], name=request.node.name)
-    assert cycles["n"] <= 100 + Requantizer.LATENCY
+    assert cycles["n"] <= interval * (100 + Requantizer.LATENCY)
 
 
 def test_requant_bad_arguments():
@@ -136,3 +144,5 @@ def test_requant_bad_arguments():
         Requantizer(26, lanes=0)
     with pytest.raises(ValueError, match="acc_width"):
         Requantizer(0)
+    with pytest.raises(ValueError, match="interval"):
+        Requantizer(26, interval=3)

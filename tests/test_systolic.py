@@ -103,6 +103,15 @@ def test_array_matches_golden(request, rows, cols, seed):
     run_array(dut, make_tiles(rows, cols, depths, seed), seed=seed, name=request.node.name)
 
 
+@pytest.mark.parametrize("rows,cols", [(1, 1), (4, 4), (8, 2), (2, 8)])
+def test_broadcast_dataflow_matches_golden(request, rows, cols):
+    """The broadcast variant: same results, order and timing as the systolic one."""
+    depths = [1, 2, rows * cols + 5, 3, 2 * rows * cols, 7]
+    dut = SystolicArray(rows, cols, acc_width=golden.accumulator_bits(max(depths)),
+                        dataflow="broadcast")
+    run_array(dut, make_tiles(rows, cols, depths, 9), seed=9, name=request.node.name)
+
+
 def test_heavy_backpressure(request):
     dut = SystolicArray(4, 2, acc_width=24)
     tiles = make_tiles(4, 2, [9, 1, 12, 2, 30], seed=7)
@@ -134,10 +143,11 @@ def test_other_multiplier_latency(request):
     run_array(dut, make_tiles(2, 3, [1, 8, 2, 11, 5], seed=3), seed=3, name=request.node.name)
 
 
-def test_throughput_one_beat_per_cycle(request):
+@pytest.mark.parametrize("dataflow", ["systolic", "broadcast"])
+def test_throughput_one_beat_per_cycle(request, dataflow):
     """Tiles of D = min_tile beats stream with no stall: cycles = beats + drain latency."""
     rows, cols = 8, 2
-    dut = SystolicArray(rows, cols, acc_width=24)
+    dut = SystolicArray(rows, cols, acc_width=24, dataflow=dataflow)
     depths = [dut.min_tile] * 4
     _, cycles = run_array(dut, make_tiles(rows, cols, depths, seed=1), seed=1,
                           name=request.node.name, idle=0, stall=0)
@@ -153,3 +163,5 @@ def test_bad_arguments():
         SystolicArray(2, 2, acc_width=8)
     with pytest.raises(ValueError, match="mac must be"):
         SystolicArray(2, 2, acc_width=24, mac="dsp48")
+    with pytest.raises(ValueError, match="dataflow must be"):
+        SystolicArray(2, 2, acc_width=24, dataflow="weight-stationary")

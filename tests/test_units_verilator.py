@@ -58,7 +58,8 @@ def test_systolic_lenet_cycles(request):
         ratio = r["cycles"] / r["ideal"]
         print(f"{layer}: {r['beats']} beats, {r['cycles']} cycles, ideal {r['ideal']:.0f} "
               f"(MACs {r['macs']} / {rows * cols} PEs): {ratio:.2f}x")
-    # C1 uses 6 of 8 rows (25/24 tiles... 1.33x is the shape's own bound), C3 all 16 PEs.
+    # C1 has 6 output channels on 8 rows: 8/6 = 1.33x is the array shape's own bound;
+    # C3 keeps all 16 PEs busy. Beyond that only the last tile's drain is extra.
     assert numbers["C1"]["cycles"] <= 1.35 * numbers["C1"]["ideal"]
     assert numbers["C3"]["cycles"] <= 1.01 * numbers["C3"]["ideal"]
 

@@ -3,8 +3,9 @@
 The flow is Amaranth's own (``platform.build(..., do_build=False)`` writes the yosys
 script, constraints and the list of commands to ``build/<board>/``), but the commands
 run here, one by one, so that each step shows a one-line live status instead of a wall
-of log, and its full output goes to ``build/<board>/<step>.log``. Tools are the
-venv's YoWASP programs (:func:`fpgacnn.sim.toolchain.setup_yowasp_env`).
+of log. Logs stay in ``build/<board>/``: ``top.rpt`` (yosys), ``top.tim`` (nextpnr),
+``<n>-<tool>.out`` (console output), ``top_report.json`` (nextpnr's report). Tools are
+the venv's YoWASP programs (:func:`fpgacnn.sim.toolchain.setup_yowasp_env`).
 
 Toolchain options added to Amaranth's defaults:
 
@@ -240,28 +241,53 @@ def _progress_text(tool, line):
     return line.strip()[:70] or None
 
 
+def _tool_log(cmd, build_dir):
+    # The tool's own log file (yosys -l, nextpnr --log): complete and flushed as it goes,
+    # unlike its stdout (YoWASP's yosys loses stdout after ABC; nextpnr buffers it).
+    for flag in ("-l", "--log"):
+        if flag in cmd[:-1]:
+            return build_dir / cmd[cmd.index(flag) + 1]
+    return None
+
+
 def _run_step(index, total, cmd, env, build_dir, status):
+    """Run one tool; returns (exit code, seconds, log path, last ERROR line or None)."""
     tool = cmd[0]
     step = _STEP_NAMES.get(tool, tool)
     exe = env.get(_TOOL_VARS.get(tool, ""), tool)
-    # Quiet flags would hide the progress we parse; everything goes to the log anyway.
     argv = [exe] + [a for a in cmd[1:] if a not in ("-q", "--quiet")]
-    log_path = build_dir / f"{index}-{tool}.log"
+    out_path = build_dir / f"{index}-{tool}.out"
+    tool_log = _tool_log(cmd, build_dir)
+    if tool_log is not None and tool_log.exists():
+        tool_log.unlink()
     prefix = f"[{index}/{total}] {step} ({tool})"
     started = time.monotonic()
-    last_error = None
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(argv, cwd=build_dir, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace")
-        for line in proc.stdout:
-            log.write(line)
+    last_error, text, tail = None, "starting", None
+
+    def follow(lines):
+        nonlocal last_error, text
+        for line in lines:
             if line.startswith("ERROR") or "ERROR:" in line[:12]:
                 last_error = line.strip()
-            text = _progress_text(tool, line)
-            if text:
-                status.update(prefix, text, started)
-        code = proc.wait()
+            text = _progress_text(tool, line) or text
+
+    with open(out_path, "w") as out, subprocess.Popen(
+            argv, cwd=build_dir, env=env, stdout=out, stderr=subprocess.STDOUT) as proc:
+        while proc.poll() is None:
+            time.sleep(0.25)
+            if tail is None and tool_log is not None and tool_log.exists():
+                tail = open(tool_log, errors="replace")
+            if tail is not None:
+                follow(tail.readlines())
+            status.update(prefix, text, started)
+        code = proc.returncode
+    if tail is not None:
+        follow(tail.readlines())
+        tail.close()
+    else:
+        follow(out_path.read_text(errors="replace").splitlines())
     seconds = time.monotonic() - started
+    log_path = tool_log if tool_log is not None and tool_log.exists() else out_path
     status.done(f"{prefix}: {'done' if code == 0 else 'FAILED'} in {seconds:.0f}s "
                 f"(log: {log_path})")
     return code, seconds, log_path, last_error
@@ -409,7 +435,8 @@ def configure(parser):
                         help="full: the accelerator (default); array: only the systolic "
                              "array behind the UART, a quick check of the toolchain")
     parser.add_argument("--build-dir", metavar="DIR",
-                        help="output folder (default: build/<board>)")
+                        help="output folder (default: build/<board>, or "
+                             "build/<board>-array for --design array)")
     parser.add_argument("--clock-mhz", type=float, metavar="MHZ",
                         help="core clock instead of the board configuration's (the PLL "
                              "must be able to make it exactly)")
@@ -506,7 +533,7 @@ def resource_breakdown(build_dir, family, *, name="top", depth=4, progress=True)
     synth = "synth_ice40" if family == "ice40" else "synth_ecp5"
     script = (f"read_rtlil {name}.il; {YOSYS_WORKAROUND}; {synth} -noflatten -top {name}; "
               f"write_json {name}_hier.json")
-    cmd = ["yosys", "-p", script]
+    cmd = ["yosys", "-l", "breakdown.rpt", "-p", script]
     (build_dir / "breakdown.cmd").write_text(" ".join(cmd) + "\n")
     code, _, log_path, error = _run_step("B", "B", cmd, env, build_dir, _Status(progress))
     if code != 0:

@@ -5,8 +5,9 @@ the standard MNIST IDX files: ``train-*`` to train, ``t10k-*`` held out), calibr
 int8 activation scales on training digits, and measures float and int8 (golden integer
 model) accuracy on the held-out digits, which play no part in training or calibration.
 
-The run is deterministic for a given seed and BLAS thread count; the shipped model was
-made with ``OMP_NUM_THREADS=1 fpgacnn train --out sw/data/lenet5.npz``.
+The run is deterministic for a given seed (BLAS runs single-threaded, see
+:mod:`fpgacnn.sw.train`); the shipped model was made with
+``fpgacnn train --out sw/data/lenet5.npz``.
 """
 
 import json
@@ -39,8 +40,6 @@ def configure(parser):
     parser.add_argument("--train-digits", type=int, metavar="N",
                         help="train on the first N training digits only, for a quick trial "
                              "(default: all)")
-    parser.epilog = ("NumPy's BLAS uses every core by default; OMP_NUM_THREADS=1 is as fast "
-                     "on a busy machine, and results depend on the thread count.")
 
 
 #: Training digits the activation scales are calibrated on (enough for stable percentiles).

@@ -135,6 +135,27 @@ async def network_matches_golden(dut):
             assert dut.busy.value == 1 or not p.get("overlap", True), (
                 "the next image should load during the run; use a longer network")
         await tb.wait_idle()
+        if p.get("peek") and i + 1 < len(images):
+            raw = bytes.fromhex(images[i + 1])
+            base = slots[(i + 1) % 2]
+            for copy in range(8):
+                mem = getattr(dut.act, f"mem{copy}")
+                bad = [(a, mem[base + a].value.to_unsigned(), raw[a]) for a in range(len(raw))
+                       if mem[base + a].value.to_unsigned() != raw[a]]
+                dut._log.info(f"copy {copy}: {len(bad)} bad bytes {bad[:10]}")
+        if p.get("peek"):
+            dump = bytes(dut.act.mem0[a].value.to_unsigned() for a in range(16384))
+            with open(f"{p['out']}.mem{i}", "wb") as f:
+                f.write(dump)
+            wbad = 0
+            for space, addr, data in job["writes"]:
+                if space == 0:
+                    w = dut.weights.mem[addr // 2].value.to_unsigned()
+                    wbad += ((w >> (64 * (addr % 2))) & ((1 << 64) - 1)) != data
+                if space == 1:
+                    w = dut.qparams.mem0[addr].value.to_unsigned()
+                    wbad += w != data
+            dut._log.info(f"run {i}: {wbad} bad weight/qparam chunks")
         logits, ctr = await tb.results(n_out, n_layers)
         got.append(logits)
         counters.append(ctr)
