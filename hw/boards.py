@@ -160,6 +160,8 @@ def _uart(m, platform, top):
 
 class _Board(Elaboratable):
     def __init__(self, config, *, top=None):
+        # A board refused here is never elaborated; no "created but never used" warning.
+        self._MustUse__silence = True
         self.config = config
         if top is None:
             from .top import BoardTop
@@ -169,6 +171,7 @@ class _Board(Elaboratable):
                 raise TypeError(f"the board top must have uart_rx/uart_tx ports like "
                                 f"BoardTop; {top!r} has no {port}")
         self.top = top
+        self._MustUse__silence = False
 
 
 class ICEBreakerBoard(_Board):
@@ -184,6 +187,7 @@ class ICEBreakerBoard(_Board):
     F_IN = 12e6
 
     def __init__(self, config, *, top=None):
+        self._MustUse__silence = True
         self.pll = ice40_pll(self.F_IN, config.clock_hz)   # fail early, before elaboration
         super().__init__(config, top=top)
 
@@ -214,6 +218,7 @@ class ULX3SBoard(_Board):
     F_IN = 25e6
 
     def __init__(self, config, *, top=None):
+        self._MustUse__silence = True
         self.pll = ecp5_pll(self.F_IN, config.clock_hz)
         super().__init__(config, top=top)
 

@@ -1,10 +1,10 @@
-"""One layer of the network: address generator → memories → array → requant → pool → writer.
+"""One network layer: address generator → memories → array → requant → pool → writer.
 
 See docs/architecture.md for the loop order and the stream orders this relies on.
 """
 
 from amaranth.hdl import Module, Mux, Signal, unsigned
-from amaranth.lib import data, wiring
+from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from . import program
@@ -51,15 +51,21 @@ class Datapath(wiring.Component):
     ----------
     config : AcceleratorConfig
     mac : "generic" or "ice40"
+        Multiplier blocks of the array.
+    dataflow : "systolic" or "broadcast"
+        Operand movement in the array (see SystolicArray); same timing.
+    requant_interval : int
+        Cycles per value of the Requantizer (1: full rate; 2, 4, …: a smaller
+        multiplier, but tiles with fewer than ``interval × kept results`` beats stall).
     """
-    def __init__(self, config, *, mac="generic"):
+    def __init__(self, config, *, mac="generic", dataflow="systolic", requant_interval=1):
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"Datapath needs an AcceleratorConfig, not {config!r}")
         self._config = config
         rows, cols = config.rows, config.cols
         self.im2col = Im2col(cols)
-        self.array = SystolicArray(rows, cols, config.acc_width, mac=mac)
-        self.requant = Requantizer(config.acc_width)
+        self.array = SystolicArray(rows, cols, config.acc_width, mac=mac, dataflow=dataflow)
+        self.requant = Requantizer(config.acc_width, interval=requant_interval)
         self.pool = MaxPool(config.pool_width, config.pool_blocks, rows)
         super().__init__({
             "desc": In(program.LayerDescriptor),
@@ -133,11 +139,17 @@ class Datapath(wiring.Component):
             m.d.sync += [rq_in.valid.eq(res.valid & keep), acc_r.eq(res.p.acc)]
         with m.Elif(~keep):
             m.d.comb += res.ready.eq(1)
+        # The final tile's dropped columns may leave the array after the last output is
+        # written; the layer is only done once they have (the next layer resets these).
+        t_y = Signal(8)
+        tiles_done = Signal()
         with m.If(res.valid & res.ready & res.p.last):
             with m.If(xbase + C >= desc.out_w):
                 m.d.sync += xbase.eq(0)
                 with m.If(t_kb + 1 == desc.k_blocks):
-                    m.d.sync += [t_kb.eq(0), kbase.eq(0)]
+                    m.d.sync += [t_kb.eq(0), kbase.eq(0), t_y.eq(t_y + 1)]
+                    with m.If(t_y + 1 == desc.out_h):
+                        m.d.sync += tiles_done.eq(1)
                 with m.Else():
                     m.d.sync += [t_kb.eq(t_kb + 1), kbase.eq(kbase + R)]
             with m.Else():
@@ -180,19 +192,22 @@ class Datapath(wiring.Component):
         wy, wx = Signal(8), Signal(8)
         wkb = Signal(8)
         wr_ = Signal(range(R))
+        # addr = (out_base + y*W + kb*R*H*W) + (r*H*W + x), two registers kept by
+        # additions alone, so the address costs one adder.
         row_addr = Signal(16)               # out_base + y*W
-        kb_off = Signal(16)                 # kb * R * H*W
-        r_off = Signal(16)                  # r * H*W
+        kb_row = Signal(16)                 # row_addr + kb*R*H*W
+        rx = Signal(16)                     # r*H*W + x
         k = Signal(12)                      # kb*R + r
         m.d.comb += [out_ready.eq(plane_ok & running), k.eq((wkb << log_r) | wr_)]
         addr = Signal(16)
-        m.d.comb += addr.eq(row_addr + kb_off + r_off + wx)
+        m.d.comb += addr.eq(kb_row + rx)
         take = out_valid & out_ready
         last_r = wr_ == R - 1
         last_x = wx + 1 == out_w
         last_kb = wkb + 1 == desc.k_blocks
         last_y = wy + 1 == out_h
 
+        written = Signal()
         m.d.sync += [self.act_wr.en.eq(0), self.logit_wr.en.eq(0), self.done.eq(0)]
         with m.If(take):
             in_range = k < desc.out_channels
@@ -200,20 +215,24 @@ class Datapath(wiring.Component):
                          self.act_wr.en.eq(in_range & ~desc.to_logits),
                          self.logit_wr.addr.eq(addr), self.logit_wr.data.eq(out_value),
                          self.logit_wr.en.eq(in_range & desc.to_logits)]
-            m.d.sync += [wr_.eq(wr_ + 1), r_off.eq(r_off + plane)]
+            m.d.sync += [wr_.eq(wr_ + 1), rx.eq(rx + plane)]
             with m.If(last_r):
-                m.d.sync += [wr_.eq(0), r_off.eq(0), wx.eq(wx + 1)]
+                m.d.sync += [wr_.eq(0), rx.eq(wx + 1), wx.eq(wx + 1)]
                 with m.If(last_x):
-                    m.d.sync += [wx.eq(0), wkb.eq(wkb + 1),
-                                 kb_off.eq(kb_off + (plane << log_r))]
+                    m.d.sync += [wx.eq(0), rx.eq(0), wkb.eq(wkb + 1),
+                                 kb_row.eq(kb_row + (plane << log_r))]
                     with m.If(last_kb):
-                        m.d.sync += [wkb.eq(0), kb_off.eq(0), wy.eq(wy + 1),
-                                     row_addr.eq(row_addr + out_w)]
+                        m.d.sync += [wkb.eq(0), wy.eq(wy + 1), row_addr.eq(row_addr + out_w),
+                                     kb_row.eq(row_addr + out_w)]
                         with m.If(last_y):
-                            m.d.sync += [running.eq(0), self.done.eq(1)]
+                            m.d.sync += written.eq(1)
+        with m.If(running & written & tiles_done):
+            m.d.sync += [running.eq(0), self.done.eq(1)]
 
         with m.If(self.start):
-            m.d.sync += [wy.eq(0), wx.eq(0), wkb.eq(0), wr_.eq(0), r_off.eq(0), kb_off.eq(0),
+            m.d.sync += [wy.eq(0), wx.eq(0), wkb.eq(0), wr_.eq(0), rx.eq(0),
                          row_addr.eq(Mux(desc.to_logits, 0, desc.out_base)),
-                         xbase.eq(0), kbase.eq(0), t_kb.eq(0)]
+                         kb_row.eq(Mux(desc.to_logits, 0, desc.out_base)),
+                         xbase.eq(0), kbase.eq(0), t_kb.eq(0), t_y.eq(0), tiles_done.eq(0),
+                         written.eq(0)]
         return m

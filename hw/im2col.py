@@ -110,7 +110,8 @@ class Im2col(wiring.Component):
         pw = Signal(A)          # pad * in_w
         fw = Signal(A)          # kernel * in_w
         cs = Signal(P)          # cols * stride
-        colb0 = [Signal(P, name=f"colb0_{j}") for j in range(C)]   # j*stride - pad
+        joff = [Signal(P, name=f"joff_{j}") for j in range(C)]     # j * stride
+        x_hi = [Signal(P, name=f"x_hi_{j}") for j in range(C)]     # in_w - j*stride
         step_y = Signal(A)      # in_w - kernel + 1: next fy
         step_c = Signal(A)      # hw - fw + step_y: next channel
         n = Signal(3)
@@ -118,24 +119,26 @@ class Im2col(wiring.Component):
         hsh, ssh = Signal(8), Signal(3)             # multiplier bits, LSB first
         psh, fsh = Signal(3), Signal(4)
 
-        # Loop state describing the beat to emit next.
+        # Loop state describing the beat to emit next. Column j of a beat is column 0
+        # shifted by j*stride pixels, so only column 0's position is kept.
         y, kb, c = Signal(8), Signal(8), Signal(12)
         fy, fx = Signal(4), Signal(4)
         d = Signal(16)
         iy0 = Signal(P)         # y*stride - pad
-        iy = Signal(P)          # iy0 + fy
         rowb = Signal(A)        # in_base + iy0*in_w
         inner = Signal(A)       # c*hw + fy*in_w + fx
         wrow = Signal(A)        # w_base + kb*reduction
-        colb = [Signal(P, name=f"colb_{j}") for j in range(C)]     # pixel*stride - pad
-        ix = [Signal(P, name=f"ix_{j}") for j in range(C)]         # colb + fx
-        pix = [Signal(9, name=f"pix_{j}") for j in range(C)]        # xt*cols + j
+        colb = Signal(P)        # (xt*cols)*stride - pad: input x of column 0 at fx = 0
+        pix0 = Signal(9)        # xt*cols
 
-        def fits(value, limit):
-            return (value >= 0) & (value < limit)
+        iy = Signal(P)
+        ix0 = Signal(P)
+        base = Signal(A)
+        m.d.comb += [iy.eq(iy0 + fy), ix0.eq(colb + fx), base.eq(rowb + colb + inner)]
+        row_ok = (iy >= 0) & (iy < g.in_h)
 
         last_d = d == g.reduction - 1
-        last_tile = pix[0] + C >= g.out_w
+        last_tile = pix0 + C >= g.out_w
         last_kb = kb == g.k_blocks - 1
         last_y = y == g.out_h - 1
 
@@ -165,7 +168,7 @@ class Im2col(wiring.Component):
                         m.d.sync += product.eq(product + wsh)
                 # Constant × stride: a few shifted adds, settled long before FINAL.
                 m.d.sync += cs.eq(g.stride * C)
-                m.d.sync += [colb0[j].eq(g.stride * j - g.pad) for j in range(C)]
+                m.d.sync += [joff[j].eq(g.stride * j) for j in range(C)]
                 with m.If(n == 7):
                     m.next = "FINAL"
             with m.State("FINAL"):
@@ -174,12 +177,10 @@ class Im2col(wiring.Component):
                     step_y.eq(g.in_w - g.kernel + 1),
                     step_c.eq(hw - fw),
                     y.eq(0), kb.eq(0), c.eq(0), fy.eq(0), fx.eq(0), d.eq(0),
-                    iy0.eq(-g.pad), iy.eq(-g.pad), rowb.eq(g.in_base - pw),
-                    inner.eq(0), wrow.eq(g.w_base),
+                    iy0.eq(-g.pad), rowb.eq(g.in_base - pw),
+                    inner.eq(0), wrow.eq(g.w_base), colb.eq(-g.pad), pix0.eq(0),
                 ]
-                m.d.sync += [colb[j].eq(colb0[j]) for j in range(C)]
-                m.d.sync += [ix[j].eq(colb0[j]) for j in range(C)]
-                m.d.sync += [pix[j].eq(j) for j in range(C)]
+                m.d.sync += [x_hi[j].eq(g.in_w - joff[j]) for j in range(C)]
                 m.next = "FINAL2"
             with m.State("FINAL2"):
                 m.d.comb += self.busy.eq(1)
@@ -196,31 +197,28 @@ class Im2col(wiring.Component):
                         o.payload.end.eq(last_d & last_tile & last_kb & last_y),
                     ]
                     for j in range(C):
+                        # ix_j = ix0 + j*stride inside [0, in_w), compared without the add.
+                        col_ok = (ix0 >= -joff[j]) & (ix0 < x_hi[j]) & (pix0 + j < g.out_w)
                         m.d.sync += [
-                            o.payload.act_addr[j].eq(rowb + colb[j] + inner),
-                            o.payload.act_zero[j].eq(~fits(iy, g.in_h) | ~fits(ix[j], g.in_w) |
-                                                     (pix[j] >= g.out_w)),
+                            o.payload.act_addr[j].eq(base + joff[j] if j else base),
+                            o.payload.act_zero[j].eq(~(row_ok & col_ok)),
                         ]
                     # ...and step the loop nest (innermost first).
                     with m.If(fx != g.kernel - 1):
                         m.d.sync += [fx.eq(fx + 1), inner.eq(inner + 1), d.eq(d + 1)]
-                        m.d.sync += [ix[j].eq(ix[j] + 1) for j in range(C)]
                     with m.Else():
                         m.d.sync += fx.eq(0)
-                        m.d.sync += [ix[j].eq(colb[j]) for j in range(C)]
                         with m.If(fy != g.kernel - 1):
-                            m.d.sync += [fy.eq(fy + 1), iy.eq(iy + 1), d.eq(d + 1),
-                                         inner.eq(inner + step_y)]
+                            m.d.sync += [fy.eq(fy + 1), d.eq(d + 1), inner.eq(inner + step_y)]
                         with m.Else():
-                            m.d.sync += [fy.eq(0), iy.eq(iy0)]
+                            m.d.sync += fy.eq(0)
                             with m.If(c != g.cin - 1):
                                 m.d.sync += [c.eq(c + 1), d.eq(d + 1),
                                              inner.eq(inner + step_c)]
                             with m.Else():
                                 m.d.sync += [c.eq(0), d.eq(0), inner.eq(0)]
                                 self._next_tile(m, g, C, last_tile, last_kb, last_y, kb, y,
-                                                colb, colb0, ix, pix, cs, wrow, iy0, iy,
-                                                rowb, sw)
+                                                colb, pix0, cs, wrow, iy0, rowb, sw)
             with m.State("DRAIN"):
                 # The final beat sits in the output register until taken.
                 m.d.comb += self.busy.eq(1)
@@ -230,22 +228,17 @@ class Im2col(wiring.Component):
         return m
 
     @staticmethod
-    def _next_tile(m, g, C, last_tile, last_kb, last_y, kb, y, colb, colb0, ix, pix, cs,
-                   wrow, iy0, iy, rowb, sw):
+    def _next_tile(m, g, C, last_tile, last_kb, last_y, kb, y, colb, pix0, cs, wrow, iy0,
+                   rowb, sw):
         with m.If(~last_tile):
-            m.d.sync += [colb[j].eq(colb[j] + cs) for j in range(C)]
-            m.d.sync += [ix[j].eq(colb[j] + cs) for j in range(C)]
-            m.d.sync += [pix[j].eq(pix[j] + C) for j in range(C)]
+            m.d.sync += [colb.eq(colb + cs), pix0.eq(pix0 + C)]
         with m.Else():
-            m.d.sync += [colb[j].eq(colb0[j]) for j in range(C)]
-            m.d.sync += [ix[j].eq(colb0[j]) for j in range(C)]
-            m.d.sync += [pix[j].eq(j) for j in range(C)]
+            m.d.sync += [colb.eq(-g.pad), pix0.eq(0)]
             with m.If(~last_kb):
                 m.d.sync += [kb.eq(kb + 1), wrow.eq(wrow + g.reduction)]
             with m.Else():
                 m.d.sync += [kb.eq(0), wrow.eq(g.w_base)]
                 with m.If(~last_y):
-                    m.d.sync += [y.eq(y + 1), iy0.eq(iy0 + g.stride),
-                                 iy.eq(iy0 + g.stride), rowb.eq(rowb + sw)]
+                    m.d.sync += [y.eq(y + 1), iy0.eq(iy0 + g.stride), rowb.eq(rowb + sw)]
                 with m.Else():
                     m.next = "DRAIN"

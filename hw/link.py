@@ -117,9 +117,12 @@ class Link(wiring.Component):
         ptr = Signal(range(buf_depth))
 
         status = Signal(proto.Status)
-        resp_len = Signal(16)
+        # Responses are short (an identity, a CRC or a RESULT); no 16-bit counters needed.
+        resp_max = max(proto.struct_bytes(proto.Identity), 2,
+                       cfg.max_logits + 4 * (1 + cfg.max_layers))
+        resp_len = Signal(range(resp_max + 1))
         resp_hdr = Signal(proto.ResponseHeader)
-        out_idx = Signal(16)
+        out_idx = Signal(range(resp_max))
         word = Signal(32)
         word_left = Signal(3)
         fetch_idx = Signal(8)

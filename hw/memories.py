@@ -10,7 +10,7 @@ synchronous read with a clock enable, which both iCE40 EBR/SPRAM and ECP5 EBR pr
 """
 
 from amaranth.hdl import C, ClockSignal, Instance, Module, Mux, Signal, unsigned
-from amaranth.lib import data, memory, wiring
+from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 __all__ = ["read_port_signature", "write_port_signature", "Ram", "WeightMemory",

@@ -8,15 +8,17 @@ from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..sw.golden import M_BITS
+
 __all__ = ["Requantizer", "lane_layout"]
 
 
-def lane_layout(acc_width):
+def lane_layout(acc_width, bias_width=32):
     """One value to requantise with its output channel's parameters."""
     return data.StructLayout({
         "acc": signed(acc_width),
-        "bias": signed(32),
-        "m": unsigned(16),
+        "bias": signed(bias_width),
+        "m": unsigned(M_BITS),
         "s": unsigned(6),
     })
 
@@ -25,7 +27,8 @@ class Requantizer(wiring.Component):
     """``y = sat_int8((acc + bias) * M + (1 << (S-1)) >> S)``, then ReLU if ``relu``.
 
     The shift is arithmetic and exact for every legal input (``acc`` of ``acc_width``
-    bits, any int32 ``bias``, ``0 <= M < 2**16``, ``1 <= S <= 63``); ``S = 0`` is not
+    bits, any ``bias`` of ``bias_width`` bits, ``0 <= M < 2**M_BITS`` (golden's 8),
+    ``1 <= S <= 63``); ``S = 0`` is not
     legal and gives an unspecified (but finite) value. Two identities keep it small:
 
     * ``(p + 2**(S-1)) >> S == ((p >> (S-1)) + 1) >> 1``, so no 64-bit rounding constant
@@ -34,7 +37,7 @@ class Requantizer(wiring.Component):
       overflow flag (anything that does not fit saturates anyway), then a shift by 0..7.
 
     Pipeline (stages, one wide operation each, for ~36 MHz on iCE40):
-    1. ``v = acc + bias``; 2. ``v * M[7:0]`` and ``v * M[15:8]`` (two modest multiplies);
+    1. ``v = acc + bias``; 2. ``v * M`` in 8-bit chunks of M (one modest multiply each);
     3. sum of the partial products; 4. coarse shift + overflow flag; 5. fine shift;
     6. round, saturate, ReLU.
 
@@ -42,10 +45,8 @@ class Requantizer(wiring.Component):
     ``interval`` cycles (each stage takes ``interval`` cycles, so up to
     ``interval * LATENCY`` cycles from input to output).
 
-    Cost: the exact ``33 × 16``-bit product dominates. Per lane with ``acc_width=26``,
-    yosys ``synth_ice40`` without DSPs gives ~1,570 LUT4 at ``interval=1`` (two
-    ``33 × 8`` multipliers) and about half the multiplier at ``interval=2`` (one,
-    used twice); ``synth_ice40 -dsp`` would take 4 SB_MAC16 instead.
+    Cost: the exact ``(max(acc_width, bias_width) + 1) × M_BITS`` product dominates; keep
+    ``bias_width`` as small as the biases allow (the compiler checks them).
     Backpressure stalls the whole pipeline (``i_stream.ready`` follows
     ``o_stream.ready`` combinationally while the output register is full).
 
@@ -58,9 +59,11 @@ class Requantizer(wiring.Component):
     tag : shape-castable or None
         Opaque payload carried from input to output unchanged (e.g. the pixel/channel
         position), or None for no tag.
-    interval : 1 or 2
-        Cycles per beat. 2 halves the multiplier hardware (for the iCE40UP5K, whose
-        DSPs all serve the systolic array); the stream interface is the same.
+    interval : a power of two dividing M_BITS
+        Cycles per beat. ``k > 1`` builds ``v * M`` over ``k`` cycles with one
+        ``v × (M_BITS/k)`` multiplier; the stream interface is the same.
+    bias_width : int
+        Width of the signed bias (at most 32, the golden model's int32).
 
     Attributes
     ----------
@@ -70,16 +73,22 @@ class Requantizer(wiring.Component):
     """
     LATENCY = 6
 
-    def __init__(self, acc_width, lanes=1, tag=None, interval=1):
+    def __init__(self, acc_width, lanes=1, tag=None, interval=1, bias_width=32):
         if not isinstance(acc_width, int) or not 1 <= acc_width <= 64:
             raise ValueError(f"acc_width must be an integer in 1..64, not {acc_width!r}")
-        if interval not in (1, 2):
-            raise ValueError(f"interval must be 1 or 2 cycles per beat, not {interval!r}")
+        intervals = [k for k in (1, 2, 4, 8, 16) if k <= M_BITS and M_BITS % k == 0]
+        if interval not in intervals:
+            raise ValueError(f"interval must be one of {intervals} cycles per beat, not "
+                             f"{interval!r}")
+        if not isinstance(bias_width, int) or not 1 <= bias_width <= 32:
+            raise ValueError(f"bias_width must be an integer in 1..32, not {bias_width!r}")
+        self.bias_width = bias_width
         self.interval = interval
         if not isinstance(lanes, int) or lanes < 1:
             raise TypeError(f"lanes must be a positive integer, not {lanes!r}")
         self.acc_width, self.lanes, self.tag = acc_width, lanes, tag
-        i_fields = {"lanes": data.ArrayLayout(lane_layout(acc_width), lanes), "relu": 1}
+        i_fields = {"lanes": data.ArrayLayout(lane_layout(acc_width, bias_width), lanes),
+                    "relu": 1}
         o_fields = {"y": data.ArrayLayout(signed(8), lanes)}
         if tag is not None:
             i_fields["tag"] = o_fields["tag"] = tag
@@ -94,19 +103,20 @@ class Requantizer(wiring.Component):
         n = self.LATENCY
 
         # All stages advance together (``adv``); a stage register is free when the output
-        # is. With interval 2 they advance every other cycle (phase 1), and the one
-        # 8-bit-wide multiplier computes v*M[7:0] in phase 0, v*M[15:8] in phase 1.
+        # is. With interval k > 1 they advance once every k cycles (last phase), while
+        # one multiplier of 16/k bits of M builds v*M over the k phases.
         en = Signal()
         adv = Signal()
-        phase = Signal()
+        phase = Signal(range(self.interval))
         m.d.comb += en.eq(o.ready | ~o.valid)
         if self.interval == 1:
             m.d.comb += adv.eq(en)
         else:
-            m.d.sync += phase.eq(~phase)
-            m.d.comb += adv.eq(en & phase)
+            last = self.interval - 1
+            m.d.sync += phase.eq(Mux(phase == last, 0, phase + 1))
+            m.d.comb += adv.eq(en & (phase == last))
             with m.If(o.valid & o.ready & ~adv):
-                m.d.sync += o.valid.eq(0)    # taken in phase 0: do not show it twice
+                m.d.sync += o.valid.eq(0)    # taken between advances: do not show it twice
         m.d.comb += i.ready.eq(adv)
 
         valid = [Signal(name=f"valid{k}") for k in range(n - 1)] + [o.valid]
@@ -129,8 +139,8 @@ class Requantizer(wiring.Component):
         return m
 
     def _lane(self, m, en, phase, x, relu, lane):
-        vw = max(self.acc_width, 32) + 1
-        pw = vw + 16                       # v * M, M unsigned 16 bits: exact
+        vw = max(self.acc_width, self.bias_width) + 1
+        pw = vw + M_BITS                   # v * M, M unsigned: exact
         name = f"l{lane}_"
 
         def reg(shape, stage, value):
@@ -141,24 +151,29 @@ class Requantizer(wiring.Component):
 
         # 1: bias add; carry M and S alongside.
         v = reg(signed(vw), "v", x.acc + x.bias)
-        m1 = reg(unsigned(16), "m1", x.m)
+        m1 = reg(unsigned(M_BITS), "m1", x.m)
         # S - 1 (mod 64): S = 0 is illegal, it just wraps to a shift of 63.
         sh1 = reg(unsigned(6), "sh1", x.s - 1)
-        # 2: two 8-bit partial products.
         if self.interval == 1:
-            plo = reg(signed(vw + 9), "plo", v * m1[:8])
-            phi = reg(signed(vw + 9), "phi", v * m1[8:])
+            # 2: 8-bit partial products; 3: their sum.
+            parts = [reg(signed(vw + 9), f"pp{k}", v * m1[8 * k:8 * k + 8])
+                     for k in range(-(-M_BITS // 8))]
+            p = reg(signed(pw), "p", sum(part << (8 * k) for k, part in enumerate(parts)))
         else:
-            product = Signal(signed(vw + 9), name=f"{name}product")
-            m.d.comb += product.eq(v * Mux(phase, m1[8:], m1[:8]))
-            early = Signal(signed(vw + 9), name=f"{name}plo_early")
-            with m.If(~phase):
-                m.d.sync += early.eq(product)
-            plo = reg(signed(vw + 9), "plo", early)
-            phi = reg(signed(vw + 9), "phi", product)
+            # 2: Horner over the k chunks of M, most significant first, one per phase;
+            # the last phase's sum is the exact product. 3: a plain register.
+            bits = M_BITS // self.interval
+            index = Signal.like(phase, name=f"{name}chunk_index")
+            m.d.comb += index.eq(self.interval - 1 - phase)
+            chunk = m1.word_select(index, bits)
+            product = Signal(signed(vw + bits + 1), name=f"{name}product")
+            m.d.comb += product.eq(v * chunk)
+            partial = Signal(signed(pw), name=f"{name}partial")
+            full = Signal(signed(pw), name=f"{name}full")
+            m.d.comb += full.eq(Mux(phase == 0, product, (partial << bits) + product))
+            m.d.sync += partial.eq(full)
+            p = reg(signed(pw), "p", reg(signed(pw), "p2", full))
         sh2 = reg(unsigned(6), "sh2", sh1)
-        # 3: the full product.
-        p = reg(signed(pw), "p", plo + (phi << 8))
         sh3 = reg(unsigned(6), "sh3", sh2)
         # 4: c = p >> 8k kept to 18 bits + "did not fit" flag (saturates either way).
         coarse = Signal(signed(18), name=f"{name}coarse_c")

@@ -46,6 +46,9 @@ class BoardTop(wiring.Component):
     debug : bool
         Add an ``idle`` output (nothing received, sent or computing) so that a
         simulator can skip the board's idle time.
+    rx_fifo : int
+        Bytes of the RX FIFO (default :data:`protocol.RX_FIFO_BYTES`, which the board
+        reports to the host; tests shrink it to provoke an overrun).
 
     Attributes
     ----------
@@ -55,7 +58,11 @@ class BoardTop(wiring.Component):
         Serial output (board → host), idle high.
     """
 
-    def __init__(self, config, *, core=None, timeout=None, debug=False):
+    def __init__(self, config, *, core=None, timeout=None, debug=False,
+                 rx_fifo=proto.RX_FIFO_BYTES):
+        if not isinstance(rx_fifo, int) or rx_fifo < 2:
+            raise ValueError(f"rx_fifo must be an integer >= 2 bytes, not {rx_fifo!r}")
+        self._rx_fifo = rx_fifo
         self._config = config
         self._divisor = baud_divisor(config.clock_hz, config.baud)
         self._timeout = timeout
@@ -81,7 +88,7 @@ class BoardTop(wiring.Component):
 
         # +1: SyncFIFOBuffered keeps one entry in its output register, so the memory is
         # exactly RX_FIFO_BYTES deep (one 4 kbit EBR at 512) and the window still fits.
-        m.submodules.rx_fifo = fifo = SyncFIFOBuffered(width=8, depth=proto.RX_FIFO_BYTES + 1)
+        m.submodules.rx_fifo = fifo = SyncFIFOBuffered(width=8, depth=self._rx_fifo + 1)
 
         m.d.comb += [rx.rx.eq(self.uart_rx), self.uart_tx.eq(tx.tx)]
         # The receiver's byte is taken at once while the FIFO has room; a host that breaks

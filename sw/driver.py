@@ -9,6 +9,11 @@ The same code talks to a real board (``/dev/ttyUSB1``) and to the simulated boar
         acc.load(network, params)                 # compiled for the board acc.identify()
         classes, logits = acc.infer(images)       # uint8 28×28 digits or int8 (C, H, W)
 
+Model loads and inference batches are pipelined (:meth:`Accelerator.pipeline`): requests
+go out back to back, never more than the board's receive window unanswered, so the
+host→board wire carries image bytes nearly all the time (LeNet-5 at 3 Mbaud: ~92 % of
+the 383 images/s the raw 784-byte images allow, measured on the simulated board).
+
 Every failure raises a :class:`DriverError` subclass with a message that says what to
 do; nothing waits forever (every read has a deadline).
 """
@@ -330,10 +335,17 @@ class Accelerator:
         """Bytes the driver keeps in flight: the board's receive FIFO (see protocol)."""
         return (self.info or self.identify()).rx_fifo
 
+    #: Largest pipelined frame as a fraction of the window. The oldest frame's bytes stay
+    #: counted until its answer is back, so only the rest of the window keeps the wire
+    #: busy meanwhile; half leaves ~250 bytes (83 µs at 3 Mbaud) for the answer's round
+    #: trip, at 10 bytes of frame overhead per 25 chunks.
+    frame_fraction = 0.5
+
     def _frame_chunks(self):
-        """Most chunks per pipelined WRITE: the whole frame must fit the window."""
+        """Most chunks per pipelined WRITE (see :attr:`frame_fraction`)."""
         overhead = proto.REQUEST_HEADER_BYTES + proto.ARGS_BYTES + 2
-        limit = min(self.info.max_chunks, (self.window - overhead) // proto.CHUNK_BYTES)
+        limit = min(self.info.max_chunks,
+                    (int(self.window * self.frame_fraction) - overhead) // proto.CHUNK_BYTES)
         if limit < 1:
             raise DriverError(f"the board's receive window of {self.window} B cannot hold "
                               f"one WRITE frame; rebuild the bitstream")
@@ -395,6 +407,8 @@ class Accelerator:
         window = self.window
         requests = iter(requests)
         pending = bytearray()           # encoded, not written yet
+        ends = deque()                  # (start, end) stream offsets of frames in pending
+        written = encoded = 0           # stream offsets
         inflight = deque()              # (opcode, frame bytes, on_reply), oldest first
         unanswered = 0                  # bytes written whose request is not answered
         more = True
@@ -410,13 +424,16 @@ class Accelerator:
                     raise DriverError(f"a {len(frame)}-byte {opcode.name} frame exceeds the "
                                       f"board's {window}-byte receive window; split it")
                 pending += frame
+                ends.append((encoded, encoded + len(frame)))
+                encoded += len(frame)
                 inflight.append((opcode, len(frame), on_reply))
             if pending and unanswered < window:
                 n = min(window - unanswered, len(pending))
-                self._port.write(bytes(pending[:n]))
-                del pending[:n]
+                self._write(pending, n)
+                written += n
                 unanswered += n
-                self.bytes_sent += n
+                while ends and ends[0][1] <= written:
+                    ends.popleft()
                 continue
             if not inflight:
                 return
@@ -430,7 +447,15 @@ class Accelerator:
             except DriverError:
                 if inflight:            # their responses may still come: resync first
                     self._dirty = True
+                    if ends and ends[0][0] < written:
+                        # Finish a frame sent in part, so the board sees no half frame.
+                        self._write(pending, ends[0][1] - written)
                 raise
+
+    def _write(self, pending, n):
+        self._port.write(bytes(pending[:n]))
+        del pending[:n]
+        self.bytes_sent += n
 
     def _write_runs(self, space, writes, bar=None):
         """``[(addr, data), ...]`` as pipelined WRITE frames."""

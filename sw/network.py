@@ -267,13 +267,15 @@ def run_network(network, params, x, *, intermediates=False):
     return x.reshape(-1) if x.shape[1:] == (1, 1) else x
 
 
-def random_params(network, seed, *, m_range=(1 << 13, 1 << 15)):
+def random_params(network, seed, *, m_range=None):
     """Seeded random int8 weights with requantisation that keeps activations lively.
 
     For every stage, ``S`` is chosen so that ``acc * M >> S`` maps the typical
     accumulator spread (≈ ``sqrt(reduction) * 64 * 40``) onto ±64, which exercises
     both saturation and the middle of the int8 range.
     """
+    if m_range is None:
+        m_range = (1 << (golden.M_BITS - 3), 1 << (golden.M_BITS - 1))
     rng = np.random.default_rng(seed)
     params = []
     for stage in network.stages():

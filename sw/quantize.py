@@ -10,8 +10,9 @@ Per stage (see :mod:`.golden` for the integer semantics):
   each stage's input scale is the previous stage's output scale (max-pool keeps it);
 * bias: ``round(b / (s_in · s_w[k]))`` as int32;
 * requantisation: the real multiplier ``s_in · s_w[k] / s_out`` becomes an integer
-  ``M`` (``0 <= M < 2**16``) and shift ``S`` (``1..63``) with ``M`` normalised into
-  ``[2**15, 2**16)`` — relative error at most ``2**-16`` (:func:`choose_multiplier`).
+  ``M`` (``0 <= M < 2**M_BITS``) and shift ``S`` (``1..63``) with ``M`` normalised into
+  ``[2**(M_BITS-1), 2**M_BITS)`` — relative error at most ``2**-M_BITS``
+  (:func:`choose_multiplier`).
 
 The last stage (the logits) has no ReLU; its scale is taken from ``max |logit|`` so the
 winning class rarely saturates. Int8 accuracy is measured with
@@ -51,7 +52,7 @@ def quantize_weights(weight):
 def choose_multiplier(real):
     """Integer ``(M, S)`` per channel with ``M / 2**S ≈ real``.
 
-    ``S`` is picked so that ``M`` uses 16 bits (``2**15 <= M < 2**16``), the most
+    ``S`` is picked so that ``M`` uses all ``M_BITS`` bits (``2**(M_BITS-1) <= M``), the most
     precision the requantiser offers; ``S`` is capped at ``S_MAX`` (63), so a
     multiplier below ``2**-48`` loses precision, down to ``M = 0``.
 
@@ -62,7 +63,7 @@ def choose_multiplier(real):
     Raises
     ------
     ValueError
-        For a negative or non-finite multiplier, or one ``>= 2**15`` (needs ``S < 1``).
+        For a negative or non-finite multiplier, or one ``>= 2**(M_BITS-1)`` (``S < 1``).
     """
     real = np.atleast_1d(np.asarray(real, dtype=np.float64))
     if not np.all(np.isfinite(real)) or np.any(real < 0):
@@ -75,7 +76,7 @@ def choose_multiplier(real):
         shift = (golden.M_BITS - 1) - int(np.floor(np.log2(r)))
         shift = min(shift, golden.S_MAX)
         mult = int(np.round(r * 2.0 ** shift))
-        if mult >= 1 << golden.M_BITS:          # rounding carried into bit 16
+        if mult >= 1 << golden.M_BITS:          # rounding carried into bit M_BITS
             shift -= 1
             mult = int(np.round(r * 2.0 ** shift))
         if shift < golden.S_MIN:

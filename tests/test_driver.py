@@ -151,3 +151,153 @@ def test_prepare_images():
         prepare_images(np.zeros((32, 32), np.uint8), shape)
     with pytest.raises(ImageError, match="do not match"):
         prepare_images(np.zeros((3, 28, 28), np.int8)[None], (3, 32, 32))
+
+
+class FakeBoard:
+    """Enough of a board for :meth:`Accelerator.infer`: answers every request, in order,
+    ``delay`` seconds after its last byte, and records the bytes it held unanswered.
+
+    A RESULT returns logits derived from the image last written to the slot that RUN
+    named, so a pipelining mistake (wrong slot, wrong order) changes the answer.
+    """
+
+    def __init__(self, config, *, delay=0.0, fail_at=None):
+        self.config, self.delay, self.fail_at = config, delay, fail_at
+        self.max_unanswered = 0
+        self.opcodes = []
+        self.image = {}                     # chunk address -> 64-bit data
+        self.run_base = None
+
+    def serve(self, server):
+        self._received = 0
+        self._answered = 0
+
+        def handler(opcode, payload):
+            self.opcodes.append(proto.Opcode(opcode))
+            if self.delay:
+                time.sleep(self.delay)
+            # The server thread sees the bytes of every frame it has parsed so far plus
+            # those still in its buffer; track the largest unanswered total.
+            self._answered += proto.REQUEST_HEADER_BYTES + len(payload) + 2
+            if len(self.opcodes) == self.fail_at:
+                return proto.encode_response(proto.Status.BAD_CRC, opcode)
+            return self.answer(proto.Opcode(opcode), payload)
+        return handler
+
+    def answer(self, opcode, payload):
+        S = proto.Status
+        if opcode == proto.Opcode.IDENTIFY:
+            return proto.encode_response(S.OK, opcode, identity(self.config))
+        args = payload[:proto.ARGS_BYTES]
+        if opcode == proto.Opcode.WRITE:
+            addr = proto.decode_struct(proto.WriteArgs, args)["addr"]
+            body = payload[proto.ARGS_BYTES:]
+            for i in range(len(body) // 8):
+                self.image[addr + i] = body[8 * i:8 * i + 8]
+            return proto.encode_response(S.OK, opcode, proto.crc16(body).to_bytes(2, "little"))
+        if opcode == proto.Opcode.RUN:
+            self.run_base = proto.decode_struct(proto.RunArgs, args)["image_base"]
+            return proto.encode_response(S.OK, opcode)
+        n = proto.decode_struct(proto.ResultArgs, args)
+        first = self.image[self.run_base // 8]      # first 8 input bytes of the run
+        logits = bytes((first[0] + k) & 0xFF for k in range(n["n_logits"]))
+        return proto.encode_response(S.OK, opcode, logits + bytes(4 * n["n_counters"]))
+
+
+class WindowServer(FakeServer):
+    """FakeServer that also measures the host's unanswered bytes whenever it reads."""
+
+    def __init__(self, board):
+        self.board = board
+        self.max_unanswered = 0
+        super().__init__(board.serve(self))
+
+    def _serve(self):
+        # Same as FakeServer._serve, with accounting of received vs answered bytes.
+        self.sock.settimeout(0.1)
+        received = 0
+        while not self.stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            conn.settimeout(0.1)
+            buf = b""
+            while not self.stop:
+                try:
+                    chunk = conn.recv(4096)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    break
+                received += len(chunk)
+                self.max_unanswered = max(self.max_unanswered,
+                                          received - self.board._answered)
+                buf += chunk
+                while len(buf) >= 4:
+                    length = int.from_bytes(buf[2:4], "little")
+                    if len(buf) < 4 + length + 2:
+                        break
+                    raw, buf = buf[:4 + length + 2], buf[4 + length + 2:]
+                    opcode, payload = proto.parse_request(raw)
+                    answer = self.handler(opcode, payload)
+                    if answer is not None:
+                        conn.sendall(answer)
+            conn.close()
+
+
+def _tiny_program(acc):
+    """LeNet-5 with random weights compiled for the fake board (only image I/O is used)."""
+    net = nets.lenet5()
+    from fpgacnn.sw import compiler
+    acc.program = compiler.compile_network(net, nets.random_params(net, 0), acc.info.config)
+    return acc.program
+
+
+def test_infer_pipelines_within_the_window():
+    """Requests go out back to back in the documented order and the host never has more
+    than the board's receive window unanswered, even when answers come slowly."""
+    board = FakeBoard(get_config("icebreaker"), delay=0.002)
+    srv = WindowServer(board)
+    try:
+        with Accelerator.open(srv.url, timeout=2) as acc:
+            acc.identify()
+            _tiny_program(acc)
+            rng = np.random.default_rng(3)
+            x = rng.integers(0, 256, (7, 28, 28), dtype=np.uint8)
+            x[:, 0, 0] = np.arange(7) * 30            # the fake logits' source byte
+            board.opcodes.clear()
+            _, logits = acc.infer(x, progress=False)
+    finally:
+        srv.close()
+    want = prepare_images(x, (1, 28, 28))[:, 0, 0, 0].astype(np.int64)
+    np.testing.assert_array_equal(logits[:, 0].astype(np.uint8), (want & 0xFF).astype(np.uint8))
+    assert logits.shape == (7, 10)
+    W, R, U = proto.Opcode.WRITE, proto.Opcode.RUN, proto.Opcode.RESULT
+    image = [W] * 4                                   # 98 chunks in frames <= window/2
+    want_order = image + [R]
+    for _ in range(6):
+        want_order += image + [U, R]
+    want_order += [U]
+    assert board.opcodes == want_order
+    window = acc.info.rx_fifo
+    assert 0.5 * window < srv.max_unanswered <= window, srv.max_unanswered
+    assert acc.counters.shape == (1, 6)               # counters asked for once only
+
+
+def test_error_in_pipeline_raises_and_resyncs():
+    board = FakeBoard(get_config("icebreaker"), fail_at=6)
+    srv = WindowServer(board)
+    try:
+        with Accelerator.open(srv.url, timeout=1) as acc:
+            acc.identify()
+            _tiny_program(acc)
+            board.opcodes.clear()
+            with pytest.raises(BoardError, match="BAD_CRC"):
+                acc.infer(np.zeros((3, 28, 28), np.uint8), progress=False)
+            assert acc._dirty                          # later answers were still coming
+            board.fail_at = None
+            _, logits = acc.infer(np.zeros((2, 28, 28), np.uint8), progress=False)
+            assert logits.shape == (2, 10)
+    finally:
+        srv.close()

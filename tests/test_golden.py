@@ -135,10 +135,10 @@ def test_requantize_rounding_ties_and_saturation():
                        [[0, 0, 0, 0, 127, 127, 127, 127]])
     # M = 0 gives round(0) = 0; maximal M and S.
     assert_array_equal(golden.requantize(np.array([[5, -5]]), [0], [63], relu=False), [[0, 0]])
-    big = np.array([[2**39 - 1, -(2**39)]])
-    assert_array_equal(golden.requantize(big, [2**16 - 1], [63], relu=False),
-                       [[naive_requantize(2**39 - 1, 2**16 - 1, 63, False),
-                         naive_requantize(-(2**39), 2**16 - 1, 63, False)]])
+    big, m_max = np.array([[2**39 - 1, -(2**39)]]), 2**golden.M_BITS - 1
+    assert_array_equal(golden.requantize(big, [m_max], [63], relu=False),
+                       [[naive_requantize(2**39 - 1, m_max, 63, False),
+                         naive_requantize(-(2**39), m_max, 63, False)]])
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -147,7 +147,8 @@ def test_requantize_matches_python_ints(seed):
     k = 8
     acc = rng.integers(-(2**34), 2**34, (k, 50))
     acc[:, :4] = [-(2**34), 2**34 - 1, 0, -1]          # edges in every channel
-    m = rng.integers(0, 2**16, k)
+    m = rng.integers(0, 2**golden.M_BITS, k)
+    m[0] = 2**golden.M_BITS - 1
     s = rng.integers(1, 64, k)
     for relu in (False, True):
         expect = [[naive_requantize(int(a), int(m[i]), int(s[i]), relu) for a in acc[i]]
@@ -159,7 +160,7 @@ def test_requantize_matches_python_ints(seed):
 def test_requantize_rejects_bad_parameters():
     acc = np.zeros((2, 3), np.int64)
     with pytest.raises(ValueError, match="M must lie"):
-        golden.requantize(acc, [0, 2**16], [1, 1], relu=False)
+        golden.requantize(acc, [0, 2**golden.M_BITS], [1, 1], relu=False)
     with pytest.raises(ValueError, match="S must lie"):
         golden.requantize(acc, [1, 1], [0, 1], relu=False)
     with pytest.raises(ValueError, match="one entry per channel"):

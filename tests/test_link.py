@@ -81,9 +81,10 @@ class LinkBench:
     :meth:`response`; every ``wr`` beat the core took is in :attr:`beats`.
     """
 
-    def __init__(self, *, seed=0, run_cycles=200, backpressure=True):
+    def __init__(self, *, seed=0, run_cycles=200, backpressure=True,
+                 rx_fifo=proto.RX_FIFO_BYTES):
         self.core = FakeCore(run_cycles)
-        self.dut = BoardTop(CONFIG, core=self.core, timeout=TIMEOUT)
+        self.dut = BoardTop(CONFIG, core=self.core, timeout=TIMEOUT, rx_fifo=rx_fifo)
         self.seed, self.backpressure = seed, backpressure
         self.beats, self.received, self.done = [], bytearray(), False
 
@@ -275,3 +276,84 @@ def test_faults_answered_and_nothing_committed(request):
     assert got == [expected for _, _, expected in cases] + [proto.Status.OK], \
         [name for (name, _, want), status in zip(cases, got) if want != status]
     assert bench.beats == [(Space.WEIGHTS, 0, 1)]
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_pipelined_burst_is_buffered(request, seed):
+    """Requests sent back to back, as the driver pipelines them: the bytes that arrive
+    while the link commits, waits for a run or answers are held in the RX FIFO, and
+    every request is answered in order (before the FIFO, they were dropped)."""
+    rng = random.Random(seed)
+    cfg = CONFIG
+    bases = [0x0000, 0x0320, 0x0000]
+    images = [[rng.getrandbits(64) for _ in range(rng.randrange(3, 7))] for _ in bases]
+    result = proto.encode_struct(proto.ResultArgs, {"n_logits": 4,
+                                                    "n_counters": rng.randrange(2)})
+
+    def run(base):
+        return proto.encode_request(proto.Opcode.RUN, proto.encode_struct(
+            proto.RunArgs, {"image_base": base}))
+
+    burst = [proto.encode_request(proto.Opcode.WRITE,
+                                  proto.write_payload(Space.PROGRAM, 0, [0x1234]))]
+    burst += [proto.encode_request(proto.Opcode.WRITE,
+                                   proto.write_payload(Space.IMAGE, 0, images[0])), run(0)]
+    for i in range(1, len(bases)):
+        burst += [proto.encode_request(proto.Opcode.WRITE, proto.write_payload(
+                      Space.IMAGE, bases[i] // 8, images[i])),
+                  proto.encode_request(proto.Opcode.RESULT, result), run(bases[i])]
+    burst += [proto.encode_request(proto.Opcode.RESULT, result)]
+    assert sum(map(len, burst)) <= proto.RX_FIFO_BYTES
+    got = []
+
+    async def script(bench, ctx):
+        await bench.send(ctx, b"".join(burst))
+        for _ in burst:
+            got.append(await bench.response(ctx))
+
+    bench = LinkBench(seed=seed, run_cycles=3000)
+    bench.run(script, request.node.name)
+    S, O = proto.Status, proto.Opcode
+    assert [(s, o) for s, o, _ in got] == [
+        (S.OK, O(proto.parse_request(f)[0])) for f in burst]
+    n_counters = proto.decode_struct(proto.ResultArgs, result)["n_counters"]
+    results = [data for _, o, data in got if o == O.RESULT]
+    for data, base in zip(results, bases):
+        logits = [fake_word(ReadSpace.LOGITS, k, base) & 0xFF for k in range(4)]
+        counters = [fake_word(ReadSpace.COUNTERS, i, base) for i in range(n_counters)]
+        assert data == bytes(logits) + b"".join(c.to_bytes(4, "little") for c in counters)
+    assert [b for b in bench.beats if b[0] == Space.IMAGE] == [
+        (Space.IMAGE, base // 8 + j, c) for base, img in zip(bases, images)
+        for j, c in enumerate(img)]
+
+
+def test_window_overrun_is_answered_not_hung(request):
+    """A host that breaks the window rule loses bytes in the RX FIFO (here shrunk to 16
+    bytes): the damaged frame is answered with an error or dropped, nothing reaches the
+    core, and the board keeps serving."""
+    run = proto.encode_request(proto.Opcode.RUN, proto.encode_struct(
+        proto.RunArgs, {"image_base": 0}))
+    result = proto.encode_request(proto.Opcode.RESULT, proto.encode_struct(
+        proto.ResultArgs, {"n_logits": 1, "n_counters": 0}))
+    image = proto.encode_request(proto.Opcode.WRITE, proto.write_payload(
+        Space.IMAGE, 0, list(range(1, 7))))           # 58 B arrive while RESULT waits
+    got = []
+
+    async def script(bench, ctx):
+        got.append((await bench.transact(ctx, proto.Opcode.WRITE, proto.write_payload(
+            Space.PROGRAM, 0, [0x1234])))[0])
+        await bench.send(ctx, run + result + image)
+        for _ in range(2):
+            got.append((await bench.response(ctx))[0])
+        await bench.idle(ctx, 2 * TIMEOUT + 400)
+        while bench.received:                        # at most one answer for the debris
+            got.append((await bench.response(ctx))[0])
+        got.append((await bench.transact(ctx, proto.Opcode.IDENTIFY))[0])
+
+    bench = LinkBench(run_cycles=2500, rx_fifo=16, backpressure=False)
+    bench.run(script, request.node.name)
+    S = proto.Status
+    assert got[:3] == [S.OK, S.OK, S.OK] and got[-1] == S.OK, got
+    assert len(got) <= 5, got
+    assert all(s in (S.BAD_CRC, S.TRUNCATED, S.BAD_LENGTH, S.BAD_OPCODE) for s in got[3:-1])
+    assert [b[0] for b in bench.beats] == [Space.PROGRAM]   # the image never committed

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from fpgacnn.sw import mnist, modelfile
+from fpgacnn.sw import golden, mnist, modelfile
 from fpgacnn.sw import network as nets
 from fpgacnn.sw import quantize as qz
 from fpgacnn.sw.modelfile import ModelFileError
@@ -29,7 +29,7 @@ def test_round_trip(tmp_path, make, seed):
     net = make()
     params = nets.random_params(net, seed)
     params[0].m[0], params[0].s[0] = 0, 63                   # range edges survive
-    params[-1].m[-1], params[-1].s[-1] = (1 << 16) - 1, 1
+    params[-1].m[-1], params[-1].s[-1] = (1 << golden.M_BITS) - 1, 1
     params[0].weight.flat[:2] = (-128, 127)
     params[0].bias[:2] = (np.iinfo(np.int32).min, np.iinfo(np.int32).max)
     meta = {"accuracy_int8": 0.5, "train_loss": [1.0, 0.5], "seed": seed}
@@ -108,7 +108,8 @@ DAMAGE = {
                      r"stage 1 weight: shape \(16, 6, 4, 5\), expected \(16, 6, 5, 5\)"),
     "bias shape": (lambda a: a.update({"stage4.bias": a["stage4.bias"][:9]}),
                    r"stage 4 bias: shape \(9,\), expected \(10,\)"),
-    "M too large": (set_elem("stage2.m", 5, 1 << 16), r"stage 2: M outside \[0, 2\*\*16\)"),
+    "M too large": (set_elem("stage2.m", 5, 1 << golden.M_BITS),
+                    rf"stage 2: M outside \[0, 2\*\*{golden.M_BITS}\)"),
     "M negative": (set_elem("stage0.m", 0, -1), r"stage 0: M outside"),
     "S zero": (set_elem("stage3.s", 1, 0), r"stage 3: S outside \[1, 63\]"),
     "S too large": (set_elem("stage4.s", 9, 64), r"stage 4: S outside \[1, 63\]"),

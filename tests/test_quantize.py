@@ -10,26 +10,27 @@ from fpgacnn.sw import train as tr
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_choose_multiplier_uses_16_bits_and_is_accurate(seed):
+def test_choose_multiplier_uses_all_m_bits_and_is_accurate(seed):
     rng = np.random.default_rng(seed)
-    real = 10.0 ** rng.uniform(-12, 4, 500)
+    real = 10.0 ** rng.uniform(-12, np.log10(2.0 ** (golden.M_BITS - 1) - 1), 500)
     m, s = qz.choose_multiplier(real)
     assert m.dtype == np.int64 and s.dtype == np.int64
     assert np.all((golden.S_MIN <= s) & (s <= golden.S_MAX))
-    assert np.all((1 << 15 <= m) & (m < 1 << golden.M_BITS))
-    np.testing.assert_array_less(np.abs(m / 2.0 ** s - real) / real, 2.0 ** -16)
+    assert np.all((1 << (golden.M_BITS - 1) <= m) & (m < 1 << golden.M_BITS))
+    np.testing.assert_array_less(np.abs(m / 2.0 ** s - real) / real, 2.0 ** -golden.M_BITS)
 
 
 def test_choose_multiplier_edges():
-    # Rounds up to 2**16 at the natural shift: the shift must drop by one.
-    real = (2 ** 16 - 0.25) / 2 ** 20
+    # Rounds up to 2**M_BITS at the natural shift: the shift must drop by one.
+    b = golden.M_BITS
+    real = (2 ** b - 0.25) / 2 ** 20
     m, s = qz.choose_multiplier([real])
-    assert m[0] < 1 << 16 and s[0] == 19 and m[0] == 1 << 15
+    assert m[0] < 1 << b and s[0] == 19 and m[0] == 1 << (b - 1)
     # Largest representable (S = 1) and beyond it.
-    m, s = qz.choose_multiplier([32767.0])
-    assert (m[0], s[0]) == (65534, 1)
+    m, s = qz.choose_multiplier([2.0 ** (b - 1) - 0.5])
+    assert (m[0], s[0]) == (2 ** b - 1, 1)
     with pytest.raises(ValueError, match="needs S < 1"):
-        qz.choose_multiplier([40000.0])
+        qz.choose_multiplier([2.0 ** b])
     # Zero and tiny multipliers saturate the shift at S_MAX.
     m, s = qz.choose_multiplier([0.0, 2.0 ** -60])
     assert list(m) == [0, 1 << 3] and list(s) == [golden.S_MAX] * 2
@@ -68,7 +69,7 @@ def test_quantized_params_are_in_range(small_model):
     stages = model.network.stages()
     for stage, p in zip(stages, params):
         p.check(stage)                                  # dtypes, shapes, M/S ranges
-        assert np.all(p.m >= 1 << 15), "M should use all 16 bits"
+        assert np.all(p.m >= 1 << (golden.M_BITS - 1)), "M should use all M_BITS bits"
         # The bias fits with room to spare; no accumulator can overflow the golden range.
         bound = golden.accumulator_bound(stage.reduction) + np.abs(p.bias).max()
         assert bound < 1 << 40

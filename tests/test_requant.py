@@ -19,7 +19,7 @@ def make_inputs(n, acc_width, seed):
     lo, hi = -(1 << (acc_width - 1)), (1 << (acc_width - 1)) - 1
     acc = rng.integers(lo, hi + 1, n, dtype=np.int64)
     bias = rng.integers(-(1 << 31), 1 << 31, n, dtype=np.int64)
-    m = rng.integers(0, 1 << 16, n, dtype=np.int64)
+    m = rng.integers(0, 1 << golden.M_BITS, n, dtype=np.int64)
     s = rng.integers(1, 64, n, dtype=np.int64)
     relu = rng.integers(0, 2, n, dtype=np.int64)
     # Realistic scale: small bias, s near log2(acc*m) so results land inside int8 often.
@@ -27,11 +27,12 @@ def make_inputs(n, acc_width, seed):
     bias[:k] = rng.integers(-1000, 1000, k)
     acc[:k] = rng.integers(-(1 << 18), 1 << 18, k)
     s[:k] = rng.integers(20, 34, k)
+    m_max = (1 << golden.M_BITS) - 1
     edges = [
-        (hi, (1 << 31) - 1, (1 << 16) - 1, 1, 0),     # largest product, smallest shift
-        (lo, -(1 << 31), (1 << 16) - 1, 1, 0),        # most negative
-        (lo, -(1 << 31), (1 << 16) - 1, 63, 0),
-        (hi, (1 << 31) - 1, (1 << 16) - 1, 63, 1),
+        (hi, (1 << 31) - 1, m_max, 1, 0),     # largest product, smallest shift
+        (lo, -(1 << 31), m_max, 1, 0),        # most negative
+        (lo, -(1 << 31), m_max, 63, 0),
+        (hi, (1 << 31) - 1, m_max, 63, 1),
         (5, 0, 1, 1, 0), (-5, 0, 1, 1, 0),            # exact halves round up: 3, -2
         (255, 0, 1, 1, 0), (256, 0, 1, 1, 0), (-257, 0, 1, 1, 0), (-258, 0, 1, 1, 0),
         (0, 0, 0, 5, 0), (0, 0, 0, 63, 1), (123, 4, 0, 7, 0),
@@ -99,10 +100,11 @@ def test_requant_matches_golden(request, acc_width, seed):
     run_requant(Requantizer(acc_width), inputs, seed=seed, name=request.node.name)
 
 
-@pytest.mark.parametrize("seed", range(2))
-def test_requant_interval2_matches_golden(request, seed):
-    inputs = make_inputs(200, 26, seed + 10)
-    run_requant(Requantizer(26, interval=2), inputs, seed=seed, name=request.node.name)
+@pytest.mark.parametrize("interval", [2, 4, 8])
+def test_requant_interval_matches_golden(request, interval):
+    inputs = make_inputs(200, 26, interval + 10)
+    run_requant(Requantizer(26, interval=interval), inputs, seed=interval,
+                name=request.node.name)
 
 
 @pytest.mark.parametrize("interval", [1, 2])
@@ -112,7 +114,7 @@ def test_requant_lanes_and_tag(request, interval):
                 idle=0.2, stall=0.6)
 
 
-@pytest.mark.parametrize("interval", [1, 2])
+@pytest.mark.parametrize("interval", [1, 2, 4])
 def test_requant_full_rate(request, interval):
     """No idle, no backpressure: one value per ``interval`` cycles after the latency."""
     dut = Requantizer(26, interval=interval)

@@ -8,6 +8,7 @@ benches live in ``fpgacnn.sim.benches``. A failing bench leaves
 import json
 
 import pytest
+from amaranth.hdl import unsigned
 
 from fpgacnn.hw.config import get_config
 from fpgacnn.hw.maxpool import MaxPool
@@ -35,9 +36,10 @@ def test_systolic_verilator(request):
 
 
 def test_systolic_ice40_macs_verilator(request):
-    """The array on hand-instantiated SB_MAC16s (yosys' behavioural cells_sim.v)."""
+    """The broadcast array on hand-instantiated SB_MAC16s (yosys' cells_sim.v models)."""
     rows, cols, aw = ICE.rows, ICE.cols, ICE.acc_width
-    run_cocotb(SystolicArray(rows, cols, aw, mac="ice40"), "fpgacnn.sim.benches.bench_systolic",
+    dut = SystolicArray(rows, cols, aw, mac="ice40", dataflow="broadcast")
+    run_cocotb(dut, "fpgacnn.sim.benches.bench_systolic",
                toplevel="systolic_ice40", name=request.node.name, testcase="tiles_match_golden",
                extra_sources=[ice40_cells_sim()],
                params={"rows": rows, "cols": cols, "acc_width": aw, "seed": 6,
@@ -64,11 +66,12 @@ def test_systolic_lenet_cycles(request):
     assert numbers["C3"]["cycles"] <= 1.01 * numbers["C3"]["ideal"]
 
 
-@pytest.mark.parametrize("lanes,tag_width", [(2, 7)])
-def test_requant_verilator(request, lanes, tag_width):
-    from amaranth.hdl import unsigned
-    dut = Requantizer(ICE.acc_width, lanes=lanes, tag=unsigned(tag_width) if tag_width else None)
-    run_cocotb(dut, "fpgacnn.sim.benches.bench_requant", toplevel=f"requant{lanes}",
+@pytest.mark.parametrize("lanes,tag_width,interval", [(2, 7, 1), (1, 0, 2)])
+def test_requant_verilator(request, lanes, tag_width, interval):
+    tag = unsigned(tag_width) if tag_width else None
+    dut = Requantizer(ICE.acc_width, lanes=lanes, tag=tag, interval=interval)
+    run_cocotb(dut, "fpgacnn.sim.benches.bench_requant",
+               toplevel=f"requant_l{lanes}_i{interval}",
                name=request.node.name,
                params={"acc_width": ICE.acc_width, "lanes": lanes, "tag_width": tag_width,
                        "n": 400, "seed": lanes, "idle": 0.3, "stall": 0.3})

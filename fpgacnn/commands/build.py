@@ -120,10 +120,8 @@ class BuildResult:
     def report(self):
         """The human-readable summary: resource table, Fmax vs target, bitstream."""
         lines = [f"{'resource':<24} {'cell':<16} {'used':>6} {'avail':>6} {'':>5}"]
-        shown = set()
         for cell, label in _RESOURCES[self.family]:
             if cell in self.utilisation:
-                shown.add(cell)
                 used, avail = self.utilisation[cell]
                 pct = f"{100 * used / avail:.0f}%" if avail else ""
                 flag = "  OVER" if used > avail else ""
@@ -157,7 +155,7 @@ def toolchain_overrides(family, seed=1, name="top"):
 
 
 def _mac16_modes(cells):
-    # MODE_8x8 of each SB_MAC16 among JSON/RTLIL-like cell dicts: {name: "0"/"1"}.
+    # MODE_8x8 (0 or 1) of each SB_MAC16 among yosys JSON cell dicts.
     return [int(str(c["parameters"].get("MODE_8x8", "0")), 2)
             for c in cells if c["type"] == "SB_MAC16"]
 

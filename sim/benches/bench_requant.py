@@ -16,14 +16,15 @@ def make_inputs(n, acc_width, rng):
     lo, hi = -(1 << (acc_width - 1)), (1 << (acc_width - 1)) - 1
     acc = rng.integers(lo, hi + 1, n, dtype=np.int64)
     bias = rng.integers(-(1 << 31), 1 << 31, n, dtype=np.int64)
-    m = rng.integers(0, 1 << 16, n, dtype=np.int64)
+    m = rng.integers(0, 1 << golden.M_BITS, n, dtype=np.int64)
     s = rng.integers(1, 64, n, dtype=np.int64)
     k = n // 2   # realistic scale, so many results fall inside int8
     acc[:k] = rng.integers(-(1 << 18), 1 << 18, k)
     bias[:k] = rng.integers(-1000, 1000, k)
     s[:k] = rng.integers(20, 34, k)
-    edges = [(hi, (1 << 31) - 1, (1 << 16) - 1, 1), (lo, -(1 << 31), (1 << 16) - 1, 1),
-             (lo, -(1 << 31), (1 << 16) - 1, 63), (5, 0, 1, 1), (-5, 0, 1, 1),
+    m_max = (1 << golden.M_BITS) - 1
+    edges = [(hi, (1 << 31) - 1, m_max, 1), (lo, -(1 << 31), m_max, 1),
+             (lo, -(1 << 31), m_max, 63), (5, 0, 1, 1), (-5, 0, 1, 1),
              (255, 0, 1, 1), (-257, 0, 1, 1), (0, 0, 0, 9), (-1, 0, 1, 63)]
     for row, (a, b, mm, ss) in enumerate(edges):
         acc[row], bias[row], m[row], s[row] = a, b, mm, ss
@@ -44,7 +45,7 @@ async def values_match_golden(dut):
         for j in range(b * lanes, (b + 1) * lanes):
             lanes_bits.append((int(acc[j]) & ((1 << aw) - 1)) |
                               ((int(bias[j]) & 0xFFFFFFFF) << aw) |
-                              (int(m[j]) << (aw + 32)) | (int(s[j]) << (aw + 48)))
+                              (int(m[j]) << (aw + 32)) | (int(s[j]) << (aw + 32 + golden.M_BITS)))
         word = pack(lanes_bits, lane_w) | (int(relu[b]) << (lane_w * lanes))
         if tag_w:
             word |= (b % (1 << tag_w)) << (lane_w * lanes + 1)
