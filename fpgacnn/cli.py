@@ -20,6 +20,8 @@ COMMANDS = {
                   "run the simulated board (Verilator) on a local TCP port"),
     "infer": ("fpgacnn.commands.infer",
               "classify image files (PNG, .npy, MNIST IDX) on a board or the simulated one"),
+    "bench": ("fpgacnn.commands.bench",
+              "measure cycles, throughput, Fmax and utilisation against the limits"),
     "train": ("fpgacnn.commands.train",
               "train LeNet-5 on MNIST (NumPy), quantise to int8, write a model file"),
 }

@@ -4,7 +4,7 @@ The link's command handler (``hw/top.py``) drives :class:`Core` through four str
 host compiler (``fpgacnn.sw.compiler``) produces what goes through them.
 """
 
-from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -56,17 +56,20 @@ class Core(wiring.Component):
         ``WEIGHTS`` (chunk ``a`` = rows ``8*(a % n)…+7`` of weight word ``a // n``,
         ``n = rows/8``), ``QPARAMS`` (one :class:`~fpgacnn.hw.program.QParam` per chunk),
         ``PROGRAM`` (``DESCRIPTOR_WORDS`` chunks per descriptor, LSBs first), ``IMAGE``
-        (activation bytes ``8*addr … 8*addr+7``). WEIGHTS/QPARAMS/PROGRAM writes take one
-        cycle but are held off (``ready`` low) while ``busy``; IMAGE writes are accepted
-        during a run too (the other image slot) and take 8 cycles plus any cycle in which
-        the datapath writes the activation memory (it has priority; nothing is lost).
+        (activation bytes ``8*addr … 8*addr+7``). WEIGHTS/QPARAMS writes take one
+        cycle, PROGRAM writes four; all three are held off (``ready`` low) while
+        ``busy``. IMAGE writes are accepted during a run too (into the other image slot)
+        and take 8 cycles plus any cycle in which the datapath writes the activation
+        memory (it has priority; nothing is lost). Addresses beyond a memory wrap; the
+        link checks them.
     ``start`` : In(stream of :class:`StartCommand`)
-        Ready only when idle. Runs the program from descriptor 0 until the descriptor with
-        ``to_logits`` (or ``max_layers``); the layer with ``in_from_image`` reads its
-        input from ``image_base`` (a byte address).
+        Ready only when idle (and no PROGRAM write is pending). Runs the program from
+        descriptor 0 until the descriptor with ``to_logits`` (or ``max_layers``); the
+        layer with ``in_from_image`` reads its input from ``image_base`` (a byte
+        address).
     ``busy`` : Out(1)
         High from the accepted start until the last logit and counter are stored.
-    ``rd`` / ``rd_data`` : In(stream of :class:`ReadCommand`) / Out(stream of :class:`ReadData`)
+    ``rd``, ``rd_data`` : In(stream of :class:`ReadCommand`), Out(stream of :class:`ReadData`)
         One 32-bit answer per request, in order, latency 1 (with back-pressure):
         ``LOGITS`` addr ``k`` → output ``k`` of the last run, sign-extended;
         ``COUNTERS`` addr 0 → cycles of the last run (start accepted → idle), addr
@@ -75,8 +78,8 @@ class Core(wiring.Component):
         the last *finished* run only when read while idle.
 
     Timing: a layer takes its array beats (``out_h·k_blocks·ceil(out_w/cols)·D``) plus
-    about 30–45 cycles of pipeline fill and drain, plus 6 cycles of descriptor fetch;
-    LeNet-5 on the iCEBreaker configuration: 32,502 cycles (1.25× 416,520 MACs / 16).
+    about 30–45 cycles of pipeline fill and drain, plus 15 cycles of descriptor fetch;
+    LeNet-5 on the iCEBreaker configuration: about 32,500 cycles (1.25× 416,520 MACs / 16).
 
     Parameters
     ----------
@@ -120,7 +123,8 @@ class Core(wiring.Component):
         m.submodules.weights = wmem = WeightMemory(rows=cfg.rows, depth=cfg.weight_words,
                                                    ice40=cfg.ice40)
         m.submodules.qparams = qmem = Ram(program.QParam, cfg.qparam_entries)
-        m.submodules.program = pmem = Ram(unsigned(64), cfg.max_layers * dw)
+        # The program is stored 16 bits wide: one EBR instead of four (64 bits wide).
+        m.submodules.program = pmem = Ram(unsigned(16), cfg.max_layers * dw * 4)
         # Results: logits at [0, max_logits), total cycles, then one counter per layer.
         n_results = cfg.max_logits + 1 + cfg.max_layers
         m.submodules.results = rmem = Ram(unsigned(32), n_results)
@@ -141,18 +145,32 @@ class Core(wiring.Component):
         img_addr = Signal(range(cfg.act_bytes // 8 + 1))
         img_data = Signal(64)
         img_byte = Signal(3)
+        prog_valid = Signal()
+        prog_addr = Signal(range(cfg.max_layers * dw))
+        prog_data = Signal(64)
+        prog_part = Signal(2)
         wr = self.wr.p
         # WEIGHTS (single-port SPRAM), QPARAMS and PROGRAM are in use during a run.
-        m.d.comb += self.wr.ready.eq(Mux(wr.space == program.Space.IMAGE, ~img_valid, ~busy))
+        m.d.comb += self.wr.ready.eq(Mux(wr.space == program.Space.IMAGE, ~img_valid,
+                                         ~busy & ~prog_valid))
         take = self.wr.valid & self.wr.ready
         m.d.comb += [
             wmem.wr.addr.eq(wr.addr), wmem.wr.data.eq(wr.data),
             wmem.wr.en.eq(take & (wr.space == program.Space.WEIGHTS)),
             qmem.wr.addr.eq(wr.addr), qmem.wr.data.eq(wr.data[:len(qmem.wr.data.as_value())]),
             qmem.wr.en.eq(take & (wr.space == program.Space.QPARAMS)),
-            pmem.wr.addr.eq(wr.addr), pmem.wr.data.eq(wr.data),
-            pmem.wr.en.eq(take & (wr.space == program.Space.PROGRAM)),
         ]
+        # PROGRAM chunks are held in prog_* and written as four halfwords (while idle).
+        with m.If(take & (wr.space == program.Space.PROGRAM)):
+            m.d.sync += [prog_valid.eq(1), prog_addr.eq(wr.addr), prog_data.eq(wr.data),
+                         prog_part.eq(0)]
+        with m.If(prog_valid):
+            m.d.comb += [pmem.wr.addr.eq(Cat(prog_part, prog_addr)),
+                         pmem.wr.data.eq(prog_data.word_select(prog_part, 16)),
+                         pmem.wr.en.eq(1)]
+            m.d.sync += prog_part.eq(prog_part + 1)
+            with m.If(prog_part == 3):
+                m.d.sync += prog_valid.eq(0)
         with m.If(take & (wr.space == program.Space.IMAGE)):
             m.d.sync += [img_valid.eq(1), img_addr.eq(wr.addr), img_data.eq(wr.data),
                          img_byte.eq(0)]
@@ -170,11 +188,12 @@ class Core(wiring.Component):
 
         # ---- sequencer ----------------------------------------------------------------
         image_base = Signal(16)
-        desc_bits = Signal(dw * 64)
+        desc_bits = Signal(dw * 64)   # (only the descriptor's bits are loaded and used)
         desc = program.LayerDescriptor(desc_bits[:program.LayerDescriptor.as_shape().size])
-        pc = Signal(range(cfg.max_layers * dw + 1))     # program chunk address
+        halves = -(-program.LayerDescriptor.as_shape().size // 16)
+        pc = Signal(range(cfg.max_layers * dw * 4 + 1))     # program halfword address
         layer = Signal(range(cfg.max_layers + 1))
-        fetch = Signal(range(dw + 1))
+        fetch = Signal(range(halves + 1))
         launch = Signal()
         total = Signal(32)
         m.d.comb += [dp.desc.eq(desc), dp.image_base.eq(image_base)]
@@ -194,19 +213,20 @@ class Core(wiring.Component):
         m.d.comb += pmem.rd[0].addr.eq(pc + fetch)
         with m.Switch(state):
             with m.Case(_State.IDLE):
-                m.d.comb += self.start.ready.eq(1)
+                # A program write still going in must finish before the run reads it.
+                m.d.comb += self.start.ready.eq(~prog_valid)
                 with m.If(self.start.valid):
                     m.d.sync += [image_base.eq(self.start.p.image_base), pc.eq(0),
                                  layer.eq(0), fetch.eq(0), total.eq(1), state.eq(_State.FETCH)]
             with m.Case(_State.FETCH):
-                # Chunk j is requested in cycle j and arrives in cycle j + 1.
+                # Halfword j is requested in cycle j and arrives in cycle j + 1.
                 m.d.comb += pmem.rd[0].en.eq(1)
                 m.d.sync += fetch.eq(fetch + 1)
                 with m.Switch(fetch):
-                    for j in range(dw):
+                    for j in range(halves):
                         with m.Case(j + 1):
-                            m.d.sync += desc_bits[64 * j:64 * (j + 1)].eq(pmem.rd[0].data)
-                with m.If(fetch == dw):
+                            m.d.sync += desc_bits[16 * j:16 * (j + 1)].eq(pmem.rd[0].data)
+                with m.If(fetch == halves):
                     m.d.sync += [state.eq(_State.RUN), launch.eq(1), fetch.eq(0)]
             with m.Case(_State.RUN):
                 m.d.comb += dp.start.eq(launch)
@@ -219,7 +239,8 @@ class Core(wiring.Component):
                 with m.If(desc.to_logits | (layer == cfg.max_layers - 1)):
                     m.d.sync += state.eq(_State.FINISH)
                 with m.Else():
-                    m.d.sync += [layer.eq(layer + 1), pc.eq(pc + dw), state.eq(_State.FETCH)]
+                    m.d.sync += [layer.eq(layer + 1), pc.eq(pc + dw * 4),
+                                 state.eq(_State.FETCH)]
             with m.Case(_State.FINISH):
                 m.d.comb += [res_wr_addr.eq(cfg.max_logits), res_wr_data.eq(total),
                              res_wr_en.eq(1)]

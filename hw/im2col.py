@@ -13,23 +13,25 @@ from .program import LayerDescriptor
 __all__ = ["Im2col", "beat_layout", "im2col_reference"]
 
 
-def beat_layout(cols):
+def beat_layout(cols, act_addr_width=16, w_addr_width=16):
     """Addresses of one operand beat."""
     return data.StructLayout({
-        "act_addr": data.ArrayLayout(unsigned(16), cols),
+        "act_addr": data.ArrayLayout(unsigned(act_addr_width), cols),
         "act_zero": data.ArrayLayout(1, cols),   # padding or pixel >= out_w: operand is 0
-        "w_addr": unsigned(16),
+        "w_addr": unsigned(w_addr_width),
         "last": 1,                               # last d of the tile
         "end": 1,                                # last beat of the layer
     })
 
 
-def im2col_reference(desc, cols):
+def im2col_reference(desc, cols, act_addr_width=16, w_addr_width=16):
     """Pure-Python model of :class:`Im2col`: yields one dict per beat (test scaffolding).
 
     ``desc`` is a dict with the LayerDescriptor fields used here (``cin, in_h, in_w,
     kernel, stride, pad, out_h, out_w, k_blocks, reduction, in_base, w_base``).
+    Addresses wrap modulo ``2**act_addr_width`` / ``2**w_addr_width`` like the unit's.
     """
+    a_mask, w_mask = (1 << act_addr_width) - 1, (1 << w_addr_width) - 1
     c_n, h, w = desc["cin"], desc["in_h"], desc["in_w"]
     f, s, p = desc["kernel"], desc["stride"], desc["pad"]
     out_h, out_w, kbs, red = desc["out_h"], desc["out_w"], desc["k_blocks"], desc["reduction"]
@@ -48,10 +50,10 @@ def im2col_reference(desc, cols):
                                 ix = ox * s + fx - p
                                 pad = not (0 <= iy < h and 0 <= ix < w) or ox >= out_w
                                 zero.append(int(pad))
-                                addr.append((desc["in_base"] + (c * h + iy) * w + ix) & 0xFFFF)
+                                addr.append((desc["in_base"] + (c * h + iy) * w + ix) & a_mask)
                             last = d == red - 1
                             yield {"act_addr": addr, "act_zero": zero,
-                                   "w_addr": (desc["w_base"] + kb * red + d) & 0xFFFF,
+                                   "w_addr": (desc["w_base"] + kb * red + d) & w_mask,
                                    "last": int(last),
                                    "end": int(last and y == out_h - 1 and kb == kbs - 1
                                               and xt == tiles - 1)}
@@ -62,34 +64,53 @@ class Im2col(wiring.Component):
     """Generate the operand addresses of one layer, one beat per cycle.
 
     A layer starts with a beat on ``start`` (a :class:`~fpgacnn.hw.program.LayerDescriptor`;
-    ``start.ready`` is high only while idle). The unit then spends 10 cycles computing
-    per-layer constants by shift-and-add (no multipliers anywhere), and emits ``out_h * k_blocks *
-    ceil(out_w / cols) * reduction`` beats on ``o_stream``, one per cycle unless
+    ``start.ready`` is high only while idle). The unit then spends 8 cycles computing
+    per-layer constants by shift-and-add (no multipliers anywhere), and emits ``out_h *
+    k_blocks * ceil(out_w / cols) * reduction`` beats on ``o_stream``, one per cycle unless
     backpressured, the final one with ``end``. Column ``j``'s byte address is
     ``in_base + (c*in_h + iy)*in_w + ix`` (CHW), its ``act_zero`` flags padding or a pixel
-    beyond ``out_w``; the weight word is ``w_base + kb*reduction + d``.
+    beyond ``out_w``; the weight word is ``w_base + kb*reduction + d``. Addresses of
+    zeroed operands are unspecified (they are never read).
 
     Only ``cin, in_h, in_w, kernel, stride, pad, out_h, out_w, k_blocks, reduction,
-    in_base, w_base`` are used; ``reduction`` must equal ``cin*kernel*kernel`` (the host
-    compiler guarantees it; :func:`im2col_reference` is the exact model). A descriptor
-    with any of those counts zero emits nothing and returns to idle.
+    in_base, w_base`` are used. The geometry must be a consistent convolution:
+    ``reduction = cin*kernel**2`` and ``out = (in - kernel + 2*pad)/stride + 1`` on both
+    axes (the host compiler guarantees it; :func:`im2col_reference` is the exact model).
+    A descriptor with any of those counts zero emits nothing and returns to idle.
 
-    Latency: first beat valid 12 cycles after the ``start`` transfer; throughput one
-    beat per cycle.
+    How it stays small: the payload is driven by the loop state itself (no output copy),
+    and every address and coordinate is a register stepped by additions as the loops
+    advance (``+1`` per ``fx``, one precomputed step per ``fy`` and per channel, reloads
+    from per-tile and per-row origins), instead of being recomputed from the loop
+    indices. Column ``j > 0`` is column 0 shifted by ``j*stride`` (one adder each).
+
+    Latency: first beat valid 10 cycles after the ``start`` transfer; throughput one
+    beat per cycle. The payload is combinational from registers (one adder deep).
 
     Parameters
     ----------
     cols : int
         Output pixels per beat (the systolic array's columns).
+    act_addr_width, w_addr_width : int
+        Widths of the activation byte address and of the weight word address (16, the
+        descriptor's, by default; a board with a 4 KiB activation memory and 16K weight
+        words passes 12 and 14). Addresses wrap modulo ``2**width``.
     """
 
-    def __init__(self, cols):
+    def __init__(self, cols, *, act_addr_width=16, w_addr_width=16):
         if not isinstance(cols, int) or cols < 1:
             raise TypeError(f"cols must be a positive integer, not {cols!r}")
+        for name, value in (("act_addr_width", act_addr_width),
+                            ("w_addr_width", w_addr_width)):
+            if not isinstance(value, int) or not 1 <= value <= 16:
+                raise ValueError(f"{name} must be an integer in 1..16 (descriptor addresses "
+                                 f"have 16 bits), not {value!r}")
         self.cols = cols
+        self.act_addr_width, self.w_addr_width = act_addr_width, w_addr_width
         super().__init__({
             "start": In(stream.Signature(LayerDescriptor)),
-            "o_stream": Out(stream.Signature(beat_layout(cols))),
+            "o_stream": Out(stream.Signature(beat_layout(cols, act_addr_width,
+                                                         w_addr_width))),
             "busy": Out(1),
         })
 
@@ -97,60 +118,92 @@ class Im2col(wiring.Component):
         m = Module()
         C = self.cols
         o = self.o_stream
-        # Addresses wrap modulo 2**16 like the memories, so address arithmetic is plain
-        # 16-bit; only the pixel coordinates that decide padding need a sign.
-        A = unsigned(16)
-        P = signed(12)          # coordinates: |value| < (255 + cols) * 7 + 15
+        A = unsigned(self.act_addr_width)
+        WA = unsigned(self.w_addr_width)
+        # Pixel coordinates that decide padding. For a consistent geometry a real pixel's
+        # input x/y lies in [-pad, in + pad) ⊂ [-7, 262); a pixel beyond out_w (zeroed
+        # anyway) adds at most (cols-1)*stride.
+        P = signed(max(10, (262 + 7 * (C - 1)).bit_length() + 1))
 
-        # Latched geometry.
-        g = Signal(LayerDescriptor)
-        # Per-layer constants, built by shift-and-add in INIT.
-        hw = Signal(A)          # in_h * in_w
-        sw = Signal(A)          # stride * in_w
-        pw = Signal(A)          # pad * in_w
-        fw = Signal(A)          # kernel * in_w
-        cs = Signal(P)          # cols * stride
-        joff = [Signal(P, name=f"joff_{j}") for j in range(C)]     # j * stride
-        x_hi = [Signal(P, name=f"x_hi_{j}") for j in range(C)]     # in_w - j*stride
-        step_y = Signal(A)      # in_w - kernel + 1: next fy
-        step_c = Signal(A)      # hw - fw + step_y: next channel
-        n = Signal(3)
-        wsh = Signal(A)         # in_w << n
-        hsh, ssh = Signal(8), Signal(3)             # multiplier bits, LSB first
-        psh, fsh = Signal(3), Signal(4)
+        # Latched geometry (only what the run needs).
+        km1 = Signal(4)            # kernel - 1
+        cm1 = Signal(12)           # cin - 1
+        kbm1 = Signal(8)           # k_blocks - 1
+        ohm1 = Signal(8)           # out_h - 1
+        out_w = Signal(8)
+        in_h, in_w = Signal(8), Signal(8)
+        stride, pad = Signal(3), Signal(3)
+        w_base = Signal(WA)
+        # Per-layer steps.
+        step_y = Signal(signed(10))   # in_w - kernel + 1: next fy (may be <= 0 with padding)
+        step_c = Signal(A)            # (in_h - kernel + 1)*in_w - kernel + 1: next channel
+        step_r = Signal(A)            # stride*in_w: next output row
+        cs = Signal(range(7 * C + 1))  # cols*stride: next x-tile
+        m.d.comb += cs.eq(stride * C)
 
-        # Loop state describing the beat to emit next. Column j of a beat is column 0
-        # shifted by j*stride pixels, so only column 0's position is kept.
-        y, kb, c = Signal(8), Signal(8), Signal(12)
-        fy, fx = Signal(4), Signal(4)
-        d = Signal(16)
-        iy0 = Signal(P)         # y*stride - pad
-        rowb = Signal(A)        # in_base + iy0*in_w
-        inner = Signal(A)       # c*hw + fy*in_w + fx
-        wrow = Signal(A)        # w_base + kb*reduction
-        colb = Signal(P)        # (xt*cols)*stride - pad: input x of column 0 at fx = 0
-        pix0 = Signal(9)        # xt*cols
+        # Loop state = the beat on o_stream.
+        fx, fy, c = Signal(4), Signal(4), Signal(12)
+        kb, y = Signal(8), Signal(8)
+        rem = Signal(8)            # out_w - xt*cols: pixels left in this output row
+        a0 = Signal(A)             # column 0's address
+        tile_a = Signal(A)         # a0 at (c, fy, fx) = 0 of this tile
+        row_a = Signal(A)          # a0 at (c, fy, fx) = 0 of tile 0 of this row
+        tile_x = Signal(P)         # column 0's input x at fx = 0
+        iy0 = Signal(P)            # input y at fy = 0
+        wa, w_row = Signal(WA), Signal(WA)   # weight word; its value at d = 0 of this kb
 
+        last_tile = rem <= C
+        last_kb = kb == kbm1
+        wrap_x = fx == km1                         # each level wraps when all inner do
+        wrap_y = wrap_x & (fy == km1)
+        wrap_c = wrap_y & (c == cm1)               # last d of the tile
+        wrap_t = wrap_c & last_tile
+        wrap_kb = wrap_t & last_kb
+        end = wrap_kb & (y == ohm1)
+
+        # Coordinates are sums, not registers: cheaper than stepping them.
         iy = Signal(P)
-        ix0 = Signal(P)
-        base = Signal(A)
-        m.d.comb += [iy.eq(iy0 + fy), ix0.eq(colb + fx), base.eq(rowb + colb + inner)]
-        row_ok = (iy >= 0) & (iy < g.in_h)
+        m.d.comb += iy.eq(iy0 + fy)
+        row_ok = ~iy[-1] & (iy < in_h)
+        m.d.comb += [o.payload.w_addr.eq(wa), o.payload.last.eq(wrap_c),
+                     o.payload.end.eq(end)]
+        for j in range(C):
+            ix = Signal(P, name=f"ix_{j}")
+            m.d.comb += ix.eq(tile_x + (fx + stride * j if j else fx))
+            ok = row_ok & ~ix[-1] & (ix < in_w) & (rem > j)
+            m.d.comb += [o.payload.act_addr[j].eq(a0 + stride * j if j else a0),
+                         o.payload.act_zero[j].eq(~ok)]
 
-        last_d = d == g.reduction - 1
-        last_tile = pix0 + C >= g.out_w
-        last_kb = kb == g.k_blocks - 1
-        last_y = y == g.out_h - 1
+        # Next values, each register with one adder and few sources.
+        row_next = Signal(A)
+        tile_a_next = Signal(A)
+        a0_inc = Signal(A)
+        m.d.comb += [
+            row_next.eq(row_a + step_r),
+            tile_a_next.eq(Mux(last_tile, Mux(last_kb, row_next, row_a), tile_a + cs)),
+            a0_inc.eq(Mux(~wrap_x, 1, Mux(~wrap_y, step_y, step_c))),
+        ]
+        step = Signal()            # a beat is taken: advance the loop nest
+
+        # Shift-and-add products with in_w, LSB first, one bit per cycle; each starts
+        # at its additive constant so no adder is needed afterwards.
+        wsh = Signal(A)            # in_w << n
+        hsh = Signal(8)            # in_h, shifted right each cycle
+        n = Signal(3)
 
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.start.ready.eq(1)
                 with m.If(self.start.valid):
                     p = self.start.payload
+                    base = p.in_base - p.pad
                     m.d.sync += [
-                        g.eq(p), n.eq(0), wsh.eq(p.in_w),
-                        hsh.eq(p.in_h), ssh.eq(p.stride), psh.eq(p.pad), fsh.eq(p.kernel),
-                        hw.eq(0), sw.eq(0), pw.eq(0), fw.eq(0),
+                        km1.eq(p.kernel - 1), cm1.eq(p.cin - 1), kbm1.eq(p.k_blocks - 1),
+                        ohm1.eq(p.out_h - 1), out_w.eq(p.out_w), in_h.eq(p.in_h),
+                        in_w.eq(p.in_w), stride.eq(p.stride), pad.eq(p.pad),
+                        w_base.eq(p.w_base), n.eq(0), wsh.eq(p.in_w),
+                        hsh.eq(p.in_h), step_y.eq(p.in_w - p.kernel + 1),
+                        step_c.eq(1 - p.kernel), step_r.eq(0), row_a.eq(base),
                     ]
                     empty = ((p.cin == 0) | (p.in_h == 0) | (p.in_w == 0) | (p.kernel == 0) |
                              (p.stride == 0) | (p.out_h == 0) | (p.out_w == 0) |
@@ -158,87 +211,51 @@ class Im2col(wiring.Component):
                     with m.If(~empty):   # nothing to generate otherwise: stay idle
                         m.next = "INIT"
             with m.State("INIT"):
+                # 8 cycles: step_c += (in_h - (kernel-1))*in_w (the factor may be
+                # negative with padding, so its two terms go in separately),
+                # step_r += stride*in_w, row_a -= pad*in_w; one multiplier bit per cycle.
                 m.d.comb += self.busy.eq(1)
-                # Products with in_w by shift-and-add, one multiplier bit per cycle: 8
-                # cycles (in_h has 8 bits), no multiplier.
-                m.d.sync += [wsh.eq(wsh << 1), hsh.eq(hsh >> 1), ssh.eq(ssh >> 1),
-                             psh.eq(psh >> 1), fsh.eq(fsh >> 1), n.eq(n + 1)]
-                for product, bits in ((hw, hsh), (sw, ssh), (pw, psh), (fw, fsh)):
-                    with m.If(bits[0]):
-                        m.d.sync += product.eq(product + wsh)
-                # Constant × stride: a few shifted adds, settled long before FINAL.
-                m.d.sync += cs.eq(g.stride * C)
-                m.d.sync += [joff[j].eq(g.stride * j) for j in range(C)]
+                m.d.sync += [wsh.eq(wsh << 1), hsh.eq(hsh >> 1), n.eq(n + 1)]
+                k_bit = km1.bit_select(n, 1) & (n < 4)
+                with m.If(hsh[0] & ~k_bit):
+                    m.d.sync += step_c.eq(step_c + wsh)
+                with m.Elif(k_bit & ~hsh[0]):
+                    m.d.sync += step_c.eq(step_c - wsh)
+                with m.If(stride.bit_select(n, 1) & (n < 3)):
+                    m.d.sync += step_r.eq(step_r + wsh)
+                with m.If(pad.bit_select(n, 1) & (n < 3)):
+                    m.d.sync += row_a.eq(row_a - wsh)
                 with m.If(n == 7):
-                    m.next = "FINAL"
-            with m.State("FINAL"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += [
-                    step_y.eq(g.in_w - g.kernel + 1),
-                    step_c.eq(hw - fw),
-                    y.eq(0), kb.eq(0), c.eq(0), fy.eq(0), fx.eq(0), d.eq(0),
-                    iy0.eq(-g.pad), rowb.eq(g.in_base - pw),
-                    inner.eq(0), wrow.eq(g.w_base), colb.eq(-g.pad), pix0.eq(0),
-                ]
-                m.d.sync += [x_hi[j].eq(g.in_w - joff[j]) for j in range(C)]
-                m.next = "FINAL2"
-            with m.State("FINAL2"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += step_c.eq(step_c + step_y)
-                m.next = "RUN"
-            with m.State("RUN"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(~o.valid | o.ready):
-                    # Emit the current beat into the output register...
+                    m.next = "RUN"
                     m.d.sync += [
-                        o.valid.eq(1),
-                        o.payload.w_addr.eq(wrow + d),
-                        o.payload.last.eq(last_d),
-                        o.payload.end.eq(last_d & last_tile & last_kb & last_y),
+                        fx.eq(0), fy.eq(0), c.eq(0), kb.eq(0), y.eq(0), rem.eq(out_w),
+                        tile_x.eq(-pad), iy0.eq(-pad), wa.eq(w_base), w_row.eq(w_base),
                     ]
-                    for j in range(C):
-                        # ix_j = ix0 + j*stride inside [0, in_w), compared without the add.
-                        col_ok = (ix0 >= -joff[j]) & (ix0 < x_hi[j]) & (pix0 + j < g.out_w)
-                        m.d.sync += [
-                            o.payload.act_addr[j].eq(base + joff[j] if j else base),
-                            o.payload.act_zero[j].eq(~(row_ok & col_ok)),
-                        ]
-                    # ...and step the loop nest (innermost first).
-                    with m.If(fx != g.kernel - 1):
-                        m.d.sync += [fx.eq(fx + 1), inner.eq(inner + 1), d.eq(d + 1)]
-                    with m.Else():
-                        m.d.sync += fx.eq(0)
-                        with m.If(fy != g.kernel - 1):
-                            m.d.sync += [fy.eq(fy + 1), d.eq(d + 1), inner.eq(inner + step_y)]
-                        with m.Else():
-                            m.d.sync += fy.eq(0)
-                            with m.If(c != g.cin - 1):
-                                m.d.sync += [c.eq(c + 1), d.eq(d + 1),
-                                             inner.eq(inner + step_c)]
-                            with m.Else():
-                                m.d.sync += [c.eq(0), d.eq(0), inner.eq(0)]
-                                self._next_tile(m, g, C, last_tile, last_kb, last_y, kb, y,
-                                                colb, pix0, cs, wrow, iy0, rowb, sw)
-            with m.State("DRAIN"):
-                # The final beat sits in the output register until taken.
-                m.d.comb += self.busy.eq(1)
-                with m.If(o.ready):
-                    m.d.sync += o.valid.eq(0)
+            with m.State("RUN"):
+                m.d.comb += [self.busy.eq(1), o.valid.eq(n != 0), step.eq(o.ready & (n != 0))]
+                with m.If(n == 0):
+                    # First RUN cycle: row_a is final now (the INIT sum landed).
+                    m.d.sync += [a0.eq(row_a), tile_a.eq(row_a), n.eq(1)]
+                with m.If(step & end):
                     m.next = "IDLE"
-        return m
 
-    @staticmethod
-    def _next_tile(m, g, C, last_tile, last_kb, last_y, kb, y, colb, pix0, cs, wrow, iy0,
-                   rowb, sw):
-        with m.If(~last_tile):
-            m.d.sync += [colb.eq(colb + cs), pix0.eq(pix0 + C)]
-        with m.Else():
-            m.d.sync += [colb.eq(-g.pad), pix0.eq(0)]
-            with m.If(~last_kb):
-                m.d.sync += [kb.eq(kb + 1), wrow.eq(wrow + g.reduction)]
-            with m.Else():
-                m.d.sync += [kb.eq(0), wrow.eq(g.w_base)]
-                with m.If(~last_y):
-                    m.d.sync += [y.eq(y + 1), iy0.eq(iy0 + g.stride), rowb.eq(rowb + sw)]
-                with m.Else():
-                    m.next = "DRAIN"
+        with m.If(step):
+            m.d.sync += [
+                fx.eq(Mux(wrap_x, 0, fx + 1)),
+                a0.eq(Mux(wrap_c, tile_a_next, a0 + a0_inc)),
+                wa.eq(Mux(wrap_kb, w_base, Mux(wrap_c & ~last_tile, w_row, wa + 1))),
+            ]
+            with m.If(wrap_x):
+                m.d.sync += fy.eq(Mux(wrap_y, 0, fy + 1))
+            with m.If(wrap_y):
+                m.d.sync += c.eq(Mux(wrap_c, 0, c + 1))
+            with m.If(wrap_c):
+                m.d.sync += [rem.eq(Mux(last_tile, out_w, rem - C)),
+                             tile_x.eq(Mux(last_tile, -pad, tile_x + cs)),
+                             tile_a.eq(tile_a_next)]
+            with m.If(wrap_t):
+                m.d.sync += [kb.eq(Mux(last_kb, 0, kb + 1)),
+                             w_row.eq(Mux(last_kb, w_base, wa + 1))]
+            with m.If(wrap_kb):
+                m.d.sync += [y.eq(y + 1), iy0.eq(iy0 + stride), row_a.eq(row_next)]
+        return m

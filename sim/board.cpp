@@ -243,8 +243,9 @@ void serve(Board &board, int client, int divisor, bool stats, Totals &totals) {
                 totals.last_tx_cycle = board.cycles;
             }
         }
-        if (!from_board.out.empty() && !from_board.active() && !send_all(client, from_board.out))
-            break;
+        // Every completed byte goes out at once (not only when the line pauses): a
+        // pipelining host needs its answers as early as a real serial port gives them.
+        if (!from_board.out.empty() && !send_all(client, from_board.out)) break;
         open = receive(client, to_board);
         double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - b0)
                         .count();

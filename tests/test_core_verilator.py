@@ -92,8 +92,8 @@ def test_lenet5_mnist_icebreaker(request, icebreaker_core):
     total, per_layer = int(counters[0][0]), [int(c) for c in counters[0][1:]]
     ideal = net.macs / config.multipliers
     beats = program.ideal_cycles()
-    print(f"\nLeNet-5 on {config.name} ({config.rows}x{config.cols} array, mac=ice40, SPRAM "
-          f"weights), weights: {source}")
+    print(f"\nLeNet-5 on {config.name} ({config.rows}x{config.cols} array, mac=ice40, broadcast "
+          f"operands, SPRAM weights), weights: {source}")
     for i, (c, b) in enumerate(zip(per_layer, beats)):
         print(f"  layer {i}: {c:>6} cycles (array beats {b:>6}, +{c - b})")
     print(f"  total  : {total:>6} cycles; ideal {net.macs:,} MACs / {config.multipliers} PEs "

@@ -27,8 +27,8 @@ WIDE = SMALL.with_(rows=16, cols=4)
 class Harness(Elaboratable):
     """A Datapath with its memories preloaded (what the core owns on the chip)."""
 
-    def __init__(self, config, act_init, w_init, q_init):
-        self.dp = Datapath(config)
+    def __init__(self, config, act_init, w_init, q_init, **kwargs):
+        self.dp = Datapath(config, **kwargs)
         self.act = [memory.Memory(shape=unsigned(8), depth=config.act_bytes, init=act_init)
                     for _ in range(config.cols)]
         self.w = memory.Memory(shape=unsigned(config.rows * 8), depth=config.weight_words,
@@ -57,7 +57,7 @@ class Harness(Elaboratable):
         return m
 
 
-def run_layer(request, net, params, x, *, config=SMALL, slot=1, layers=1):
+def run_layer(request, net, params, x, *, config=SMALL, slot=1, layers=1, **kwargs):
     """Run the first ``layers`` stages of ``net`` on the datapath, each started the cycle
     after the previous one is done; return (last output map, cycles per layer, program)."""
     p = compile_network(net, params, config)
@@ -67,7 +67,7 @@ def run_layer(request, net, params, x, *, config=SMALL, slot=1, layers=1):
     act[p.plan.buffers[0]:p.plan.used_bytes] = 0x5A     # stale data must be overwritten
     words = [int.from_bytes(w.tobytes(), "little") for w in p.weight_words]
     qps = [prog.encode_struct(prog.QParam, q) for q in p.qparams]
-    h = Harness(config, act.tolist(), words, qps)
+    h = Harness(config, act.tolist(), words, qps, **kwargs)
     dp = h.dp
     out = {"cycles": [], "y": []}
 
@@ -142,8 +142,9 @@ def test_layer_matches_golden(request, layer):
 
 
 @pytest.mark.parametrize("case, seed", [("short_tiles", 0), ("pool3_nopad_norelu", 1),
-                                        ("logits", 2), ("all_zero", 3)])
+                                        ("logits", 2), ("all_zero", 3), ("slow_requant", 4)])
 def test_odd_layers_match_golden(request, case, seed):
+    kwargs = {}
     if case == "short_tiles":
         # D = 9 < min_tile: the array back-pressures the fetch stage every tile; stride 2.
         net = Network("t", (1, 9, 9), [Conv(3, 3, stride=2, pad=1), ReLU(), FC(4)])
@@ -153,6 +154,11 @@ def test_odd_layers_match_golden(request, case, seed):
     elif case == "logits":
         # LeNet's last FC: 84 inputs → 10 logits (2 k-blocks, 6 padding rows dropped).
         net = Network("t", (84, 1, 1), [FC(10)])
+    elif case == "slow_requant":
+        # One value per 4 cycles out of the requantizer: the array drains into a stalled
+        # qparam stage while dropping pixels beyond out_w (7 pixels on 2 columns).
+        net = Network("t", (3, 7, 7), [Conv(10, 3, pad=1), ReLU(), FC(4)])
+        kwargs = {"requant_interval": 4, "dataflow": "broadcast"}
     else:
         net = Network("t", (2, 6, 6), [Conv(9, 3, pad=1), ReLU(), MaxPool(2, 2), FC(4)])
     params = nets.random_params(net, seed)
@@ -160,7 +166,7 @@ def test_odd_layers_match_golden(request, case, seed):
     if case == "all_zero":
         x[:] = 0
         params[0].bias[:] = [-5, 0, 5, 1 << 20, -(1 << 20), 0, 3, -3, 100]
-    y, (cycles,), p = run_layer(request, net, params, x, slot=seed % 2)
+    y, (cycles,), p = run_layer(request, net, params, x, slot=seed % 2, **kwargs)
     report(case, cycles, p.stages[0], SMALL)
 
 

@@ -32,12 +32,15 @@ GEOMETRIES = {  # name: (descriptor, cols)
     "fc": (fc_descriptor(40, 10, 8, in_base=2000, w_base=60), 2),
     "one_col": (descriptor(2, 5, 4, 3, 1, 1, 3, 2), 1),
     "wide": (descriptor(1, 3, 12, 1, 1, 0, 1, 1, in_base=65530), 4),   # address wrap
+    # kernel > in_h + 1 (only padding makes it fit): negative per-channel row count.
+    "kernel_beyond_input": (descriptor(2, 3, 4, 5, 1, 2, 3, 2, in_base=40, w_base=9), 2),
+    "stride3_wide_cols": (descriptor(1, 10, 13, 4, 3, 0, 9, 8, in_base=77), 4),
 }
 
 
 def run_im2col(dut, desc, *, seed, name, stall=0.3):
     got = []
-    expected = list(im2col_reference(desc, dut.cols))
+    expected = list(im2col_reference(desc, dut.cols, dut.act_addr_width, dut.w_addr_width))
 
     async def bench(ctx):
         rng = random.Random(seed)
@@ -74,6 +77,21 @@ def run_im2col(dut, desc, *, seed, name, stall=0.3):
 def test_im2col_matches_reference(request, geometry):
     desc, cols = GEOMETRIES[geometry]
     run_im2col(Im2col(cols), desc, seed=len(geometry), name=request.node.name)
+
+
+@pytest.mark.parametrize("geometry", ["c1_like", "c3_like", "fc"])
+def test_im2col_narrow_addresses_wrap(request, geometry):
+    """iCEBreaker widths (12-bit activation, 14-bit weight addresses) wrap like memories."""
+    desc, cols = GEOMETRIES[geometry]
+    desc = {**desc, "in_base": 4096 - 37, "w_base": (1 << 14) - 50}
+    run_im2col(Im2col(cols, act_addr_width=12, w_addr_width=14), desc, seed=7,
+               name=request.node.name)
+
+
+@pytest.mark.parametrize("width", [0, 17, "12"])
+def test_im2col_rejects_bad_address_width(width):
+    with pytest.raises(ValueError, match="act_addr_width"):
+        Im2col(2, act_addr_width=width)
 
 
 def test_im2col_back_to_back_layers(request):

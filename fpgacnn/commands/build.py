@@ -147,11 +147,12 @@ def toolchain_overrides(family, seed=1, name="top"):
     """Keyword arguments for ``platform.build`` (see the module docstring)."""
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
-    overrides = {
-        "script_after_read": YOSYS_WORKAROUND,
-        "nextpnr_opts": f"--report {name}_report.json --timing-allow-fail --seed {seed}",
-    }
-    return overrides
+    nextpnr = f"--report {name}_report.json --timing-allow-fail --seed {seed}"
+    if family == "ecp5":
+        # router1 crawls on the congested 16x8 ULX3S design (> 15 min); router2 is
+        # nextpnr's newer, congestion-aware router.
+        nextpnr += " --router router2"
+    return {"script_after_read": YOSYS_WORKAROUND, "nextpnr_opts": nextpnr}
 
 
 def _mac16_modes(cells):

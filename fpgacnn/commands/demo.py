@@ -31,7 +31,7 @@ def real_board_estimate(cfg, cycles, sent_bytes):
     """Images/s on a real board with the pipelined driver: the slower of the host→board
     wire (``sent_bytes`` per image, 8N1 at baud; answers use the other wire at the same
     time) and compute. USB latency is not included: the pipelining window hides a round
-    trip of only ~250 bytes (83 µs at 3 Mbaud) per image frame."""
+    trip of only ~200 bytes (~70 µs at 3 Mbaud) per image frame."""
     link_s = sent_bytes * 10 / cfg.baud
     compute_s = cycles / cfg.clock_hz
     bound = "link" if link_s >= compute_s else "compute"
