@@ -38,6 +38,11 @@ class AcceleratorConfig:
         Core clock and UART baud rate.
     ice40 : bool
         Use hand-instantiated iCE40 primitives (SB_MAC16 pairs, SB_SPRAM256KA).
+    dataflow : "systolic" or "broadcast"
+        Operand movement in the array (see :class:`~fpgacnn.hw.systolic.SystolicArray`).
+    requant_interval : int
+        Cycles per requantised value; more than 1 trades requantiser area for speed, free
+        while ``reduction >= rows * cols * requant_interval`` for every layer.
     pool_width, pool_blocks : int
         Max-pool line buffer: widest pooled layer (convolution output width) and most
         k-blocks it holds (``pool_width * pool_blocks * rows`` bytes of block RAM).
@@ -56,11 +61,30 @@ class AcceleratorConfig:
     ice40: bool = False
     pool_width: int = 32
     pool_blocks: int = 2
+    dataflow: str = "systolic"
+    requant_interval: int = 1
 
     @property
     def acc_width(self):
         """Signed accumulator width: no sum of ``max_reduction`` int8 products overflows."""
         return (self.max_reduction * (1 << 14)).bit_length() + 1
+
+    @property
+    def bias_width(self):
+        """Signed bias width the requantiser adds exactly (the compiler checks every bias).
+
+        Trained biases are far smaller than int32 (LeNet-5: |bias| < 2,000); as wide as the
+        accumulator keeps the requantiser's multiplier ``(acc_width + 1) × M_BITS``.
+        """
+        return self.acc_width
+
+    @property
+    def act_addr_width(self):
+        return (self.act_bytes - 1).bit_length()
+
+    @property
+    def weight_addr_width(self):
+        return (self.weight_words - 1).bit_length()
 
     @property
     def multipliers(self):
@@ -71,12 +95,18 @@ class AcceleratorConfig:
 
 
 CONFIGS = {
-    # iCE40UP5K: 8 SB_MAC16 as 16 int8 multipliers (two 8×8 per block), 4 SPRAMs give one
-    # 64-bit word (8 weights) per cycle, activations in EBR (duplicated per column).
+    # iCE40UP5K: an 8×1 array on 4 SB_MAC16 (two 8×8 products per block); 4 SPRAMs give one
+    # 64-bit word (8 weights) per cycle, which is also what FC layers need. An 8×2 array
+    # (16 multipliers, all 8 SB_MAC16) is 1.25× faster per image but needs ~6,300 logic
+    # cells of 5,280; the link is the bottleneck either way (0.9 vs 1.6 ms of compute
+    # against 2.6 ms of UART per image). The requantiser takes 2 cycles per value, free
+    # while every tile has reduction >= 16 (LeNet-5's smallest is 25), and the array
+    # broadcasts its operands (no pipeline registers between PEs) to save 270 cells.
     "icebreaker": AcceleratorConfig(
-        name="icebreaker", rows=8, cols=2, max_reduction=1024,
+        name="icebreaker", rows=8, cols=1, max_reduction=1024,
         weight_words=16384, act_bytes=4096, qparam_entries=256, max_layers=8,
-        max_logits=16, clock_hz=36_000_000, baud=3_000_000, ice40=True),
+        max_logits=16, clock_hz=36_000_000, baud=3_000_000, ice40=True,
+        dataflow="broadcast", requant_interval=2),
     # ECP5-85F: 156 18×18 multipliers and 3.7 Mbit of EBR; a 16×8 array.
     "ulx3s-85f": AcceleratorConfig(
         name="ulx3s-85f", rows=16, cols=8, max_reduction=4096,

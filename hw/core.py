@@ -87,18 +87,19 @@ class Core(wiring.Component):
     mac : "generic" or "ice40", optional
         Multiplier blocks of the systolic array; default ``"ice40"`` if ``config.ice40``.
     dataflow : "systolic" or "broadcast", optional
-        Operand movement in the array; default ``"broadcast"`` (fewer logic cells) if
-        ``config.ice40``, else ``"systolic"``.
-    requant_interval : int
-        See :class:`~fpgacnn.hw.datapath.Datapath`; 1 keeps the cycle counts above.
+        Operand movement in the array; default ``config.dataflow``.
+    requant_interval : int, optional
+        See :class:`~fpgacnn.hw.datapath.Datapath`; default ``config.requant_interval``.
     """
-    def __init__(self, config, *, mac=None, dataflow=None, requant_interval=1):
+    def __init__(self, config, *, mac=None, dataflow=None, requant_interval=None):
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"Core needs an AcceleratorConfig, not {config!r}")
         self._config = config
         self._mac = mac if mac is not None else ("ice40" if config.ice40 else "generic")
         if dataflow is None:
-            dataflow = "broadcast" if config.ice40 else "systolic"
+            dataflow = config.dataflow
+        if requant_interval is None:
+            requant_interval = config.requant_interval
         self.datapath = Datapath(config, mac=self._mac, dataflow=dataflow,
                                  requant_interval=requant_interval)
         super().__init__({

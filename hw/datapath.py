@@ -63,9 +63,11 @@ class Datapath(wiring.Component):
             raise TypeError(f"Datapath needs an AcceleratorConfig, not {config!r}")
         self._config = config
         rows, cols = config.rows, config.cols
-        self.im2col = Im2col(cols)
+        self.im2col = Im2col(cols, act_addr_width=config.act_addr_width,
+                             w_addr_width=config.weight_addr_width)
         self.array = SystolicArray(rows, cols, config.acc_width, mac=mac, dataflow=dataflow)
-        self.requant = Requantizer(config.acc_width, interval=requant_interval)
+        self.requant = Requantizer(config.acc_width, interval=requant_interval,
+                                   bias_width=config.bias_width)
         self.pool = MaxPool(config.pool_width, config.pool_blocks, rows)
         super().__init__({
             "desc": In(program.LayerDescriptor),
@@ -178,7 +180,8 @@ class Datapath(wiring.Component):
         # Map size H*W by repeated addition at layer start (no multiplier to spare).
         out_h = Mux(desc.pool_en, desc.pool_h, desc.out_h)
         out_w = Mux(desc.pool_en, desc.pool_w, desc.out_w)
-        plane = Signal(16)                  # H * W
+        aw = self._config.act_addr_width     # addresses wrap like the memory
+        plane = Signal(aw)                  # H * W
         plane_rows = Signal(8)
         plane_ok = Signal()
         with m.If(self.start):
@@ -194,12 +197,12 @@ class Datapath(wiring.Component):
         wr_ = Signal(range(R))
         # addr = (out_base + y*W + kb*R*H*W) + (r*H*W + x), two registers kept by
         # additions alone, so the address costs one adder.
-        row_addr = Signal(16)               # out_base + y*W
-        kb_row = Signal(16)                 # row_addr + kb*R*H*W
-        rx = Signal(16)                     # r*H*W + x
+        row_addr = Signal(aw)               # out_base + y*W
+        kb_row = Signal(aw)                 # row_addr + kb*R*H*W
+        rx = Signal(aw)                     # r*H*W + x
         k = Signal(12)                      # kb*R + r
         m.d.comb += [out_ready.eq(plane_ok & running), k.eq((wkb << log_r) | wr_)]
-        addr = Signal(16)
+        addr = Signal(aw)
         m.d.comb += addr.eq(kb_row + rx)
         take = out_valid & out_ready
         last_r = wr_ == R - 1

@@ -78,11 +78,12 @@ class Im2col(wiring.Component):
     axes (the host compiler guarantees it; :func:`im2col_reference` is the exact model).
     A descriptor with any of those counts zero emits nothing and returns to idle.
 
-    How it stays small: the payload is driven by the loop state itself (no output copy),
-    and every address and coordinate is a register stepped by additions as the loops
-    advance (``+1`` per ``fx``, one precomputed step per ``fy`` and per channel, reloads
-    from per-tile and per-row origins), instead of being recomputed from the loop
-    indices. Column ``j > 0`` is column 0 shifted by ``j*stride`` (one adder each).
+    How it stays small: the payload is driven by the loop state itself (no output copy);
+    addresses are registers stepped by one addition as the loops advance (``+1`` per
+    ``fx``, one precomputed step per ``fy`` and per channel, reloads from per-tile and
+    per-row origins) instead of being recomputed from the loop indices; the padding
+    coordinates are a tile/row origin plus ``fx``/``fy``. Column ``j > 0`` is column 0
+    shifted by ``j*stride`` (one adder each).
 
     Latency: first beat valid 10 cycles after the ``start`` transfer; throughput one
     beat per cycle. The payload is combinational from registers (one adder deep).

@@ -4,7 +4,7 @@ The wire format and the commands are defined in :mod:`.protocol`; this module is
 gateware. See :class:`Link`.
 """
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -92,79 +92,128 @@ class Link(wiring.Component):
         cfg = self._config
         buf_depth = proto.MAX_CHUNKS * proto.CHUNK_BYTES
 
-        m.submodules.crc = fcrc = proto.CRC.create()     # frame check, in and out
-        m.submodules.dcrc = dcrc = proto.CRC.create()    # WRITE: the committed bytes
         m.submodules.buf = buf = Memory(shape=8, depth=buf_depth, init=[])
         wport = buf.write_port()
         rport = buf.read_port()
 
+        # One CRC engine serves the request check, the WRITE data CRC and the response:
+        # they never overlap. The sync bytes are constants, so instead of a ``start``
+        # input the register is loaded with its value after the sync byte.
+        crc = Signal(16)
+        crc_valid = Signal()
+        crc_data = Signal(8)
+        crc_load = Signal()
+        crc_load_value = Signal(16)
+        with m.If(crc_valid):
+            m.d.sync += crc.eq(_crc_next(crc, crc_data))
+        with m.Elif(crc_load):
+            m.d.sync += crc.eq(crc_load_value)
+        crc_ok = crc == 0                       # the residue of a frame followed by its CRC
+
         opcode = Signal(8)
         length = Signal(16)
-        count = Signal(16)                      # payload bytes received so far
+        left = Signal(16)                       # payload bytes still to come
         args = Signal(proto.ARGS_BYTES * 8)
         wargs = proto.WriteArgs(args)
         run_args = proto.RunArgs(args)
         res_args = proto.ResultArgs(args)
-        hdr_idx = Signal(range(8))
-        idle_timer = Signal(range(self._timeout + 1))
+        idx = Signal(range(8))                  # header byte, argument byte
+        wptr = Signal(range(buf_depth))         # buffer address: receive, then commit
+        chunk = Signal(64)
 
         loaded = Signal()                       # a layer program was written
         has_run = Signal()
 
+        # Facts about the frame, registered from the header and argument registers: they
+        # settle long before CHECK (CRC0 and CRC1 come after the last argument byte, a
+        # valid WRITE has 8 more bytes), so CHECK decides from flip-flops only.
+        too_long = Signal()
+        len_zero = Signal()
+        len_args = Signal()
+        write_len_ok = Signal()
         n_chunks = Signal(range(proto.MAX_CHUNKS + 1))
-        chunk = Signal(64)
-        chunk_idx = Signal(range(proto.MAX_CHUNKS + 1))
-        ptr = Signal(range(buf_depth))
+        write_end = Signal(17)
+        bad_range = Signal()
+        bad_result = Signal()
+        is_op = {op: Signal(name=f"is_{op.name.lower()}") for op in proto.Opcode}
+        space_end = Signal(17)
+        with m.Switch(wargs.space):
+            for space in Space:
+                with m.Case(space):
+                    m.d.comb += space_end.eq(proto.space_chunks(cfg, space))
+        m.d.sync += [
+            too_long.eq(length > proto.MAX_PAYLOAD),
+            len_zero.eq(length == 0),
+            len_args.eq(length == proto.ARGS_BYTES),
+            # length = ARGS_BYTES + 8 * n: the low bits are ARGS_BYTES, n is length[3:].
+            write_len_ok.eq((length[:3] == proto.ARGS_BYTES) & (length[3:] != 0)),
+            n_chunks.eq(length[3:]),
+            write_end.eq(wargs.addr + n_chunks),
+            bad_range.eq(write_end > space_end),
+            bad_result.eq((res_args.n_logits > cfg.max_logits) |
+                          (res_args.n_counters > 1 + cfg.max_layers)),
+            *(is_op[op].eq(opcode == op) for op in proto.Opcode),
+        ]
 
         status = Signal(proto.Status)
-        # Responses are short (an identity, a CRC or a RESULT); no 16-bit counters needed.
+        # Counts the response payload down while it is sent (the header is sent first).
         resp_max = max(proto.struct_bytes(proto.Identity), 2,
                        cfg.max_logits + 4 * (1 + cfg.max_layers))
         resp_len = Signal(range(resp_max + 1))
         resp_hdr = Signal(proto.ResponseHeader)
-        out_idx = Signal(range(resp_max))
-        word = Signal(32)
+        word = Signal(32)                       # response payload bytes, LSB first
         word_left = Signal(3)
         fetch_idx = Signal(8)
         counters_phase = Signal()
-        identity = proto.Identity.const(proto.identity_fields(cfg)).as_value()
+        identity = _identity_by_count(proto.identity_fields(cfg))
 
         byte_in = Signal(8)
         receiving = Signal()                    # set by the frame-receiving states
         m.d.comb += [byte_in.eq(self.rx.payload), self.rx.ready.eq(receiving)]
         got = self.rx.valid
 
-        space_end = Signal(17)
-        with m.Switch(wargs.space):
-            for space in Space:
-                with m.Case(space):
-                    m.d.comb += space_end.eq(proto.space_chunks(cfg, space))
-
         def respond(code, n=0):
-            m.d.sync += [status.eq(code), resp_len.eq(n), out_idx.eq(0), hdr_idx.eq(0)]
+            m.d.sync += [status.eq(code), resp_len.eq(n), idx.eq(0)]
             m.next = "RESP_HDR"
 
         m.d.comb += [resp_hdr.sync.eq(proto.RESPONSE_SYNC), resp_hdr.status.eq(status),
                      resp_hdr.opcode.eq(opcode), resp_hdr.length.eq(resp_len)]
 
+        # Inter-byte time-out: a free-running prescaler and a short counter of its ticks
+        # since the last byte, instead of a wide counter that every byte resets.
+        tick_log2 = max(0, self._timeout.bit_length() - 4)
+        ticks_max = -(-self._timeout // (1 << tick_log2)) + 1
+        prescaler = Signal(tick_log2 + 1)
+        ticks = Signal(range(ticks_max + 1))
+        m.d.sync += prescaler.eq(Mux(prescaler[-1], 0, prescaler + 1))
         in_frame = Signal()
-        with m.If(in_frame):
-            with m.If(got):
-                m.d.sync += idle_timer.eq(0)
-            with m.Else():
-                m.d.sync += idle_timer.eq(idle_timer + 1)
-        timed_out = in_frame & (idle_timer == self._timeout)
+        with m.If(got | ~in_frame):
+            m.d.sync += ticks.eq(0)
+        with m.Elif(prescaler[-1] & (ticks != ticks_max)):
+            m.d.sync += ticks.eq(ticks + 1)
+        timed_out = in_frame & (ticks == ticks_max)
         # A byte is consumed only in a state that uses it; after a time-out it is left for
         # SYNC (the FIFO keeps it), so it can start the next frame.
         m.d.comb += receiving.eq((in_frame & ~timed_out) | self.idle)
+
+        # Payloads are driven in every state (only ``valid`` and ``en`` depend on it):
+        # gating them would cost a LUT per bit for nothing.
+        m.d.comb += [
+            wport.addr.eq(wptr), wport.data.eq(byte_in), rport.addr.eq(wptr),
+            self.wr.payload.space.eq(wargs.space), self.wr.payload.addr.eq(wargs.addr),
+            self.wr.payload.data.eq(chunk),
+            self.start.payload.image_base.eq(run_args.image_base),
+            self.rd.payload.addr.eq(fetch_idx),
+            self.rd.payload.space.eq(Mux(counters_phase, ReadSpace.COUNTERS, ReadSpace.LOGITS)),
+        ]
 
         with m.FSM():
             with m.State("SYNC"):
                 m.d.comb += self.idle.eq(1)
                 with m.If(got & (byte_in == proto.REQUEST_SYNC)):
-                    m.d.comb += [fcrc.start.eq(1), fcrc.valid.eq(1), fcrc.data.eq(byte_in)]
-                    m.d.sync += [hdr_idx.eq(0), opcode.eq(0), idle_timer.eq(0),
-                                 count.eq(0), args.eq(0)]
+                    m.d.comb += [crc_load.eq(1),
+                                 crc_load_value.eq(_crc_next(0, proto.REQUEST_SYNC))]
+                    m.d.sync += [idx.eq(0), opcode.eq(0), wptr.eq(0)]
                     m.next = "HEADER"
 
             with m.State("HEADER"):
@@ -172,32 +221,46 @@ class Link(wiring.Component):
                 with m.If(timed_out):
                     respond(proto.Status.TRUNCATED)
                 with m.Elif(got):
-                    m.d.comb += [fcrc.valid.eq(1), fcrc.data.eq(byte_in)]
-                    m.d.sync += hdr_idx.eq(hdr_idx + 1)
-                    with m.Switch(hdr_idx):
+                    m.d.comb += [crc_valid.eq(1), crc_data.eq(byte_in)]
+                    m.d.sync += idx.eq(idx + 1)
+                    with m.Switch(idx):
                         with m.Case(0):
                             m.d.sync += opcode.eq(byte_in)
                         with m.Case(1):
                             m.d.sync += length[:8].eq(byte_in)
                         with m.Case(2):
-                            m.d.sync += length[8:].eq(byte_in)
-                            m.next = "PAYLOAD"
-                    with m.If((hdr_idx == 2) & (byte_in == 0) & (length[:8] == 0)):
-                        m.next = "CRC0"
+                            m.d.sync += [length[8:].eq(byte_in), idx.eq(0),
+                                         left.eq(Cat(length[:8], byte_in))]
+                            m.next = "ARGS"
+                            with m.If((byte_in == 0) & (length[:8] == 0)):
+                                m.next = "CRC0"
 
-            with m.State("PAYLOAD"):
+            # Payload: the first ARGS_BYTES into ``args``, the rest into the buffer (a
+            # frame too long for it wraps around and is refused at CHECK).
+            with m.State("ARGS"):
                 m.d.comb += in_frame.eq(1)
                 with m.If(timed_out):
                     respond(proto.Status.TRUNCATED)
                 with m.Elif(got):
-                    m.d.comb += [fcrc.valid.eq(1), fcrc.data.eq(byte_in)]
-                    m.d.sync += count.eq(count + 1)
-                    with m.If(count < proto.ARGS_BYTES):
-                        m.d.sync += args.word_select(count[:2], 8).eq(byte_in)
-                    with m.Elif(count < proto.MAX_PAYLOAD):
-                        m.d.comb += [wport.addr.eq(count - proto.ARGS_BYTES),
-                                     wport.data.eq(byte_in), wport.en.eq(1)]
-                    with m.If(count == length - 1):
+                    m.d.comb += [crc_valid.eq(1), crc_data.eq(byte_in)]
+                    m.d.sync += [left.eq(left - 1), idx.eq(idx + 1)]
+                    with m.Switch(idx):
+                        for i in range(proto.ARGS_BYTES):
+                            with m.Case(i):
+                                m.d.sync += args[8 * i:8 * i + 8].eq(byte_in)
+                    with m.If(left == 1):
+                        m.next = "CRC0"
+                    with m.Elif(idx == proto.ARGS_BYTES - 1):
+                        m.next = "DATA"
+
+            with m.State("DATA"):
+                m.d.comb += in_frame.eq(1)
+                with m.If(timed_out):
+                    respond(proto.Status.TRUNCATED)
+                with m.Elif(got):
+                    m.d.comb += [crc_valid.eq(1), crc_data.eq(byte_in), wport.en.eq(1)]
+                    m.d.sync += [left.eq(left - 1), wptr.eq(wptr + 1)]
+                    with m.If(left == 1):
                         m.next = "CRC0"
 
             with m.State("CRC0"):
@@ -205,7 +268,7 @@ class Link(wiring.Component):
                 with m.If(timed_out):
                     respond(proto.Status.TRUNCATED)
                 with m.Elif(got):
-                    m.d.comb += [fcrc.valid.eq(1), fcrc.data.eq(byte_in)]
+                    m.d.comb += [crc_valid.eq(1), crc_data.eq(byte_in)]
                     m.next = "CRC1"
 
             with m.State("CRC1"):
@@ -213,35 +276,32 @@ class Link(wiring.Component):
                 with m.If(timed_out):
                     respond(proto.Status.TRUNCATED)
                 with m.Elif(got):
-                    m.d.comb += [fcrc.valid.eq(1), fcrc.data.eq(byte_in)]
+                    m.d.comb += [crc_valid.eq(1), crc_data.eq(byte_in)]
                     m.next = "CHECK"
 
             with m.State("CHECK"):
-                payload_chunks = (length - proto.ARGS_BYTES) >> 3
-                with m.If(~fcrc.match_detected):
+                with m.If(~crc_ok):
                     respond(proto.Status.BAD_CRC)
-                with m.Elif(length > proto.MAX_PAYLOAD):
+                with m.Elif(too_long):
                     respond(proto.Status.BAD_LENGTH)
-                with m.Elif(opcode == proto.Opcode.IDENTIFY):
-                    with m.If(length != 0):
+                with m.Elif(is_op[proto.Opcode.IDENTIFY]):
+                    with m.If(~len_zero):
                         respond(proto.Status.BAD_LENGTH)
                     with m.Else():
                         respond(proto.Status.OK, proto.struct_bytes(proto.Identity))
-                with m.Elif(opcode == proto.Opcode.WRITE):
-                    m.d.sync += n_chunks.eq(payload_chunks)
-                    with m.If((length < proto.ARGS_BYTES + proto.CHUNK_BYTES) |
-                              (length[:3] != proto.ARGS_BYTES % 8)):
+                with m.Elif(is_op[proto.Opcode.WRITE]):
+                    with m.If(~write_len_ok):
                         respond(proto.Status.BAD_LENGTH)
-                    with m.Elif(wargs.addr + payload_chunks > space_end):
+                    with m.Elif(bad_range):
                         respond(proto.Status.BAD_ARGUMENT)
                     with m.Elif(self.busy & (wargs.space != Space.IMAGE)):
                         respond(proto.Status.BUSY)
                     with m.Else():
-                        m.d.comb += dcrc.start.eq(1)
-                        m.d.sync += [ptr.eq(0), chunk_idx.eq(0)]
+                        m.d.comb += [crc_load.eq(1), crc_load_value.eq(0)]
+                        m.d.sync += wptr.eq(0)
                         m.next = "COMMIT_RD"
-                with m.Elif(opcode == proto.Opcode.RUN):
-                    with m.If(length != proto.ARGS_BYTES):
+                with m.Elif(is_op[proto.Opcode.RUN]):
+                    with m.If(~len_args):
                         respond(proto.Status.BAD_LENGTH)
                     with m.Elif(self.busy):
                         respond(proto.Status.BUSY)
@@ -249,11 +309,10 @@ class Link(wiring.Component):
                         respond(proto.Status.NOT_LOADED)
                     with m.Else():
                         m.next = "START"
-                with m.Elif(opcode == proto.Opcode.RESULT):
-                    with m.If(length != proto.ARGS_BYTES):
+                with m.Elif(is_op[proto.Opcode.RESULT]):
+                    with m.If(~len_args):
                         respond(proto.Status.BAD_LENGTH)
-                    with m.Elif((res_args.n_logits > cfg.max_logits) |
-                                (res_args.n_counters > 1 + cfg.max_layers)):
+                    with m.Elif(bad_result):
                         respond(proto.Status.BAD_ARGUMENT)
                     with m.Elif(~has_run):
                         respond(proto.Status.NO_RESULT)
@@ -262,34 +321,33 @@ class Link(wiring.Component):
                 with m.Else():
                     respond(proto.Status.BAD_OPCODE)
 
-            # WRITE: buffer bytes → 64-bit chunks (byte 0 = LSBs) → core.wr, CRC of each byte.
+            # WRITE: buffer bytes → 64-bit chunks (byte 0 = LSBs) → core.wr, CRC of each
+            # byte. ``wargs.addr`` counts up with the chunks; after chunk k, wptr = 8 (k+1).
             with m.State("COMMIT_RD"):
-                m.d.comb += rport.addr.eq(ptr)
                 m.next = "COMMIT_LATCH"
             with m.State("COMMIT_LATCH"):
-                m.d.comb += [dcrc.valid.eq(1), dcrc.data.eq(rport.data)]
+                m.d.comb += [crc_valid.eq(1), crc_data.eq(rport.data)]
                 m.d.sync += [chunk.eq((chunk >> 8) | (rport.data << 56)),
-                             ptr.eq(ptr + 1)]
-                with m.If(ptr[:3] == 7):
+                             wptr.eq(wptr + 1)]
+                with m.If(wptr[:3] == 7):
                     m.next = "COMMIT_WR"
                 with m.Else():
                     m.next = "COMMIT_RD"
             with m.State("COMMIT_WR"):
-                m.d.comb += [self.wr.valid.eq(1), self.wr.payload.space.eq(wargs.space),
-                             self.wr.payload.addr.eq(wargs.addr + chunk_idx),
-                             self.wr.payload.data.eq(chunk)]
+                m.d.comb += self.wr.valid.eq(1)
                 with m.If(self.wr.ready):
-                    m.d.sync += chunk_idx.eq(chunk_idx + 1)
-                    with m.If(chunk_idx == n_chunks - 1):
+                    m.d.sync += wargs.addr.eq(wargs.addr + 1)
+                    # n_chunks <= MAX_CHUNKS: its low bits name the last chunk uniquely.
+                    with m.If(wptr[3:] == n_chunks[:len(wptr) - 3]):
                         with m.If(wargs.space == Space.PROGRAM):
                             m.d.sync += loaded.eq(1)
+                        m.d.sync += word.eq(crc)
                         respond(proto.Status.OK, 2)
                     with m.Else():
                         m.next = "COMMIT_RD"
 
             with m.State("START"):
-                m.d.comb += [self.start.valid.eq(1),
-                             self.start.payload.image_base.eq(run_args.image_base)]
+                m.d.comb += self.start.valid.eq(1)
                 with m.If(self.start.ready):
                     m.d.sync += has_run.eq(1)
                     respond(proto.Status.OK)
@@ -300,47 +358,47 @@ class Link(wiring.Component):
                                  word_left.eq(0)]
                     respond(proto.Status.OK, res_args.n_logits + 4 * res_args.n_counters)
 
+            # The header's first byte (the sync) is a constant: the CRC is loaded with its
+            # value after it instead of processing it.
             with m.State("RESP_HDR"):
                 m.d.comb += [self.tx.valid.eq(1),
-                             self.tx.payload.eq(resp_hdr.as_value().word_select(hdr_idx, 8))]
+                             self.tx.payload.eq(resp_hdr.as_value().word_select(idx, 8))]
                 with m.If(self.tx.ready):
-                    m.d.comb += [fcrc.start.eq(hdr_idx == 0), fcrc.valid.eq(1),
-                                 fcrc.data.eq(self.tx.payload)]
-                    m.d.sync += hdr_idx.eq(hdr_idx + 1)
-                    with m.If(hdr_idx == proto.struct_bytes(proto.ResponseHeader) - 1):
+                    m.d.comb += [crc_valid.eq(idx != 0), crc_data.eq(self.tx.payload),
+                                 crc_load.eq(1),
+                                 crc_load_value.eq(_crc_next(0, proto.RESPONSE_SYNC))]
+                    m.d.sync += idx.eq(idx + 1)
+                    with m.If(idx == proto.struct_bytes(proto.ResponseHeader) - 1):
                         m.next = "RESP_PAYLOAD"
                         with m.If(resp_len == 0):
                             m.next = "RESP_CRC0"
 
             with m.State("RESP_PAYLOAD"):
-                with m.If((opcode == proto.Opcode.RESULT) & (word_left == 0)):
+                with m.If(is_op[proto.Opcode.RESULT] & (word_left == 0)):
                     m.next = "FETCH"
                 with m.Else():
                     source = Signal(8)
-                    with m.Switch(opcode):
-                        with m.Case(proto.Opcode.IDENTIFY):
-                            m.d.comb += source.eq(identity.word_select(out_idx[:5], 8))
-                        with m.Case(proto.Opcode.WRITE):
-                            m.d.comb += source.eq(dcrc.crc.word_select(out_idx[:1], 8))
-                        with m.Default():
-                            m.d.comb += source.eq(word[:8])
+                    with m.If(is_op[proto.Opcode.IDENTIFY]):
+                        m.d.comb += source.eq(identity.word_select(
+                            resp_len[:_identity_count_bits()], 8))
+                    with m.Else():
+                        m.d.comb += source.eq(word[:8])
                     m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(source)]
                     with m.If(self.tx.ready):
-                        m.d.comb += [fcrc.valid.eq(1), fcrc.data.eq(source)]
-                        m.d.sync += [out_idx.eq(out_idx + 1), word.eq(word >> 8),
+                        m.d.comb += [crc_valid.eq(1), crc_data.eq(source)]
+                        m.d.sync += [resp_len.eq(resp_len - 1), word.eq(word >> 8),
                                      word_left.eq(word_left - 1)]
-                        with m.If(out_idx == resp_len - 1):
+                        with m.If(resp_len == 1):
                             m.next = "RESP_CRC0"
 
             # RESULT payload: n_logits reads of LOGITS (1 byte each), then n_counters
-            # reads of COUNTERS (4 bytes each).
+            # reads of COUNTERS (4 bytes each). ``n_logits`` counts the logits down.
             with m.State("FETCH"):
-                m.d.comb += [self.rd.valid.eq(1), self.rd.payload.addr.eq(fetch_idx),
-                             self.rd.payload.space.eq(Mux(counters_phase, ReadSpace.COUNTERS,
-                                                          ReadSpace.LOGITS))]
+                m.d.comb += self.rd.valid.eq(1)
                 with m.If(self.rd.ready):
-                    last_logit = ~counters_phase & (fetch_idx == res_args.n_logits - 1)
+                    last_logit = ~counters_phase & (res_args.n_logits == 1)
                     m.d.sync += [fetch_idx.eq(Mux(last_logit, 0, fetch_idx + 1)),
+                                 res_args.n_logits.eq(res_args.n_logits - 1),
                                  counters_phase.eq(counters_phase | last_logit),
                                  word_left.eq(Mux(counters_phase, 4, 1))]
                     m.next = "FETCH_WAIT"
@@ -351,11 +409,61 @@ class Link(wiring.Component):
                     m.next = "RESP_PAYLOAD"
 
             with m.State("RESP_CRC0"):
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(fcrc.crc[:8])]
+                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(crc[:8])]
                 with m.If(self.tx.ready):
                     m.next = "RESP_CRC1"
             with m.State("RESP_CRC1"):
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(fcrc.crc[8:])]
+                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(crc[8:])]
                 with m.If(self.tx.ready):
                     m.next = "SYNC"
         return m
+
+
+def _check_crc_parameters():
+    alg = proto.CRC.algorithm
+    if not (alg.crc_width == 16 and proto.CRC.data_width == 8 and alg.reflect_input and
+            alg.reflect_output and alg.initial_crc == 0 and alg.xor_output == 0):
+        raise NotImplementedError(f"the link's CRC engine computes reflected CRC-16s with "
+                                  f"initial value and output XOR 0, not {alg!r}")
+
+
+def _crc_step(state, byte):
+    """One byte of the reflected CRC on integers (the register is the CRC itself)."""
+    poly = int(f"{proto.CRC.algorithm.polynomial:016b}"[::-1], 2)
+    state ^= byte
+    for _ in range(8):
+        state = (state >> 1) ^ (poly if state & 1 else 0)
+    return state
+
+
+def _crc_next(state, byte):
+    """The CRC register after ``byte``: integers in, integer out; else an expression.
+
+    The update is linear, so each bit is the XOR of the state and data bits whose unit
+    vectors set it (no ``start`` multiplexer in front, unlike ``lib.crc.Processor``).
+    """
+    _check_crc_parameters()
+    if isinstance(state, int) and isinstance(byte, int):
+        return _crc_step(state, byte)
+    bits = []
+    for i in range(16):
+        terms = [state[j] for j in range(16) if _crc_step(1 << j, 0) >> i & 1]
+        terms += [byte[j] for j in range(8) if _crc_step(0, 1 << j) >> i & 1]
+        bit = terms[0]
+        for t in terms[1:]:
+            bit = bit ^ t
+        bits.append(bit)
+    return Cat(*bits)
+
+
+def _identity_count_bits():
+    return (proto.struct_bytes(proto.Identity) - 1).bit_length()
+
+
+def _identity_by_count(fields):
+    """The identity's bytes indexed by the low bits of the count of bytes left to send."""
+    raw = proto.encode_struct(proto.Identity, fields)
+    size = 1 << _identity_count_bits()
+    table = bytes(raw[(len(raw) - left) % size] if (len(raw) - left) % size < len(raw)
+                  else 0 for left in range(size))
+    return Const(int.from_bytes(table, "little"), 8 * size)

@@ -4,7 +4,7 @@ Exactly :func:`fpgacnn.sw.golden.requantize` (there the accumulator already incl
 bias; here the bias is added in the first stage).
 """
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -113,13 +113,18 @@ class Requantizer(wiring.Component):
             m.d.comb += adv.eq(en)
         else:
             last = self.interval - 1
-            m.d.sync += phase.eq(Mux(phase == last, 0, phase + 1))
             m.d.comb += adv.eq(en & (phase == last))
             with m.If(o.valid & o.ready & ~adv):
                 m.d.sync += o.valid.eq(0)    # taken between advances: do not show it twice
         m.d.comb += i.ready.eq(adv)
 
         valid = [Signal(name=f"valid{k}") for k in range(n - 1)] + [o.valid]
+        if self.interval > 1:
+            # The phase restarts whenever the pipeline is empty, so a value's timing depends
+            # only on the stream, never on an earlier run (cycle counts are reproducible).
+            busy = Signal()
+            m.d.comb += busy.eq(i.valid | Cat(*valid).any())
+            m.d.sync += phase.eq(Mux((phase == self.interval - 1) | ~busy, 0, phase + 1))
         relu = [Signal(name=f"relu{k}") for k in range(n)]
         tags = ([Signal(self.tag, name=f"tag{k}") for k in range(n)]
                 if self.tag is not None else None)

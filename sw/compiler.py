@@ -307,6 +307,13 @@ def compile_network(network, params, config):
         # word kb*D + d, byte r = W[kb*R + r, d]
         words.append(wmat.reshape(k_blocks, rows, d_red).transpose(0, 2, 1)
                      .reshape(n_words, rows))
+        bias_limit = 1 << (config.bias_width - 1)
+        worst = int(np.abs(np.asarray(p.bias, dtype=np.int64)).max(initial=0))
+        if worst >= bias_limit:
+            raise CompileError(f"{where}: a bias of magnitude {worst} does not fit the "
+                               f"{config.bias_width}-bit bias of {config.name}'s requantiser "
+                               f"(|bias| < {bias_limit}); the quantiser's biases are normally "
+                               f"far smaller — check the scales of this layer")
         for ch in range(k):
             qparams.append(dict(bias=int(p.bias[ch]), m=int(p.m[ch]), s=int(p.s[ch]), _pad=0))
         descriptors.append(desc)

@@ -113,16 +113,18 @@ class BoardInfo:
     def config(self):
         """The :class:`AcceleratorConfig` the board was built with (as far as it matters)."""
         from ..hw.config import CONFIGS
-        cfg = AcceleratorConfig(
-            name="board", rows=self.rows, cols=self.cols, max_reduction=self.max_reduction,
+        carried = dict(
+            rows=self.rows, cols=self.cols, max_reduction=self.max_reduction,
             weight_words=self.weight_words, act_bytes=self.act_bytes,
             qparam_entries=self.qparam_entries, max_layers=self.max_layers,
             max_logits=self.max_logits, clock_hz=self.clock_hz, baud=self.baud,
             ice40=self.ice40)
+        # A known build with the same sizes: it also knows what the identity does not say
+        # (line-buffer limits, dataflow), which the compiler's checks need.
         for known in CONFIGS.values():
-            if known.with_(name="board") == cfg:
+            if all(getattr(known, k) == v for k, v in carried.items()):
                 return known
-        return cfg
+        return AcceleratorConfig(name="board", **carried)
 
     def describe(self):
         return (f"{self.config.name}: {self.rows}x{self.cols} array, "

@@ -40,8 +40,8 @@ def test_lenet5_plan_and_descriptors():
     assert (d[2]["cin"], d[2]["in_h"], d[2]["kernel"]) == (400, 1, 1)
     assert p.weight_words.shape == (7813, 8)
     assert len(p.qparams) == 236 and p.output_count == 10
-    # architecture.md's cycle model: 32,288 operand beats on the 8x2 array.
-    assert p.ideal_cycles() == [9800, 15000, 6000, 1320, 168]
+    # architecture.md's cycle model: 57,088 operand beats on the iCEBreaker's 8x1 array.
+    assert p.ideal_cycles() == [19600, 30000, 6000, 1320, 168]
 
 
 @pytest.mark.parametrize("config", [ICEBREAKER, ULX3S], ids=lambda c: c.name)
@@ -174,3 +174,15 @@ def test_address_field_overflow_is_rejected():
     with pytest.raises(CompileError, match=r"layer 0 \(conv 1@1x1\): out_base = 80000 does "
                                            r"not fit the 16-bit descriptor field"):
         compile_network(net, nets.random_params(net, 0), ICEBREAKER.with_(act_bytes=1 << 20))
+
+
+def test_bias_beyond_the_requantiser_width_is_rejected():
+    net = nets.lenet5()
+    params = nets.random_params(net, 0)
+    limit = 1 << (ICEBREAKER.bias_width - 1)
+    params[2].bias[7] = limit - 1                       # the largest that fits
+    compile_network(net, params, ICEBREAKER)
+    params[2].bias[7] = -limit                          # one beyond (magnitude)
+    with pytest.raises(CompileError, match=rf"layer 2 .*bias of magnitude {limit} does not "
+                                           rf"fit the {ICEBREAKER.bias_width}-bit bias"):
+        compile_network(net, params, ICEBREAKER)

@@ -100,6 +100,18 @@ def test_requant_matches_golden(request, acc_width, seed):
     run_requant(Requantizer(acc_width), inputs, seed=seed, name=request.node.name)
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_requant_narrow_bias_matches_golden(request, seed):
+    """The core's configuration: bias as wide as the accumulator, extremes included."""
+    acc, bias, m, s, relu = make_inputs(300, 26, seed + 20)
+    lo, hi = -(1 << 25), (1 << 25) - 1
+    bias = np.clip(bias, lo, hi)
+    bias[:4] = [hi, lo, hi, lo]
+    acc[:4] = [hi, lo, lo, hi]
+    run_requant(Requantizer(26, bias_width=26), (acc, bias, m, s, relu), seed=seed,
+                name=request.node.name)
+
+
 @pytest.mark.parametrize("interval", [2, 4, 8])
 def test_requant_interval_matches_golden(request, interval):
     inputs = make_inputs(200, 26, interval + 10)

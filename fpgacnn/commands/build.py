@@ -148,10 +148,6 @@ def toolchain_overrides(family, seed=1, name="top"):
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
     nextpnr = f"--report {name}_report.json --timing-allow-fail --seed {seed}"
-    if family == "ecp5":
-        # router1 crawls on the congested 16x8 ULX3S design (> 15 min); router2 is
-        # nextpnr's newer, congestion-aware router.
-        nextpnr += " --router router2"
     return {"script_after_read": YOSYS_WORKAROUND, "nextpnr_opts": nextpnr}
 
 
