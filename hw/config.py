@@ -102,15 +102,18 @@ CONFIGS = {
     # against 2.6 ms of UART per image). The requantiser takes 2 cycles per value, free
     # while every tile has reduction >= 16 (LeNet-5's smallest is 25), and the array
     # broadcasts its operands (no pipeline registers between PEs) to save 270 cells.
+    # nextpnr reaches ~27.5 MHz (critical path: the requantiser's multiply-accumulate), so
+    # the PLL makes 24 MHz; 57k cycles = 2.4 ms per image, still under the UART's 2.8 ms.
     "icebreaker": AcceleratorConfig(
         name="icebreaker", rows=8, cols=1, max_reduction=1024,
         weight_words=16384, act_bytes=4096, qparam_entries=256, max_layers=8,
-        max_logits=16, clock_hz=36_000_000, baud=3_000_000, ice40=True,
+        max_logits=16, clock_hz=24_000_000, baud=3_000_000, ice40=True,
         dataflow="broadcast", requant_interval=2),
-    # ECP5-85F: 156 18×18 multipliers and 3.7 Mbit of EBR; a 16×8 array.
+    # ECP5-85F: 156 18×18 multipliers and 3.7 Mbit of EBR; a 16×4 array (16×8 fits on
+    # paper but nextpnr does not finish routing it; 16×4 routes at ~62 MHz in ~5 min).
     "ulx3s-85f": AcceleratorConfig(
-        name="ulx3s-85f", rows=16, cols=8, max_reduction=4096,
-        weight_words=8192, act_bytes=16384, qparam_entries=1024, max_layers=16,
+        name="ulx3s-85f", rows=16, cols=4, max_reduction=4096,
+        weight_words=8192, act_bytes=12288, qparam_entries=1024, max_layers=16,
         max_logits=64, clock_hz=50_000_000, baud=3_000_000, ice40=False,
         pool_width=64, pool_blocks=4),
 }

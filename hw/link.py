@@ -4,6 +4,8 @@ The wire format and the commands are defined in :mod:`.protocol`; this module is
 gateware. See :class:`Link`.
 """
 
+import functools
+
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
@@ -35,14 +37,22 @@ class Link(wiring.Component):
     CRC, length and arguments are checked before anything reaches the core, so a
     damaged frame never alters what is loaded. Bytes outside a frame are skipped until
     the next sync byte; a frame whose next byte does not come within ``timeout`` cycles
-    is answered with ``TRUNCATED`` and forgotten. Every complete frame gets exactly one
-    response (see :mod:`.protocol`).
+    is answered with ``TRUNCATED`` and forgotten (the time-out is prescaled: it may
+    come up to half the time-out later, 23 % at 36 MHz, never earlier). Every complete
+    frame gets exactly one response (see :mod:`.protocol`).
+
+    Resources and timing: every decision is taken from flip-flops — lengths, chunk
+    counts and range checks are registered while the frame arrives, counters are
+    compared for equality — so no path crosses more than one adder. One CRC engine
+    serves the request, the WRITE data and the response; the identity is a ROM in a
+    second EBR.
 
     Latency and throughput: the frame decoder takes one byte per cycle (far above any
     UART rate). After the CRC, a WRITE commits its chunks at one per 17 cycles (8 buffer
     reads of 2 cycles plus the ``wr`` transfer, more if the core stalls), then answers.
     RUN answers as soon as ``start`` is taken; RESULT as soon as ``busy`` falls. A
-    response is sent at one byte per cycle that ``tx`` is ready.
+    response header is sent at one byte per cycle that ``tx`` is ready, its payload
+    at one byte per two cycles (the identity ROM's read latency).
 
     Parameters
     ----------
@@ -84,7 +94,7 @@ class Link(wiring.Component):
             "busy": In(1),
             "rd": Out(stream.Signature(READ_REQUEST)),
             "rd_data": In(stream.Signature(READ_DATA)),
-            "idle": Out(1),
+            "idle": Out(1, init=1),
         })
 
     def elaborate(self, platform):
@@ -98,14 +108,20 @@ class Link(wiring.Component):
 
         # One CRC engine serves the request check, the WRITE data CRC and the response:
         # they never overlap. The sync bytes are constants, so instead of a ``start``
-        # input the register is loaded with its value after the sync byte.
+        # input the register is loaded with its value after the sync byte. The byte is
+        # registered first (the state decoding and byte multiplexer in front of the XOR
+        # tree were the link's longest path), so ``crc`` includes a byte two cycles after
+        # it was given; a load takes effect at once (none coincides with a byte).
         crc = Signal(16)
         crc_valid = Signal()
         crc_data = Signal(8)
         crc_load = Signal()
         crc_load_value = Signal(16)
-        with m.If(crc_valid):
-            m.d.sync += crc.eq(_crc_next(crc, crc_data))
+        crc_valid_r = Signal()
+        crc_data_r = Signal(8)
+        m.d.sync += [crc_valid_r.eq(crc_valid), crc_data_r.eq(crc_data)]
+        with m.If(crc_valid_r):
+            m.d.sync += crc.eq(_crc_next(crc, crc_data_r))
         with m.Elif(crc_load):
             m.d.sync += crc.eq(crc_load_value)
         crc_ok = crc == 0                       # the residue of a frame followed by its CRC
@@ -132,15 +148,17 @@ class Link(wiring.Component):
         len_args = Signal()
         write_len_ok = Signal()
         n_chunks = Signal(range(proto.MAX_CHUNKS + 1))
-        write_end = Signal(17)
         bad_range = Signal()
         bad_result = Signal()
         is_op = {op: Signal(name=f"is_{op.name.lower()}") for op in proto.Opcode}
-        space_end = Signal(17)
-        with m.Switch(wargs.space):
-            for space in Space:
-                with m.Case(space):
-                    m.d.comb += space_end.eq(proto.space_chunks(cfg, space))
+        # Valid chunk addresses fit addr_bits; higher address bits only need a zero test.
+        addr_bits = max(max(proto.space_chunks(cfg, s) for s in Space) - 1, 1).bit_length()
+        write_end = Signal(addr_bits + 1)
+        addr_high = Signal()
+        bad_range_now = addr_high
+        for space in Space:
+            bad_range_now |= ((wargs.space == space) &
+                              _above(write_end, proto.space_chunks(cfg, space)))
         m.d.sync += [
             too_long.eq(length > proto.MAX_PAYLOAD),
             len_zero.eq(length == 0),
@@ -148,10 +166,11 @@ class Link(wiring.Component):
             # length = ARGS_BYTES + 8 * n: the low bits are ARGS_BYTES, n is length[3:].
             write_len_ok.eq((length[:3] == proto.ARGS_BYTES) & (length[3:] != 0)),
             n_chunks.eq(length[3:]),
-            write_end.eq(wargs.addr + n_chunks),
-            bad_range.eq(write_end > space_end),
-            bad_result.eq((res_args.n_logits > cfg.max_logits) |
-                          (res_args.n_counters > 1 + cfg.max_layers)),
+            write_end.eq(wargs.addr[:addr_bits] + n_chunks),
+            addr_high.eq(wargs.addr[addr_bits:] != 0),
+            bad_range.eq(bad_range_now),
+            bad_result.eq(_above(res_args.n_logits, cfg.max_logits) |
+                          _above(res_args.n_counters, 1 + cfg.max_layers)),
             *(is_op[op].eq(opcode == op) for op in proto.Opcode),
         ]
 
@@ -163,35 +182,49 @@ class Link(wiring.Component):
         resp_hdr = Signal(proto.ResponseHeader)
         word = Signal(32)                       # response payload bytes, LSB first
         word_left = Signal(3)
-        fetch_idx = Signal(8)
+        fetch_idx = Signal(range(max(cfg.max_logits, 1 + cfg.max_layers)))
         counters_phase = Signal()
-        identity = _identity_by_count(proto.identity_fields(cfg))
+        # The identity is a ROM in an EBR (a 32-byte constant multiplexer costs ~45 LUTs),
+        # addressed by the count of bytes left; its data lags the count by a cycle.
+        m.submodules.id_rom = id_rom = Memory(
+            shape=8, depth=1 << _identity_count_bits(),
+            init=_identity_by_count(proto.identity_fields(cfg)), attrs={"ram_style": "block"})
+        id_port = id_rom.read_port()
+        m.d.comb += id_port.addr.eq(resp_len[:_identity_count_bits()])
+        just_sent = Signal()                    # resp_len changed: wait for the ROM
+        m.d.sync += just_sent.eq(self.tx.valid & self.tx.ready)
 
+        # ``in_frame`` (in HEADER .. CRC1) and ``idle`` (in SYNC) are flip-flops kept
+        # with the state, not decoded from it: ``rx.ready`` feeds the FIFO's read logic.
+        in_frame = Signal()
         byte_in = Signal(8)
         receiving = Signal()                    # set by the frame-receiving states
         m.d.comb += [byte_in.eq(self.rx.payload), self.rx.ready.eq(receiving)]
         got = self.rx.valid
 
         def respond(code, n=0):
-            m.d.sync += [status.eq(code), resp_len.eq(n), idx.eq(0)]
+            m.d.sync += [status.eq(code), resp_len.eq(n), idx.eq(0), in_frame.eq(0)]
             m.next = "RESP_HDR"
 
         m.d.comb += [resp_hdr.sync.eq(proto.RESPONSE_SYNC), resp_hdr.status.eq(status),
                      resp_hdr.opcode.eq(opcode), resp_hdr.length.eq(resp_len)]
 
-        # Inter-byte time-out: a free-running prescaler and a short counter of its ticks
-        # since the last byte, instead of a wide counter that every byte resets.
-        tick_log2 = max(0, self._timeout.bit_length() - 4)
-        ticks_max = -(-self._timeout // (1 << tick_log2)) + 1
-        prescaler = Signal(tick_log2 + 1)
+        # Inter-byte time-out: a free-running LFSR prescaler (no carry chain) and a short
+        # counter of its ticks since the last byte, instead of a wide counter that every
+        # byte resets. The frame is dropped between ``timeout`` and ``timeout + 2 *
+        # period`` cycles after its last byte.
+        width, tap, period = _prescaler_lfsr(max(2, self._timeout.bit_length() - 3))
+        ticks_max = -(-self._timeout // period) + 1
+        prescaler = Signal(width, init=1)
         ticks = Signal(range(ticks_max + 1))
-        m.d.sync += prescaler.eq(Mux(prescaler[-1], 0, prescaler + 1))
-        in_frame = Signal()
+        m.d.sync += prescaler.eq(Cat(prescaler[1:], prescaler[0] ^ prescaler[tap]))
+        tick = prescaler == 1
+        expired = Signal()                      # ticks == ticks_max, as a flip-flop
         with m.If(got | ~in_frame):
-            m.d.sync += ticks.eq(0)
-        with m.Elif(prescaler[-1] & (ticks != ticks_max)):
-            m.d.sync += ticks.eq(ticks + 1)
-        timed_out = in_frame & (ticks == ticks_max)
+            m.d.sync += [ticks.eq(0), expired.eq(0)]
+        with m.Elif(tick & ~expired):
+            m.d.sync += [ticks.eq(ticks + 1), expired.eq(ticks == ticks_max - 1)]
+        timed_out = in_frame & expired
         # A byte is consumed only in a state that uses it; after a time-out it is left for
         # SYNC (the FIFO keeps it), so it can start the next frame.
         m.d.comb += receiving.eq((in_frame & ~timed_out) | self.idle)
@@ -207,17 +240,28 @@ class Link(wiring.Component):
             self.rd.payload.space.eq(Mux(counters_phase, ReadSpace.COUNTERS, ReadSpace.LOGITS)),
         ]
 
+        # The response byte, as a multiplexer tree on few selects rather than per state.
+        in_hdr = Signal()
+        in_crc = Signal()
+        hdr = resp_hdr.as_value()
+        assert proto.RESPONSE_HEADER_BYTES == 5, "idx[2] selects header byte 4"
+        hdr_byte = Mux(idx[2], hdr[32:40], Mux(idx[1], Mux(idx[0], hdr[24:32], hdr[16:24]),
+                                               Mux(idx[0], hdr[8:16], hdr[:8])))
+        m.d.comb += self.tx.payload.eq(
+            Mux(in_hdr, hdr_byte,
+                Mux(in_crc, Mux(idx[0], crc[8:], crc[:8]),
+                    Mux(is_op[proto.Opcode.IDENTIFY], id_port.data, word[:8]))))
+
         with m.FSM():
             with m.State("SYNC"):
-                m.d.comb += self.idle.eq(1)
                 with m.If(got & (byte_in == proto.REQUEST_SYNC)):
+                    m.d.sync += [self.idle.eq(0), in_frame.eq(1)]
                     m.d.comb += [crc_load.eq(1),
                                  crc_load_value.eq(_crc_next(0, proto.REQUEST_SYNC))]
                     m.d.sync += [idx.eq(0), opcode.eq(0), wptr.eq(0)]
                     m.next = "HEADER"
 
             with m.State("HEADER"):
-                m.d.comb += in_frame.eq(1)
                 with m.If(timed_out):
                     respond(proto.Status.TRUNCATED)
                 with m.Elif(got):
@@ -238,7 +282,6 @@ class Link(wiring.Component):
             # Payload: the first ARGS_BYTES into ``args``, the rest into the buffer (a
             # frame too long for it wraps around and is refused at CHECK).
             with m.State("ARGS"):
-                m.d.comb += in_frame.eq(1)
                 with m.If(timed_out):
                     respond(proto.Status.TRUNCATED)
                 with m.Elif(got):
@@ -254,7 +297,6 @@ class Link(wiring.Component):
                         m.next = "DATA"
 
             with m.State("DATA"):
-                m.d.comb += in_frame.eq(1)
                 with m.If(timed_out):
                     respond(proto.Status.TRUNCATED)
                 with m.Elif(got):
@@ -264,7 +306,6 @@ class Link(wiring.Component):
                         m.next = "CRC0"
 
             with m.State("CRC0"):
-                m.d.comb += in_frame.eq(1)
                 with m.If(timed_out):
                     respond(proto.Status.TRUNCATED)
                 with m.Elif(got):
@@ -272,12 +313,15 @@ class Link(wiring.Component):
                     m.next = "CRC1"
 
             with m.State("CRC1"):
-                m.d.comb += in_frame.eq(1)
                 with m.If(timed_out):
                     respond(proto.Status.TRUNCATED)
                 with m.Elif(got):
                     m.d.comb += [crc_valid.eq(1), crc_data.eq(byte_in)]
-                    m.next = "CHECK"
+                    m.d.sync += in_frame.eq(0)
+                    m.next = "CRC_WAIT"
+
+            with m.State("CRC_WAIT"):                # for the last byte to reach ``crc``
+                m.next = "CHECK"
 
             with m.State("CHECK"):
                 with m.If(~crc_ok):
@@ -297,7 +341,7 @@ class Link(wiring.Component):
                     with m.Elif(self.busy & (wargs.space != Space.IMAGE)):
                         respond(proto.Status.BUSY)
                     with m.Else():
-                        m.d.comb += [crc_load.eq(1), crc_load_value.eq(0)]
+                        # The data CRC starts from 0: the residue of the checked frame.
                         m.d.sync += wptr.eq(0)
                         m.next = "COMMIT_RD"
                 with m.Elif(is_op[proto.Opcode.RUN]):
@@ -336,12 +380,12 @@ class Link(wiring.Component):
             with m.State("COMMIT_WR"):
                 m.d.comb += self.wr.valid.eq(1)
                 with m.If(self.wr.ready):
-                    m.d.sync += wargs.addr.eq(wargs.addr + 1)
+                    # Only the bits a valid address uses (the range was checked).
+                    m.d.sync += wargs.addr[:addr_bits].eq(wargs.addr[:addr_bits] + 1)
                     # n_chunks <= MAX_CHUNKS: its low bits name the last chunk uniquely.
                     with m.If(wptr[3:] == n_chunks[:len(wptr) - 3]):
                         with m.If(wargs.space == Space.PROGRAM):
                             m.d.sync += loaded.eq(1)
-                        m.d.sync += word.eq(crc)
                         respond(proto.Status.OK, 2)
                     with m.Else():
                         m.next = "COMMIT_RD"
@@ -361,44 +405,41 @@ class Link(wiring.Component):
             # The header's first byte (the sync) is a constant: the CRC is loaded with its
             # value after it instead of processing it.
             with m.State("RESP_HDR"):
-                m.d.comb += [self.tx.valid.eq(1),
-                             self.tx.payload.eq(resp_hdr.as_value().word_select(idx, 8))]
+                m.d.comb += [self.tx.valid.eq(1), in_hdr.eq(1)]
                 with m.If(self.tx.ready):
                     m.d.comb += [crc_valid.eq(idx != 0), crc_data.eq(self.tx.payload),
-                                 crc_load.eq(1),
+                                 crc_load.eq(idx == 0),
                                  crc_load_value.eq(_crc_next(0, proto.RESPONSE_SYNC))]
                     m.d.sync += idx.eq(idx + 1)
-                    with m.If(idx == proto.struct_bytes(proto.ResponseHeader) - 1):
+                    with m.If(idx == 0):
+                        m.d.sync += word[:16].eq(crc)       # a WRITE's data CRC
+                    with m.If(idx == proto.RESPONSE_HEADER_BYTES - 1):
+                        m.d.sync += idx.eq(0)       # for RESP_CRC
                         m.next = "RESP_PAYLOAD"
                         with m.If(resp_len == 0):
-                            m.next = "RESP_CRC0"
+                            m.next = "RESP_CRC"
 
             with m.State("RESP_PAYLOAD"):
                 with m.If(is_op[proto.Opcode.RESULT] & (word_left == 0)):
                     m.next = "FETCH"
-                with m.Else():
-                    source = Signal(8)
-                    with m.If(is_op[proto.Opcode.IDENTIFY]):
-                        m.d.comb += source.eq(identity.word_select(
-                            resp_len[:_identity_count_bits()], 8))
-                    with m.Else():
-                        m.d.comb += source.eq(word[:8])
-                    m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(source)]
+                with m.Elif(~just_sent):
+                    m.d.comb += self.tx.valid.eq(1)
                     with m.If(self.tx.ready):
-                        m.d.comb += [crc_valid.eq(1), crc_data.eq(source)]
+                        m.d.comb += [crc_valid.eq(1), crc_data.eq(self.tx.payload)]
                         m.d.sync += [resp_len.eq(resp_len - 1), word.eq(word >> 8),
                                      word_left.eq(word_left - 1)]
                         with m.If(resp_len == 1):
-                            m.next = "RESP_CRC0"
+                            m.next = "RESP_CRC"
 
             # RESULT payload: n_logits reads of LOGITS (1 byte each), then n_counters
-            # reads of COUNTERS (4 bytes each). ``n_logits`` counts the logits down.
+            # reads of COUNTERS (4 bytes each). The last logit is fetched when the bytes
+            # left to send are the counters' and that logit: 4 * n_counters + 1.
             with m.State("FETCH"):
                 m.d.comb += self.rd.valid.eq(1)
                 with m.If(self.rd.ready):
-                    last_logit = ~counters_phase & (res_args.n_logits == 1)
+                    last_logit = (~counters_phase & (resp_len[:2] == 1) &
+                                  (resp_len[2:] == res_args.n_counters))
                     m.d.sync += [fetch_idx.eq(Mux(last_logit, 0, fetch_idx + 1)),
-                                 res_args.n_logits.eq(res_args.n_logits - 1),
                                  counters_phase.eq(counters_phase | last_logit),
                                  word_left.eq(Mux(counters_phase, 4, 1))]
                     m.next = "FETCH_WAIT"
@@ -408,15 +449,51 @@ class Link(wiring.Component):
                     m.d.sync += word.eq(self.rd_data.payload.data)
                     m.next = "RESP_PAYLOAD"
 
-            with m.State("RESP_CRC0"):
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(crc[:8])]
+            with m.State("RESP_CRC"):
+                m.d.comb += [self.tx.valid.eq(~just_sent), in_crc.eq(1)]
                 with m.If(self.tx.ready):
-                    m.next = "RESP_CRC1"
-            with m.State("RESP_CRC1"):
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(crc[8:])]
-                with m.If(self.tx.ready):
-                    m.next = "SYNC"
+                    m.d.sync += idx.eq(idx + 1)
+                    with m.If(idx[0]):
+                        m.d.sync += self.idle.eq(1)
+                        m.next = "SYNC"
         return m
+
+
+@functools.cache
+def _prescaler_lfsr(width):
+    """``(width, tap, period)`` of the two-tap shift register (``s' = s >> 1 | (s[0] ^
+    s[tap]) << width - 1``, from 1) with the longest period, found by running it."""
+    best = (width, 1, 0)
+    for tap in range(1, width):
+        state, period = 1, 0
+        while True:
+            state = (state >> 1) | (((state ^ (state >> tap)) & 1) << (width - 1))
+            period += 1
+            if state == 1 or period > 1 << width:
+                break
+        if state == 1 and period > best[2]:
+            best = (width, tap, period)
+    return best
+
+
+def _above(value, limit):
+    """``value > limit`` for a constant ``limit``, as a sum of products (yosys builds a
+    carry chain for a comparison, one LUT per bit)."""
+    if limit >> len(value):
+        return Const(0)
+    terms = []
+    for i in reversed(range(len(value))):
+        if not (limit >> i) & 1:
+            equal_above = [value[j] if (limit >> j) & 1 else ~value[j]
+                           for j in range(i + 1, len(value))]
+            term = value[i]
+            for e in equal_above:
+                term = term & e
+            terms.append(term)
+    result = Const(0)
+    for t in terms:
+        result = result | t
+    return result
 
 
 def _check_crc_parameters():
@@ -464,6 +541,5 @@ def _identity_by_count(fields):
     """The identity's bytes indexed by the low bits of the count of bytes left to send."""
     raw = proto.encode_struct(proto.Identity, fields)
     size = 1 << _identity_count_bits()
-    table = bytes(raw[(len(raw) - left) % size] if (len(raw) - left) % size < len(raw)
-                  else 0 for left in range(size))
-    return Const(int.from_bytes(table, "little"), 8 * size)
+    return [raw[(len(raw) - left) % size] if (len(raw) - left) % size < len(raw) else 0
+            for left in range(size)]
