@@ -132,16 +132,17 @@ class BoardInfo:
                 f"{self.clock_hz / 1e6:g} MHz, {self.baud:,} baud")
 
 
-def prepare_images(images, input_shape):
+def prepare_images(images, input_shape, quant=None):
     """Images → int8 array ``(N, *input_shape)``, or :class:`ImageError`.
 
-    Accepts uint8 pixels 0..255 (converted with :func:`mnist.image_to_int8`) or int8
+    Accepts uint8 pixels 0..255 (converted with :func:`mnist.image_to_int8` and the
+    model's input quantisation ``quant``, a :class:`mnist.InputQuant`) or int8
     activations, either as one image or a batch; a single-channel input may omit C.
     """
     shape = tuple(input_shape)
     x = np.asarray(images)
     if x.dtype == np.uint8:
-        x = mnist.image_to_int8(x)
+        x = mnist.image_to_int8(x, quant)
     elif x.dtype != np.int8:
         raise ImageError(f"images must be uint8 pixels (0..255) or int8 activations, not "
                          f"{x.dtype}; convert with numpy .astype(np.uint8) after scaling "
@@ -179,6 +180,7 @@ class Accelerator:
         self.timeout = timeout
         self.info = None
         self.program = None
+        self.input_quant = None
         self.counters = np.zeros((0, 0), np.uint32)
         self.bytes_sent = self.bytes_received = 0
         self._dirty = False
@@ -472,8 +474,11 @@ class Accelerator:
         self.pipeline(self._write_requests(
             space, writes, None if bar is None else bar.update))
 
-    def load(self, network, params, *, progress=True):
+    def load(self, network, params, *, progress=True, input_quant=None):
         """Compile ``network`` + ``params`` for this board and load them.
+
+        ``input_quant`` (:class:`mnist.InputQuant`, from a model file's ``meta["input"]``)
+        is how :meth:`infer` turns uint8 pixels into the model's int8 input.
 
         Raises
         ------
@@ -496,6 +501,7 @@ class Accelerator:
             for space in order:
                 self._write_runs(space, writes[space], bar)
         self.program = program
+        self.input_quant = input_quant
         return program
 
     def _result_args(self, counters):
@@ -523,7 +529,7 @@ class Accelerator:
         from tqdm import tqdm
         if self.program is None:
             raise DriverError("no model loaded; call load(network, params) first")
-        x = prepare_images(images, self.program.network.input_shape)
+        x = prepare_images(images, self.program.network.input_shape, self.input_quant)
         n = len(x)
         k = self.program.output_count
         logits, counters = [], []
