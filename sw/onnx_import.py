@@ -178,7 +178,11 @@ def load(path, calib, *, convention="unit", board="icebreaker",
 
 
 def reference_logits(path, images, *, convention="unit", batch_size=256):
-    """ONNX Runtime's float output for uint8 ``images`` ``(N, C, H, W)``: ``(N, -1)``."""
+    """ONNX Runtime's float output for uint8 ``images`` ``(N, C, H, W)``: ``(N, -1)``.
+
+    ``convention`` turns pixels into the model's input (``p / 255`` or ``p``); a graph
+    exported for a fixed batch size runs in chunks of that size.
+    """
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1           # a shared machine; small models gain nothing
@@ -188,6 +192,8 @@ def reference_logits(path, images, *, convention="unit", batch_size=256):
     inp = session.get_inputs()[0]
     fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
     x = np.asarray(images).astype(np.float32) / np.float32(mnist.CONVENTIONS[convention])
+    if all(isinstance(d, int) for d in inp.shape[1:]):
+        x = x.reshape((len(x),) + tuple(inp.shape[1:]))     # (N, H, W) for one channel
     step = fixed or batch_size
     out = []
     for i in range(0, len(x), step):
