@@ -24,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-
 from fpgacnn.sw import mnist
+from torch import nn
 
 
 class Normalize(nn.Module):

@@ -30,7 +30,7 @@ from ..hw.program import Space
 from . import compiler, mnist
 
 __all__ = ["Accelerator", "BoardInfo", "DriverError", "BoardNotFound", "BoardTimeout",
-           "BoardError", "ModelDoesNotFit", "ImageError", "prepare_images",
+           "BoardError", "ModelDoesNotFit", "ImageError", "prepare_images", "as_batch",
            "DEFAULT_BAUD"]
 
 DEFAULT_BAUD = 3_000_000
@@ -139,14 +139,22 @@ def prepare_images(images, input_shape, quant=None):
     model's input quantisation ``quant``, a :class:`mnist.InputQuant`) or int8
     activations, either as one image or a batch; a single-channel input may omit C.
     """
-    shape = tuple(input_shape)
     x = np.asarray(images)
-    if x.dtype == np.uint8:
-        x = mnist.image_to_int8(x, quant)
-    elif x.dtype != np.int8:
+    if x.dtype not in (np.uint8, np.int8):
         raise ImageError(f"images must be uint8 pixels (0..255) or int8 activations, not "
                          f"{x.dtype}; convert with numpy .astype(np.uint8) after scaling "
                          f"to 0..255")
+    x = as_batch(x, input_shape)        # shape first: the conversion is per channel
+    return mnist.image_to_int8(x, quant) if x.dtype == np.uint8 else x
+
+
+def as_batch(images, input_shape):
+    """One image or a batch (any dtype) → ``(N, *input_shape)``, or :class:`ImageError`.
+
+    A single-channel input may omit C.
+    """
+    shape = tuple(input_shape)
+    x = np.asarray(images)
     accepted = [shape] + ([shape[1:]] if shape[0] == 1 else [])
     for one in accepted:
         if x.shape == one:

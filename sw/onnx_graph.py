@@ -7,7 +7,9 @@ no operator for.
 
 * Conv (group 1, square kernel, equal pads, dilation 1), Gemm (either ``transB``),
   MatMul (+ Add: the bias), Relu, Clip with min 0 and no max, MaxPool (no pads,
-  ``ceil_mode`` 0), Flatten and Reshape to ``(N, -1)``;
+  ``ceil_mode`` 0), Flatten and Reshape to ``(N, -1)`` — also after a
+  ``Transpose(0, 2, 3, 1)`` as tf2onnx writes a Keras ``Flatten`` (the next layer's
+  weights are reordered from (H, W, C) to (C, H, W));
 * per-channel affine operators — BatchNormalization, and Mul/Div/Add/Sub by constants —
   are folded into the Conv/Gemm before them; at the start of the graph (a torchvision
   ``Normalize``) they become the per-input-channel mean the host subtracts
@@ -40,7 +42,8 @@ OPSETS = range(11, 22)
 SUPPORTED = ("Conv (group 1, square kernel, equal pads), Gemm, MatMul+Add, Relu, Clip(min 0), "
              "MaxPool (no pads, ceil_mode 0), Flatten, Reshape(N,-1), BatchNormalization, "
              "Dropout, Identity, Mul/Div/Add/Sub by per-channel constants, "
-             "QuantizeLinear/DequantizeLinear, Softmax/LogSoftmax at the output")
+             "Transpose(0,2,3,1) before Flatten, QuantizeLinear/DequantizeLinear, "
+             "Softmax/LogSoftmax at the output")
 
 
 class UnsupportedModel(ValueError):
@@ -180,6 +183,10 @@ def _const_value(node, a, args, qinfo):
 
 # -- the chain of layers --------------------------------------------------------------------
 
+#: What may follow a Transpose to NHWC before the flattening (ReLU commutes with it).
+_AFTER_HWC = ("Flatten", "Reshape", "Relu", "Identity", "Dropout")
+
+
 class _Chain:
     """The walk from the graph input: the current activation, its shape, the layers."""
 
@@ -192,6 +199,8 @@ class _Chain:
         self.layers, self.weights, self.biases, self.wscales = [], [], [], []
         self.open = False                   # last layer is a Conv/FC nothing followed yet
         self.ended = False                  # a Softmax/LogSoftmax ended the chain
+        self.hwc = None                     # (C, H, W) while the map is transposed to HWC
+        self.hwc_flat = None                # (C, H, W) of an HWC-flattened input of the FC
 
     def activation(self, node, consts):
         """The one non-constant input of ``node``; it must be the current activation."""
@@ -205,6 +214,8 @@ class _Chain:
         if self.ended:
             raise _Refuse("follows the output Softmax; only a Softmax/LogSoftmax may end "
                           "the graph")
+        if self.hwc is not None and node.op_type not in _AFTER_HWC:
+            raise _Refuse("follows Transpose(0, 2, 3, 1); only Flatten/Reshape may")
         return live[0]
 
     def advance(self, node, shape=None):
@@ -287,6 +298,8 @@ def _conv(ch, node, a, consts, qinfo):
     ch.activation(node, consts)
     if len(ch.shape) != 3:
         raise _Refuse("a convolution after Flatten/Reshape is not supported")
+    if ch.hwc:
+        raise _Refuse("a convolution on an NHWC-transposed map; only Flatten may follow")
     w = np.asarray(consts.get(node.input[1]) if len(node.input) > 1 else None, np.float64)
     if w.ndim != 4:
         raise _Refuse("needs a constant 4-D weight (2-D convolution)")
@@ -326,6 +339,10 @@ def _fc(ch, node, w, bias, wscale):
     if w.ndim != 2 or w.shape[1] != ch.shape[0]:
         raise _Refuse(f"weight of shape {w.shape} does not take {ch.shape[0]} features")
     k = w.shape[0]
+    if ch.hwc_flat is not None:     # features in (H, W, C) order: reorder to ours, (C, H, W)
+        c, h, wd = ch.hwc_flat
+        w = w.reshape(k, h, wd, c).transpose(0, 3, 1, 2).reshape(k, -1)
+        ch.hwc_flat = None
     ch.advance(node, ch.compute(nets.FC(k), w, bias, wscale, (k,)))
 
 
@@ -441,7 +458,20 @@ def _maxpool(ch, node, a, consts, qinfo):
 def _flatten_to(ch, node):
     if len(ch.shape) == 3 and ch.shape[1:] != (1, 1):
         ch.open = False             # per-channel folding no longer lines up with features
+    ch.hwc_flat, ch.hwc = ch.hwc, None
     ch.advance(node, (int(np.prod(ch.shape)),))
+
+
+def _transpose(ch, node, a, consts, qinfo):
+    """Only NCHW → NHWC right before flattening, as tf2onnx writes a Keras ``Flatten``."""
+    ch.activation(node, consts)
+    if len(ch.shape) != 3 or list(a.get("perm", [])) != [0, 2, 3, 1] or ch.hwc:
+        raise _Refuse(f"perm {list(a.get('perm', []))}; supported: Transpose(0, 2, 3, 1) "
+                      f"directly before Flatten/Reshape (a Keras Flatten); convert Keras "
+                      f"models with tf2onnx --inputs-as-nchw")
+    ch.hwc = ch.shape
+    ch.advance(node)
+    ch.shapes[ch.current] = (1,) + ch.shape[1:] + ch.shape[:1]     # what Shape sees: NHWC
 
 
 def _flatten(ch, node, a, consts, qinfo):
@@ -496,7 +526,7 @@ _HANDLERS = {
     "BatchNormalization": _batchnorm, "Add": _arith, "Sub": _arith, "Mul": _arith,
     "Div": _arith, "Dropout": _passthrough, "Identity": _passthrough,
     "QuantizeLinear": _passthrough, "DequantizeLinear": _passthrough,
-    "Softmax": _softmax, "LogSoftmax": _softmax, "Shape": _shape,
+    "Softmax": _softmax, "LogSoftmax": _softmax, "Shape": _shape, "Transpose": _transpose,
 }
 
 

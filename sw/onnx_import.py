@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import compiler, mnist, quantize
-from .driver import ModelDoesNotFit
+from .driver import ModelDoesNotFit, as_batch
 from .onnx_graph import SUPPORTED, FoldedModel, UnsupportedModel, fold
 
 __all__ = ["load", "read", "input_quant", "check_fits", "reference_logits", "float_logits",
@@ -69,18 +69,9 @@ def as_pixels(images, input_shape):
     A single-channel model also takes ``(N, H, W)``; one image may omit N.
     """
     x = np.asarray(images)
-    shape = tuple(input_shape)
     if x.dtype != np.uint8:
         raise ValueError(f"images must be uint8 pixels 0..255, not {x.dtype}")
-    accepted = [shape] + ([shape[1:]] if shape[0] == 1 else [])
-    for one in accepted:
-        if x.shape == one:
-            return x.reshape((1,) + shape)
-        if x.shape[1:] == one:
-            return x.reshape((len(x),) + shape)
-    raise ValueError(f"images of shape {x.shape} do not match the model input {shape} "
-                     f"(C, H, W); pass {' or '.join(map(str, accepted))} images, or a batch "
-                     f"(N, ...) of them")
+    return as_batch(x, input_shape)
 
 
 def check_fits(network, params, board="icebreaker"):

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
-from fpgacnn.cli import main
 from fpgacnn.sw import mnist, modelfile, onnx_import, quantize
 from fpgacnn.sw.network import lenet5, run_network
 from fpgacnn.sw.onnx_graph import UnsupportedModel
+from onnx import TensorProto, helper, numpy_helper
+
+from fpgacnn.cli import main
 
 DATA = Path(__file__).resolve().parent / "data"
 TORCH_LENET = DATA / "lenet5_torch.onnx"
@@ -207,8 +207,8 @@ def normalised(seed, form, channels=3, pad=2):
 @pytest.mark.parametrize("form", ["sub-div", "mul-add"])
 def test_normalisation_folding_at_padded_borders(tmp_path, seed, form):
     """Float: equal to ONNX Runtime (all-black/white images stress the pad-2 border)."""
-    g, mean, std = normalised(seed, form)
-    folded, quant = assert_folded_equal(g.save(tmp_path), pixels(seed, g.shape))
+    g, mean, _std = normalised(seed, form)
+    _folded, quant = assert_folded_equal(g.save(tmp_path), pixels(seed, g.shape))
     np.testing.assert_allclose(quant.mean, mean, rtol=1e-6)
     assert quant.convention == "unit" and quant.scale is not None
 
@@ -217,7 +217,7 @@ def test_normalisation_folding_at_padded_borders(tmp_path, seed, form):
 def test_normalisation_int8_path(tmp_path, seed):
     """int8: real zero of the normalised input is code 0, so the hardware's zero padding
     is the graph's padding; the golden model tracks ONNX Runtime at the border."""
-    g, mean, std = normalised(seed, "sub-div")
+    g, mean, _std = normalised(seed, "sub-div")
     path = g.save(tmp_path)
     calib = pixels(seed + 10, g.shape, n=64)
     network, params, meta = onnx_import.load(path, calib, board=None)
@@ -240,7 +240,7 @@ def test_normalisation_int8_path(tmp_path, seed):
 def test_raw_pixel_convention(tmp_path):
     g = lenet_like(G(7))
     path = g.save(tmp_path)
-    folded, quant = assert_folded_equal(path, pixels(7, g.shape), convention="raw")
+    _folded, quant = assert_folded_equal(path, pixels(7, g.shape), convention="raw")
     assert quant.lsb == 2.0 and quant.scale is None    # p >> 1 at 2 per LSB
     x = pixels(8, g.shape)
     np.testing.assert_array_equal(quant.to_int8(x), (x >> 1).astype(np.int8))
@@ -320,8 +320,12 @@ class _Reader:
 def test_onnxruntime_quantize_static(tmp_path, weight_type):
     """A graph quantised by onnxruntime itself: symmetric int8 weights are imported with
     their scales; uint8 weights (zero point 128) are refused."""
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     g = lenet_like(G(13))
     src = g.save(tmp_path, "float.onnx")
     x = pixels(13, g.shape, n=32)
@@ -418,7 +422,7 @@ def test_model_too_big_for_the_board(tmp_path):
                        match=r"does not fit the icebreaker board .*reduction C\*F\*F = 1296 "
                              r"exceeds max_reduction 1024"):
         onnx_import.load(path, x)
-    network, params, _ = onnx_import.load(path, x, board="ulx3s-85f")   # a bigger board
+    network, _params, _ = onnx_import.load(path, x, board="ulx3s-85f")   # a bigger board
     assert network.stages()[0].reduction == 1296
 
 
@@ -443,7 +447,7 @@ def test_import_command_writes_model_and_json(tmp_path, capsys):
     assert r["fits"] is True and r["board"] == "icebreaker" and r["calib_images"] == 32
     shapes = [layer["output_shape"] for layer in r["layers"]]
     assert shapes == [[4, 6, 6], [6, 4, 4], [5, 1, 1]]
-    network, params, meta = modelfile.load(out)
+    network, _params, meta = modelfile.load(out)
     assert r["macs"] == network.macs and r["parameters"] == network.parameters
     assert meta["source"] == "small.onnx" and len(meta["sha256"]) == 64
     assert meta["input"] == {"convention": "unit", "mean": [], "scale": None}   # p >> 1
@@ -468,7 +472,7 @@ def test_import_command_refusals_write_nothing(tmp_path, capsys):
     np.save(tmp_path / "calib.npy", np.zeros((4, 20, 20), np.uint8))   # wrong size
     args[1] = str(path)
     assert main(args) == 1
-    assert "do not match the model input (1, 36, 36)" in capsys.readouterr().err
+    assert "do not match the network input (1, 36, 36)" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -493,7 +497,7 @@ def test_rgb_png_for_a_three_channel_model(tmp_path):
     x, _ = read_images(tmp_path / "c.png", channels=3)
     np.testing.assert_array_equal(x, rgb.transpose(2, 0, 1)[None])
     g, *_ = normalised(33, "sub-div")
-    network, params, meta = onnx_import.load(g.save(tmp_path), pixels(33, g.shape, n=8),
+    network, _params, meta = onnx_import.load(g.save(tmp_path), pixels(33, g.shape, n=8),
                                              board=None)
     quant = mnist.InputQuant.from_dict(meta["input"])
     from fpgacnn.sw.driver import prepare_images
@@ -540,3 +544,27 @@ def test_pytorch_lenet5_end_to_end_on_the_simulated_board(tmp_path, capsys):
     np.testing.assert_array_equal(np.array(board["logits"]), golden)
     np.testing.assert_array_equal(board["classes"], golden.argmax(axis=1))
     assert board["model"] == str(out) and np.mean(golden.argmax(axis=1) == held_y[:12]) >= 0.9
+
+
+def test_keras_flatten_via_tf2onnx(tmp_path):
+    """tf2onnx's Keras Flatten: Transpose(0, 2, 3, 1) then Reshape(-1, D), Dense as
+    MatMul + Add; the Dense weights are reordered from (H, W, C) to (C, H, W)."""
+    g = G(40, (2, 9, 9))
+    g.conv(3, 3, stride=2)
+    g.op("Relu")
+    g.op("Transpose", perm=[0, 2, 3, 1])
+    g.op("Reshape", g.const(np.array([-1, 48], np.int64)))
+    g.op("MatMul", g.const(g.rng.normal(0, 0.2, (48, 4))))
+    g.op("Add", g.const(g.rng.normal(0, 0.1, 4)))
+    assert_folded_equal(g.save(tmp_path), pixels(40, g.shape))
+    g = G(41, (2, 9, 9))
+    g.conv(3, 3)
+    g.op("Transpose", perm=[0, 2, 3, 1])
+    g.op("MaxPool", kernel_shape=[2, 2])
+    with pytest.raises(UnsupportedModel, match=r"\(MaxPool\): follows Transpose\(0, 2, 3, 1\)"):
+        onnx_import.read(g.save(tmp_path, "bad.onnx"))
+    g = G(42, (2, 9, 9))
+    g.op("Transpose", perm=[0, 3, 1, 2])
+    with pytest.raises(UnsupportedModel, match=r"perm \[0, 3, 1, 2\]; supported: Transpose"
+                                               r"\(0, 2, 3, 1\).*--inputs-as-nchw"):
+        onnx_import.read(g.save(tmp_path, "nhwc.onnx"))
