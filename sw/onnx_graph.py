@@ -413,7 +413,9 @@ def _relu(ch, node, a, consts, qinfo):
             raise _Refuse(f"Clip(min={lo}, max={hi}) is not a ReLU; the hardware's ReLU is "
                           f"max(x, 0) with no upper bound (ReLU6 is not supported)")
     last = ch.layers[-1] if ch.layers else None
-    if isinstance(last, nets.MaxPool) and isinstance(ch.layers[-2], (nets.Conv, nets.FC)):
+    if nets.ReLU() in ch.layers[-2:] and not ch.open:
+        ch.notes.append(f"{node.op_type} '{node.name}' dropped: its input is already >= 0")
+    elif isinstance(last, nets.MaxPool) and isinstance(ch.layers[-2], (nets.Conv, nets.FC)):
         ch.layers.insert(-1, nets.ReLU())       # relu(max(x)) == max(relu(x))
         ch.notes.append(f"{node.op_type} '{node.name}' after MaxPool moved before it "
                         f"(they commute)")
