@@ -95,6 +95,16 @@ class _Refuse(Exception):
 
 # -- constants ------------------------------------------------------------------------------
 
+def _along(scale, x, axis):
+    """A per-axis (1-D) quantisation scale or zero point shaped to broadcast against ``x``."""
+    scale = np.asarray(scale, np.float64)
+    if scale.ndim == 1 and x.ndim > 1:
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        scale = scale.reshape(shape)
+    return scale
+
+
 def _dequantize(x, scale, zp, axis):
     if zp is not None and np.any(np.asarray(zp) != 0) and x.dtype == np.int8:
         raise _Refuse(f"weight zero point {np.unique(zp).tolist()} is not 0: the hardware's "
@@ -103,25 +113,17 @@ def _dequantize(x, scale, zp, axis):
     if x.dtype != np.int8 and x.dtype != np.int32:
         raise _Refuse(f"weights of type {x.dtype} (zero point {np.unique(zp).tolist()}) are "
                       f"not symmetric int8; quantise weights as QInt8 with zero point 0")
-    scale = np.asarray(scale, np.float64)
-    if scale.ndim == 1 and x.ndim > 1:
-        shape = [1] * x.ndim
-        shape[axis] = -1
-        scale = scale.reshape(shape)
-    zp = 0 if zp is None else np.asarray(zp, np.float64).reshape(scale.shape)
+    scale = _along(scale, x, axis)
+    zp = 0 if zp is None else _along(zp, x, axis)
     return (x.astype(np.float64) - zp) * scale, np.broadcast_to(scale, x.shape)
 
 
 def _quantize(x, scale, zp, axis):
-    dtype = np.uint8 if zp is None else np.asarray(zp).dtype
-    scale = np.asarray(scale, np.float64)
-    if scale.ndim == 1 and x.ndim > 1:
-        shape = [1] * x.ndim
-        shape[axis] = -1
-        scale = scale.reshape(shape)
-    zp = np.zeros((), np.float64) if zp is None else np.asarray(zp, np.float64)
+    dtype = np.uint8 if zp is None else np.asarray(zp).dtype     # ONNX's default: uint8
+    x = np.asarray(x, np.float64)
+    zp = 0 if zp is None else _along(zp, x, axis)
     info = np.iinfo(dtype)
-    q = np.rint(np.asarray(x, np.float64) / scale) + zp.reshape(scale.shape if zp.ndim else ())
+    q = np.rint(x / _along(scale, x, axis)) + zp
     return np.clip(q, info.min, info.max).astype(dtype)
 
 
@@ -594,7 +596,7 @@ def fold(model, *, name="onnx"):
                                    f"supported; supported: {SUPPORTED}")
         try:
             a = _attrs(node)
-            if all(i in consts for i in node.input if i) and node.op_type != "Shape":
+            if all(i in consts for i in node.input if i):
                 value = _const_value(node, a, [consts[i] if i else None for i in node.input],
                                      qinfo)
                 consts[node.output[0]] = value

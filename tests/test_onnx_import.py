@@ -570,3 +570,26 @@ def test_keras_flatten_via_tf2onnx(tmp_path):
     with pytest.raises(UnsupportedModel, match=r"perm \[0, 3, 1, 2\]; supported: Transpose"
                                                r"\(0, 2, 3, 1\).*--inputs-as-nchw"):
         onnx_import.read(g.save(tmp_path, "nhwc.onnx"))
+
+
+def test_qdq_float_weights_through_quantize_linear(tmp_path):
+    """Float weights → QuantizeLinear → DequantizeLinear (QCDQ/fake-quant exports): the
+    codes QuantizeLinear makes are the imported weights, saturation at ±127/-128 included."""
+    g = G(14, (1, 6, 6))
+    w = g.rng.normal(0, 0.5, (3, 1, 3, 3))
+    w[0, 0, 0, 0], w[1, 0, 0, 0] = 9.0, -9.0               # saturate to 127 / -128
+    s, zp = np.array([0.01, 0.02, 0.005], np.float32), np.zeros(3, np.int8)
+    scale, zero = g.const(s), g.const(zp)
+    q = g.op("QuantizeLinear", inputs=[g.const(w), scale, zero], axis=0)
+    wd = g.op("DequantizeLinear", inputs=[q, scale, zero], axis=0)
+    g.x = "x"
+    g.op("Conv", wd, kernel_shape=[3, 3])
+    g.op("Flatten")
+    g.op("Gemm", g.const(g.rng.normal(0, 0.2, (2, 48))), transB=1)
+    path = g.save(tmp_path)
+    assert_folded_equal(path, pixels(14, g.shape))
+    _, params, meta = onnx_import.load(path, pixels(15, g.shape, n=16), board=None)
+    want = np.clip(np.rint(w.astype(np.float32) / s.reshape(-1, 1, 1, 1)), -128, 127)
+    np.testing.assert_array_equal(params[0].weight, want.astype(np.int8))
+    assert params[0].weight[0, 0, 0, 0] == 127 and params[0].weight[1, 0, 0, 0] == -128
+    assert meta["weight_scales"] == ["onnx", "calibrated"]
