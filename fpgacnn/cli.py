@@ -24,6 +24,7 @@ COMMANDS = {
               "measure cycles, throughput, Fmax and utilisation against the limits"),
     "train": ("fpgacnn.commands.train",
               "train LeNet-5 on MNIST (NumPy), quantise to int8, write a model file"),
+    "import": ("fpgacnn.commands.import_model", "ONNX model (PyTorch, Keras) -> int8 model"),
 }
 
 

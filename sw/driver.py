@@ -30,7 +30,7 @@ from ..hw.program import Space
 from . import compiler, mnist
 
 __all__ = ["Accelerator", "BoardInfo", "DriverError", "BoardNotFound", "BoardTimeout",
-           "BoardError", "ModelDoesNotFit", "ImageError", "prepare_images",
+           "BoardError", "ModelDoesNotFit", "ImageError", "prepare_images", "as_batch",
            "DEFAULT_BAUD"]
 
 DEFAULT_BAUD = 3_000_000
@@ -132,20 +132,29 @@ class BoardInfo:
                 f"{self.clock_hz / 1e6:g} MHz, {self.baud:,} baud")
 
 
-def prepare_images(images, input_shape):
+def prepare_images(images, input_shape, quant=None):
     """Images → int8 array ``(N, *input_shape)``, or :class:`ImageError`.
 
-    Accepts uint8 pixels 0..255 (converted with :func:`mnist.image_to_int8`) or int8
+    Accepts uint8 pixels 0..255 (converted with :func:`mnist.image_to_int8` and the
+    model's input quantisation ``quant``, a :class:`mnist.InputQuant`) or int8
     activations, either as one image or a batch; a single-channel input may omit C.
     """
-    shape = tuple(input_shape)
     x = np.asarray(images)
-    if x.dtype == np.uint8:
-        x = mnist.image_to_int8(x)
-    elif x.dtype != np.int8:
+    if x.dtype not in (np.uint8, np.int8):
         raise ImageError(f"images must be uint8 pixels (0..255) or int8 activations, not "
                          f"{x.dtype}; convert with numpy .astype(np.uint8) after scaling "
                          f"to 0..255")
+    x = as_batch(x, input_shape)        # shape first: the conversion is per channel
+    return mnist.image_to_int8(x, quant) if x.dtype == np.uint8 else x
+
+
+def as_batch(images, input_shape):
+    """One image or a batch (any dtype) → ``(N, *input_shape)``, or :class:`ImageError`.
+
+    A single-channel input may omit C.
+    """
+    shape = tuple(input_shape)
+    x = np.asarray(images)
     accepted = [shape] + ([shape[1:]] if shape[0] == 1 else [])
     for one in accepted:
         if x.shape == one:
@@ -179,6 +188,7 @@ class Accelerator:
         self.timeout = timeout
         self.info = None
         self.program = None
+        self.input_quant = None
         self.counters = np.zeros((0, 0), np.uint32)
         self.bytes_sent = self.bytes_received = 0
         self._dirty = False
@@ -472,8 +482,11 @@ class Accelerator:
         self.pipeline(self._write_requests(
             space, writes, None if bar is None else bar.update))
 
-    def load(self, network, params, *, progress=True):
+    def load(self, network, params, *, progress=True, input_quant=None):
         """Compile ``network`` + ``params`` for this board and load them.
+
+        ``input_quant`` (:class:`mnist.InputQuant`, from a model file's ``meta["input"]``)
+        is how :meth:`infer` turns uint8 pixels into the model's int8 input.
 
         Raises
         ------
@@ -496,6 +509,7 @@ class Accelerator:
             for space in order:
                 self._write_runs(space, writes[space], bar)
         self.program = program
+        self.input_quant = input_quant
         return program
 
     def _result_args(self, counters):
@@ -523,7 +537,7 @@ class Accelerator:
         from tqdm import tqdm
         if self.program is None:
             raise DriverError("no model loaded; call load(network, params) first")
-        x = prepare_images(images, self.program.network.input_shape)
+        x = prepare_images(images, self.program.network.input_shape, self.input_quant)
         n = len(x)
         k = self.program.output_count
         logits, counters = [], []

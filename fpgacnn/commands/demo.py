@@ -43,16 +43,17 @@ def run(args):
     from ..sw import mnist
     from ..sw.driver import Accelerator, DriverError
     from ..sw.network import run_network
-    from .infer import load_model
+    from .infer import load_model_file
 
     if not 1 <= args.images <= 1000:
         print(f"error: --images {args.images}: choose 1..1000 (the held-out set has 1000)",
               file=sys.stderr)
         return 2
-    net, params, what = load_model(args.model)
+    net, params, meta, what = load_model_file(args.model)
+    quant = mnist.InputQuant.from_dict(meta.get("input"))      # an imported model's own
     x_u8, labels = mnist.heldout()
     x_u8, labels = x_u8[:args.images], labels[:args.images].astype(np.int64)
-    x = mnist.image_to_int8(x_u8).reshape((len(x_u8),) + tuple(net.input_shape))
+    x = mnist.image_to_int8(x_u8, quant).reshape((len(x_u8),) + tuple(net.input_shape))
     golden = np.stack([run_network(net, params, img) for img in x]).reshape(len(x), -1)
 
     try:
@@ -61,7 +62,7 @@ def run(args):
             with Accelerator.open(board.url, timeout=30) as acc:
                 info = acc.identify()
                 print(f"simulated board: {info.describe()} at {board.url}")
-                acc.load(net, params)
+                acc.load(net, params, input_quant=quant)
                 load_s = time.monotonic() - t0
                 acc.bytes_sent = acc.bytes_received = 0
                 before = board.snapshot()

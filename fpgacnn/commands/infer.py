@@ -1,5 +1,7 @@
 """``fpgacnn infer``: classify image files on a board (or the simulated board)."""
 
+import contextlib
+import json
 import sys
 from pathlib import Path
 
@@ -7,23 +9,30 @@ import numpy as np
 
 
 def configure(parser):
-    parser.add_argument("--port", required=True,
+    parser.add_argument("--port", default=None,
                         help="serial port of the board (/dev/ttyUSB1) or the simulated "
-                             "board's URL (socket://127.0.0.1:9000, see `fpgacnn sim-board`)")
+                             "board's URL (socket://127.0.0.1:9000, see `fpgacnn sim-board`); "
+                             "default: start the embedded simulated board for --board")
+    parser.add_argument("--board", default="icebreaker",
+                        help="board the embedded simulated board is built for, without "
+                             "--port (default icebreaker)")
     parser.add_argument("--model", type=Path, default=None,
-                        help="model file (.npz from `fpgacnn train`; default: the shipped "
-                             "LeNet-5)")
+                        help="model file (.npz from `fpgacnn train` or `fpgacnn import`; "
+                             "default: the shipped LeNet-5)")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
+                        help='also write {"model", "classes", "logits"} as JSON to PATH')
     parser.add_argument("--timeout", type=float, default=5.0,
                         help="seconds to wait for any one answer of the board (default 5)")
     parser.add_argument("--baud", type=int, default=3_000_000,
                         help="serial baud rate of the board's build (default 3000000)")
     parser.add_argument("images", nargs="+", type=Path,
-                        help="28x28 grey PNGs, .npy arrays (uint8 pixels or int8) or MNIST "
-                             "IDX image files (.gz or raw)")
+                        help="grey (or, for a 3-channel model, RGB) PNGs, .npy arrays "
+                             "(uint8 pixels (N,H,W)/(N,C,H,W), or int8) or MNIST IDX image "
+                             "files (.gz or raw), of the model's input size")
 
 
-def load_model(path=None, *, say=print):
-    """``(network, params, description)`` from ``path`` or the shipped LeNet-5.
+def load_model_file(path=None, *, say=print):
+    """``(network, params, meta, description)`` from ``path`` or the shipped LeNet-5.
 
     Without the shipped file (not trained yet), falls back to seeded random weights and
     says so: the hardware path still works, the accuracy is then meaningless.
@@ -31,20 +40,29 @@ def load_model(path=None, *, say=print):
     from ..sw import modelfile
     from ..sw import network as nets
     if path is not None:
-        net, params, _ = modelfile.load(path)
-        return net, params, str(path)
+        net, params, meta = modelfile.load(path)
+        return net, params, meta, str(path)
     try:
-        net, params, _ = modelfile.load_default()
-        return net, params, "shipped LeNet-5"
+        net, params, meta = modelfile.load_default()
+        return net, params, meta, "shipped LeNet-5"
     except FileNotFoundError:
         say("NOTE: the trained LeNet-5 model file is not available; using random weights "
             "(seed 0), so the classes are meaningless. Train one with `fpgacnn train`.")
         net = nets.lenet5()
-        return net, nets.random_params(net, 0), "random LeNet-5 (untrained)"
+        return net, nets.random_params(net, 0), {}, "random LeNet-5 (untrained)"
 
 
-def read_images(path):
-    """One file → ``(uint8 or int8 array (N, ...), names)``."""
+def load_model(path=None, *, say=print):
+    """``(network, params, description)``: :func:`load_model_file` without the metadata."""
+    net, params, _, what = load_model_file(path, say=say)
+    return net, params, what
+
+
+def read_images(path, channels=1):
+    """One file → ``(uint8 or int8 array (N, ...), names)``.
+
+    PNGs are read as grey, or as RGB ``(3, H, W)`` for a model with ``channels == 3``.
+    """
     from ..sw import mnist
     suffix = "".join(path.suffixes[-2:]).lower()
     if not path.is_file():
@@ -52,7 +70,13 @@ def read_images(path):
     if path.suffix.lower() == ".png":
         from PIL import Image
         with Image.open(path) as img:
-            x = np.asarray(img.convert("L"), dtype=np.uint8)
+            if channels == 3:
+                x = np.asarray(img.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
+            elif channels == 1:
+                x = np.asarray(img.convert("L"), dtype=np.uint8)
+            else:
+                raise ValueError(f"{path}: PNGs hold 1 or 3 channels, the model takes "
+                                 f"{channels}; pass .npy arrays (N, {channels}, H, W)")
         return x[None], [path.name]
     if path.suffix.lower() == ".npy":
         x = np.load(path, allow_pickle=False)
@@ -66,28 +90,48 @@ def read_images(path):
     return x, names
 
 
-def run(args):
-    from ..sw.driver import Accelerator, DriverError
+def read_batch(paths, channels=1):
+    """Image files → ``(one array (N, ...), names)``; all files must be of one kind."""
     images, names = [], []
+    for path in paths:
+        x, n = read_images(path, channels)
+        images.append(x)
+        names += n
+    shapes = {x.shape[1:] for x in images}
+    dtypes = {x.dtype for x in images}
+    if len(shapes) > 1 or len(dtypes) > 1:
+        raise ValueError(f"the images differ in shape/dtype ({shapes}, {dtypes}); "
+                         f"pass files of one kind (e.g. 28x28 uint8 digits)")
+    return np.concatenate(images), names
+
+
+def _classify(args, net, params, quant, batch, what):
+    from ..sw.driver import Accelerator
+    with contextlib.ExitStack() as stack:
+        url, timeout = args.port, args.timeout
+        if url is None:         # no hardware: the embedded simulated board
+            from ..sim.simboard import SimBoard
+            url, timeout = stack.enter_context(SimBoard(args.board)).url, max(timeout, 30)
+        acc = stack.enter_context(Accelerator.open(url, timeout=timeout, baud=args.baud))
+        info = acc.identify()
+        where = "simulated board" if args.port is None else "board"
+        print(f"{where}: {info.describe()}; model: {what}")
+        acc.load(net, params, input_quant=quant)
+        classes, logits = acc.infer(batch)
+        return classes, logits, acc.counters[:, 0]
+
+
+def run(args):
+    from ..sim.simboard import SimBoardError
+    from ..sw import mnist
+    from ..sw.driver import DriverError, prepare_images
     try:
-        for path in args.images:
-            x, n = read_images(path)
-            images.append(x)
-            names += n
-        shapes = {x.shape[1:] for x in images}
-        dtypes = {x.dtype for x in images}
-        if len(shapes) > 1 or len(dtypes) > 1:
-            raise ValueError(f"the images differ in shape/dtype ({shapes}, {dtypes}); "
-                             f"pass files of one kind (e.g. 28x28 uint8 digits)")
-        batch = np.concatenate(images)
-        net, params, what = load_model(args.model)
-        with Accelerator.open(args.port, timeout=args.timeout, baud=args.baud) as acc:
-            info = acc.identify()
-            print(f"board: {info.describe()}; model: {what}")
-            acc.load(net, params)
-            classes, logits = acc.infer(batch)
-            cycles = acc.counters[:, 0]
-    except (DriverError, ValueError, OSError) as e:
+        net, params, meta, what = load_model_file(args.model)
+        quant = mnist.InputQuant.from_dict(meta.get("input"))
+        raw, names = read_batch(args.images, net.input_shape[0])
+        batch = prepare_images(raw, net.input_shape, quant)     # checked before sending
+        classes, logits, cycles = _classify(args, net, params, quant, batch, what)
+    except (DriverError, SimBoardError, ValueError, TypeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     width = max(len(n) for n in names)
@@ -95,4 +139,10 @@ def run(args):
     for name, c, row in zip(names, classes, logits):
         print(f"{name:<{width}}  {c:>5}  {' '.join(f'{v:4d}' for v in row)}")
     print(f"{len(names)} image(s), {int(np.mean(cycles)):,} core cycles per image")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "model": what, "images": names, "classes": [int(c) for c in classes],
+            "logits": logits.astype(int).tolist()}, indent=2) + "\n")
+        print(f"wrote {args.json}")
     return 0
