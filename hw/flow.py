@@ -9,15 +9,16 @@ one-line live status instead of a wall of log. Logs stay in the build folder:
 complete build, which :func:`load_build` re-uses). The tools are the venv's YoWASP
 programs (:func:`fpgacnn.hw.toolchain.setup_yowasp_env`).
 
-Toolchain options added to Amaranth's defaults (:func:`~fpgacnn.hw.toolchain.toolchain_overrides`):
+Toolchain options added to Amaranth's defaults
+(:func:`~fpgacnn.hw.toolchain.toolchain_overrides`):
 
 * iCE40: **no** ``synth_ice40 -dsp``, on purpose. Its ``ice40_dsp`` pass matches every
   ``SB_MAC16`` cell, hand-instantiated ones included, and rewrites it as a 16×16
   multiplier (``MODE_8x8 = 0``, output selects, product registers; see
   ``techlibs/ice40/ice40_dsp.cc`` in yosys): the array's two-products-per-block
-  multipliers would silently compute garbage on the board. The array's multipliers
-  already are the UP5K's DSPs, so ``-dsp`` has nothing to gain. After synthesis the
-  build checks that every hand-made 8×8 block is still an 8×8 block
+  multipliers would silently compute garbage on the board. The array's multipliers are
+  hand-made ``SB_MAC16`` blocks already; other multiplications stay in the fabric. After
+  synthesis the build checks that every hand-made 8×8 block is still an 8×8 block
   (:func:`~fpgacnn.hw.build_report.check_hand_dsps`);
 * nextpnr: a JSON report, ``--timing-allow-fail`` and ``--seed``;
 * yosys: :data:`~fpgacnn.hw.toolchain.YOSYS_WORKAROUND` before synthesis.
