@@ -83,10 +83,10 @@ def test_icebreaker_full_fits_and_meets_its_clock(icebreaker_full):
 
 def test_icebreaker_array_build_cli(build_dir, capsys):
     # The whole flow on the systolic array behind the UART: PLL, DSPs, fits, meets the
-    # configured clock, bitstream and the --json summary.
+    # configured clock, bitstream, the --json summary and the per-unit breakdown.
     out_dir, summary = build_dir / "test-icebreaker-array", build_dir / "test-ice-array.json"
     assert main(["build", "--design", "array", "--build-dir", str(out_dir),
-                 "--json", str(summary)]) == 0, capsys.readouterr()
+                 "--json", str(summary), "--breakdown"]) == 0, capsys.readouterr()
     report = json.loads(summary.read_text())
     assert set(report) == {"board", "fits", "fmax_mhz", "target_mhz", "utilisation",
                            "bitstream"}
@@ -100,6 +100,13 @@ def test_icebreaker_array_build_cli(build_dir, capsys):
     assert os.path.getsize(report["bitstream"]) == 104_090
     text = capsys.readouterr().out
     assert "timing met" in text and "DSP (SB_MAC16)" in text
+    # Breakdown: the top's row first, the array's multipliers are all its DSPs.
+    table = (out_dir / "breakdown.txt").read_text().splitlines()
+    assert table[0].split() == ["instance", "LUT4", "FF", "CARRY", "DSP", "EBR", "SPRAM"]
+    rows = {line.split()[0]: [int(v) for v in line.split()[1:]] for line in table[1:]}
+    assert table[1].split()[0] == "top" and rows["top"][3] == config.multipliers // 2
+    assert rows["top.top.array"][3] == config.multipliers // 2, table
+    assert "\n".join(table) in text
 
 
 def test_timing_miss_exits_nonzero(build_dir, capsys):

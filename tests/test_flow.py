@@ -243,3 +243,18 @@ def test_sim_board_bad_port_goes_to_stderr(capsys):
     assert main(["sim-board", "--port", "70000"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err == "error: --port 70000 is not a TCP port (0..65535)\n"
+
+
+def test_sim_board_failure_is_one_line_exit_1(monkeypatch, capsys):
+    # A failed Verilator build appends its log's tail to the error; only the line naming
+    # the log is printed.
+    from fpgacnn.sim import simboard
+
+    def fail(*args, **kwargs):
+        raise simboard.SimBoardError("Verilator build of the simulated board failed "
+                                     "(log: b/build.log):\n%Error: x.v:1\nmore")
+    monkeypatch.setattr(simboard, "serve_forever", fail)
+    assert main(["sim-board", "--port", "0"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err == ("error: Verilator build of the simulated board failed "
+                                 "(log: b/build.log):\n")
