@@ -21,14 +21,26 @@ glitching clock.
 """
 
 import struct
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from amaranth.hdl import C, Cat, ClockDomain, ClockSignal, Elaboratable, Instance, Module, Signal
 from amaranth.lib import io, wiring
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["ice40_pll", "ecp5_pll", "ICEBreakerBoard", "ULX3SBoard", "ArraySmokeTop", "BOARDS",
-           "make_board", "POR_SECONDS"]
+__all__ = [
+    "BOARDS",
+    "DESIGNS",
+    "POR_SECONDS",
+    "ArraySmokeTop",
+    "Board",
+    "ICEBreakerBoard",
+    "ULX3SBoard",
+    "ecp5_pll",
+    "get_board",
+    "ice40_pll",
+]
 
 #: Reset held after PLL lock (5× the iCE40 BRAM start-up time).
 POR_SECONDS = 15e-6
@@ -158,44 +170,74 @@ def _uart(m, platform, top):
     m.d.comb += tx_buf.o.eq(top.uart_tx)
 
 
+def _check_top(top):
+    for port in ("uart_rx", "uart_tx"):
+        if not hasattr(top, port):
+            raise TypeError(f"the board top must have uart_rx/uart_tx ports like "
+                            f"BoardTop; {top!r} has no {port}")
+
+
 class _Board(Elaboratable):
+    """What every board top does: PLL → ``sync``, power-on reset, UART pins, ``top``.
+
+    Subclasses give the oscillator frequency ``F_IN``, the divider search ``PLL``
+    (:func:`ice40_pll` or :func:`ecp5_pll`) and :meth:`clock` (the PLL instance).
+
+    Parameters
+    ----------
+    config : AcceleratorConfig
+        ``clock_hz`` must be exactly reachable by the board's PLL from ``F_IN``.
+    top : Elaboratable, optional
+        Anything with ``uart_rx``/``uart_tx``; default ``BoardTop(config)``.
+    """
+    F_IN = None
+    PLL = None
+
     def __init__(self, config, *, top=None):
-        # A board refused here is never elaborated; no "created but never used" warning.
-        self._MustUse__silence = True
-        self.config = config
+        # Everything that can refuse the board is checked by Board.make before any
+        # gateware object exists; constructing directly checks again (a refused object
+        # then gets Amaranth's usual "created but never used" warning when collected).
+        self.pll = self.pll_settings(config.clock_hz)
         if top is None:
             from .top import BoardTop
             top = BoardTop(config)
-        for port in ("uart_rx", "uart_tx"):
-            if not hasattr(top, port):
-                raise TypeError(f"the board top must have uart_rx/uart_tx ports like "
-                                f"BoardTop; {top!r} has no {port}")
+        _check_top(top)
+        self.config = config
         self.top = top
-        self._MustUse__silence = False
+
+    @classmethod
+    def pll_settings(cls, clock_hz):
+        """The PLL's parameters for ``clock_hz`` from ``F_IN``; ValueError if inexact."""
+        return cls.PLL(cls.F_IN, clock_hz)
+
+    def clock(self, m, platform, clk, lock):
+        """Add the oscillator input and the PLL to ``m``, driving ``clk`` and ``lock``."""
+        raise NotImplementedError
+
+    def elaborate(self, platform):
+        m = Module()
+        m.domains.sync = cd_sync = ClockDomain("sync")
+        clk, lock = Signal(name="pll_clk"), Signal(name="pll_lock")
+        self.clock(m, platform, clk, lock)
+        m.d.comb += cd_sync.clk.eq(clk)
+        # No set_frequency on the PLL output: yosys renames that net, and nextpnr derives
+        # its constraint from the oscillator pin's through the PLL dividers anyway.
+        _power_on_reset(m, cd_sync, lock, self.config.clock_hz)
+        m.submodules.top = self.top
+        _uart(m, platform, self.top)
+        return m
 
 
 class ICEBreakerBoard(_Board):
     """iCEBreaker: SB_PLL40_PAD 12 MHz → ``config.clock_hz``, POR, UART, ``top``.
 
-    Parameters
-    ----------
-    config : AcceleratorConfig
-        ``clock_hz`` must be exactly reachable by the iCE40 PLL from 12 MHz.
-    top : Elaboratable, optional
-        Anything with ``uart_rx``/``uart_tx``; default ``BoardTop(config)``.
+    Parameters as :class:`_Board`'s.
     """
     F_IN = 12e6
+    PLL = staticmethod(ice40_pll)
 
-    def __init__(self, config, *, top=None):
-        self._MustUse__silence = True
-        self.pll = ice40_pll(self.F_IN, config.clock_hz)   # fail early, before elaboration
-        super().__init__(config, top=top)
-
-    def elaborate(self, platform):
-        m = Module()
-        m.domains.sync = cd_sync = ClockDomain("sync")
+    def clock(self, m, platform, clk, lock):
         clk_pin = platform.request("clk12", dir="-")
-        clk, lock = Signal(name="pll_clk"), Signal(name="pll_lock")
         pll = self.pll
         m.submodules.pll = Instance(
             "SB_PLL40_PAD",
@@ -204,29 +246,18 @@ class ICEBreakerBoard(_Board):
             p_FILTER_RANGE=C(pll["FILTER_RANGE"], 3),
             i_PACKAGEPIN=clk_pin.io, i_RESETB=C(1, 1), i_BYPASS=C(0, 1),
             o_PLLOUTGLOBAL=clk, o_LOCK=lock)
-        m.d.comb += cd_sync.clk.eq(clk)
-        # No set_frequency on the PLL output: yosys renames that net, and nextpnr-ice40
-        # derives its constraint from the 12 MHz pin's through the PLL dividers anyway.
-        _power_on_reset(m, cd_sync, lock, self.config.clock_hz)
-        m.submodules.top = self.top
-        _uart(m, platform, self.top)
-        return m
 
 
 class ULX3SBoard(_Board):
-    """ULX3S (ECP5): EHXPLLL 25 MHz → ``config.clock_hz``, POR, UART, ``top``."""
+    """ULX3S (ECP5): EHXPLLL 25 MHz → ``config.clock_hz``, POR, UART, ``top``.
+
+    Parameters as :class:`_Board`'s.
+    """
     F_IN = 25e6
+    PLL = staticmethod(ecp5_pll)
 
-    def __init__(self, config, *, top=None):
-        self._MustUse__silence = True
-        self.pll = ecp5_pll(self.F_IN, config.clock_hz)
-        super().__init__(config, top=top)
-
-    def elaborate(self, platform):
-        m = Module()
-        m.domains.sync = cd_sync = ClockDomain("sync")
+    def clock(self, m, platform, clk, lock):
         m.submodules.clk_buf = clk_buf = io.Buffer("i", platform.request("clk25", dir="-"))
-        clk, lock = Signal(name="pll_clk"), Signal(name="pll_lock")
         pll = self.pll
         f_in_mhz, f_out_mhz = f"{self.F_IN / 1e6:g}", f"{self.config.clock_hz / 1e6:g}"
         m.submodules.pll = Instance(
@@ -244,12 +275,6 @@ class ULX3SBoard(_Board):
             i_PHASESTEP=C(1, 1), i_PHASELOADREG=C(1, 1), i_PLLWAKESYNC=C(0, 1),
             i_ENCLKOP=C(0, 1),
             o_CLKOP=clk, o_LOCK=lock)
-        m.d.comb += cd_sync.clk.eq(clk)
-        # nextpnr-ecp5 derives the CLKOP constraint from the 25 MHz pin's (see iCE40).
-        _power_on_reset(m, cd_sync, lock, self.config.clock_hz)
-        m.submodules.top = self.top
-        _uart(m, platform, self.top)
-        return m
 
 
 class ArraySmokeTop(wiring.Component):
@@ -323,26 +348,96 @@ def _ulx3s_85f_platform():
     return ULX3S85FBuildPlatform()
 
 
-#: board name -> (platform factory, board top class, config name, programmer tool).
-BOARDS = {
-    "icebreaker": (_icebreaker_platform, ICEBreakerBoard, "icebreaker", "iceprog"),
-    "ulx3s-85f": (_ulx3s_85f_platform, ULX3SBoard, "ulx3s-85f", "openFPGALoader"),
-}
+def _full_design(config):
+    from .top import BoardTop
+    return BoardTop(config)
 
 
-def make_board(name, config=None, *, top=None):
-    """``(platform, board_top)`` for board ``name``; ``config`` defaults to the board's own.
+#: What goes inside the board top: the real accelerator, or the build-flow smoke test.
+DESIGNS = {"full": _full_design, "array": ArraySmokeTop}
 
-    Clock constraints: the platform's oscillator keeps its own; the core clock is
-    constrained on the PLL output.
+
+@dataclass(frozen=True)
+class Board:
+    """One supported board: its platform, its board top, its configuration, its programmer.
+
+    Attributes
+    ----------
+    name : str
+        Board name, as ``fpgacnn build --board`` takes it.
+    family : str
+        ``"ice40"`` or ``"ecp5"``: which tools, resources and bitstream format.
+    platform : callable
+        Returns the amaranth-boards platform.
+    wrapper : type
+        The board top (PLL, reset, UART pins) around the accelerator.
+    config_name : str
+        The board's :data:`~fpgacnn.hw.config.CONFIGS` entry.
+    programmer : tuple of str
+        Command that programs the board; ``{bitstream}`` stands for the bitstream's path.
     """
+    name: str
+    family: str
+    platform: Callable
+    wrapper: type
+    config_name: str
+    programmer: tuple
+
+    @property
+    def config(self):
+        """The board's default :class:`~fpgacnn.hw.config.AcceleratorConfig`."""
+        from .config import get_config
+        return get_config(self.config_name)
+
+    @property
+    def bitstream_name(self):
+        """File name of the bitstream for ``top`` (icepack's ``.bin``, ecppack's ``.bit``)."""
+        return "top.bin" if self.family == "ice40" else "top.bit"
+
+    def make(self, config=None, *, design="full"):
+        """The platform and the board top with ``design`` inside, ready for ``platform.build``.
+
+        Parameters
+        ----------
+        config : AcceleratorConfig, optional
+            Default: :attr:`config`. Its ``clock_hz`` must be exactly reachable by the PLL.
+        design : str
+            A key of :data:`DESIGNS`: ``"full"`` (``BoardTop``, the accelerator) or
+            ``"array"`` (:class:`ArraySmokeTop`).
+
+        Returns
+        -------
+        (platform, board top, config)
+
+        Raises
+        ------
+        ValueError
+            For an unknown design, a clock the PLL cannot make or a baud rate the UART
+            cannot make from it; raised before any gateware object is created, so no
+            "created but never used" warning follows.
+        """
+        from .uart import baud_divisor
+        config = self.config if config is None else config
+        if design not in DESIGNS:
+            raise ValueError(f"design must be one of {', '.join(DESIGNS)}, not {design!r}")
+        self.wrapper.pll_settings(config.clock_hz)
+        baud_divisor(config.clock_hz, config.baud)      # both designs' UART needs one
+        return self.platform(), self.wrapper(config, top=DESIGNS[design](config)), config
+
+
+#: Board name -> :class:`Board`.
+BOARDS = {board.name: board for board in (
+    Board("icebreaker", "ice40", _icebreaker_platform, ICEBreakerBoard, "icebreaker",
+          ("iceprog", "{bitstream}")),
+    Board("ulx3s-85f", "ecp5", _ulx3s_85f_platform, ULX3SBoard, "ulx3s-85f",
+          ("openFPGALoader", "-b", "ulx3s", "-m", "{bitstream}")),
+)}
+
+
+def get_board(name):
+    """The :class:`Board` called ``name``; ValueError naming the choices otherwise."""
     try:
-        platform_factory, board_class, config_name, _ = BOARDS[name]
-    except KeyError:
+        return BOARDS[name]
+    except (KeyError, TypeError):
         raise ValueError(f"unknown board {name!r}; choose one of {', '.join(BOARDS)}") \
             from None
-    if config is None:
-        from .config import get_config
-        config = get_config(config_name)
-    return platform_factory(), board_class(config, top=top)
-

@@ -32,7 +32,7 @@ under Verilator with ``cells_sim.v``, and that synthesis as ``fpgacnn build`` ru
 keeps the block unchanged. Never synthesise these blocks with ``synth_ice40 -dsp``: its
 ``ice40_dsp`` pass rewrites *every* SB_MAC16, hand-instantiated ones included, into a
 16×16 multiplier (``MODE_8x8 = 0``); the build refuses such a netlist
-(``fpgacnn.commands.build.check_hand_dsps``).
+(``fpgacnn.hw.build_report.check_hand_dsps``).
 """
 
 from amaranth.hdl import C, Cat, ClockSignal, Instance, Module, ResetSignal, Signal

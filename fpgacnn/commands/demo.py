@@ -30,8 +30,8 @@ def link_bytes_per_image(acc, n):
 def real_board_estimate(cfg, cycles, sent_bytes):
     """Images/s on a real board with the pipelined driver: the slower of the host→board
     wire (``sent_bytes`` per image, 8N1 at baud; answers use the other wire at the same
-    time) and compute. USB latency is not included: the pipelining window hides a round
-    trip of only ~200 bytes (~70 µs at 3 Mbaud) per image frame."""
+    time) and compute. USB latency is not included: the driver's pipelining window keeps
+    the wire busy across a USB round trip."""
     link_s = sent_bytes * 10 / cfg.baud
     compute_s = cycles / cfg.clock_hz
     bound = "link" if link_s >= compute_s else "compute"

@@ -23,7 +23,7 @@ def run(args):
             what += " relu"
         if s.pool:
             what += f" pool{s.pool[0]}/{s.pool[1]}"
-        print(f"{s.index:>2} {what:<28} {str(s.out_shape):<14} {s.parameters:>8,} "
+        print(f"{s.index:>2} {what:<28} {s.out_shape!s:<14} {s.parameters:>8,} "
               f"{s.macs:>9,}")
     print(f"   {'total':<28} {'':<14} {net.parameters:>8,} {net.macs:>9,}")
     return 0
