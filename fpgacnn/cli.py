@@ -14,6 +14,8 @@ COMMANDS = {
     "demo": ("fpgacnn.commands.demo", "LeNet-5 on held-out MNIST digits, end to end"),
     "build": ("fpgacnn.commands.build",
               "build a board's bitstream; report LUT/DSP/RAM use and Fmax"),
+    "program": ("fpgacnn.commands.program",
+                "load a built bitstream into a board (SRAM, or --flash) with openFPGALoader"),
     "describe": ("fpgacnn.commands.describe",
                  "print a network's layers, shapes, parameters and MACs"),
     "sim-board": ("fpgacnn.commands.sim_board",

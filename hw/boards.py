@@ -373,15 +373,16 @@ class Board:
         The board top (PLL, reset, UART pins) around the accelerator.
     config_name : str
         The board's :data:`~fpgacnn.hw.config.CONFIGS` entry.
-    programmer : tuple of str
-        Command that programs the board; ``{bitstream}`` stands for the bitstream's path.
+    loader_board : str
+        The board's name in openFPGALoader (``-b``), which programs it
+        (:mod:`~fpgacnn.hw.programmer`).
     """
     name: str
     family: str
     platform: Callable
     wrapper: type
     config_name: str
-    programmer: tuple
+    loader_board: str
 
     @property
     def config(self):
@@ -428,9 +429,9 @@ class Board:
 #: Board name -> :class:`Board`.
 BOARDS = {board.name: board for board in (
     Board("icebreaker", "ice40", _icebreaker_platform, ICEBreakerBoard, "icebreaker",
-          ("iceprog", "{bitstream}")),
+          "ice40_generic"),
     Board("ulx3s-85f", "ecp5", _ulx3s_85f_platform, ULX3SBoard, "ulx3s-85f",
-          ("openFPGALoader", "-b", "ulx3s", "-m", "{bitstream}")),
+          "ulx3s"),
 )}
 
 

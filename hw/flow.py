@@ -30,7 +30,6 @@ build`` and ``fpgacnn bench`` only parse arguments and print what it returns.
 import hashlib
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -55,20 +54,11 @@ __all__ = [
     "design_digest",
     "format_breakdown",
     "load_build",
-    "programmer_command",
     "resource_breakdown",
 ]
 
 #: File in the build folder holding a complete build's :class:`BuildReport`.
 RECORD_NAME = "fpgacnn_build.json"
-
-# Where each programmer comes from, for the error when it is missing.
-_PROGRAMMER_SOURCES = {
-    "iceprog": "the IceStorm tools (e.g. `apt install fpga-icestorm`, or the OSS CAD Suite)",
-    "openFPGALoader": "openFPGALoader (e.g. `apt install openfpgaloader`, or the OSS CAD "
-                      "Suite)",
-}
-
 
 def default_build_dir(board, design="full"):
     """``build/<board>``, or ``build/<board>-<design>`` for a design other than ``full``."""
@@ -233,18 +223,3 @@ def resource_breakdown(build_dir, family, *, name="top", depth=4, progress=True)
     return breakdown_from_netlist(build_dir / f"{name}_hier.json", family, name=name,
                                   depth=depth)
 
-
-def programmer_command(board, bitstream):
-    """The command that programs ``board`` with ``bitstream``.
-
-    Raises
-    ------
-    BuildError
-        If the board's programmer is not on ``PATH``; the message says where to get it.
-    """
-    template = get_board(board).programmer
-    exe = shutil.which(template[0])
-    if exe is None:
-        raise BuildError(f"cannot program: {template[0]} is not on PATH; it comes with "
-                         f"{_PROGRAMMER_SOURCES[template[0]]}. The bitstream is {bitstream}")
-    return [exe] + [arg.format(bitstream=bitstream) for arg in template[1:]]

@@ -16,7 +16,7 @@ from fpgacnn.hw.boards import BOARDS
 from fpgacnn.hw.build_report import (BuildError, BuildReport, breakdown_from_netlist,
                                      check_hand_dsps, format_breakdown, read_nextpnr)
 from fpgacnn.hw.flow import (RECORD_NAME, build_board, default_build_dir, design_digest,
-                             load_build, programmer_command)
+                             load_build)
 from fpgacnn.hw.toolchain import Status, run_step, toolchain_overrides
 
 # nextpnr-ice40's utilisation lines and Fmax lines, as in its log.
@@ -215,28 +215,6 @@ def test_load_build_reuses_only_a_matching_complete_build(tmp_path):
     assert load() is None
     assert load_build("icebreaker", build_dir=tmp_path / "absent") is None
     assert default_build_dir("icebreaker", "array").as_posix() == "build/icebreaker-array"
-
-
-def test_program_without_tool_says_where_to_get_it(monkeypatch, capsys, tmp_path):
-    from fpgacnn.commands import build as build_cmd
-    monkeypatch.setenv("PATH", str(tmp_path))   # no iceprog / openFPGALoader here
-    with pytest.raises(BuildError, match="iceprog is not on PATH.*IceStorm"):
-        programmer_command("icebreaker", tmp_path / "top.bin")
-    assert build_cmd._program("icebreaker", tmp_path / "top.bin") == 1
-    assert "iceprog is not on PATH" in capsys.readouterr().err
-    assert build_cmd._program("ulx3s-85f", tmp_path / "top.bit") == 1
-    assert "openFPGALoader" in capsys.readouterr().err
-
-
-def test_program_command_fills_in_the_bitstream(monkeypatch, tmp_path):
-    for tool in ("iceprog", "openFPGALoader"):
-        (tmp_path / tool).write_text("#!/bin/sh\n")
-        (tmp_path / tool).chmod(0o755)
-    monkeypatch.setenv("PATH", str(tmp_path))
-    assert programmer_command("icebreaker", "b/top.bin") == [str(tmp_path / "iceprog"),
-                                                              "b/top.bin"]
-    assert programmer_command("ulx3s-85f", "b/top.bit") == [
-        str(tmp_path / "openFPGALoader"), "-b", "ulx3s", "-m", "b/top.bit"]
 
 
 def test_sim_board_bad_port_goes_to_stderr(capsys):

@@ -6,7 +6,6 @@ Exit status: 0 when the design fits, meets timing and has a bitstream (and, with
 """
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +19,10 @@ def configure(parser):
                         help="also write the result as JSON (board, fits, fmax_mhz, "
                              "target_mhz, utilisation, bitstream)")
     parser.add_argument("--program", action="store_true",
-                        help="program the board afterwards (iceprog / openFPGALoader)")
+                        help="program the board afterwards (its SRAM; see `fpgacnn program`)")
+    parser.add_argument("--flash", action="store_true",
+                        help="with --program: write the board's SPI flash instead, so the "
+                             "design survives a power cycle")
     parser.add_argument("--seed", type=int, default=1,
                         help="nextpnr placement seed (default: 1); try others on a near miss")
     parser.add_argument("--design", choices=list(DESIGNS), default="full",
@@ -73,17 +75,6 @@ def _verdict(report):
     return 0
 
 
-def _program(board, bitstream):
-    from ..hw.flow import BuildError, programmer_command
-    try:
-        argv = programmer_command(board, bitstream)
-    except BuildError as e:
-        print(e, file=sys.stderr)
-        return 1
-    print("programming:", " ".join(argv))
-    return subprocess.call(argv)
-
-
 def run(args):
     from ..hw.flow import build_board
     config = BOARDS[args.board].config
@@ -105,5 +96,6 @@ def run(args):
         _print_breakdown(report)
     status = _verdict(report)
     if status == 0 and args.program:
-        return _program(args.board, report.bitstream)
+        from .program import program_board
+        return program_board(args.board, report.bitstream, flash=args.flash)
     return status
