@@ -8,7 +8,9 @@ from amaranth.hdl import Module, Signal
 from amaranth.sim import Simulator
 
 from fpgacnn.hw import protocol as proto
-from fpgacnn.hw.link import _above, _crc_next, _crc_step, _prescaler_lfsr
+from fpgacnn.hw.link_checker import _above
+from fpgacnn.hw.link_crc import crc_next, crc_step
+from fpgacnn.hw.link_decoder import _prescaler_lfsr
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -17,11 +19,11 @@ def test_crc_step_matches_protocol_crc(seed):
     raw = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
     state = 0
     for byte in raw:
-        state = _crc_step(state, byte)
+        state = crc_step(state, byte)
     assert state == proto.crc16(raw)
     # A frame followed by its CRC (low byte first) leaves the residue 0 the link checks.
     for byte in proto.crc16(raw).to_bytes(2, "little"):
-        state = _crc_step(state, byte)
+        state = crc_step(state, byte)
     assert state == 0
 
 
@@ -31,7 +33,7 @@ def test_gateware_crc_and_compare_exhaustive():
     nxt = Signal(16)
     limits = [0, 1, 5, 31, 32, 62, 63, 64, 100]
     above = [Signal(name=f"above_{c}") for c in limits]
-    m.d.comb += [nxt.eq(_crc_next(state, byte)),
+    m.d.comb += [nxt.eq(crc_next(state, byte)),
                  *(a.eq(_above(value, c)) for a, c in zip(above, limits))]
     rng = random.Random(1)
 
@@ -43,7 +45,7 @@ def test_gateware_crc_and_compare_exhaustive():
             s, b = rng.randrange(1 << 16), rng.randrange(256)
             ctx.set(state, s)
             ctx.set(byte, b)
-            assert ctx.get(nxt) == _crc_step(s, b), (s, b)
+            assert ctx.get(nxt) == crc_step(s, b), (s, b)
 
     sim = Simulator(m)
     sim.add_testbench(bench)
