@@ -84,7 +84,6 @@ class FrameDecoder(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         byte_in, got = self.rx.payload, self.rx.valid
-        length = self.length
         left = Signal(16)                       # payload bytes still to come
         idx = Signal(range(proto.ARGS_BYTES))   # header byte, argument byte
         # ``in_frame`` (HEADER .. CRC1) and ``idle`` (SYNC) are flip-flops kept with the
@@ -118,17 +117,7 @@ class FrameDecoder(wiring.Component):
                 with take():
                     m.d.comb += self.crc.valid.eq(1)
                     m.d.sync += idx.eq(idx + 1)
-                    with m.Switch(idx):
-                        with m.Case(0):
-                            m.d.sync += self.opcode.eq(byte_in)
-                        with m.Case(1):
-                            m.d.sync += length[:8].eq(byte_in)
-                        with m.Case(2):
-                            m.d.sync += [length[8:].eq(byte_in), idx.eq(0),
-                                         left.eq(Cat(length[:8], byte_in))]
-                            m.next = "ARGS"
-                            with m.If((byte_in == 0) & (length[:8] == 0)):
-                                m.next = "CRC0"
+                    self._header_byte(m, idx, left)
             # Payload: the first ARGS_BYTES into ``args``, the rest out on ``data``.
             with m.State("ARGS"):
                 with take():
@@ -167,6 +156,21 @@ class FrameDecoder(wiring.Component):
                     m.d.sync += self.idle.eq(1)
                     m.next = "SYNC"
         return m
+
+    def _header_byte(self, m, idx, left):
+        """HEADER: byte ``idx`` of the opcode and length (the sync byte is not counted)."""
+        byte_in, length = self.rx.payload, self.length
+        with m.Switch(idx):
+            with m.Case(0):
+                m.d.sync += self.opcode.eq(byte_in)
+            with m.Case(1):
+                m.d.sync += length[:8].eq(byte_in)
+            with m.Case(2):
+                m.d.sync += [length[8:].eq(byte_in), idx.eq(0),
+                             left.eq(Cat(length[:8], byte_in))]
+                m.next = "ARGS"
+                with m.If((byte_in == 0) & (length[:8] == 0)):
+                    m.next = "CRC0"
 
     def _expired(self, m, in_frame, got):
         """A flip-flop that rises ``timeout`` to ``timeout + 2 * period`` cycles after the
