@@ -37,7 +37,7 @@ class Core(wiring.Component):
     The signature is :class:`~fpgacnn.hw.program.HostInterface` (stable; the link and
     ``hw/top.py`` build on it). Per member:
 
-    ``wr`` : In(stream of :class:`~.program.WriteCommand`)
+    ``wr`` : In(stream of ``WriteCommand``)
         One 64-bit chunk per beat into a :class:`~fpgacnn.hw.program.Space`:
         ``WEIGHTS`` (chunk ``a`` = rows ``8*(a % n)…+7`` of weight word ``a // n``,
         ``n = rows/8``), ``QPARAMS`` (one :class:`~fpgacnn.hw.program.QParam` per chunk),
@@ -46,14 +46,14 @@ class Core(wiring.Component):
         WEIGHTS/QPARAMS/PROGRAM are held off (``ready`` low) while ``busy``; IMAGE writes
         are accepted during a run too (into the other image slot). Addresses beyond a
         memory wrap; the link checks them.
-    ``start`` : In(stream of :class:`~.program.StartCommand`)
+    ``start`` : In(stream of ``StartCommand``)
         Ready only when idle (and no PROGRAM write is pending). Runs the program from
         descriptor 0 until the descriptor with ``to_logits`` (or ``max_layers``); the
         layer with ``in_from_image`` reads its input from ``image_base`` (a byte
         address).
     ``busy`` : Out(1)
         High from the accepted start until the last logit and counter are stored.
-    ``rd``, ``rd_data`` : In(stream of :class:`~.program.ReadCommand`), Out(stream of :class:`~.program.ReadData`)
+    ``rd``, ``rd_data`` : In(stream of ``ReadCommand``), Out(stream of ``ReadData``)
         One 32-bit answer per request, in order, latency 1 (with back-pressure):
         ``LOGITS`` addr ``k`` → output ``k`` of the last run, sign-extended;
         ``COUNTERS`` addr 0 → cycles of the last run (start accepted → idle), addr
