@@ -29,7 +29,8 @@ class FrameChecker(wiring.Component):
     flip-flops only and no path crosses more than one adder.
 
     Latency: the verdict is combinational, in the cycle of ``check`` or ``truncated``;
-    the facts follow the header and argument registers after 2 cycles.
+    the facts follow the header and argument registers within 3 cycles (the WRITE range
+    check: chunk count, then end address, then the comparison).
 
     Parameters
     ----------

@@ -7,6 +7,7 @@ import numpy as np
 
 
 def configure(parser):
+    from ..hw.config import DEFAULT_BAUD
     parser.add_argument("--port", required=True,
                         help="serial port of the board (/dev/ttyUSB1) or the simulated "
                              "board's URL (socket://127.0.0.1:9000, see `fpgacnn sim-board`)")
@@ -15,8 +16,8 @@ def configure(parser):
                              "LeNet-5)")
     parser.add_argument("--timeout", type=float, default=5.0,
                         help="seconds to wait for any one answer of the board (default 5)")
-    parser.add_argument("--baud", type=int, default=3_000_000,
-                        help="serial baud rate of the board's build (default 3000000)")
+    parser.add_argument("--baud", type=int, default=DEFAULT_BAUD,
+                        help=f"serial baud rate of the board's build (default {DEFAULT_BAUD})")
     parser.add_argument("images", nargs="+", type=Path,
                         help="28x28 grey PNGs, .npy arrays (uint8 pixels or int8) or MNIST "
                              "IDX image files (.gz or raw)")
