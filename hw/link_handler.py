@@ -118,22 +118,20 @@ class CommandHandler(wiring.Component):
             with m.State("COMMIT_LATCH"):
                 m.d.comb += self.crc.valid.eq(1)
                 m.d.sync += [chunk.eq((chunk >> 8) | (rport.data << 56)), ptr.eq(ptr + 1)]
-                with m.If(ptr[:3] == 7):
+                m.next = "COMMIT_RD"
+                with m.If(ptr[:3] == 7):            # the chunk's last byte
                     m.next = "COMMIT_WR"
-                with m.Else():
-                    m.next = "COMMIT_RD"
             with m.State("COMMIT_WR"):
                 m.d.comb += self.wr.valid.eq(1)
                 with m.If(self.wr.ready):
                     m.d.sync += addr.eq(addr + 1)
+                    m.next = "COMMIT_RD"
                     # n_chunks <= MAX_CHUNKS: its low bits name the last chunk uniquely.
                     with m.If(ptr[3:] == self.n_chunks[:len(ptr) - 3]):
                         with m.If(wargs.space == Space.PROGRAM):
                             m.d.sync += self.loaded.eq(1)
                         m.d.comb += [self.done.eq(1), self.length.eq(2)]
                         m.next = "IDLE"
-                    with m.Else():
-                        m.next = "COMMIT_RD"
             with m.State("START"):
                 m.d.comb += self.start.valid.eq(1)
                 with m.If(self.start.ready):
