@@ -5,9 +5,30 @@ network against exactly what the board was built with, and the board reports the
 numbers in its identity frame.
 """
 
-from dataclasses import dataclass, replace
+import enum
+from dataclasses import dataclass, fields, replace
 
-__all__ = ["AcceleratorConfig", "CONFIGS", "get_config"]
+from amaranth.lib import data
+
+from .program import QParam
+
+__all__ = ["AcceleratorConfig", "Dataflow", "CONFIGS", "get_config", "DEFAULT_BAUD",
+           "MAX_NAME_CHARS"]
+
+#: UART baud rate of every board configuration unless it says otherwise; the host
+#: driver's default too (it must match the build).
+DEFAULT_BAUD = 3_000_000
+#: Longest configuration name (the board reports it in its identity frame).
+MAX_NAME_CHARS = 16
+
+
+class Dataflow(enum.StrEnum):
+    """Operand movement in the array (see :class:`~fpgacnn.hw.systolic.SystolicArray`).
+
+    A ``str`` enum: configurations may be written with the plain strings.
+    """
+    SYSTOLIC = "systolic"      # operands move one PE per cycle (pipeline registers)
+    BROADCAST = "broadcast"    # every PE of a row/column sees the same operand
 
 
 @dataclass(frozen=True)
@@ -35,17 +56,26 @@ class AcceleratorConfig:
     max_logits : int
         Outputs of the last layer the results buffer holds.
     clock_hz, baud : int
-        Core clock and UART baud rate.
+        Core clock and UART baud rate (default :data:`DEFAULT_BAUD`).
     ice40 : bool
         Use hand-instantiated iCE40 primitives (SB_MAC16 pairs, SB_SPRAM256KA).
-    dataflow : "systolic" or "broadcast"
-        Operand movement in the array (see :class:`~fpgacnn.hw.systolic.SystolicArray`).
+    dataflow : Dataflow
+        Operand movement in the array; the strings ``"systolic"`` and ``"broadcast"`` are
+        accepted and converted.
     requant_interval : int
-        Cycles per requantised value; more than 1 trades requantiser area for speed, free
-        while ``reduction >= rows * cols * requant_interval`` for every layer.
+        Cycles per requantised value, a power of two dividing the width of
+        :class:`~fpgacnn.hw.program.QParam` ``.m``; more than 1 trades requantiser area
+        for speed, free while ``reduction >= rows * cols * requant_interval`` for every
+        layer.
     pool_width, pool_blocks : int
         Max-pool line buffer: widest pooled layer (convolution output width) and most
         k-blocks it holds (``pool_width * pool_blocks * rows`` bytes of block RAM).
+
+    Raises
+    ------
+    ValueError
+        On construction (and :meth:`with_`), for any value the gateware cannot be built
+        with; the message names the field, the value and what is allowed.
     """
     name: str
     rows: int
@@ -57,12 +87,48 @@ class AcceleratorConfig:
     max_layers: int
     max_logits: int
     clock_hz: int
-    baud: int
+    baud: int = DEFAULT_BAUD
     ice40: bool = False
     pool_width: int = 32
     pool_blocks: int = 2
-    dataflow: str = "systolic"
+    dataflow: Dataflow = Dataflow.SYSTOLIC
     requant_interval: int = 1
+
+    def __post_init__(self):
+        name = self.name
+        if (not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS or
+                not name.isascii() or not name.isprintable()):
+            raise ValueError(f"config name must be 1 to {MAX_NAME_CHARS} printable ASCII "
+                             f"characters, not {name!r}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type is int and (type(value) is not int or value <= 0):
+                raise ValueError(f"config {name}: {f.name} must be a positive integer, "
+                                 f"not {value!r}")
+        if type(self.ice40) is not bool:
+            raise ValueError(f"config {name}: ice40 must be True or False, not {self.ice40!r}")
+        if self.rows % 8:
+            raise ValueError(f"config {name}: rows = {self.rows} must be a multiple of 8 "
+                             f"(weight words are written in 64-bit chunks)")
+        if (self.rows // 8) & (self.rows // 8 - 1):
+            raise ValueError(f"config {name}: rows = {self.rows} must be 8 times a power of "
+                             f"two (8, 16, 32, ...): a weight word's chunks are addressed "
+                             f"by its low address bits")
+        if self.act_bytes % 8:
+            raise ValueError(f"config {name}: act_bytes = {self.act_bytes} must be a "
+                             f"multiple of 8 (images are written in 64-bit chunks)")
+        try:
+            object.__setattr__(self, "dataflow", Dataflow(self.dataflow))
+        except ValueError:
+            raise ValueError(f"config {name}: dataflow must be one of "
+                             f"{', '.join(repr(d.value) for d in Dataflow)}, not "
+                             f"{self.dataflow!r}") from None
+        m_bits = data.Layout.cast(QParam)["m"].shape.width     # of the multiplier M
+        if self.requant_interval & (self.requant_interval - 1) or \
+                m_bits % self.requant_interval:
+            raise ValueError(f"config {name}: requant_interval = {self.requant_interval} "
+                             f"must be a power of two dividing the {m_bits}-bit "
+                             f"multiplier M (1, 2, 4, ...)")
 
     @property
     def acc_width(self):
@@ -97,24 +163,23 @@ class AcceleratorConfig:
 CONFIGS = {
     # iCE40UP5K: an 8×1 array on 4 SB_MAC16 (two 8×8 products per block); 4 SPRAMs give one
     # 64-bit word (8 weights) per cycle, which is also what FC layers need. An 8×2 array
-    # (16 multipliers, all 8 SB_MAC16) is 1.25× faster per image but needs ~6,300 logic
-    # cells of 5,280; the link is the bottleneck either way (0.9 vs 1.6 ms of compute
-    # against 2.6 ms of UART per image). The requantiser takes 2 cycles per value, free
-    # while every tile has reduction >= 16 (LeNet-5's smallest is 25), and the array
-    # broadcasts its operands (no pipeline registers between PEs) to save 270 cells.
-    # nextpnr reaches ~27.5 MHz (critical path: the requantiser's multiply-accumulate), so
-    # the PLL makes 24 MHz; 57k cycles = 2.4 ms per image, still under the UART's 2.8 ms.
+    # (all 8 SB_MAC16) does not fit the logic cells next to the link, and the UART link
+    # bounds the image rate either way. The requantiser takes 2 cycles per value, free
+    # while every tile has reduction >= rows * cols * 2 = 16 (LeNet-5's smallest is 25),
+    # and the array broadcasts its operands (no pipeline registers between PEs) to save
+    # logic cells. The clock is the PLL frequency below the Fmax nextpnr reaches; README
+    # ("Build", "Throughput") has the measured cells, Fmax and cycles per image.
     "icebreaker": AcceleratorConfig(
         name="icebreaker", rows=8, cols=1, max_reduction=1024,
         weight_words=16384, act_bytes=4096, qparam_entries=256, max_layers=8,
-        max_logits=16, clock_hz=24_000_000, baud=3_000_000, ice40=True,
-        dataflow="broadcast", requant_interval=2),
+        max_logits=16, clock_hz=24_000_000, ice40=True,
+        dataflow=Dataflow.BROADCAST, requant_interval=2),
     # ECP5-85F: 156 18×18 multipliers and 3.7 Mbit of EBR; a 16×4 array (16×8 fits on
-    # paper but nextpnr does not finish routing it; 16×4 routes at ~62 MHz in ~5 min).
+    # paper but nextpnr does not finish routing it; README, "Build").
     "ulx3s-85f": AcceleratorConfig(
         name="ulx3s-85f", rows=16, cols=4, max_reduction=4096,
         weight_words=8192, act_bytes=12288, qparam_entries=1024, max_layers=16,
-        max_logits=64, clock_hz=50_000_000, baud=3_000_000, ice40=False,
+        max_logits=64, clock_hz=50_000_000, ice40=False,
         pool_width=64, pool_blocks=4),
 }
 

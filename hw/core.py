@@ -1,75 +1,59 @@
 """The accelerator core: memories + layer sequencer + datapath, behind a host interface.
 
-The link's command handler (``hw/top.py``) drives :class:`Core` through four streams; the
-host compiler (``fpgacnn.sw.compiler``) produces what goes through them.
+The link (``hw/link.py``) drives :class:`Core` through :class:`~.program.HostInterface`;
+the host compiler (``fpgacnn.sw.compiler``) produces what goes through it. The core is
+three small units around the memories and the :class:`~.datapath.Datapath`:
+:class:`HostWrites` (``wr`` into the memories), :class:`Sequencer` (runs the layer
+program) and :class:`ResultReads` (``rd`` → ``rd_data``).
 """
 
 from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
-from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib import enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from . import program
 from .config import AcceleratorConfig
 from .datapath import Datapath
-from .memories import Ram, WeightMemory
+from .memories import Ram, WeightMemory, read_port_signature, write_port_signature
+from .program import HostInterface, ReadCommand, ReadData, StartCommand, WriteCommand
 
-__all__ = ["Core", "WriteCommand", "StartCommand", "ReadCommand", "ReadData"]
-
-
-class WriteCommand(data.Struct):
-    """One 64-bit host write (``addr`` counts chunks in ``space``; see program.Space)."""
-    space: program.Space
-    addr: unsigned(16)
-    data: unsigned(64)
+__all__ = ["Core", "HostWrites", "Sequencer", "ResultReads",
+           "WriteCommand", "StartCommand", "ReadCommand", "ReadData"]
 
 
-class StartCommand(data.Struct):
-    """Run the layer program; the ``in_from_image`` layer reads from ``image_base``."""
-    image_base: unsigned(16)
+def _program_halfwords(cfg):
+    """Depth of the program memory: descriptors are stored 16 bits wide (one EBR, not four)."""
+    return cfg.max_layers * program.DESCRIPTOR_WORDS * 4
 
 
-class ReadCommand(data.Struct):
-    """Read one 32-bit result value (see program.ReadSpace)."""
-    space: program.ReadSpace
-    addr: unsigned(8)
-
-
-class ReadData(data.Struct):
-    data: unsigned(32)
-
-
-class _State(enum.Enum):
-    IDLE = 0
-    FETCH = 1
-    RUN = 2
-    STORE = 3
-    FINISH = 4
+def _result_words(cfg):
+    """Results memory: logits at ``[0, max_logits)``, total cycles, one counter per layer."""
+    return cfg.max_logits + 1 + cfg.max_layers
 
 
 class Core(wiring.Component):
     """Runs a compiled network from on-chip memory; host interface for the link.
 
-    Host interface (stable; ``hw/top.py`` builds on it):
+    The signature is :class:`~fpgacnn.hw.program.HostInterface` (stable; the link and
+    ``hw/top.py`` build on it). Per member:
 
-    ``wr`` : In(stream of :class:`WriteCommand`)
+    ``wr`` : In(stream of ``WriteCommand``)
         One 64-bit chunk per beat into a :class:`~fpgacnn.hw.program.Space`:
         ``WEIGHTS`` (chunk ``a`` = rows ``8*(a % n)…+7`` of weight word ``a // n``,
         ``n = rows/8``), ``QPARAMS`` (one :class:`~fpgacnn.hw.program.QParam` per chunk),
         ``PROGRAM`` (``DESCRIPTOR_WORDS`` chunks per descriptor, LSBs first), ``IMAGE``
-        (activation bytes ``8*addr … 8*addr+7``). WEIGHTS/QPARAMS writes take one
-        cycle, PROGRAM writes four; all three are held off (``ready`` low) while
-        ``busy``. IMAGE writes are accepted during a run too (into the other image slot)
-        and take 8 cycles plus any cycle in which the datapath writes the activation
-        memory (it has priority; nothing is lost). Addresses beyond a memory wrap; the
-        link checks them.
-    ``start`` : In(stream of :class:`StartCommand`)
+        (activation bytes ``8*addr … 8*addr+7``). See :class:`HostWrites` for the timing:
+        WEIGHTS/QPARAMS/PROGRAM are held off (``ready`` low) while ``busy``; IMAGE writes
+        are accepted during a run too (into the other image slot). Addresses beyond a
+        memory wrap; the link checks them.
+    ``start`` : In(stream of ``StartCommand``)
         Ready only when idle (and no PROGRAM write is pending). Runs the program from
         descriptor 0 until the descriptor with ``to_logits`` (or ``max_layers``); the
         layer with ``in_from_image`` reads its input from ``image_base`` (a byte
         address).
     ``busy`` : Out(1)
         High from the accepted start until the last logit and counter are stored.
-    ``rd``, ``rd_data`` : In(stream of :class:`ReadCommand`), Out(stream of :class:`ReadData`)
+    ``rd``, ``rd_data`` : In(stream of ``ReadCommand``), Out(stream of ``ReadData``)
         One 32-bit answer per request, in order, latency 1 (with back-pressure):
         ``LOGITS`` addr ``k`` → output ``k`` of the last run, sign-extended;
         ``COUNTERS`` addr 0 → cycles of the last run (start accepted → idle), addr
@@ -78,15 +62,15 @@ class Core(wiring.Component):
         the last *finished* run only when read while idle.
 
     Timing: a layer takes its array beats (``out_h·k_blocks·ceil(out_w/cols)·D``) plus
-    about 30–45 cycles of pipeline fill and drain, plus 15 cycles of descriptor fetch;
-    LeNet-5 on the iCEBreaker configuration: about 32,500 cycles (1.25× 416,520 MACs / 16).
+    the datapath's pipeline fill and drain, plus the descriptor fetch
+    (:class:`Sequencer`); the counters report the exact figures of a run.
 
     Parameters
     ----------
     config : AcceleratorConfig
     mac : "generic" or "ice40", optional
         Multiplier blocks of the systolic array; default ``"ice40"`` if ``config.ice40``.
-    dataflow : "systolic" or "broadcast", optional
+    dataflow : Dataflow or str, optional
         Operand movement in the array; default ``config.dataflow``.
     requant_interval : int, optional
         See :class:`~fpgacnn.hw.datapath.Datapath`; default ``config.requant_interval``.
@@ -102,13 +86,7 @@ class Core(wiring.Component):
             requant_interval = config.requant_interval
         self.datapath = Datapath(config, mac=self._mac, dataflow=dataflow,
                                  requant_interval=requant_interval)
-        super().__init__({
-            "wr": In(stream.Signature(WriteCommand)),
-            "start": In(stream.Signature(StartCommand)),
-            "busy": Out(1),
-            "rd": In(stream.Signature(ReadCommand)),
-            "rd_data": Out(stream.Signature(ReadData)),
-        })
+        super().__init__(HostInterface())
 
     @property
     def config(self):
@@ -118,138 +96,287 @@ class Core(wiring.Component):
         cfg = self._config
         m = Module()
         m.submodules.datapath = dp = self.datapath
-        dw = program.DESCRIPTOR_WORDS
-
         m.submodules.act = act = Ram(unsigned(8), cfg.act_bytes, copies=cfg.cols)
         m.submodules.weights = wmem = WeightMemory(rows=cfg.rows, depth=cfg.weight_words,
                                                    ice40=cfg.ice40)
         m.submodules.qparams = qmem = Ram(program.QParam, cfg.qparam_entries)
-        # The program is stored 16 bits wide: one EBR instead of four (64 bits wide).
-        m.submodules.program = pmem = Ram(unsigned(16), cfg.max_layers * dw * 4)
-        # Results: logits at [0, max_logits), total cycles, then one counter per layer.
-        n_results = cfg.max_logits + 1 + cfg.max_layers
-        m.submodules.results = rmem = Ram(unsigned(32), n_results)
+        m.submodules.program = pmem = Ram(unsigned(16), _program_halfwords(cfg))
+        m.submodules.results = rmem = Ram(unsigned(32), _result_words(cfg))
+        m.submodules.writes = writes = HostWrites(cfg)
+        m.submodules.sequencer = seq = Sequencer(cfg)
+        m.submodules.reads = reads = ResultReads(cfg)
 
         for i in range(cfg.cols):
             wiring.connect(m, dp.act_rd[i], act.rd[i])
         wiring.connect(m, dp.w_rd, wmem.rd)
         wiring.connect(m, dp.q_rd, qmem.rd[0])
 
-        state = Signal(_State)
-        busy = Signal()
-        m.d.comb += busy.eq(state != _State.IDLE)
-        m.d.comb += self.busy.eq(busy)
+        wiring.connect(m, wiring.flipped(self.wr), writes.wr)
+        wiring.connect(m, writes.weights, wmem.wr)
+        wiring.connect(m, writes.qparams, qmem.wr)
+        wiring.connect(m, writes.program, pmem.wr)
+        wiring.connect(m, dp.act_wr, writes.act_in)
+        wiring.connect(m, writes.act, act.wr)
 
-        # ---- host writes --------------------------------------------------------------
-        # IMAGE chunks are held here and written one byte per free cycle.
+        wiring.connect(m, wiring.flipped(self.start), seq.start)
+        wiring.connect(m, seq.program, pmem.rd[0])
+        wiring.connect(m, dp.logit_wr, seq.logits_in)
+        wiring.connect(m, seq.results, rmem.wr)
+        m.d.comb += [
+            self.busy.eq(seq.busy), writes.busy.eq(seq.busy),
+            seq.program_pending.eq(writes.program_pending),
+            dp.desc.eq(seq.desc), dp.image_base.eq(seq.image_base), dp.start.eq(seq.launch),
+            seq.layer_done.eq(dp.done), seq.layer_cycles.eq(dp.cycles),
+        ]
+
+        wiring.connect(m, wiring.flipped(self.rd), reads.rd)
+        wiring.connect(m, reads.rd_data, wiring.flipped(self.rd_data))
+        wiring.connect(m, reads.results, rmem.rd[0])
+        return m
+
+
+class HostWrites(wiring.Component):
+    """Host writes (``wr`` beats) into the core's memories.
+
+    WEIGHTS and QPARAMS chunks go straight to their memory (one cycle per beat). A
+    PROGRAM chunk is held and written as four halfwords in the next four cycles; an
+    IMAGE chunk is held and written one byte per cycle in which the datapath does not
+    write the activation memory (``act_in`` has priority; nothing is lost).
+
+    Latency and throughput: ``wr.ready`` is high when the beat can be taken: for
+    WEIGHTS/QPARAMS/PROGRAM while neither ``busy`` nor a PROGRAM chunk is pending (so
+    one PROGRAM chunk per 4 cycles), for IMAGE while no IMAGE chunk is pending (one per
+    8 free activation-write cycles, during a run too).
+
+    Parameters
+    ----------
+    config : AcceleratorConfig
+
+    Attributes
+    ----------
+    wr : In(stream.Signature(WriteCommand))
+    busy : In(1)
+        A run is in progress: the weight (single-port SPRAM), qparam and program
+        memories are in use.
+    program_pending : Out(1)
+        A PROGRAM chunk is still being written (the sequencer must not start).
+    act_in : In(write port)
+        The datapath's activation writes.
+    weights, qparams, program, act : Out(write port)
+        To the memories.
+    """
+
+    def __init__(self, config):
+        self._config = config
+        super().__init__({
+            "wr": In(stream.Signature(WriteCommand)),
+            "busy": In(1),
+            "program_pending": Out(1),
+            "act_in": In(write_port_signature(config.act_bytes, unsigned(8))),
+            "weights": Out(write_port_signature(config.weight_words * (config.rows // 8),
+                                                unsigned(64))),
+            "qparams": Out(write_port_signature(config.qparam_entries, program.QParam)),
+            "program": Out(write_port_signature(_program_halfwords(config), unsigned(16))),
+            "act": Out(write_port_signature(config.act_bytes, unsigned(8))),
+        })
+
+    def elaborate(self, platform):
+        cfg = self._config
+        m = Module()
         img_valid = Signal()
         img_addr = Signal(range(cfg.act_bytes // 8 + 1))
         img_data = Signal(64)
         img_byte = Signal(3)
-        prog_valid = Signal()
-        prog_addr = Signal(range(cfg.max_layers * dw))
+        prog_addr = Signal(range(cfg.max_layers * program.DESCRIPTOR_WORDS))
         prog_data = Signal(64)
         prog_part = Signal(2)
+        prog_valid = self.program_pending
         wr = self.wr.p
-        # WEIGHTS (single-port SPRAM), QPARAMS and PROGRAM are in use during a run.
-        m.d.comb += self.wr.ready.eq(Mux(wr.space == program.Space.IMAGE, ~img_valid,
-                                         ~busy & ~prog_valid))
+        Space = program.Space
+        m.d.comb += self.wr.ready.eq(Mux(wr.space == Space.IMAGE, ~img_valid,
+                                         ~self.busy & ~prog_valid))
         take = self.wr.valid & self.wr.ready
         m.d.comb += [
-            wmem.wr.addr.eq(wr.addr), wmem.wr.data.eq(wr.data),
-            wmem.wr.en.eq(take & (wr.space == program.Space.WEIGHTS)),
-            qmem.wr.addr.eq(wr.addr), qmem.wr.data.eq(wr.data[:len(qmem.wr.data.as_value())]),
-            qmem.wr.en.eq(take & (wr.space == program.Space.QPARAMS)),
+            self.weights.addr.eq(wr.addr), self.weights.data.eq(wr.data),
+            self.weights.en.eq(take & (wr.space == Space.WEIGHTS)),
+            self.qparams.addr.eq(wr.addr),
+            self.qparams.data.eq(wr.data[:len(self.qparams.data.as_value())]),
+            self.qparams.en.eq(take & (wr.space == Space.QPARAMS)),
         ]
-        # PROGRAM chunks are held in prog_* and written as four halfwords (while idle).
-        with m.If(take & (wr.space == program.Space.PROGRAM)):
+        with m.If(take & (wr.space == Space.PROGRAM)):
             m.d.sync += [prog_valid.eq(1), prog_addr.eq(wr.addr), prog_data.eq(wr.data),
                          prog_part.eq(0)]
         with m.If(prog_valid):
-            m.d.comb += [pmem.wr.addr.eq(Cat(prog_part, prog_addr)),
-                         pmem.wr.data.eq(prog_data.word_select(prog_part, 16)),
-                         pmem.wr.en.eq(1)]
+            m.d.comb += [self.program.addr.eq(Cat(prog_part, prog_addr)),
+                         self.program.data.eq(prog_data.word_select(prog_part, 16)),
+                         self.program.en.eq(1)]
             m.d.sync += prog_part.eq(prog_part + 1)
             with m.If(prog_part == 3):
                 m.d.sync += prog_valid.eq(0)
-        with m.If(take & (wr.space == program.Space.IMAGE)):
+        with m.If(take & (wr.space == Space.IMAGE)):
             m.d.sync += [img_valid.eq(1), img_addr.eq(wr.addr), img_data.eq(wr.data),
                          img_byte.eq(0)]
-        # The datapath's activation writes win; a host byte waits for a free cycle.
-        with m.If(dp.act_wr.en):
-            m.d.comb += [act.wr.addr.eq(dp.act_wr.addr), act.wr.data.eq(dp.act_wr.data),
-                         act.wr.en.eq(1)]
+        with m.If(self.act_in.en):
+            m.d.comb += [self.act.addr.eq(self.act_in.addr), self.act.data.eq(self.act_in.data),
+                         self.act.en.eq(1)]
         with m.Elif(img_valid):
-            m.d.comb += [act.wr.addr.eq((img_addr << 3) | img_byte),
-                         act.wr.data.eq(img_data.word_select(img_byte, 8)),
-                         act.wr.en.eq(1)]
+            m.d.comb += [self.act.addr.eq((img_addr << 3) | img_byte),
+                         self.act.data.eq(img_data.word_select(img_byte, 8)),
+                         self.act.en.eq(1)]
             m.d.sync += img_byte.eq(img_byte + 1)
             with m.If(img_byte == 7):
                 m.d.sync += img_valid.eq(0)
+        return m
 
-        # ---- sequencer ----------------------------------------------------------------
-        image_base = Signal(16)
-        desc_bits = Signal(dw * 64)   # (only the descriptor's bits are loaded and used)
-        desc = program.LayerDescriptor(desc_bits[:program.LayerDescriptor.as_shape().size])
-        halves = -(-program.LayerDescriptor.as_shape().size // 16)
-        pc = Signal(range(cfg.max_layers * dw * 4 + 1))     # program halfword address
+
+class _State(enum.Enum):
+    IDLE = 0
+    FETCH = 1
+    RUN = 2
+    STORE = 3
+    FINISH = 4
+
+
+class Sequencer(wiring.Component):
+    """Runs the layer program: fetch a descriptor, run the datapath on it, store counters.
+
+    Per layer: the descriptor is read from the program memory as halfwords (one per
+    cycle, ``ceil(LayerDescriptor bits / 16) + 1`` cycles), the datapath runs it
+    (``launch`` pulses, ``layer_done`` ends it), and its cycle count is stored in the
+    results memory (1 cycle). The run ends after the descriptor with ``to_logits`` (or
+    the ``max_layers``-th) with the total cycle count stored (1 cycle); the datapath's
+    logit writes go to the results memory meanwhile (``logits_in``).
+
+    Latency: ``busy`` rises the cycle after ``start`` is taken; one run at a time
+    (``start.ready`` only while idle and no ``program_pending``).
+
+    Parameters
+    ----------
+    config : AcceleratorConfig
+
+    Attributes
+    ----------
+    start : In(stream.Signature(StartCommand))
+    busy : Out(1)
+    program_pending : In(1)
+        A program write is still going in: the run must not read it yet.
+    program : Out(read port)
+        The program memory (16-bit halfwords).
+    desc : Out(LayerDescriptor), image_base : Out(16), launch : Out(1)
+        To the datapath: the current layer, the image slot, its start strobe.
+    layer_done : In(1), layer_cycles : In(32)
+        From the datapath: end strobe and cycle count of the layer.
+    logits_in : In(write port)
+        The datapath's logit writes.
+    results : Out(write port)
+        To the results memory: logits, then the counters.
+    """
+
+    def __init__(self, config):
+        self._config = config
+        super().__init__({
+            "start": In(stream.Signature(StartCommand)),
+            "busy": Out(1),
+            "program_pending": In(1),
+            "program": Out(read_port_signature(_program_halfwords(config), unsigned(16))),
+            "desc": Out(program.LayerDescriptor),
+            "image_base": Out(16),
+            "launch": Out(1),
+            "layer_done": In(1),
+            "layer_cycles": In(32),
+            "logits_in": In(write_port_signature(config.max_logits, unsigned(8))),
+            "results": Out(write_port_signature(_result_words(config), unsigned(32))),
+        })
+
+    def elaborate(self, platform):
+        cfg = self._config
+        m = Module()
+        step = program.DESCRIPTOR_WORDS * 4                  # halfwords per descriptor
+        state = Signal(_State)
+        desc_size = program.LayerDescriptor.as_shape().size
+        desc_bits = Signal(-(-desc_size // 16) * 16)       # only the descriptor's halfwords
+        halves = len(desc_bits) // 16
+        pc = Signal(range(cfg.max_layers * step + 1))       # program halfword address
         layer = Signal(range(cfg.max_layers + 1))
         fetch = Signal(range(halves + 1))
         launch = Signal()
         total = Signal(32)
-        m.d.comb += [dp.desc.eq(desc), dp.image_base.eq(image_base)]
-
-        with m.If(busy):
+        m.d.comb += [self.busy.eq(state != _State.IDLE), self.desc.eq(desc_bits[:desc_size])]
+        with m.If(self.busy):
             m.d.sync += total.eq(total + 1)
 
-        res_wr_addr = Signal.like(rmem.wr.addr)
-        res_wr_data = Signal(32)
-        res_wr_en = Signal()
-        m.d.comb += [rmem.wr.addr.eq(res_wr_addr), rmem.wr.data.eq(res_wr_data),
-                     rmem.wr.en.eq(res_wr_en)]
-        with m.If(dp.logit_wr.en):
-            m.d.comb += [res_wr_addr.eq(dp.logit_wr.addr),
-                         res_wr_data.eq(dp.logit_wr.data.as_signed()), res_wr_en.eq(1)]
+        res = self.results
+        with m.If(self.logits_in.en):
+            m.d.comb += [res.addr.eq(self.logits_in.addr),
+                         res.data.eq(self.logits_in.data.as_signed()), res.en.eq(1)]
 
-        m.d.comb += pmem.rd[0].addr.eq(pc + fetch)
+        m.d.comb += self.program.addr.eq(pc + fetch)
         with m.Switch(state):
             with m.Case(_State.IDLE):
-                # A program write still going in must finish before the run reads it.
-                m.d.comb += self.start.ready.eq(~prog_valid)
+                m.d.comb += self.start.ready.eq(~self.program_pending)
                 with m.If(self.start.valid):
-                    m.d.sync += [image_base.eq(self.start.p.image_base), pc.eq(0),
+                    m.d.sync += [self.image_base.eq(self.start.p.image_base), pc.eq(0),
                                  layer.eq(0), fetch.eq(0), total.eq(1), state.eq(_State.FETCH)]
             with m.Case(_State.FETCH):
                 # Halfword j is requested in cycle j and arrives in cycle j + 1.
-                m.d.comb += pmem.rd[0].en.eq(1)
+                m.d.comb += self.program.en.eq(1)
                 m.d.sync += fetch.eq(fetch + 1)
                 with m.Switch(fetch):
                     for j in range(halves):
                         with m.Case(j + 1):
-                            m.d.sync += desc_bits[16 * j:16 * (j + 1)].eq(pmem.rd[0].data)
+                            m.d.sync += desc_bits[16 * j:16 * (j + 1)].eq(self.program.data)
                 with m.If(fetch == halves):
                     m.d.sync += [state.eq(_State.RUN), launch.eq(1), fetch.eq(0)]
             with m.Case(_State.RUN):
-                m.d.comb += dp.start.eq(launch)
+                m.d.comb += self.launch.eq(launch)
                 m.d.sync += launch.eq(0)
-                with m.If(~launch & dp.done):
+                with m.If(~launch & self.layer_done):
                     m.d.sync += state.eq(_State.STORE)
             with m.Case(_State.STORE):
-                m.d.comb += [res_wr_addr.eq(cfg.max_logits + 1 + layer),
-                             res_wr_data.eq(dp.cycles), res_wr_en.eq(1)]
-                with m.If(desc.to_logits | (layer == cfg.max_layers - 1)):
+                m.d.comb += [res.addr.eq(cfg.max_logits + 1 + layer),
+                             res.data.eq(self.layer_cycles), res.en.eq(1)]
+                with m.If(self.desc.to_logits | (layer == cfg.max_layers - 1)):
                     m.d.sync += state.eq(_State.FINISH)
                 with m.Else():
-                    m.d.sync += [layer.eq(layer + 1), pc.eq(pc + dw * 4),
-                                 state.eq(_State.FETCH)]
+                    m.d.sync += [layer.eq(layer + 1), pc.eq(pc + step), state.eq(_State.FETCH)]
             with m.Case(_State.FINISH):
-                m.d.comb += [res_wr_addr.eq(cfg.max_logits), res_wr_data.eq(total),
-                             res_wr_en.eq(1)]
+                m.d.comb += [res.addr.eq(cfg.max_logits), res.data.eq(total), res.en.eq(1)]
                 m.d.sync += state.eq(_State.IDLE)
+        return m
 
-        # ---- host reads ---------------------------------------------------------------
+
+class ResultReads(wiring.Component):
+    """Host reads of the results memory: ``rd`` → ``rd_data``.
+
+    Latency 1 cycle, one read per cycle; ``rd`` is ready whenever ``rd_data`` is empty or
+    being taken. ``LOGITS`` addr ``k`` reads word ``k``, ``COUNTERS`` addr ``i`` word
+    ``max_logits + i``; addresses beyond ``max_logits`` / ``1 + max_layers`` read 0.
+
+    Parameters
+    ----------
+    config : AcceleratorConfig
+
+    Attributes
+    ----------
+    rd : In(stream.Signature(ReadCommand))
+    rd_data : Out(stream.Signature(ReadData))
+    results : Out(read port)
+        The results memory.
+    """
+
+    def __init__(self, config):
+        self._config = config
+        super().__init__({
+            "rd": In(stream.Signature(ReadCommand)),
+            "rd_data": Out(stream.Signature(ReadData)),
+            "results": Out(read_port_signature(_result_words(config), unsigned(32))),
+        })
+
+    def elaborate(self, platform):
+        cfg = self._config
+        m = Module()
         rd = self.rd.p
-        rd_index = Signal(range(n_results + 256))
+        rd_index = Signal(range(_result_words(cfg) + 256))
         rd_ok = Signal()
         with m.If(rd.space == program.ReadSpace.LOGITS):
             m.d.comb += [rd_index.eq(rd.addr), rd_ok.eq(rd.addr < cfg.max_logits)]
@@ -258,8 +385,8 @@ class Core(wiring.Component):
                          rd_ok.eq(rd.addr < 1 + cfg.max_layers)]
         rd_ok_r = Signal()
         with m.If(~self.rd_data.valid | self.rd_data.ready):
-            m.d.comb += [self.rd.ready.eq(1), rmem.rd[0].en.eq(1)]
+            m.d.comb += [self.rd.ready.eq(1), self.results.en.eq(1)]
             m.d.sync += [self.rd_data.valid.eq(self.rd.valid), rd_ok_r.eq(rd_ok)]
-        m.d.comb += [rmem.rd[0].addr.eq(rd_index),
-                     self.rd_data.p.data.eq(Mux(rd_ok_r, rmem.rd[0].data, 0))]
+        m.d.comb += [self.results.addr.eq(rd_index),
+                     self.rd_data.p.data.eq(Mux(rd_ok_r, self.results.data, 0))]
         return m

@@ -9,9 +9,11 @@ A fully connected layer is a convolution whose kernel covers the flattened input
 """
 
 from amaranth.hdl import signed, unsigned
-from amaranth.lib import data, enum
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.wiring import In, Out
 
 __all__ = ["Space", "ReadSpace", "LayerDescriptor", "QParam",
+           "WriteCommand", "StartCommand", "ReadCommand", "ReadData", "HostInterface",
            "DESCRIPTOR_WORDS", "CHUNK_BITS", "encode_struct", "decode_struct"]
 
 #: Host writes move 64-bit chunks.
@@ -68,6 +70,58 @@ class QParam(data.Struct):
 
 
 DESCRIPTOR_WORDS = -(-LayerDescriptor.as_shape().size // CHUNK_BITS)
+
+
+class WriteCommand(data.Struct):
+    """One 64-bit host write (``addr`` counts chunks in ``space``; see :class:`Space`)."""
+    space: Space
+    addr: unsigned(16)
+    data: unsigned(CHUNK_BITS)
+
+
+class StartCommand(data.Struct):
+    """Run the layer program; the ``in_from_image`` layer reads from ``image_base``."""
+    image_base: unsigned(16)
+
+
+class ReadCommand(data.Struct):
+    """Read one 32-bit result value (see :class:`ReadSpace`)."""
+    space: ReadSpace
+    addr: unsigned(8)
+
+
+class ReadData(data.Struct):
+    """The answer to a :class:`ReadCommand`."""
+    data: unsigned(32)
+
+
+class HostInterface(wiring.Signature):
+    """The core's host interface, seen from the core (the link uses it flipped).
+
+    Members
+    -------
+    wr : In(stream.Signature(WriteCommand))
+        One 64-bit chunk per beat into a :class:`Space`; the core may back-pressure.
+    start : In(stream.Signature(StartCommand))
+        Run the layer program; taken only while the core is idle.
+    busy : Out(1)
+        High from the accepted ``start`` until the run's results are stored.
+    rd : In(stream.Signature(ReadCommand))
+        One result read per beat.
+    rd_data : Out(stream.Signature(ReadData))
+        One answer per ``rd`` beat, in order.
+
+    ``fpgacnn.hw.core.Core`` documents the timing of each stream.
+    """
+
+    def __init__(self):
+        super().__init__({
+            "wr": In(stream.Signature(WriteCommand)),
+            "start": In(stream.Signature(StartCommand)),
+            "busy": Out(1),
+            "rd": In(stream.Signature(ReadCommand)),
+            "rd_data": Out(stream.Signature(ReadData)),
+        })
 
 
 def encode_struct(layout, fields):

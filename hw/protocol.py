@@ -51,7 +51,8 @@ is decoded; RUN(i+1) follows the RESULT that waited for run ``i``, so it is neve
 
 from amaranth.lib import crc, data, enum
 
-from .program import ReadSpace, Space
+from .config import MAX_NAME_CHARS, AcceleratorConfig, Dataflow
+from .program import CHUNK_BITS, DESCRIPTOR_WORDS, ReadSpace, Space
 
 __all__ = [
     "PROTOCOL_VERSION", "REQUEST_SYNC", "RESPONSE_SYNC", "MAX_CHUNKS", "CHUNK_BYTES",
@@ -60,15 +61,16 @@ __all__ = [
     "ResultArgs", "Identity", "ARGS_BYTES", "IDENTITY_FLAG_ICE40",
     "struct_bytes", "encode_struct", "decode_struct", "crc16",
     "encode_request", "encode_response", "ProtocolError", "parse_response",
-    "parse_request", "write_payload", "space_chunks", "identity_fields",
-    "ReadSpace", "Space", "REQUEST_HEADER_BYTES", "RESPONSE_HEADER_BYTES",
+    "parse_request", "write_payload", "space_chunks", "identity_fields", "identity_config",
+    "DATAFLOW_CODES", "ReadSpace", "Space", "REQUEST_HEADER_BYTES", "RESPONSE_HEADER_BYTES",
 ]
 
-PROTOCOL_VERSION = 2
+#: Version 3: the identity carries every field of the board's AcceleratorConfig.
+PROTOCOL_VERSION = 3
 REQUEST_SYNC = 0xA5
 RESPONSE_SYNC = 0x5A
 #: Bytes of one WRITE chunk (a 64-bit ``Core.wr`` beat).
-CHUNK_BYTES = 8
+CHUNK_BYTES = CHUNK_BITS // 8
 #: Chunks one WRITE frame may carry; the board buffers them (one EBR) before committing.
 MAX_CHUNKS = 64
 #: Bytes of every command's argument block (the first bytes of a request payload).
@@ -84,6 +86,8 @@ RX_FIFO_BYTES = 512
 CRC = crc.catalog.CRC16_CCITT(data_width=8)
 #: ``Identity.flags`` bit: built with hand-instantiated iCE40 primitives.
 IDENTITY_FLAG_ICE40 = 1
+#: ``Identity.dataflow``: the code of each :class:`~.config.Dataflow`.
+DATAFLOW_CODES = {Dataflow.SYSTOLIC: 0, Dataflow.BROADCAST: 1}
 
 
 class Opcode(enum.Enum, shape=8):
@@ -138,7 +142,12 @@ class ResultArgs(data.Struct):
 
 
 class Identity(data.Struct):
-    """What the board reports to IDENTIFY: enough for the host to compile for it."""
+    """What the board reports to IDENTIFY: its :class:`~.config.AcceleratorConfig` (every
+    field: the host compiles for exactly this build) and the link's limits.
+
+    ``version`` comes first in every protocol version, so a host can tell a board it
+    cannot decode. ``name`` is ASCII, NUL-padded.
+    """
     version: 8
     rows: 8
     cols: 8
@@ -154,8 +163,14 @@ class Identity(data.Struct):
     clock_hz: 32
     baud: 32
     timeout_us: 32
+    pool_width: 16
+    pool_blocks: 8
+    dataflow: 8          # DATAFLOW_CODES
+    requant_interval: 8
+    name: 8 * MAX_NAME_CHARS
 
 
+assert set(DATAFLOW_CODES) == set(Dataflow), DATAFLOW_CODES
 assert RX_FIFO_BYTES & (RX_FIFO_BYTES - 1) == 0, RX_FIFO_BYTES
 for _args in (WriteArgs, RunArgs, ResultArgs):
     assert _args.as_shape().size == ARGS_BYTES * 8, _args
@@ -276,7 +291,6 @@ def write_payload(space, addr, chunks):
 
 def space_chunks(config, space):
     """Number of 64-bit chunks in memory ``space`` of a board built with ``config``."""
-    from .program import DESCRIPTOR_WORDS
     return {
         Space.WEIGHTS: config.weight_words * config.rows // CHUNK_BYTES,
         Space.QPARAMS: config.qparam_entries,
@@ -285,15 +299,53 @@ def space_chunks(config, space):
     }[Space(space)]
 
 
+#: :class:`Identity` fields that are :class:`~.config.AcceleratorConfig` fields unchanged.
+_CONFIG_FIELDS = ("rows", "cols", "weight_words", "act_bytes", "max_reduction",
+                  "qparam_entries", "max_layers", "max_logits", "clock_hz", "baud",
+                  "pool_width", "pool_blocks", "requant_interval")
+
+
 def identity_fields(config):
-    """The :class:`Identity` a board built with ``config`` reports."""
-    return {
-        "version": PROTOCOL_VERSION, "rows": config.rows, "cols": config.cols,
-        "flags": IDENTITY_FLAG_ICE40 if config.ice40 else 0,
-        "weight_words": config.weight_words, "act_bytes": config.act_bytes,
-        "max_reduction": config.max_reduction, "qparam_entries": config.qparam_entries,
-        "max_layers": config.max_layers, "max_logits": config.max_logits,
+    """The :class:`Identity` a board built with ``config`` reports (a dict of ints).
+
+    Raises
+    ------
+    ValueError
+        If a field of ``config`` does not fit its :class:`Identity` field.
+    """
+    fields = {name: getattr(config, name) for name in _CONFIG_FIELDS}
+    fields.update({
+        "version": PROTOCOL_VERSION, "flags": IDENTITY_FLAG_ICE40 if config.ice40 else 0,
+        "dataflow": DATAFLOW_CODES[config.dataflow],
+        "name": int.from_bytes(config.name.encode("ascii"), "little"),
         "max_chunks": MAX_CHUNKS, "rx_fifo_log2": RX_FIFO_BYTES.bit_length() - 1,
-        "clock_hz": config.clock_hz, "baud": config.baud,
         "timeout_us": FRAME_TIMEOUT_US,
-    }
+    })
+    layout = data.Layout.cast(Identity)
+    for name, value in fields.items():
+        if value >> layout[name].width:
+            raise ValueError(f"config {config.name}: {name} = {value} does not fit the "
+                             f"{layout[name].width}-bit identity field")
+    return fields
+
+
+def identity_config(fields):
+    """The :class:`~.config.AcceleratorConfig` of a board from its identity ``fields``
+    (as :func:`decode_struct` returns them); the inverse of :func:`identity_fields`.
+
+    Raises
+    ------
+    ValueError
+        If the fields do not make a valid configuration (unknown dataflow code, a zero
+        size, ...); the message names the field and the value.
+    """
+    codes = {code: dataflow for dataflow, code in DATAFLOW_CODES.items()}
+    if fields["dataflow"] not in codes:
+        raise ValueError(f"identity dataflow code {fields['dataflow']} is none of "
+                         f"{sorted(codes)}")
+    raw_name = fields["name"].to_bytes(MAX_NAME_CHARS, "little").rstrip(b"\0")
+    return AcceleratorConfig(
+        name=raw_name.decode("ascii", errors="replace"),
+        ice40=bool(fields["flags"] & IDENTITY_FLAG_ICE40),
+        dataflow=codes[fields["dataflow"]],
+        **{name: fields[name] for name in _CONFIG_FIELDS})

@@ -16,13 +16,6 @@ from .uart import UARTReceiver, UARTTransmitter, baud_divisor
 __all__ = ["BoardTop"]
 
 
-def _stream(m, src, dst):
-    # Field-by-field, so the core may declare its payloads as its own Struct classes
-    # with the same layout as link.WRITE_BEAT & co.
-    m.d.comb += [dst.valid.eq(src.valid), dst.payload.eq(src.payload),
-                 src.ready.eq(dst.ready)]
-
-
 class BoardTop(wiring.Component):
     """The accelerator behind its UART: everything of a board except clocks and pins.
 
@@ -38,9 +31,9 @@ class BoardTop(wiring.Component):
     Parameters
     ----------
     config : AcceleratorConfig
-    core : Elaboratable, optional
-        Something with the core's host interface (``wr``, ``start``, ``busy``, ``rd``,
-        ``rd_data``); default ``Core(config)``. Tests pass a small stand-in.
+    core : wiring.Component, optional
+        A component with the signature :class:`~.program.HostInterface`; default
+        ``Core(config)``. Tests pass a small stand-in.
     timeout : int, optional
         Frame timeout in cycles (default :func:`link.timeout_cycles`).
     debug : bool
@@ -98,11 +91,7 @@ class BoardTop(wiring.Component):
                      link.rx.payload.eq(fifo.r_data), link.rx.valid.eq(fifo.r_rdy),
                      fifo.r_en.eq(link.rx.ready)]
         wiring.connect(m, link.tx, tx.i)
-        _stream(m, link.wr, core.wr)
-        _stream(m, link.start, core.start)
-        _stream(m, link.rd, core.rd)
-        _stream(m, core.rd_data, link.rd_data)
-        m.d.comb += link.busy.eq(core.busy)
+        wiring.connect(m, link.core, core)
         if "idle" in self.signature.members:
             m.d.comb += self.idle.eq(link.idle & ~rx.busy & ~tx.busy & ~tx.i.valid &
                                      ~rx.o.valid & (fifo.level == 0) & ~core.busy)

@@ -1,7 +1,7 @@
 """UART 8N1 receiver and transmitter with byte streams.
 
-One bit lasts ``divisor`` clock cycles (:func:`baud_divisor`: 36 MHz / 3 Mbaud = 12 on
-the iCEBreaker). Bytes go LSB first: a low start bit, 8 data bits, a high stop bit.
+One bit lasts ``divisor`` clock cycles (:func:`baud_divisor`: the board's clock over its
+baud rate, rounded). Bytes go LSB first: a low start bit, 8 data bits, a high stop bit.
 """
 
 from amaranth.hdl import Module, Signal

@@ -25,12 +25,11 @@ import numpy as np
 
 from ..hw import program as prog
 from ..hw.config import AcceleratorConfig
+from ..hw.protocol import CHUNK_BYTES
 
 __all__ = ["CompileError", "MemoryPlan", "CompiledProgram", "compile_network",
            "POOL_KERNELS", "POOL_STRIDES", "CHUNK_BYTES", "ideal_cycles"]
 
-#: Bytes per host write chunk (IMAGE space: 8 activation bytes per chunk).
-CHUNK_BYTES = prog.CHUNK_BITS // 8
 #: Max-pool windows the gateware supports: kernel × kernel at stride, with
 #: ``stride <= kernel <= stride + 1`` (one line buffer): 2/1, 2/2, 3/2.
 POOL_KERNELS = (2, 3)
@@ -237,9 +236,6 @@ def compile_network(network, params, config):
                          f"parameter sets")
     for stage, p in zip(stages, params):
         p.check(stage)
-    if config.rows % 8:
-        raise CompileError(f"config {config.name}: rows = {config.rows} must be a multiple "
-                           f"of 8 (weight words are written in 64-bit chunks)")
     if len(stages) > config.max_layers:
         raise CompileError(f"{network.name} has {len(stages)} layers but the program memory "
                            f"of {config.name} holds {config.max_layers} descriptors")

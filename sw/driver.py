@@ -11,8 +11,8 @@ The same code talks to a real board (``/dev/ttyUSB1``) and to the simulated boar
 
 Model loads and inference batches are pipelined (:meth:`Accelerator.pipeline`): requests
 go out back to back, never more than the board's receive window unanswered, so the
-host→board wire carries image bytes nearly all the time (LeNet-5 at 3 Mbaud: ~92 % of
-the 383 images/s the raw 784-byte images allow, measured on the simulated board).
+host→board wire carries image bytes nearly all the time (README, "Throughput", has the
+figures measured on the simulated board).
 
 Every failure raises a :class:`DriverError` subclass with a message that says what to
 do; nothing waits forever (every read has a deadline).
@@ -25,15 +25,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..hw import protocol as proto
-from ..hw.config import AcceleratorConfig
+from ..hw.config import DEFAULT_BAUD, AcceleratorConfig
 from ..hw.program import Space
 from . import compiler, mnist
 
 __all__ = ["Accelerator", "BoardInfo", "DriverError", "BoardNotFound", "BoardTimeout",
-           "BoardError", "ModelDoesNotFit", "ImageError", "prepare_images", "as_batch",
-           "DEFAULT_BAUD"]
-
-DEFAULT_BAUD = 3_000_000
+           "BoardError", "ProtocolMismatch", "ModelDoesNotFit", "ImageError",
+           "prepare_images", "as_batch", "DEFAULT_BAUD"]
 
 
 class DriverError(Exception):
@@ -62,6 +60,10 @@ class BoardError(DriverError):
         self.status, self.opcode = status, opcode
 
 
+class ProtocolMismatch(DriverError):
+    """The board was built for another version of the wire protocol."""
+
+
 class ModelDoesNotFit(DriverError, ValueError):
     """The network cannot be compiled for the board's configuration."""
 
@@ -80,56 +82,61 @@ _HINTS = {
 
 @dataclass(frozen=True)
 class BoardInfo:
-    """A board's :class:`~fpgacnn.hw.protocol.Identity`, decoded."""
+    """A board's :class:`~fpgacnn.hw.protocol.Identity`, decoded.
+
+    Attributes
+    ----------
+    config : AcceleratorConfig
+        What the board was built with, as it reports it: the compiler's input.
+    version : int
+        Its protocol version (:data:`~fpgacnn.hw.protocol.PROTOCOL_VERSION`).
+    max_chunks : int
+        Chunks one WRITE frame may carry.
+    rx_fifo : int
+        Bytes of its receive FIFO: the host's pipelining window.
+    timeout_us : int
+        Its frame time-out.
+    """
+    config: AcceleratorConfig
     version: int
-    rows: int
-    cols: int
-    ice40: bool
-    weight_words: int
-    act_bytes: int
-    max_reduction: int
-    qparam_entries: int
-    max_layers: int
-    max_logits: int
     max_chunks: int
     rx_fifo: int
-    clock_hz: int
-    baud: int
     timeout_us: int
 
     @classmethod
     def decode(cls, raw):
-        f = proto.decode_struct(proto.Identity, raw)
-        return cls(version=f["version"], rows=f["rows"], cols=f["cols"],
-                   ice40=bool(f["flags"] & proto.IDENTITY_FLAG_ICE40),
-                   weight_words=f["weight_words"], act_bytes=f["act_bytes"],
-                   max_reduction=f["max_reduction"], qparam_entries=f["qparam_entries"],
-                   max_layers=f["max_layers"], max_logits=f["max_logits"],
-                   max_chunks=f["max_chunks"], rx_fifo=1 << f["rx_fifo_log2"],
-                   clock_hz=f["clock_hz"], baud=f["baud"],
-                   timeout_us=f["timeout_us"])
+        """An IDENTIFY payload → :class:`BoardInfo`.
 
-    @property
-    def config(self):
-        """The :class:`AcceleratorConfig` the board was built with (as far as it matters)."""
-        from ..hw.config import CONFIGS
-        carried = dict(
-            rows=self.rows, cols=self.cols, max_reduction=self.max_reduction,
-            weight_words=self.weight_words, act_bytes=self.act_bytes,
-            qparam_entries=self.qparam_entries, max_layers=self.max_layers,
-            max_logits=self.max_logits, clock_hz=self.clock_hz, baud=self.baud,
-            ice40=self.ice40)
-        # A known build with the same sizes: it also knows what the identity does not say
-        # (line-buffer limits, dataflow), which the compiler's checks need.
-        for known in CONFIGS.values():
-            if all(getattr(known, k) == v for k, v in carried.items()):
-                return known
-        return AcceleratorConfig(name="board", **carried)
+        Raises
+        ------
+        ProtocolMismatch
+            The board speaks another protocol version (its first byte), or its identity
+            is not a valid one of this version.
+        """
+        raw = bytes(raw)
+        size = proto.struct_bytes(proto.Identity)
+        version = raw[0] if raw else None
+        if version != proto.PROTOCOL_VERSION:
+            raise ProtocolMismatch(
+                f"the board speaks protocol version {version}, this driver version "
+                f"{proto.PROTOCOL_VERSION}; rebuild and program the bitstream with this "
+                f"fpgacnn (fpgacnn build --program), or install the fpgacnn it was built with")
+        if len(raw) != size:
+            raise ProtocolMismatch(f"the board's identity has {len(raw)} bytes, protocol "
+                                   f"version {version} has {size}; reprogram the board")
+        f = proto.decode_struct(proto.Identity, raw)
+        try:
+            config = proto.identity_config(f)
+        except ValueError as e:
+            raise ProtocolMismatch(f"the board reports an invalid configuration ({e}); "
+                                   f"reprogram it") from None
+        return cls(config=config, version=version, max_chunks=f["max_chunks"],
+                   rx_fifo=1 << f["rx_fifo_log2"], timeout_us=f["timeout_us"])
 
     def describe(self):
-        return (f"{self.config.name}: {self.rows}x{self.cols} array, "
-                f"{self.weight_words} weight words, {self.act_bytes} B activations, "
-                f"{self.clock_hz / 1e6:g} MHz, {self.baud:,} baud")
+        c = self.config
+        return (f"{c.name}: {c.rows}x{c.cols} array, {c.weight_words} weight words, "
+                f"{c.act_bytes} B activations, {c.clock_hz / 1e6:g} MHz, {c.baud:,} baud")
 
 
 def prepare_images(images, input_shape, quant=None):
@@ -331,22 +338,8 @@ class Accelerator:
 
     def identify(self):
         """Ask the board what it is; returns (and caches) a :class:`BoardInfo`."""
-        info = BoardInfo.decode(self.transact(proto.Opcode.IDENTIFY))
-        if info.version != proto.PROTOCOL_VERSION:
-            raise DriverError(f"board speaks protocol version {info.version}, this driver "
-                              f"{proto.PROTOCOL_VERSION}; rebuild the bitstream or update")
-        self.info = info
-        return info
-
-    def write(self, space, addr, chunks):
-        """Write 64-bit ``chunks`` to ``space`` from chunk ``addr``; check the board's CRC."""
-        chunks = list(chunks)
-        payload = proto.write_payload(space, addr, chunks)
-        got = int.from_bytes(self.transact(proto.Opcode.WRITE, payload), "little")
-        want = proto.crc16(payload[proto.ARGS_BYTES:])
-        if got != want:
-            raise DriverError(f"board stored a different {Space(space).name} block at "
-                              f"{addr} (CRC 0x{got:04x}, sent 0x{want:04x}); reload the model")
+        self.info = BoardInfo.decode(self.transact(proto.Opcode.IDENTIFY))
+        return self.info
 
     @property
     def window(self):
@@ -355,10 +348,9 @@ class Accelerator:
 
     #: Largest pipelined frame as a fraction of the window. The oldest frame's bytes stay
     #: counted until its answer is back, so only the rest of the window keeps the wire
-    #: busy meanwhile: 0.6 leaves ~200 bytes (~70 µs at 3 Mbaud) for the answer's round
-    #: trip and sends a 784-byte image in 3 frames (10 bytes of overhead each). Measured
-    #: on the simulated board (20 images): 0.5 → 91.3 % of the link ceiling, 0.6 → 92.4 %,
-    #: 0.8 → 90.9-93.5 % depending on how quickly the host process reacts.
+    #: busy meanwhile: 0.6 leaves ~200 bytes of a 512-byte window for the answer's round
+    #: trip and sends a 784-byte image in 3 frames (10 bytes of overhead each); README
+    #: ("Throughput") has the measurements that chose it.
     frame_fraction = 0.6
 
     def _frame_chunks(self):

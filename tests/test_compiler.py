@@ -142,8 +142,6 @@ def _net(layers, shape=(1, 8, 8)):
      r"layer 0 \(conv 2@3x3\): max-pool 4x4 stride 2 is not supported"),
     (_net([Conv(2, 3), MaxPool(3, 3), FC(3)], (1, 11, 11)), ICEBREAKER,
      r"layer 0 \(conv 2@3x3\): max-pool 3x3 stride 3 is not supported"),
-    (_net([Conv(2, 3), MaxPool(2, 2), FC(3)], (1, 10, 10)), ICEBREAKER.with_(rows=12),
-     r"rows = 12 must be a multiple of 8"),
     (_net([Conv(2, 2), MaxPool(3, 1), FC(3)], (1, 11, 11)), ICEBREAKER,
      r"max-pool 3x3 stride 1 is not supported"),
     (_net([Conv(2, 3), MaxPool(2, 2), FC(3)], (1, 36, 36)), ICEBREAKER,
@@ -152,7 +150,7 @@ def _net(layers, shape=(1, 8, 8)):
     (_net([Conv(17, 3), MaxPool(2, 2), FC(3)], (1, 10, 10)), ICEBREAKER,
      r"max-pool over 8 columns × 3 k-blocks exceeds the line buffer"),
 ], ids=["weights", "act", "qparams", "program", "logits", "reduction", "in_h", "stride",
-        "pool_kernel", "pool_stride", "rows", "pool_3_1", "pool_width", "pool_blocks"])
+        "pool_kernel", "pool_stride", "pool_3_1", "pool_width", "pool_blocks"])
 def test_rejections_name_layer_and_sizes(net, config, message):
     with pytest.raises(CompileError, match=message):
         compile_network(net, nets.random_params(net, 0), config)

@@ -16,7 +16,8 @@ from fpgacnn.hw import protocol as proto
 from fpgacnn.hw.config import get_config
 from fpgacnn.sw import network as nets
 from fpgacnn.sw.driver import (Accelerator, BoardError, BoardNotFound, BoardTimeout,
-                               DriverError, ImageError, ModelDoesNotFit, prepare_images)
+                               DriverError, ImageError, ModelDoesNotFit, ProtocolMismatch,
+                               prepare_images)
 
 
 class FakeServer:
@@ -117,8 +118,47 @@ def test_garbage_and_damaged_answers(server):
     replies = iter([answers[0] + answers[1], bytes(damaged)])
     srv = server(lambda opcode, payload: next(replies))
     with Accelerator.open(srv.url, timeout=1) as acc:
-        assert acc.identify().rows == 8                 # garbage before the sync is skipped
+        assert acc.identify().config.rows == 8          # garbage before the sync is skipped
         with pytest.raises(DriverError, match="damaged response"):
+            acc.identify()
+
+
+def test_identity_gives_the_board_config(server):
+    """The driver compiles for what the board reports, field by field, not for a known
+    configuration that looks similar."""
+    odd = get_config("icebreaker").with_(name="custom", pool_width=20, requant_interval=4,
+                                         dataflow="systolic", clock_hz=18_000_000)
+    srv = server(lambda opcode, payload: proto.encode_response(
+        proto.Status.OK, opcode, identity(odd)))
+    with Accelerator.open(srv.url, timeout=1) as acc:
+        info = acc.identify()
+    assert info.config == odd
+    assert (info.max_chunks, info.rx_fifo) == (proto.MAX_CHUNKS, proto.RX_FIFO_BYTES)
+    assert info.describe().startswith("custom: 8x1 array")
+
+
+@pytest.mark.parametrize("version, size", [(2, 32), (proto.PROTOCOL_VERSION + 1, 53)])
+def test_other_protocol_version_is_refused(server, version, size):
+    raw = bytes([version]) + identity(get_config("icebreaker"))[1:size]
+    srv = server(lambda opcode, payload: proto.encode_response(proto.Status.OK, opcode, raw))
+    with Accelerator.open(srv.url, timeout=1) as acc:
+        with pytest.raises(ProtocolMismatch, match=f"the board speaks protocol version "
+                                                   f"{version}, this driver version "
+                                                   f"{proto.PROTOCOL_VERSION}; rebuild"):
+            acc.identify()
+        assert acc.info is None
+
+
+def test_malformed_identity_is_refused(server):
+    good = identity(get_config("icebreaker"))
+    answers = iter([good[:-1], good[:1] + bytes(len(good) - 1)])   # short; all zero
+    srv = server(lambda opcode, payload: proto.encode_response(
+        proto.Status.OK, opcode, next(answers)))
+    with Accelerator.open(srv.url, timeout=1) as acc:
+        with pytest.raises(ProtocolMismatch, match=f"identity has 52 bytes, protocol version "
+                                                   f"{proto.PROTOCOL_VERSION} has 53"):
+            acc.identify()
+        with pytest.raises(ProtocolMismatch, match="invalid configuration"):
             acc.identify()
 
 

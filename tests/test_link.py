@@ -10,13 +10,11 @@ import random
 
 import pytest
 from amaranth.hdl import Module, Signal
-from amaranth.lib import stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import wiring
 
 from fpgacnn.hw import protocol as proto
 from fpgacnn.hw.config import get_config
-from fpgacnn.hw.link import READ_DATA, READ_REQUEST, START_ARGS, WRITE_BEAT
-from fpgacnn.hw.program import ReadSpace, Space
+from fpgacnn.hw.program import HostInterface, ReadSpace, Space
 from fpgacnn.hw.top import BoardTop
 from fpgacnn.sim.amaranth_sim import run_simulation
 
@@ -42,13 +40,7 @@ class FakeCore(wiring.Component):
     def __init__(self, run_cycles, *, wr_ready=False):
         self._run_cycles = run_cycles
         self._wr_ready = wr_ready
-        super().__init__({
-            "wr": In(stream.Signature(WRITE_BEAT)),
-            "start": In(stream.Signature(START_ARGS)),
-            "busy": Out(1),
-            "rd": In(stream.Signature(READ_REQUEST)),
-            "rd_data": Out(stream.Signature(READ_DATA)),
-        })
+        super().__init__(HostInterface())
 
     def elaborate(self, platform):
         m = Module()
@@ -119,6 +111,7 @@ class LinkBench:
     async def transact(self, ctx, opcode, payload=b""):
         await self.send(ctx, proto.encode_request(opcode, payload))
         status, echo, data = await self.response(ctx)
+        assert echo == opcode, (echo, opcode)
         return status, data
 
     async def _monitor(self, ctx):
@@ -284,7 +277,6 @@ def test_pipelined_burst_is_buffered(request, seed):
     while the link commits, waits for a run or answers are held in the RX FIFO, and
     every request is answered in order (before the FIFO, they were dropped)."""
     rng = random.Random(seed)
-    cfg = CONFIG
     bases = [0x0000, 0x0320, 0x0000]
     images = [[rng.getrandbits(64) for _ in range(rng.randrange(3, 7))] for _ in bases]
     result = proto.encode_struct(proto.ResultArgs, {"n_logits": 4,

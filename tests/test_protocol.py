@@ -8,7 +8,7 @@ import random
 import pytest
 
 from fpgacnn.hw import protocol as proto
-from fpgacnn.hw.config import CONFIGS
+from fpgacnn.hw.config import CONFIGS, MAX_NAME_CHARS
 from fpgacnn.hw.program import Space
 
 
@@ -60,10 +60,32 @@ def test_write_payload_layout():
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_identity_round_trip(name):
+    """Every configuration survives the identity frame whole: the host compiles for
+    exactly what the board was built with."""
     cfg = CONFIGS[name]
     raw = proto.encode_struct(proto.Identity, proto.identity_fields(cfg))
-    assert len(raw) == proto.struct_bytes(proto.Identity) == 32
+    assert len(raw) == proto.struct_bytes(proto.Identity) == 53
+    assert raw[0] == proto.PROTOCOL_VERSION              # first in every version
     fields = proto.decode_struct(proto.Identity, raw)
     assert fields == proto.identity_fields(cfg)
+    assert proto.identity_config(fields) == cfg
     # Every memory's chunk count fits the 16-bit WRITE address.
     assert all(proto.space_chunks(cfg, s) <= 1 << 16 for s in Space)
+
+
+def test_identity_carries_non_default_fields():
+    cfg = CONFIGS["icebreaker"].with_(name="x" * MAX_NAME_CHARS, pool_width=300,
+                                      pool_blocks=7, requant_interval=4, baud=115_200,
+                                      dataflow="systolic", ice40=False)
+    raw = proto.encode_struct(proto.Identity, proto.identity_fields(cfg))
+    assert proto.identity_config(proto.decode_struct(proto.Identity, raw)) == cfg
+
+
+def test_identity_rejects_what_it_cannot_carry():
+    with pytest.raises(ValueError, match="rows = 256 does not fit the 8-bit identity field"):
+        proto.identity_fields(CONFIGS["icebreaker"].with_(rows=256))
+    fields = proto.identity_fields(CONFIGS["icebreaker"])
+    with pytest.raises(ValueError, match="dataflow code 9 is none of"):
+        proto.identity_config({**fields, "dataflow": 9})
+    with pytest.raises(ValueError, match="pool_width must be a positive integer, not 0"):
+        proto.identity_config({**fields, "pool_width": 0})

@@ -9,6 +9,7 @@ import numpy as np
 
 
 def configure(parser):
+    from ..hw.config import DEFAULT_BAUD
     parser.add_argument("--port", default=None,
                         help="serial port of the board (/dev/ttyUSB1) or the simulated "
                              "board's URL (socket://127.0.0.1:9000, see `fpgacnn sim-board`); "
@@ -23,8 +24,8 @@ def configure(parser):
                         help='also write {"model", "classes", "logits"} as JSON to PATH')
     parser.add_argument("--timeout", type=float, default=5.0,
                         help="seconds to wait for any one answer of the board (default 5)")
-    parser.add_argument("--baud", type=int, default=3_000_000,
-                        help="serial baud rate of the board's build (default 3000000)")
+    parser.add_argument("--baud", type=int, default=DEFAULT_BAUD,
+                        help=f"serial baud rate of the board's build (default {DEFAULT_BAUD})")
     parser.add_argument("images", nargs="+", type=Path,
                         help="grey (or, for a 3-channel model, RGB) PNGs, .npy arrays "
                              "(uint8 pixels (N,H,W)/(N,C,H,W), or int8) or MNIST IDX image "

@@ -1,0 +1,86 @@
+"""AcceleratorConfig: every configuration is checked once, when it is made."""
+
+from dataclasses import fields
+
+import pytest
+
+from fpgacnn.hw.config import CONFIGS, DEFAULT_BAUD, AcceleratorConfig, Dataflow, get_config
+
+BASE = get_config("icebreaker")
+SIZES = [f.name for f in fields(AcceleratorConfig) if f.type is int]
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_shipped_configs_are_valid(name):
+    cfg = CONFIGS[name]
+    assert cfg.with_() == cfg
+    assert isinstance(cfg.dataflow, Dataflow)
+    assert cfg.baud == DEFAULT_BAUD
+
+
+def test_dataflow_strings_are_coerced():
+    for text, member in [("systolic", Dataflow.SYSTOLIC), ("broadcast", Dataflow.BROADCAST)]:
+        cfg = BASE.with_(dataflow=text)
+        assert cfg.dataflow is member
+        assert cfg == BASE.with_(dataflow=member)
+    with pytest.raises(ValueError, match="config icebreaker: dataflow must be one of "
+                                         "'systolic', 'broadcast', not 'weight-stationary'"):
+        BASE.with_(dataflow="weight-stationary")
+    with pytest.raises(ValueError, match="dataflow must be one of .*, not 1"):
+        BASE.with_(dataflow=1)
+
+
+@pytest.mark.parametrize("rows, message", [
+    (12, "rows = 12 must be a multiple of 8"),
+    (4, "rows = 4 must be a multiple of 8"),
+    (24, "rows = 24 must be 8 times a power of two"),
+])
+def test_bad_rows(rows, message):
+    with pytest.raises(ValueError, match=f"config icebreaker: {message}"):
+        BASE.with_(rows=rows)
+
+
+def test_rows_powers_of_two_accepted():
+    assert [BASE.with_(rows=r).rows for r in (8, 16, 32, 64)] == [8, 16, 32, 64]
+
+
+@pytest.mark.parametrize("field", SIZES)
+@pytest.mark.parametrize("value", [0, -8, 2.5, True, "8"])
+def test_sizes_must_be_positive_integers(field, value):
+    with pytest.raises(ValueError, match=f"config icebreaker: {field} must be a positive "
+                                         f"integer, not {value!r}"):
+        BASE.with_(**{field: value})
+
+
+def test_act_bytes_whole_chunks():
+    with pytest.raises(ValueError, match="act_bytes = 4100 must be a multiple of 8"):
+        BASE.with_(act_bytes=4100)
+
+
+@pytest.mark.parametrize("interval", [3, 6, 12])
+def test_requant_interval_power_of_two(interval):
+    with pytest.raises(ValueError, match=f"requant_interval = {interval} must be a power of "
+                                         f"two dividing the"):
+        BASE.with_(requant_interval=interval)
+
+
+def test_requant_intervals_accepted():
+    assert [BASE.with_(requant_interval=k).requant_interval for k in (1, 2, 4, 8)] == \
+        [1, 2, 4, 8]
+
+
+@pytest.mark.parametrize("name", ["", "x" * 17, "brd\u00e9", "a\nb", 7])
+def test_bad_name(name):
+    with pytest.raises(ValueError, match="config name must be 1 to 16 printable ASCII"):
+        BASE.with_(name=name)
+
+
+def test_ice40_must_be_bool():
+    with pytest.raises(ValueError, match="ice40 must be True or False, not 'yes'"):
+        BASE.with_(ice40="yes")
+
+
+def test_unknown_config_names_the_choices():
+    with pytest.raises(ValueError, match="unknown board/config 'icestick'; choose one of "
+                                         "icebreaker, ulx3s-85f"):
+        get_config("icestick")
