@@ -68,13 +68,14 @@ class Im2col(wiring.Component):
     """Generate the operand addresses of one layer, one beat per cycle.
 
     A layer starts with a beat on ``start`` (a :class:`~fpgacnn.hw.program.LayerDescriptor`;
-    ``start.ready`` is high only while idle). The unit then spends 8 cycles computing
-    per-layer constants by shift-and-add (no multipliers anywhere), and emits ``out_h *
-    k_blocks * ceil(out_w / cols) * reduction`` beats on ``o_stream``, one per cycle unless
-    backpressured, the final one with ``end``. Column ``j``'s byte address is
-    ``in_base + (c*in_h + iy)*in_w + ix`` (CHW), its ``act_zero`` flags padding or a pixel
-    beyond ``out_w``; the weight word is ``w_base + kb*reduction + d``. Addresses of
-    zeroed operands are unspecified (they are never read).
+    ``start.ready`` is high only while idle). The unit then spends 8 cycles (one per bit of
+    the descriptor's ``in_h``) computing per-layer constants by shift-and-add (no
+    multipliers anywhere), and emits ``out_h * k_blocks * ceil(out_w / cols) * reduction``
+    beats on ``o_stream``, one per cycle unless backpressured, the final one with ``end``.
+    Column ``j``'s byte address is ``in_base + (c*in_h + iy)*in_w + ix`` (CHW), its
+    ``act_zero`` flags padding or a pixel beyond ``out_w``; the weight word is
+    ``w_base + kb*reduction + d``. Addresses of zeroed operands are unspecified (they are
+    never read).
 
     Only ``cin, in_h, in_w, kernel, stride, pad, out_h, out_w, k_blocks, reduction,
     in_base, w_base`` are used. The geometry must be a consistent convolution:

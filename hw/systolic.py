@@ -80,7 +80,8 @@ class SystolicArray(wiring.Component):
     rows, cols : int
         Array shape: output channels × output pixels per tile.
     acc_width : int
-        Signed accumulator width (see ``golden.accumulator_bits``); sums wrap beyond it.
+        Signed accumulator width (see ``fpgacnn.sw.golden.accumulator_bits``); sums wrap
+        beyond it.
     mac : ``"generic"``, ``"ice40"`` or class
         Multiplier block with the ``DualMul8`` signature and a ``LATENCY`` attribute.
     dataflow : ``"systolic"`` or ``"broadcast"``
