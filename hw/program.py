@@ -129,6 +129,12 @@ def pool_output_size(size, kernel, stride):
     return conv_output_size(size, kernel, stride, 0)
 
 
+def field_widths(layout):
+    """``{name: width}`` of every field of ``layout``, e.g. to size a register or check a
+    value against a :class:`LayerDescriptor` field."""
+    return {name: f.width for name, f in data.Layout.cast(layout)}
+
+
 DESCRIPTOR_WORDS = -(-LayerDescriptor.as_shape().size // CHUNK_BITS)
 
 
@@ -148,8 +154,3 @@ def decode_struct(layout, value):
         out[name] = raw
     return out
 
-
-def field_widths(layout):
-    """``{name: width}`` of every field of ``layout``, e.g. to size a register or check a
-    value against a :class:`LayerDescriptor` field."""
-    return {name: f.width for name, f in data.Layout.cast(layout)}
