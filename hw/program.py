@@ -75,9 +75,9 @@ ACT_BITS = WEIGHT_BITS = 8
 BIAS_BITS = 32
 #: Width of the unsigned requantisation multiplier: ``0 <= M < 2**M_BITS``. Eight bits, not
 #: 16: the quantiser normalises M into ``[2**(M_BITS-1), 2**M_BITS)`` (relative error at
-#: most ``2**-M_BITS``), which keeps LeNet-5's int8 accuracy (README has the measurement),
-#: and half the width halves the requantiser's multiplier, which matters on the iCE40UP5K
-#: whose DSP blocks all serve the systolic array.
+#: most ``2**-M_BITS``), enough for LeNet-5 to match its float accuracy (README has the
+#: measurement), and half the width halves the requantiser's multiplier, which matters on
+#: the iCE40UP5K whose DSP blocks all serve the systolic array.
 M_BITS = 8
 #: Range of the requantisation shift: ``S_MIN <= S <= S_MAX``, held in ``S_BITS`` bits.
 S_MIN, S_MAX = 1, 63
