@@ -39,8 +39,9 @@ class Datapath(wiring.Component):
        ``to_logits`` layer writes the logits buffer at ``(k*H + y)*W + x`` instead.
 
     Throughput: one operand beat per cycle (``out_h·k_blocks·x_tiles·D`` cycles per
-    layer) as long as ``D >= array.min_tile``, plus the pipeline's fill and drain (a few
-    tens of cycles) per layer.
+    layer) as long as ``D >= array.min_tile``, plus the pipeline's fill and drain once per
+    layer: Im2col's start latency, the array's ``result_latency`` and the last tile's
+    ``rows·cols`` results, and the requantiser's and max-pool's latencies.
 
     Control: hold ``desc``/``image_base`` stable and pulse ``start``; ``done`` pulses
     once the layer's last output is written. ``cycles`` then holds the layer's cycles
@@ -71,7 +72,7 @@ class Datapath(wiring.Component):
         self.pool = MaxPool(config.pool_width, config.pool_blocks, rows)
         super().__init__({
             "desc": In(program.LayerDescriptor),
-            "image_base": In(16),
+            "image_base": In(program.field_widths(program.LayerDescriptor)["in_base"]),
             "start": In(1),
             "done": Out(1),
             "busy": Out(1),
@@ -84,16 +85,11 @@ class Datapath(wiring.Component):
         })
 
     def elaborate(self, platform):
-        cfg = self._config
-        R, C = cfg.rows, cfg.cols
-        log_r = (R - 1).bit_length()
         m = Module()
-        desc = self.desc
-
-        m.submodules.im2col = gen = self.im2col
-        m.submodules.array = array = self.array
-        m.submodules.requant = rq = self.requant
-        m.submodules.pool = pool = self.pool
+        m.submodules.im2col = self.im2col
+        m.submodules.array = self.array
+        m.submodules.requant = self.requant
+        m.submodules.pool = self.pool
 
         running = Signal()
         m.d.comb += self.busy.eq(running)
@@ -103,17 +99,27 @@ class Datapath(wiring.Component):
             m.d.sync += [running.eq(1), self.cycles.eq(1)]
 
         # ---- 1: address generator (idle whenever a layer starts) -------------------------
+        desc, gen = self.desc, self.im2col
         m.d.comb += [gen.start.valid.eq(self.start), gen.start.p.eq(desc),
                      gen.start.p.in_base.eq(Mux(desc.in_from_image, self.image_base,
                                                 desc.in_base))]
+        self._fetch(m)
+        tiles_done = self._drop_and_read_qparam(m)
+        out_valid, out_value, out_ready = self._optional_pool(m)
+        written = self._writer(m, out_valid, out_value, out_ready, running)
+        with m.If(running & written & tiles_done):
+            m.d.sync += [running.eq(0), self.done.eq(1)]
+        return m
 
-        # ---- 2: fetch ------------------------------------------------------------------
-        ops = array.i_stream
-        beat = gen.o_stream
+    def _fetch(self, m):
+        """Stage 2: the beat's activation and weight reads, padded operands zeroed, into
+        the array (one beat per cycle unless the array holds back)."""
+        ops = self.array.i_stream
+        beat = self.im2col.o_stream
         advance = Signal()
-        pad_r = Signal(C)
+        pad_r = Signal(self._config.cols)
         m.d.comb += [advance.eq(~ops.valid | ops.ready), beat.ready.eq(advance)]
-        for j in range(C):
+        for j in range(self._config.cols):
             m.d.comb += [self.act_rd[j].addr.eq(beat.p.act_addr[j]),
                          self.act_rd[j].en.eq(advance),
                          ops.p.x[j].eq(Mux(pad_r[j], 0, self.act_rd[j].data))]
@@ -123,14 +129,16 @@ class Datapath(wiring.Component):
             m.d.sync += [ops.valid.eq(beat.valid), pad_r.eq(beat.p.act_zero),
                          ops.p.last.eq(beat.p.last)]
 
-        # ---- 3: drop columns beyond out_w, read the channel's qparam ---------------------
-        res = array.o_stream
-        xbase = Signal(8)            # first pixel of the tile being drained
-        kbase = Signal(12)           # kb * R
-        t_kb = Signal(8)
+    def _drop_and_read_qparam(self, m):
+        """Stage 3: drop the array's results for pixels ``>= out_w``, read each kept
+        result's QParam into the requantiser. Returns ``tiles_done``: every tile of the
+        layer has left the array."""
+        desc, res, rq_in = self.desc, self.array.o_stream, self.requant.i_stream
+        xbase = Signal.like(desc.out_w)          # first pixel of the tile being drained
+        kbase = Signal.like(desc.q_base)         # kb * R
+        t_kb = Signal.like(desc.k_blocks)
         keep = Signal()
         m.d.comb += keep.eq(xbase + res.p.col < desc.out_w)
-        rq_in = rq.i_stream
         adv_q = Signal()
         acc_r = Signal.like(res.p.acc)
         m.d.comb += [adv_q.eq(~rq_in.valid | rq_in.ready),
@@ -143,73 +151,72 @@ class Datapath(wiring.Component):
             m.d.comb += res.ready.eq(1)
         # The final tile's dropped columns may leave the array after the last output is
         # written; the layer is only done once they have (the next layer resets these).
-        t_y = Signal(8)
+        t_y = Signal.like(desc.out_h)
         tiles_done = Signal()
         with m.If(res.valid & res.ready & res.p.last):
-            with m.If(xbase + C >= desc.out_w):
+            with m.If(xbase + self._config.cols >= desc.out_w):
                 m.d.sync += xbase.eq(0)
                 with m.If(t_kb + 1 == desc.k_blocks):
                     m.d.sync += [t_kb.eq(0), kbase.eq(0), t_y.eq(t_y + 1)]
                     with m.If(t_y + 1 == desc.out_h):
                         m.d.sync += tiles_done.eq(1)
                 with m.Else():
-                    m.d.sync += [t_kb.eq(t_kb + 1), kbase.eq(kbase + R)]
+                    m.d.sync += [t_kb.eq(t_kb + 1), kbase.eq(kbase + self._config.rows)]
             with m.Else():
-                m.d.sync += xbase.eq(xbase + C)
+                m.d.sync += xbase.eq(xbase + self._config.cols)
+        with m.If(self.start):
+            m.d.sync += [xbase.eq(0), kbase.eq(0), t_kb.eq(0), t_y.eq(0), tiles_done.eq(0)]
         qp = self.q_rd.data
         m.d.comb += [rq_in.p.lanes[0].acc.eq(acc_r), rq_in.p.lanes[0].bias.eq(qp.bias),
                      rq_in.p.lanes[0].m.eq(qp.m), rq_in.p.lanes[0].s.eq(qp.s),
                      rq_in.p.relu.eq(desc.relu)]
+        return tiles_done
 
-        # ---- 4: optional max-pool ------------------------------------------------------
+    def _optional_pool(self, m):
+        """Stage 4: the requantised stream through the max-pool or past it; returns the
+        stream to write as ``(valid, value, ready)``."""
+        desc, pool, rq_out = self.desc, self.pool, self.requant.o_stream
         m.d.comb += [pool.start.eq(self.start), pool.height.eq(desc.out_h),
                      pool.width.eq(desc.out_w), pool.blocks.eq(desc.k_blocks),
                      pool.kernel.eq(desc.pool_kernel), pool.stride.eq(desc.pool_stride)]
-        out_valid, out_value, out_ready = Signal(), Signal(8), Signal()
+        out_valid = Signal()
+        out_value = Signal(8)
+        out_ready = Signal()
         with m.If(desc.pool_en):
-            m.d.comb += [pool.i_stream.valid.eq(rq.o_stream.valid),
-                         pool.i_stream.p.eq(rq.o_stream.p.y[0]),
-                         rq.o_stream.ready.eq(pool.i_stream.ready),
+            m.d.comb += [pool.i_stream.valid.eq(rq_out.valid),
+                         pool.i_stream.p.eq(rq_out.p.y[0]),
+                         rq_out.ready.eq(pool.i_stream.ready),
                          out_valid.eq(pool.o_stream.valid), out_value.eq(pool.o_stream.p),
                          pool.o_stream.ready.eq(out_ready)]
         with m.Else():
-            m.d.comb += [out_valid.eq(rq.o_stream.valid), out_value.eq(rq.o_stream.p.y[0]),
-                         rq.o_stream.ready.eq(out_ready)]
+            m.d.comb += [out_valid.eq(rq_out.valid), out_value.eq(rq_out.p.y[0]),
+                         rq_out.ready.eq(out_ready)]
+        return out_valid, out_value, out_ready
 
-        # ---- 5: writer -----------------------------------------------------------------
-        # Map size H*W by repeated addition at layer start (no multiplier to spare).
+    def _writer(self, m, out_valid, out_value, out_ready, running):
+        """Stage 5: the stream ``for y: for kb: for x: for r`` as CHW byte writes (or
+        logits writes). Returns ``written``: the layer's last output is written."""
+        desc, R = self.desc, self._config.rows
+        log_r = (R - 1).bit_length()
         out_h = Mux(desc.pool_en, desc.pool_h, desc.out_h)
         out_w = Mux(desc.pool_en, desc.pool_w, desc.out_w)
-        aw = self._config.act_addr_width     # addresses wrap like the memory
-        plane = Signal(aw)                  # H * W
-        plane_rows = Signal(8)
-        plane_ok = Signal()
-        with m.If(self.start):
-            m.d.sync += [plane.eq(0), plane_rows.eq(0), plane_ok.eq(0)]
-        with m.Elif(~plane_ok):
-            with m.If(plane_rows == out_h):
-                m.d.sync += plane_ok.eq(1)
-            with m.Else():
-                m.d.sync += [plane.eq(plane + out_w), plane_rows.eq(plane_rows + 1)]
+        plane, plane_ok = self._plane_size(m, out_h, out_w)
 
-        wy, wx = Signal(8), Signal(8)
-        wkb = Signal(8)
+        wy = Signal.like(desc.out_h)
+        wx = Signal.like(desc.out_w)
+        wkb = Signal.like(desc.k_blocks)
         wr_ = Signal(range(R))
         # addr = (out_base + y*W + kb*R*H*W) + (r*H*W + x), two registers kept by
         # additions alone, so the address costs one adder.
+        aw = self._config.act_addr_width     # addresses wrap like the memory
         row_addr = Signal(aw)               # out_base + y*W
         kb_row = Signal(aw)                 # row_addr + kb*R*H*W
         rx = Signal(aw)                     # r*H*W + x
-        k = Signal(12)                      # kb*R + r
+        k = Signal.like(desc.out_channels)  # kb*R + r
         m.d.comb += [out_ready.eq(plane_ok & running), k.eq((wkb << log_r) | wr_)]
         addr = Signal(aw)
         m.d.comb += addr.eq(kb_row + rx)
         take = out_valid & out_ready
-        last_r = wr_ == R - 1
-        last_x = wx + 1 == out_w
-        last_kb = wkb + 1 == desc.k_blocks
-        last_y = wy + 1 == out_h
-
         written = Signal()
         m.d.sync += [self.act_wr.en.eq(0), self.logit_wr.en.eq(0), self.done.eq(0)]
         with m.If(take):
@@ -219,23 +226,34 @@ class Datapath(wiring.Component):
                          self.logit_wr.addr.eq(addr), self.logit_wr.data.eq(out_value),
                          self.logit_wr.en.eq(in_range & desc.to_logits)]
             m.d.sync += [wr_.eq(wr_ + 1), rx.eq(rx + plane)]
-            with m.If(last_r):
+            with m.If(wr_ == R - 1):
                 m.d.sync += [wr_.eq(0), rx.eq(wx + 1), wx.eq(wx + 1)]
-                with m.If(last_x):
+                with m.If(wx + 1 == out_w):
                     m.d.sync += [wx.eq(0), rx.eq(0), wkb.eq(wkb + 1),
                                  kb_row.eq(kb_row + (plane << log_r))]
-                    with m.If(last_kb):
+                    with m.If(wkb + 1 == desc.k_blocks):
                         m.d.sync += [wkb.eq(0), wy.eq(wy + 1), row_addr.eq(row_addr + out_w),
                                      kb_row.eq(row_addr + out_w)]
-                        with m.If(last_y):
+                        with m.If(wy + 1 == out_h):
                             m.d.sync += written.eq(1)
-        with m.If(running & written & tiles_done):
-            m.d.sync += [running.eq(0), self.done.eq(1)]
-
         with m.If(self.start):
             m.d.sync += [wy.eq(0), wx.eq(0), wkb.eq(0), wr_.eq(0), rx.eq(0),
                          row_addr.eq(Mux(desc.to_logits, 0, desc.out_base)),
-                         kb_row.eq(Mux(desc.to_logits, 0, desc.out_base)),
-                         xbase.eq(0), kbase.eq(0), t_kb.eq(0), t_y.eq(0), tiles_done.eq(0),
-                         written.eq(0)]
-        return m
+                         kb_row.eq(Mux(desc.to_logits, 0, desc.out_base)), written.eq(0)]
+        return written
+
+    def _plane_size(self, m, out_h, out_w):
+        """``plane = out_h * out_w`` by repeated addition at layer start (no multiplier to
+        spare); ``plane_ok`` once it is final."""
+        aw = self._config.act_addr_width     # addresses wrap like the memory
+        plane = Signal(aw)                  # H * W
+        plane_rows = Signal.like(self.desc.out_h)
+        plane_ok = Signal()
+        with m.If(self.start):
+            m.d.sync += [plane.eq(0), plane_rows.eq(0), plane_ok.eq(0)]
+        with m.Elif(~plane_ok):
+            with m.If(plane_rows == out_h):
+                m.d.sync += plane_ok.eq(1)
+            with m.Else():
+                m.d.sync += [plane.eq(plane + out_w), plane_rows.eq(plane_rows + 1)]
+        return plane, plane_ok

@@ -8,12 +8,16 @@ from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .program import LayerDescriptor
+from .program import LayerDescriptor, field_widths
 
 __all__ = ["Im2col", "beat_layout", "im2col_reference"]
 
+#: Widths of the descriptor fields: the registers that hold them, and the address limits.
+_FIELDS = field_widths(LayerDescriptor)
+_ACT_ADDR, _W_ADDR = _FIELDS["in_base"], _FIELDS["w_base"]
 
-def beat_layout(cols, act_addr_width=16, w_addr_width=16):
+
+def beat_layout(cols, act_addr_width=_ACT_ADDR, w_addr_width=_W_ADDR):
     """Addresses of one operand beat."""
     return data.StructLayout({
         "act_addr": data.ArrayLayout(unsigned(act_addr_width), cols),
@@ -24,7 +28,7 @@ def beat_layout(cols, act_addr_width=16, w_addr_width=16):
     })
 
 
-def im2col_reference(desc, cols, act_addr_width=16, w_addr_width=16):
+def im2col_reference(desc, cols, act_addr_width=_ACT_ADDR, w_addr_width=_W_ADDR):
     """Pure-Python model of :class:`Im2col`: yields one dict per beat (test scaffolding).
 
     ``desc`` is a dict with the LayerDescriptor fields used here (``cin, in_h, in_w,
@@ -64,13 +68,14 @@ class Im2col(wiring.Component):
     """Generate the operand addresses of one layer, one beat per cycle.
 
     A layer starts with a beat on ``start`` (a :class:`~fpgacnn.hw.program.LayerDescriptor`;
-    ``start.ready`` is high only while idle). The unit then spends 8 cycles computing
-    per-layer constants by shift-and-add (no multipliers anywhere), and emits ``out_h *
-    k_blocks * ceil(out_w / cols) * reduction`` beats on ``o_stream``, one per cycle unless
-    backpressured, the final one with ``end``. Column ``j``'s byte address is
-    ``in_base + (c*in_h + iy)*in_w + ix`` (CHW), its ``act_zero`` flags padding or a pixel
-    beyond ``out_w``; the weight word is ``w_base + kb*reduction + d``. Addresses of
-    zeroed operands are unspecified (they are never read).
+    ``start.ready`` is high only while idle). The unit then spends 8 cycles (one per bit of
+    the descriptor's ``in_h``) computing per-layer constants by shift-and-add (no
+    multipliers anywhere), and emits ``out_h * k_blocks * ceil(out_w / cols) * reduction``
+    beats on ``o_stream``, one per cycle unless backpressured, the final one with ``end``.
+    Column ``j``'s byte address is ``in_base + (c*in_h + iy)*in_w + ix`` (CHW), its
+    ``act_zero`` flags padding or a pixel beyond ``out_w``; the weight word is
+    ``w_base + kb*reduction + d``. Addresses of zeroed operands are unspecified (they are
+    never read).
 
     Only ``cin, in_h, in_w, kernel, stride, pad, out_h, out_w, k_blocks, reduction,
     in_base, w_base`` are used. The geometry must be a consistent convolution:
@@ -98,14 +103,15 @@ class Im2col(wiring.Component):
         words passes 12 and 14). Addresses wrap modulo ``2**width``.
     """
 
-    def __init__(self, cols, *, act_addr_width=16, w_addr_width=16):
+    def __init__(self, cols, *, act_addr_width=_ACT_ADDR, w_addr_width=_W_ADDR):
         if not isinstance(cols, int) or cols < 1:
             raise TypeError(f"cols must be a positive integer, not {cols!r}")
-        for name, value in (("act_addr_width", act_addr_width),
-                            ("w_addr_width", w_addr_width)):
-            if not isinstance(value, int) or not 1 <= value <= 16:
-                raise ValueError(f"{name} must be an integer in 1..16 (descriptor addresses "
-                                 f"have 16 bits), not {value!r}")
+        for name, value, field in (("act_addr_width", act_addr_width, "in_base"),
+                                   ("w_addr_width", w_addr_width, "w_base")):
+            if not isinstance(value, int) or not 1 <= value <= _FIELDS[field]:
+                raise ValueError(f"{name} must be an integer in 1..{_FIELDS[field]} (the "
+                                 f"descriptor's {field} has {_FIELDS[field]} bits), not "
+                                 f"{value!r}")
         self.cols = cols
         self.act_addr_width, self.w_addr_width = act_addr_width, w_addr_width
         super().__init__({
@@ -117,81 +123,35 @@ class Im2col(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        C = self.cols
+        r = _Registers(self.start.payload, self.cols, self.act_addr_width, self.w_addr_width)
         o = self.o_stream
-        A = unsigned(self.act_addr_width)
-        WA = unsigned(self.w_addr_width)
-        # Pixel coordinates that decide padding. For a consistent geometry a real pixel's
-        # input x/y lies in [-pad, in + pad) ⊂ [-7, 262); a pixel beyond out_w (zeroed
-        # anyway) adds at most (cols-1)*stride.
-        P = signed(max(10, (262 + 7 * (C - 1)).bit_length() + 1))
-
-        # Latched geometry (only what the run needs).
-        km1 = Signal(4)            # kernel - 1
-        cm1 = Signal(12)           # cin - 1
-        kbm1 = Signal(8)           # k_blocks - 1
-        ohm1 = Signal(8)           # out_h - 1
-        out_w = Signal(8)
-        in_h, in_w = Signal(8), Signal(8)
-        stride, pad = Signal(3), Signal(3)
-        w_base = Signal(WA)
-        # Per-layer steps.
-        step_y = Signal(signed(10))   # in_w - kernel + 1: next fy (may be <= 0 with padding)
-        step_c = Signal(A)            # (in_h - kernel + 1)*in_w - kernel + 1: next channel
-        step_r = Signal(A)            # stride*in_w: next output row
-        cs = Signal(range(7 * C + 1))  # cols*stride: next x-tile
-        m.d.comb += cs.eq(stride * C)
-
-        # Loop state = the beat on o_stream.
-        fx, fy, c = Signal(4), Signal(4), Signal(12)
-        kb, y = Signal(8), Signal(8)
-        rem = Signal(8)            # out_w - xt*cols: pixels left in this output row
-        a0 = Signal(A)             # column 0's address
-        tile_a = Signal(A)         # a0 at (c, fy, fx) = 0 of this tile
-        row_a = Signal(A)          # a0 at (c, fy, fx) = 0 of tile 0 of this row
-        tile_x = Signal(P)         # column 0's input x at fx = 0
-        iy0 = Signal(P)            # input y at fy = 0
-        wa, w_row = Signal(WA), Signal(WA)   # weight word; its value at d = 0 of this kb
-
-        last_tile = rem <= C
-        last_kb = kb == kbm1
-        wrap_x = fx == km1                         # each level wraps when all inner do
-        wrap_y = wrap_x & (fy == km1)
-        wrap_c = wrap_y & (c == cm1)               # last d of the tile
-        wrap_t = wrap_c & last_tile
-        wrap_kb = wrap_t & last_kb
-        end = wrap_kb & (y == ohm1)
-
         # Coordinates are sums, not registers: cheaper than stepping them.
-        iy = Signal(P)
-        m.d.comb += iy.eq(iy0 + fy)
-        row_ok = ~iy[-1] & (iy < in_h)
-        m.d.comb += [o.payload.w_addr.eq(wa), o.payload.last.eq(wrap_c),
-                     o.payload.end.eq(end)]
-        for j in range(C):
-            ix = Signal(P, name=f"ix_{j}")
-            m.d.comb += ix.eq(tile_x + (fx + stride * j if j else fx))
-            ok = row_ok & ~ix[-1] & (ix < in_w) & (rem > j)
-            m.d.comb += [o.payload.act_addr[j].eq(a0 + stride * j if j else a0),
+        iy = Signal(r.P)
+        m.d.comb += iy.eq(r.iy0 + r.fy)
+        row_ok = ~iy[-1] & (iy < r.in_h)
+        m.d.comb += [o.payload.w_addr.eq(r.wa), o.payload.last.eq(r.wrap_c),
+                     o.payload.end.eq(r.end)]
+        for j in range(self.cols):
+            ix = Signal(r.P, name=f"ix_{j}")
+            m.d.comb += ix.eq(r.tile_x + (r.fx + r.stride * j if j else r.fx))
+            ok = row_ok & ~ix[-1] & (ix < r.in_w) & (r.rem > j)
+            m.d.comb += [o.payload.act_addr[j].eq(r.a0 + r.stride * j if j else r.a0),
                          o.payload.act_zero[j].eq(~ok)]
-
-        # Next values, each register with one adder and few sources.
-        row_next = Signal(A)
-        tile_a_next = Signal(A)
-        a0_inc = Signal(A)
-        m.d.comb += [
-            row_next.eq(row_a + step_r),
-            tile_a_next.eq(Mux(last_tile, Mux(last_kb, row_next, row_a), tile_a + cs)),
-            a0_inc.eq(Mux(~wrap_x, 1, Mux(~wrap_y, step_y, step_c))),
-        ]
         step = Signal()            # a beat is taken: advance the loop nest
+        self._control(m, r, step)
+        self._advance(m, r, step)
+        return m
 
-        # Shift-and-add products with in_w, LSB first, one bit per cycle; each starts
-        # at its additive constant so no adder is needed afterwards.
-        wsh = Signal(A)            # in_w << n
-        hsh = Signal(8)            # in_h, shifted right each cycle
-        n = Signal(3)
-
+    def _control(self, m, r, step):
+        """IDLE (latch a descriptor) → INIT (per-layer products) → RUN (emit beats)."""
+        # Shift-and-add products with in_w, LSB first, one multiplier bit per cycle; each
+        # starts at its additive constant so no adder is needed afterwards. INIT lasts as
+        # many cycles as the widest multiplier (in_h) has bits.
+        wsh = Signal.like(r.row_a)      # in_w << n
+        hsh = Signal.like(r.in_h)       # in_h, shifted right each cycle
+        init_cycles = max(len(hsh), len(r.km1), len(r.stride), len(r.pad))
+        n = Signal(range(init_cycles))
+        o = self.o_stream
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.start.ready.eq(1)
@@ -199,12 +159,13 @@ class Im2col(wiring.Component):
                     p = self.start.payload
                     base = p.in_base - p.pad
                     m.d.sync += [
-                        km1.eq(p.kernel - 1), cm1.eq(p.cin - 1), kbm1.eq(p.k_blocks - 1),
-                        ohm1.eq(p.out_h - 1), out_w.eq(p.out_w), in_h.eq(p.in_h),
-                        in_w.eq(p.in_w), stride.eq(p.stride), pad.eq(p.pad),
-                        w_base.eq(p.w_base), n.eq(0), wsh.eq(p.in_w),
-                        hsh.eq(p.in_h), step_y.eq(p.in_w - p.kernel + 1),
-                        step_c.eq(1 - p.kernel), step_r.eq(0), row_a.eq(base),
+                        r.km1.eq(p.kernel - 1), r.cm1.eq(p.cin - 1),
+                        r.kbm1.eq(p.k_blocks - 1), r.ohm1.eq(p.out_h - 1),
+                        r.out_w.eq(p.out_w), r.in_h.eq(p.in_h), r.in_w.eq(p.in_w),
+                        r.stride.eq(p.stride), r.pad.eq(p.pad), r.w_base.eq(p.w_base),
+                        n.eq(0), wsh.eq(p.in_w), hsh.eq(p.in_h),
+                        r.step_y.eq(p.in_w - p.kernel + 1), r.step_c.eq(1 - p.kernel),
+                        r.step_r.eq(0), r.row_a.eq(base),
                     ]
                     empty = ((p.cin == 0) | (p.in_h == 0) | (p.in_w == 0) | (p.kernel == 0) |
                              (p.stride == 0) | (p.out_h == 0) | (p.out_w == 0) |
@@ -212,51 +173,127 @@ class Im2col(wiring.Component):
                     with m.If(~empty):   # nothing to generate otherwise: stay idle
                         m.next = "INIT"
             with m.State("INIT"):
-                # 8 cycles: step_c += (in_h - (kernel-1))*in_w (the factor may be
-                # negative with padding, so its two terms go in separately),
-                # step_r += stride*in_w, row_a -= pad*in_w; one multiplier bit per cycle.
+                # step_c += (in_h - (kernel-1))*in_w (the factor may be negative with
+                # padding, so its two terms go in separately), step_r += stride*in_w,
+                # row_a -= pad*in_w.
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += [wsh.eq(wsh << 1), hsh.eq(hsh >> 1), n.eq(n + 1)]
-                k_bit = km1.bit_select(n, 1) & (n < 4)
+                k_bit = r.km1.bit_select(n, 1) & (n < len(r.km1))
                 with m.If(hsh[0] & ~k_bit):
-                    m.d.sync += step_c.eq(step_c + wsh)
+                    m.d.sync += r.step_c.eq(r.step_c + wsh)
                 with m.Elif(k_bit & ~hsh[0]):
-                    m.d.sync += step_c.eq(step_c - wsh)
-                with m.If(stride.bit_select(n, 1) & (n < 3)):
-                    m.d.sync += step_r.eq(step_r + wsh)
-                with m.If(pad.bit_select(n, 1) & (n < 3)):
-                    m.d.sync += row_a.eq(row_a - wsh)
-                with m.If(n == 7):
+                    m.d.sync += r.step_c.eq(r.step_c - wsh)
+                with m.If(r.stride.bit_select(n, 1) & (n < len(r.stride))):
+                    m.d.sync += r.step_r.eq(r.step_r + wsh)
+                with m.If(r.pad.bit_select(n, 1) & (n < len(r.pad))):
+                    m.d.sync += r.row_a.eq(r.row_a - wsh)
+                with m.If(n == init_cycles - 1):
                     m.next = "RUN"
                     m.d.sync += [
-                        fx.eq(0), fy.eq(0), c.eq(0), kb.eq(0), y.eq(0), rem.eq(out_w),
-                        tile_x.eq(-pad), iy0.eq(-pad), wa.eq(w_base), w_row.eq(w_base),
+                        n.eq(0), r.fx.eq(0), r.fy.eq(0), r.c.eq(0), r.kb.eq(0), r.y.eq(0),
+                        r.rem.eq(r.out_w), r.tile_x.eq(-r.pad), r.iy0.eq(-r.pad),
+                        r.wa.eq(r.w_base), r.w_row.eq(r.w_base),
                     ]
             with m.State("RUN"):
                 m.d.comb += [self.busy.eq(1), o.valid.eq(n != 0), step.eq(o.ready & (n != 0))]
                 with m.If(n == 0):
                     # First RUN cycle: row_a is final now (the INIT sum landed).
-                    m.d.sync += [a0.eq(row_a), tile_a.eq(row_a), n.eq(1)]
-                with m.If(step & end):
+                    m.d.sync += [r.a0.eq(r.row_a), r.tile_a.eq(r.row_a), n.eq(1)]
+                with m.If(step & r.end):
                     m.next = "IDLE"
 
+    def _advance(self, m, r, step):
+        """Step the loop nest and its addresses by one beat when ``step``."""
+        C = self.cols
+        # Next values, each register with one adder and few sources.
+        row_next = Signal.like(r.row_a)
+        tile_a_next = Signal.like(r.row_a)
+        a0_inc = Signal.like(r.row_a)
+        m.d.comb += [
+            r.cs.eq(r.stride * C),
+            row_next.eq(r.row_a + r.step_r),
+            tile_a_next.eq(Mux(r.last_tile, Mux(r.last_kb, row_next, r.row_a),
+                               r.tile_a + r.cs)),
+            a0_inc.eq(Mux(~r.wrap_x, 1, Mux(~r.wrap_y, r.step_y, r.step_c))),
+        ]
         with m.If(step):
             m.d.sync += [
-                fx.eq(Mux(wrap_x, 0, fx + 1)),
-                a0.eq(Mux(wrap_c, tile_a_next, a0 + a0_inc)),
-                wa.eq(Mux(wrap_kb, w_base, Mux(wrap_c & ~last_tile, w_row, wa + 1))),
+                r.fx.eq(Mux(r.wrap_x, 0, r.fx + 1)),
+                r.a0.eq(Mux(r.wrap_c, tile_a_next, r.a0 + a0_inc)),
+                r.wa.eq(Mux(r.wrap_kb, r.w_base, Mux(r.wrap_c & ~r.last_tile, r.w_row,
+                                                     r.wa + 1))),
             ]
-            with m.If(wrap_x):
-                m.d.sync += fy.eq(Mux(wrap_y, 0, fy + 1))
-            with m.If(wrap_y):
-                m.d.sync += c.eq(Mux(wrap_c, 0, c + 1))
-            with m.If(wrap_c):
-                m.d.sync += [rem.eq(Mux(last_tile, out_w, rem - C)),
-                             tile_x.eq(Mux(last_tile, -pad, tile_x + cs)),
-                             tile_a.eq(tile_a_next)]
-            with m.If(wrap_t):
-                m.d.sync += [kb.eq(Mux(last_kb, 0, kb + 1)),
-                             w_row.eq(Mux(last_kb, w_base, wa + 1))]
-            with m.If(wrap_kb):
-                m.d.sync += [y.eq(y + 1), iy0.eq(iy0 + stride), row_a.eq(row_next)]
-        return m
+            with m.If(r.wrap_x):
+                m.d.sync += r.fy.eq(Mux(r.wrap_y, 0, r.fy + 1))
+            with m.If(r.wrap_y):
+                m.d.sync += r.c.eq(Mux(r.wrap_c, 0, r.c + 1))
+            with m.If(r.wrap_c):
+                m.d.sync += [r.rem.eq(Mux(r.last_tile, r.out_w, r.rem - C)),
+                             r.tile_x.eq(Mux(r.last_tile, -r.pad, r.tile_x + r.cs)),
+                             r.tile_a.eq(tile_a_next)]
+            with m.If(r.wrap_t):
+                m.d.sync += [r.kb.eq(Mux(r.last_kb, 0, r.kb + 1)),
+                             r.w_row.eq(Mux(r.last_kb, r.w_base, r.wa + 1))]
+            with m.If(r.wrap_kb):
+                m.d.sync += [r.y.eq(r.y + 1), r.iy0.eq(r.iy0 + r.stride),
+                             r.row_a.eq(row_next)]
+
+
+class _Registers:
+    """The state of one :class:`Im2col` run: the latched geometry, the per-layer steps and
+    the loop nest, whose values drive the beat on ``o_stream`` directly.
+
+    Registers that hold a descriptor field (or count up to one) take that field's shape.
+    """
+
+    def __init__(self, desc, cols, act_addr_width, w_addr_width):
+        A, WA = unsigned(act_addr_width), unsigned(w_addr_width)
+        # Pixel coordinates that decide padding. For a consistent geometry a real pixel's
+        # input x/y lies in [-pad, in + pad); a pixel beyond out_w (zeroed anyway) adds at
+        # most (cols-1)*stride.
+        max_in = (1 << max(len(desc.in_h), len(desc.in_w))) - 1
+        max_pad, max_stride = (1 << len(desc.pad)) - 1, (1 << len(desc.stride)) - 1
+        self.P = signed((max_in + max_pad + max_stride * (cols - 1)).bit_length() + 1)
+
+        # Latched geometry (only what the run needs).
+        self.km1 = Signal.like(desc.kernel)      # kernel - 1
+        self.cm1 = Signal.like(desc.cin)         # cin - 1
+        self.kbm1 = Signal.like(desc.k_blocks)   # k_blocks - 1
+        self.ohm1 = Signal.like(desc.out_h)      # out_h - 1
+        self.out_w = Signal.like(desc.out_w)
+        self.in_h = Signal.like(desc.in_h)
+        self.in_w = Signal.like(desc.in_w)
+        self.stride = Signal.like(desc.stride)
+        self.pad = Signal.like(desc.pad)
+        self.w_base = Signal(WA)
+        # Per-layer steps.
+        # in_w - kernel + 1: next fy (may be <= 0 with padding).
+        self.step_y = Signal(signed(len(desc.in_w) + 2))
+        # (in_h - kernel + 1)*in_w - kernel + 1: next channel.
+        self.step_c = Signal(A)
+        self.step_r = Signal(A)                         # stride*in_w: next output row
+        self.cs = Signal(range(max_stride * cols + 1))  # cols*stride: next x-tile
+
+        # Loop state = the beat on o_stream.
+        self.fx = Signal.like(desc.kernel)
+        self.fy = Signal.like(desc.kernel)
+        self.c = Signal.like(desc.cin)
+        self.kb = Signal.like(desc.k_blocks)
+        self.y = Signal.like(desc.out_h)
+        self.rem = Signal.like(desc.out_w)   # out_w - xt*cols: pixels left in this row
+        self.a0 = Signal(A)                  # column 0's address
+        self.tile_a = Signal(A)              # a0 at (c, fy, fx) = 0 of this tile
+        self.row_a = Signal(A)               # a0 at (c, fy, fx) = 0 of tile 0 of this row
+        self.tile_x = Signal(self.P)         # column 0's input x at fx = 0
+        self.iy0 = Signal(self.P)            # input y at fy = 0
+        self.wa = Signal(WA)                 # weight word
+        self.w_row = Signal(WA)              # its value at d = 0 of this kb
+
+        self.last_tile = self.rem <= cols
+        self.last_kb = self.kb == self.kbm1
+        self.wrap_x = self.fx == self.km1    # each level wraps when all inner ones do
+        self.wrap_y = self.wrap_x & (self.fy == self.km1)
+        self.wrap_c = self.wrap_y & (self.c == self.cm1)     # last d of the tile
+        self.wrap_t = self.wrap_c & self.last_tile
+        self.wrap_kb = self.wrap_t & self.last_kb
+        self.end = self.wrap_kb & (self.y == self.ohm1)

@@ -4,9 +4,13 @@ Input and output order (docs/architecture.md): ``for y: for kb: for x: for r in
 range(block)``, channel ``kb*block + r``.
 """
 
+from types import SimpleNamespace
+
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
+
+from .program import pool_output_size
 
 __all__ = ["MaxPool", "check_pool_geometry"]
 
@@ -17,7 +21,6 @@ def check_pool_geometry(height, width, blocks, kernel, stride, *, max_width=None
 
     Returns the pooled ``(height, width)``.
     """
-    from fpgacnn.sw.golden import pool_output_size  # pure NumPy constants/geometry only
     for name, value in (("height", height), ("width", width), ("blocks", blocks),
                         ("kernel", kernel), ("stride", stride)):
         if not isinstance(value, int) or value < 1:
@@ -132,60 +135,65 @@ class MaxPool(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         i, o = self.i_stream, self.o_stream
-        B = self.block
-
-        height = Signal.like(self.height)
-        width = Signal.like(self.width)
-        blocks = Signal.like(self.blocks)
-        kernel = Signal.like(self.kernel)
-        stride = Signal.like(self.stride)
-        over = Signal()
-        m.d.comb += over.eq(kernel == stride + 1)
-        m.d.comb += self.error.eq((height == 0) | (width == 0) | (blocks == 0) |
-                                  (kernel == 0) | (stride == 0) | (kernel > stride + 1) |
-                                  (kernel > width) | (kernel > height))
-
-        xa = _Axis(m, "x", self.max_width, self.max_stride, stride)
-        ya = _Axis(m, "y", 256, self.max_stride, stride)
-        r = Signal(range(B), name="r")
-        kb = Signal(range(self.max_blocks), name="kb")
-        addr = Signal(range(self.depth), name="lb_addr")
-
+        g = self._latch_geometry(m)
         en = Signal()
         accept = Signal()
         m.d.comb += [en.eq(o.ready | ~o.valid), i.ready.eq(en), accept.eq(i.valid & en)]
-
-        x_start, x_end, x_member = xa.flags(width, kernel, stride, over)
-        y_start, y_end, y_member = ya.flags(height, kernel, stride, over)
-
-        # Horizontal: ring[0] is the running maximum of the channel of this beat.
-        ring = [Signal(signed(8), name=f"ring{n}") for n in range(B)]
-        v = i.payload
-        head = ring[0]
-        bigger = Mux(v > head, v, head)
-        h_val = Mux(x_start & ~over, v, bigger)   # start & end of one window: kernel 1
-        new_head = Mux(x_start, v, Mux(x_member, bigger, head))
-
-        # Stage A: one horizontal maximum per pooled column, with its row's flags.
-        a_valid = Signal()
-        a_val = Signal(signed(8))
-        a_addr = Signal.like(addr)
-        a_start = Signal()
-        a_end = Signal()
+        pos = self._position(m, g, accept)
 
         lb = m.submodules.lb = memory.Memory(shape=signed(8), depth=self.depth, init=[])
         wr = lb.write_port()
         rd = lb.read_port(transparent_for=(wr,))
-        m.d.comb += [rd.addr.eq(addr), rd.en.eq(en)]
+        m.d.comb += [rd.addr.eq(pos.addr), rd.en.eq(en)]
+        a = self._horizontal(m, g, pos, en, accept)
 
+        # Vertical (stage B): combine with the line buffer, write back, emit row ends.
+        column = Mux(rd.data > a.val, rd.data, a.val)
+        m.d.comb += [
+            wr.addr.eq(a.addr),
+            wr.data.eq(Mux(a.start, a.val, column)),
+            wr.en.eq(en & a.valid),
+        ]
         with m.If(en):
-            m.d.sync += [a_valid.eq(accept & x_end & y_member), a_val.eq(h_val),
-                         a_addr.eq(addr), a_start.eq(y_start), a_end.eq(y_end & ~self.error)]
+            m.d.sync += [o.valid.eq(a.valid & a.end),
+                         o.payload.eq(Mux(a.start & ~g.over, a.val, column))]
+        return m
+
+    def _latch_geometry(self, m):
+        """Registers for the geometry ports, loaded on ``start``; drives ``error``."""
+        g = SimpleNamespace(height=Signal.like(self.height, name="height"),
+                            width=Signal.like(self.width, name="width"),
+                            blocks=Signal.like(self.blocks, name="blocks"),
+                            kernel=Signal.like(self.kernel, name="kernel"),
+                            stride=Signal.like(self.stride, name="stride"),
+                            over=Signal(name="over"))
+        m.d.comb += g.over.eq(g.kernel == g.stride + 1)
+        m.d.comb += self.error.eq((g.height == 0) | (g.width == 0) | (g.blocks == 0) |
+                                  (g.kernel == 0) | (g.stride == 0) |
+                                  (g.kernel > g.stride + 1) | (g.kernel > g.width) |
+                                  (g.kernel > g.height))
+        with m.If(self.start):
+            m.d.sync += [g.height.eq(self.height), g.width.eq(self.width),
+                         g.blocks.eq(self.blocks), g.kernel.eq(self.kernel),
+                         g.stride.eq(self.stride)]
+        return g
+
+    def _position(self, m, g, accept):
+        """Position of the input beat (``x``/``y`` axes, ``kb``, ``r``) and its line-buffer
+        entry ``addr``, stepped per accepted beat and reset on ``start``."""
+        B = self.block
+        pos = SimpleNamespace(xa=_Axis(m, "x", self.max_width, self.max_stride, g.stride),
+                              ya=_Axis(m, "y", 256, self.max_stride, g.stride),
+                              r=Signal(range(B), name="r"),
+                              kb=Signal(range(self.max_blocks), name="kb"),
+                              addr=Signal(range(self.depth), name="lb_addr"))
+        xa, ya, r, kb, addr = pos.xa, pos.ya, pos.r, pos.kb, pos.addr
+        pos.x_flags = xa.flags(g.width, g.kernel, g.stride, g.over)     # start, end, member
+        pos.y_flags = ya.flags(g.height, g.kernel, g.stride, g.over)
         with m.If(accept):
-            m.d.sync += [ring[n].eq(ring[n + 1]) for n in range(B - 1)]
-            m.d.sync += ring[B - 1].eq(new_head)
-            last_x = xa.u == width - 1
-            last_kb = kb == blocks - 1
+            last_x = xa.u == g.width - 1
+            last_kb = kb == g.blocks - 1
+            x_end = pos.x_flags[1]
             # The line buffer holds one entry per (kb, pooled x, r) of the current row.
             m.d.sync += addr.eq(Mux((r == B - 1) & last_x & last_kb, 0, addr + x_end))
             with m.If(r == B - 1):
@@ -194,24 +202,37 @@ class MaxPool(wiring.Component):
                 with m.If(last_x):
                     m.d.sync += kb.eq(Mux(last_kb, 0, kb + 1))
                     with m.If(last_kb):
-                        ya.step(ya.u == height - 1)
+                        ya.step(ya.u == g.height - 1)
             with m.Else():
                 m.d.sync += r.eq(r + 1)
-
-        # Vertical (stage B): combine with the line buffer, write back, emit row ends.
-        column = Mux(rd.data > a_val, rd.data, a_val)
-        m.d.comb += [
-            wr.addr.eq(a_addr),
-            wr.data.eq(Mux(a_start, a_val, column)),
-            wr.en.eq(en & a_valid),
-        ]
-        with m.If(en):
-            m.d.sync += [o.valid.eq(a_valid & a_end),
-                         o.payload.eq(Mux(a_start & ~over, a_val, column))]
-
         with m.If(self.start):
-            m.d.sync += [height.eq(self.height), width.eq(self.width),
-                         blocks.eq(self.blocks), kernel.eq(self.kernel),
-                         stride.eq(self.stride), r.eq(0), kb.eq(0), addr.eq(0),
+            m.d.sync += [r.eq(0), kb.eq(0), addr.eq(0),
                          xa.u.eq(0), xa.k.eq(0), ya.u.eq(0), ya.k.eq(0)]
-        return m
+        return pos
+
+    def _horizontal(self, m, g, pos, en, accept):
+        """Stage A: per channel a running maximum along ``x`` (a ring of ``block``
+        registers, rotated one per beat); one result per pooled column, with its
+        line-buffer address and its row's flags."""
+        B = self.block
+        x_start, x_end, x_member = pos.x_flags
+        y_start, y_end, y_member = pos.y_flags
+        # ring[0] is the running maximum of the channel of this beat.
+        ring = [Signal(signed(8), name=f"ring{n}") for n in range(B)]
+        v = self.i_stream.payload
+        head = ring[0]
+        bigger = Mux(v > head, v, head)
+        h_val = Mux(x_start & ~g.over, v, bigger)   # start & end of one window: kernel 1
+        new_head = Mux(x_start, v, Mux(x_member, bigger, head))
+        with m.If(accept):
+            m.d.sync += [ring[n].eq(ring[n + 1]) for n in range(B - 1)]
+            m.d.sync += ring[B - 1].eq(new_head)
+
+        a = SimpleNamespace(valid=Signal(name="a_valid"), val=Signal(signed(8), name="a_val"),
+                            addr=Signal.like(pos.addr, name="a_addr"),
+                            start=Signal(name="a_start"), end=Signal(name="a_end"))
+        with m.If(en):
+            m.d.sync += [a.valid.eq(accept & x_end & y_member), a.val.eq(h_val),
+                         a.addr.eq(pos.addr), a.start.eq(y_start),
+                         a.end.eq(y_end & ~self.error)]
+        return a

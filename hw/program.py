@@ -1,12 +1,17 @@
 """The layer program: descriptors the core's sequencer executes, and memory spaces.
 
 This is part of the host↔board contract (like :mod:`.protocol`): the host compiler
-(``fpgacnn.sw.compiler``) encodes these structs, the gateware decodes them. Pure
-definitions, no gateware.
+(``fpgacnn.sw.compiler``) encodes these structs, the gateware decodes them. It also holds
+the number formats (widths of activations, weights, biases, the requantisation ``M`` and
+``S``) and the layer geometry rule, which the gateware and the host's golden model
+(``fpgacnn.sw.golden``, the single source of the arithmetic) both import from here.
+Pure definitions, no gateware.
 
 A fully connected layer is a convolution whose kernel covers the flattened input:
 ``cin = D, in_h = in_w = kernel = 1``.
 """
+
+from numbers import Integral
 
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
@@ -14,7 +19,9 @@ from amaranth.lib.wiring import In, Out
 
 __all__ = ["Space", "ReadSpace", "LayerDescriptor", "QParam",
            "WriteCommand", "StartCommand", "ReadCommand", "ReadData", "HostInterface",
-           "DESCRIPTOR_WORDS", "CHUNK_BITS", "encode_struct", "decode_struct"]
+           "DESCRIPTOR_WORDS", "CHUNK_BITS", "encode_struct", "decode_struct", "field_widths",
+           "ACT_BITS", "WEIGHT_BITS", "BIAS_BITS", "M_BITS", "S_MIN", "S_MAX", "S_BITS",
+           "GeometryError", "conv_output_size", "pool_output_size"]
 
 #: Host writes move 64-bit chunks.
 CHUNK_BITS = 64
@@ -61,12 +68,74 @@ class LayerDescriptor(data.Struct):
     q_base: unsigned(12)      # QParam index of output channel 0
 
 
+# ---- Number formats ---------------------------------------------------------------------
+#: Activations and weights are two's complement integers of this many bits (int8).
+ACT_BITS = WEIGHT_BITS = 8
+#: A bias as a model file and a :class:`QParam` hold it (int32). The requantiser adds
+#: ``bias_width <= BIAS_BITS`` bits of it (``AcceleratorConfig.bias_width``, as wide as the
+#: accumulator); the compiler rejects a bias that does not fit that width.
+BIAS_BITS = 32
+#: Width of the unsigned requantisation multiplier: ``0 <= M < 2**M_BITS``. Eight bits, not
+#: 16: the quantiser normalises M into ``[2**(M_BITS-1), 2**M_BITS)`` (relative error at
+#: most ``2**-M_BITS``), enough for LeNet-5 to match its float accuracy (README has the
+#: measurement), and half the width halves the requantiser's multiplier, which matters on
+#: the iCE40UP5K whose DSP blocks all serve the systolic array.
+M_BITS = 8
+#: Range of the requantisation shift: ``S_MIN <= S <= S_MAX``, held in ``S_BITS`` bits.
+S_MIN, S_MAX = 1, 63
+S_BITS = S_MAX.bit_length()
+
+
 class QParam(data.Struct):
-    """Requantisation of one output channel (see golden.requantize)."""
-    bias: signed(32)
-    m: unsigned(16)
-    s: unsigned(6)
-    _pad: unsigned(10)
+    """Requantisation of one output channel (``fpgacnn.sw.golden.requantize``), one chunk."""
+    bias: signed(BIAS_BITS)
+    m: unsigned(M_BITS)
+    s: unsigned(S_BITS)
+    _pad: unsigned(CHUNK_BITS - BIAS_BITS - M_BITS - S_BITS)
+
+
+# ---- Layer geometry -----------------------------------------------------------------------
+class GeometryError(ValueError):
+    """A layer geometry that does not produce an integer output size, or is empty."""
+
+
+def conv_output_size(size, kernel, stride=1, pad=0):
+    """Output size ``(size - kernel + 2*pad) / stride + 1`` of a convolution or pool.
+
+    A descriptor's ``out_h``/``out_w`` (and ``pool_h``/``pool_w``) are exactly this; the
+    address generator relies on it.
+
+    Raises
+    ------
+    GeometryError
+        If the division is not exact or the output would be empty; the message names
+        the numbers, so the user can see which of ``W, F, S, P`` to change.
+    """
+    for name, value, low in (("input size", size, 1), ("kernel", kernel, 1),
+                             ("stride", stride, 1), ("padding", pad, 0)):
+        if not isinstance(value, Integral) or value < low:
+            raise GeometryError(f"{name} must be an integer >= {low}, not {value!r}")
+    span = size - kernel + 2 * pad
+    if span < 0:
+        raise GeometryError(
+            f"kernel {kernel} does not fit in input {size} with padding {pad}: "
+            f"W - F + 2P = {size} - {kernel} + 2*{pad} = {span} < 0")
+    if span % stride:
+        raise GeometryError(
+            f"(W - F + 2P)/S + 1 = ({size} - {kernel} + 2*{pad})/{stride} + 1 = "
+            f"{span / stride + 1:g} is not an integer; change the stride or the padding")
+    return span // stride + 1
+
+
+def pool_output_size(size, kernel, stride):
+    """Output size of an unpadded ``kernel``/``stride`` pooling window (see conv_output_size)."""
+    return conv_output_size(size, kernel, stride, 0)
+
+
+def field_widths(layout):
+    """``{name: width}`` of every field of ``layout``, e.g. to size a register or check a
+    value against a :class:`LayerDescriptor` field."""
+    return {name: f.width for name, f in data.Layout.cast(layout)}
 
 
 DESCRIPTOR_WORDS = -(-LayerDescriptor.as_shape().size // CHUNK_BITS)
@@ -139,3 +208,4 @@ def decode_struct(layout, value):
             raw -= 1 << f.width
         out[name] = raw
     return out
+

@@ -1,25 +1,26 @@
 """Requantisation pipeline: bias add → ×M → rounding shift by S → saturate int8 → ReLU?
 
 Exactly :func:`fpgacnn.sw.golden.requantize` (there the accumulator already includes the
-bias; here the bias is added in the first stage).
+bias; here the bias is added in the first stage). The widths of ``M``, ``S`` and the bias
+come from :mod:`.program`, the contract the golden model imports too.
 """
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..sw.golden import M_BITS
+from .program import BIAS_BITS, M_BITS, S_BITS
 
 __all__ = ["Requantizer", "lane_layout"]
 
 
-def lane_layout(acc_width, bias_width=32):
+def lane_layout(acc_width, bias_width=BIAS_BITS):
     """One value to requantise with its output channel's parameters."""
     return data.StructLayout({
         "acc": signed(acc_width),
         "bias": signed(bias_width),
         "m": unsigned(M_BITS),
-        "s": unsigned(6),
+        "s": unsigned(S_BITS),
     })
 
 
@@ -27,8 +28,8 @@ class Requantizer(wiring.Component):
     """``y = sat_int8((acc + bias) * M + (1 << (S-1)) >> S)``, then ReLU if ``relu``.
 
     The shift is arithmetic and exact for every legal input (``acc`` of ``acc_width``
-    bits, any ``bias`` of ``bias_width`` bits, ``0 <= M < 2**M_BITS`` (golden's 8),
-    ``1 <= S <= 63``); ``S = 0`` is not
+    bits, any ``bias`` of ``bias_width`` bits, ``0 <= M < 2**M_BITS``,
+    ``S_MIN <= S <= S_MAX``, i.e. 1..63; widths from :mod:`.program`); ``S = 0`` is not
     legal and gives an unspecified (but finite) value. Two identities keep it small:
 
     * ``(p + 2**(S-1)) >> S == ((p >> (S-1)) + 1) >> 1``, so no 64-bit rounding constant
@@ -36,7 +37,8 @@ class Requantizer(wiring.Component):
     * ``p >> (S-1)`` is done as a shift by a multiple of 8, keeping 18 bits and an
       overflow flag (anything that does not fit saturates anyway), then a shift by 0..7.
 
-    Pipeline (stages, one wide operation each, for ~36 MHz on iCE40):
+    Pipeline (six stages, one wide operation each, so that the requantiser, built from
+    logic cells rather than DSP blocks on iCE40, does not limit the clock):
     1. ``v = acc + bias``; 2. ``v * M`` in 8-bit chunks of M (one modest multiply each);
     3. sum of the partial products; 4. coarse shift + overflow flag; 5. fine shift;
     6. round, saturate, ReLU.
@@ -45,8 +47,9 @@ class Requantizer(wiring.Component):
     ``interval`` cycles (each stage takes ``interval`` cycles, so up to
     ``interval * LATENCY`` cycles from input to output).
 
-    Cost: the exact ``(max(acc_width, bias_width) + 1) × M_BITS`` product dominates; keep
-    ``bias_width`` as small as the biases allow (the compiler checks them).
+    Cost: the exact product ``v * M`` dominates, one ``(max(acc_width, bias_width) + 1)
+    × (M_BITS / interval)`` multiplier per lane; keep ``bias_width`` as small as the
+    biases allow (the compiler checks them).
     Backpressure stalls the whole pipeline (``i_stream.ready`` follows
     ``o_stream.ready`` combinationally while the output register is full).
 
@@ -63,7 +66,7 @@ class Requantizer(wiring.Component):
         Cycles per beat. ``k > 1`` builds ``v * M`` over ``k`` cycles with one
         ``v × (M_BITS/k)`` multiplier; the stream interface is the same.
     bias_width : int
-        Width of the signed bias (at most 32, the golden model's int32).
+        Width of the signed bias (at most ``BIAS_BITS``, the model file's int32).
 
     Attributes
     ----------
@@ -73,15 +76,16 @@ class Requantizer(wiring.Component):
     """
     LATENCY = 6
 
-    def __init__(self, acc_width, lanes=1, tag=None, interval=1, bias_width=32):
+    def __init__(self, acc_width, lanes=1, tag=None, interval=1, bias_width=BIAS_BITS):
         if not isinstance(acc_width, int) or not 1 <= acc_width <= 64:
             raise ValueError(f"acc_width must be an integer in 1..64, not {acc_width!r}")
         intervals = [k for k in (1, 2, 4, 8, 16) if k <= M_BITS and M_BITS % k == 0]
         if interval not in intervals:
             raise ValueError(f"interval must be one of {intervals} cycles per beat, not "
                              f"{interval!r}")
-        if not isinstance(bias_width, int) or not 1 <= bias_width <= 32:
-            raise ValueError(f"bias_width must be an integer in 1..32, not {bias_width!r}")
+        if not isinstance(bias_width, int) or not 1 <= bias_width <= BIAS_BITS:
+            raise ValueError(f"bias_width must be an integer in 1..{BIAS_BITS}, not "
+                             f"{bias_width!r}")
         self.bias_width = bias_width
         self.interval = interval
         if not isinstance(lanes, int) or lanes < 1:
@@ -104,7 +108,7 @@ class Requantizer(wiring.Component):
 
         # All stages advance together (``adv``); a stage register is free when the output
         # is. With interval k > 1 they advance once every k cycles (last phase), while
-        # one multiplier of 16/k bits of M builds v*M over the k phases.
+        # one multiplier of M_BITS/k bits of M builds v*M over the k phases.
         en = Signal()
         adv = Signal()
         phase = Signal(range(self.interval))
@@ -144,47 +148,70 @@ class Requantizer(wiring.Component):
         return m
 
     def _lane(self, m, en, phase, x, relu, lane):
+        """The six stages of one lane (``x``: its input); returns the output register."""
         vw = max(self.acc_width, self.bias_width) + 1
-        pw = vw + M_BITS                   # v * M, M unsigned: exact
-        name = f"l{lane}_"
-
-        def reg(shape, stage, value):
-            s = Signal(shape, name=f"{name}{stage}")
-            with m.If(en):
-                m.d.sync += s.eq(value)
-            return s
-
+        reg = self._stage_register(m, en, f"l{lane}_")
         # 1: bias add; carry M and S alongside.
         v = reg(signed(vw), "v", x.acc + x.bias)
         m1 = reg(unsigned(M_BITS), "m1", x.m)
-        # S - 1 (mod 64): S = 0 is illegal, it just wraps to a shift of 63.
-        sh1 = reg(unsigned(6), "sh1", x.s - 1)
+        # S - 1 (mod 2**S_BITS): S = 0 is illegal, it just wraps to a shift of 63.
+        sh1 = reg(unsigned(S_BITS), "sh1", x.s - 1)
+        # 2 and 3: the exact product v * M.
+        p = self._product(m, reg, phase, v, m1, f"l{lane}_")
+        sh3 = reg(unsigned(S_BITS), "sh3", reg(unsigned(S_BITS), "sh2", sh1))
+        # 4: c = p >> 8k kept to 18 bits + "did not fit" flag (saturates either way).
+        coarse, over = self._coarse_shift(m, p, sh3[3:], f"l{lane}_")
+        c = reg(signed(18), "c", coarse)
+        c_over = reg(1, "c_over", over)
+        c_neg = reg(1, "c_neg", p[-1])
+        fine = reg(unsigned(3), "fine", sh3[:3])
+        # 5: fine shift by 0..7.
+        t = reg(signed(18), "t", c >> fine)
+        t_over = reg(1, "t_over", c_over)
+        t_neg = reg(1, "t_neg", c_neg)
+        # 6: round half up, saturate, ReLU.
+        sat = self._round_saturate(m, t, t_over, t_neg, f"l{lane}_")
+        return reg(signed(8), "y", Mux(relu[4] & sat[-1], 0, sat))
+
+    @staticmethod
+    def _stage_register(m, en, prefix):
+        """``reg(shape, name, value)``: a pipeline register loaded with ``value`` when ``en``."""
+        def reg(shape, name, value):
+            s = Signal(shape, name=f"{prefix}{name}")
+            with m.If(en):
+                m.d.sync += s.eq(value)
+            return s
+        return reg
+
+    def _product(self, m, reg, phase, v, m1, name):
+        """Stages 2 and 3: the exact signed product ``v * m1``, registered twice."""
+        pw = len(v) + M_BITS                   # v * M, M unsigned: exact
         if self.interval == 1:
             # 2: 8-bit partial products; 3: their sum.
-            parts = [reg(signed(vw + 9), f"pp{k}", v * m1[8 * k:8 * k + 8])
+            parts = [reg(signed(len(v) + 9), f"pp{k}", v * m1[8 * k:8 * k + 8])
                      for k in range(-(-M_BITS // 8))]
-            p = reg(signed(pw), "p", sum(part << (8 * k) for k, part in enumerate(parts)))
-        else:
-            # 2: Horner over the k chunks of M, most significant first, one per phase;
-            # the last phase's sum is the exact product. 3: a plain register.
-            bits = M_BITS // self.interval
-            index = Signal.like(phase, name=f"{name}chunk_index")
-            m.d.comb += index.eq(self.interval - 1 - phase)
-            chunk = m1.word_select(index, bits)
-            product = Signal(signed(vw + bits + 1), name=f"{name}product")
-            m.d.comb += product.eq(v * chunk)
-            partial = Signal(signed(pw), name=f"{name}partial")
-            full = Signal(signed(pw), name=f"{name}full")
-            m.d.comb += full.eq(Mux(phase == 0, product, (partial << bits) + product))
-            m.d.sync += partial.eq(full)
-            p = reg(signed(pw), "p", reg(signed(pw), "p2", full))
-        sh2 = reg(unsigned(6), "sh2", sh1)
-        sh3 = reg(unsigned(6), "sh3", sh2)
-        # 4: c = p >> 8k kept to 18 bits + "did not fit" flag (saturates either way).
+            return reg(signed(pw), "p", sum(part << (8 * k) for k, part in enumerate(parts)))
+        # 2: Horner over the k chunks of M, most significant first, one per phase;
+        # the last phase's sum is the exact product. 3: a plain register.
+        bits = M_BITS // self.interval
+        index = Signal.like(phase, name=f"{name}chunk_index")
+        m.d.comb += index.eq(self.interval - 1 - phase)
+        chunk = m1.word_select(index, bits)
+        product = Signal(signed(len(v) + bits + 1), name=f"{name}product")
+        m.d.comb += product.eq(v * chunk)
+        partial = Signal(signed(pw), name=f"{name}partial")
+        full = Signal(signed(pw), name=f"{name}full")
+        m.d.comb += full.eq(Mux(phase == 0, product, (partial << bits) + product))
+        m.d.sync += partial.eq(full)
+        return reg(signed(pw), "p", reg(signed(pw), "p2", full))
+
+    @staticmethod
+    def _coarse_shift(m, p, eighths, name):
+        """Stage 4 logic: ``p >> 8*eighths`` kept to 18 bits, and whether it did not fit."""
         coarse = Signal(signed(18), name=f"{name}coarse_c")
         over = Signal(name=f"{name}coarse_over")
-        with m.Switch(sh3[3:]):
-            for k in range(8):
+        with m.Switch(eighths):
+            for k in range(1 << len(eighths)):
                 with m.Case(k):
                     shifted = p >> (8 * k)          # arithmetic: p is signed
                     if len(shifted) <= 18:
@@ -195,15 +222,11 @@ class Requantizer(wiring.Component):
                             coarse.eq(shifted[:18]),
                             over.eq(~((high == 0) | (high == (1 << len(high)) - 1))),
                         ]
-        c = reg(signed(18), "c", coarse)
-        c_over = reg(1, "c_over", over)
-        c_neg = reg(1, "c_neg", p[-1])
-        fine = reg(unsigned(3), "fine", sh3[:3])
-        # 5: fine shift by 0..7.
-        t = reg(signed(18), "t", c >> fine)
-        t_over = reg(1, "t_over", c_over)
-        t_neg = reg(1, "t_neg", c_neg)
-        # 6: round half up, saturate, ReLU.
+        return coarse, over
+
+    @staticmethod
+    def _round_saturate(m, t, t_over, t_neg, name):
+        """Stage 6 logic: ``(t + 1) >> 1`` saturated to int8 (``t_over``: saturate by sign)."""
         r = Signal(signed(19), name=f"{name}rounded")
         m.d.comb += r.eq((t + 1) >> 1)
         sat = Signal(signed(8), name=f"{name}sat")
@@ -215,5 +238,4 @@ class Requantizer(wiring.Component):
             m.d.comb += sat.eq(-128)
         with m.Else():
             m.d.comb += sat.eq(r)
-        y = reg(signed(8), "y", Mux(relu[4] & sat[-1], 0, sat))
-        return y
+        return sat

@@ -69,8 +69,8 @@ class SystolicArray(wiring.Component):
     therefore depends combinationally on ``i_stream.payload.last``, never on ``valid``.)
 
     Latency and throughput: one operand beat per cycle as long as tiles have
-    ``D >= min_tile = rows*cols + mac.LATENCY + 2`` beats (19 for 8×2 with ``DualMul8``)
-    and ``o_stream`` keeps up; shorter tiles run at one tile per ``min_tile`` cycles,
+    ``D >= min_tile = rows*cols + mac.LATENCY + 2`` beats (e.g. 19 for 8×2 with
+    ``DualMul8``) and ``o_stream`` keeps up; shorter tiles run at one tile per ``min_tile`` cycles,
     since the array emits one result per cycle. The first result of a tile is valid
     ``result_latency = mac.LATENCY + 3`` cycles after its last beat was accepted, the
     tile's last result ``rows*cols - 1`` cycles after that.
@@ -80,7 +80,8 @@ class SystolicArray(wiring.Component):
     rows, cols : int
         Array shape: output channels × output pixels per tile.
     acc_width : int
-        Signed accumulator width (see ``golden.accumulator_bits``); sums wrap beyond it.
+        Signed accumulator width (see ``fpgacnn.sw.golden.accumulator_bits``); sums wrap
+        beyond it.
     mac : ``"generic"``, ``"ice40"`` or class
         Multiplier block with the ``DualMul8`` signature and a ``LATENCY`` attribute.
     dataflow : ``"systolic"`` or ``"broadcast"``
@@ -88,9 +89,10 @@ class SystolicArray(wiring.Component):
         ``"broadcast"`` registers each row's weight and each column's activation once
         and fans them out to the whole row/column: same results, order, latency and
         throughput, but with ``(rows + cols)*8`` operand flip-flops instead of
-        ``rows*cols*16`` plus ``4*(rows*(rows-1) + cols*(cols-1))`` for the skew:
-        about 410 fewer iCE40 logic cells on the 8×2 iCEBreaker array, where the
-        fan-out (8 and 2) is harmless. Large arrays (ECP5 16×8) should stay systolic.
+        ``rows*cols*16`` plus ``4*(rows*(rows-1) + cols*(cols-1))`` for the skew. Worth
+        it on small arrays, where the fan-out (``cols`` per weight, ``rows`` per
+        activation) is harmless; large arrays should stay systolic, whose wires are all
+        PE to PE.
 
     Attributes
     ----------
@@ -119,15 +121,40 @@ class SystolicArray(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        R, C, lat = self.rows, self.cols, self._mac.LATENCY
-        i, o = self.i_stream, self.o_stream
-
+        i = self.i_stream
         busy = Signal()        # a tile's results are still in the shadow registers
         accept = Signal()
         m.d.comb += [
             i.ready.eq(~(i.payload.last & busy)),
             accept.eq(i.valid & i.ready),
         ]
+        wreg, xreg = self._operands(m, accept)
+        prod = self._multipliers(m, wreg, xreg)
+        # lastpipe[j] is high in cycle A + 1 + j after the last beat was accepted in
+        # cycle A; the products of that beat sit in the diagonal r + c = j - lat then.
+        lat = self._mac.LATENCY
+        lastpipe = Signal(lat + self._skew(self.rows - 1, self.cols - 1) + 1)
+        m.d.sync += lastpipe.eq(Cat(accept & i.payload.last, lastpipe[:-1]))
+        shadow = self._accumulators(m, prod, lastpipe)
+        with m.If(accept & i.payload.last):
+            m.d.sync += busy.eq(1)
+        self._drain(m, shadow, lastpipe[lat], busy)
+        return m
+
+    def _skew(self, r, c):
+        """Cycles between PE (0, 0) and PE (r, c) seeing one beat."""
+        return r + c if self.dataflow == "systolic" else 0
+
+    def _operands(self, m, accept):
+        """The operand registers each PE multiplies: ``wreg[r][c]``, ``xreg[r][c]``."""
+        R, C, i = self.rows, self.cols, self.i_stream
+        if self.dataflow == "broadcast":
+            # One register per row and per column, fanned out to the whole row/column.
+            wrow = [Signal(signed(8), name=f"w_{r}") for r in range(R)]
+            xcol = [Signal(signed(8), name=f"x_{c}") for c in range(C)]
+            m.d.sync += [wrow[r].eq(Mux(accept, i.payload.w[r], 0)) for r in range(R)]
+            m.d.sync += [xcol[c].eq(Mux(accept, i.payload.x[c], 0)) for c in range(C)]
+            return [[wrow[r]] * C for r in range(R)], [xcol for _ in range(R)]
 
         # Edge inputs: zero operands on bubbles, then the skew (row r delayed r cycles,
         # column c delayed c cycles) so w[r, d] and x[d, c] meet in PE (r, c).
@@ -141,31 +168,20 @@ class SystolicArray(wiring.Component):
                     v = reg
                 out.append(v)
             return out
-        if self.dataflow == "systolic":
-            w_edge = skewed(i.payload.w, R, "w")
-            x_edge = skewed(i.payload.x, C, "x")
-            wreg = [[Signal(signed(8), name=f"w_{r}_{c}") for c in range(C)]
-                    for r in range(R)]
-            xreg = [[Signal(signed(8), name=f"x_{r}_{c}") for c in range(C)]
-                    for r in range(R)]
-            for r in range(R):
-                for c in range(C):
-                    m.d.sync += wreg[r][c].eq(w_edge[r] if c == 0 else wreg[r][c - 1])
-                    m.d.sync += xreg[r][c].eq(x_edge[c] if r == 0 else xreg[r - 1][c])
-        else:
-            # One register per row and per column, fanned out to the whole row/column.
-            wrow = [Signal(signed(8), name=f"w_{r}") for r in range(R)]
-            xcol = [Signal(signed(8), name=f"x_{c}") for c in range(C)]
-            m.d.sync += [wrow[r].eq(Mux(accept, i.payload.w[r], 0)) for r in range(R)]
-            m.d.sync += [xcol[c].eq(Mux(accept, i.payload.x[c], 0)) for c in range(C)]
-            wreg = [[wrow[r]] * C for r in range(R)]
-            xreg = [xcol for _ in range(R)]
+        w_edge = skewed(i.payload.w, R, "w")
+        x_edge = skewed(i.payload.x, C, "x")
+        wreg = [[Signal(signed(8), name=f"w_{r}_{c}") for c in range(C)] for r in range(R)]
+        xreg = [[Signal(signed(8), name=f"x_{r}_{c}") for c in range(C)] for r in range(R)]
+        for r in range(R):
+            for c in range(C):
+                m.d.sync += wreg[r][c].eq(w_edge[r] if c == 0 else wreg[r][c - 1])
+                m.d.sync += xreg[r][c].eq(x_edge[c] if r == 0 else xreg[r - 1][c])
+        return wreg, xreg
 
-        def skew(r, c):     # cycles between PE (0, 0) and PE (r, c) seeing one beat
-            return r + c if self.dataflow == "systolic" else 0
-
-        # Multipliers, two PEs per block; an odd PE out multiplies zeros in lane 1.
-        pes = [(r, c) for r in range(R) for c in range(C)]
+    def _multipliers(self, m, wreg, xreg):
+        """Products ``{(r, c): p}``, two PEs per multiplier block; an odd PE out
+        multiplies zeros in lane 1."""
+        pes = [(r, c) for r in range(self.rows) for c in range(self.cols)]
         prod = {}
         for k in range(0, len(pes), 2):
             mul = self._mac()
@@ -176,41 +192,45 @@ class SystolicArray(wiring.Component):
                 prod[pe] = mul.p[lane]
             if len(pes[k:k + 2]) == 1:
                 m.d.comb += [mul.a[1].eq(0), mul.b[1].eq(0)]
+        return prod
 
-        # lastpipe[j] is high in cycle A + 1 + j after the last beat was accepted in
-        # cycle A; the products of that beat sit in the diagonal r + c = j - lat then.
-        lastpipe = Signal(lat + skew(R - 1, C - 1) + 1)
-        m.d.sync += lastpipe.eq(Cat(accept & i.payload.last, lastpipe[:-1]))
-
-        acc = {pe: Signal(signed(self.acc_width), name=f"acc_{pe[0]}_{pe[1]}") for pe in pes}
-        shadow = {pe: Signal(signed(self.acc_width), name=f"sh_{pe[0]}_{pe[1]}")
-                  for pe in pes}
-        for (r, c) in pes:
-            total = acc[(r, c)] + prod[(r, c)]
-            with m.If(lastpipe[lat + skew(r, c)]):
-                m.d.sync += [shadow[(r, c)].eq(total), acc[(r, c)].eq(0)]
+    def _accumulators(self, m, prod, lastpipe):
+        """Per PE an accumulator, moved to its shadow register (and restarted) when the
+        tile's last products arrive; returns the shadows ``{(r, c): Signal}``."""
+        lat = self._mac.LATENCY
+        shadow = {}
+        for (r, c), p in prod.items():
+            acc = Signal(signed(self.acc_width), name=f"acc_{r}_{c}")
+            shadow[(r, c)] = Signal(signed(self.acc_width), name=f"sh_{r}_{c}")
+            total = acc + p
+            with m.If(lastpipe[lat + self._skew(r, c)]):
+                m.d.sync += [shadow[(r, c)].eq(total), acc.eq(0)]
             with m.Else():
-                m.d.sync += acc[(r, c)].eq(total)
+                m.d.sync += acc.eq(total)
+        return shadow
 
-        # Drain. PE (r, c) captures in cycle A + 1 + lat + r + c; reading index
-        # j = c*R + r from cycle A + 2 + lat on, one per cycle at most, is never early.
+    def _drain(self, m, shadow, captured, busy):
+        """Stream the shadows out ``for col: for row``, from the cycle after ``captured``.
+
+        PE (r, c) captures in cycle A + 1 + lat + r + c; reading index j = c*R + r from
+        cycle A + 2 + lat on, one per cycle at most, is never early.
+        """
+        R, C, o = self.rows, self.cols, self.o_stream
         draining = Signal()
         idx_r = Signal(range(R))
         idx_c = Signal(range(C))
         final = Signal()
         m.d.comb += final.eq((idx_r == R - 1) & (idx_c == C - 1))
-        with m.If(lastpipe[lat]):
+        with m.If(captured):
             m.d.sync += [draining.eq(1), idx_r.eq(0), idx_c.eq(0)]
-        with m.If(accept & i.payload.last):
-            m.d.sync += busy.eq(1)
 
         flat = Signal(range(R * C))
         m.d.comb += flat.eq(idx_c * R + idx_r)
         selected = Signal(signed(self.acc_width))
         with m.Switch(flat):
-            for (r, c) in pes:
+            for (r, c), value in shadow.items():
                 with m.Case(c * R + r):
-                    m.d.comb += selected.eq(shadow[(r, c)])
+                    m.d.comb += selected.eq(value)
 
         with m.If(o.ready | ~o.valid):
             m.d.sync += o.valid.eq(0)
@@ -228,4 +248,3 @@ class SystolicArray(wiring.Component):
                     m.d.sync += [idx_r.eq(0), idx_c.eq(idx_c + 1)]
                 with m.Else():
                     m.d.sync += idx_r.eq(idx_r + 1)
-        return m

@@ -44,11 +44,7 @@ def _align(n):
     return -(-n // CHUNK_BYTES) * CHUNK_BYTES
 
 
-def _field_widths(layout):
-    return {name: f.width for name, f in prog.data.Layout.cast(layout)}
-
-
-_DESC_WIDTHS = _field_widths(prog.LayerDescriptor)
+_DESC_WIDTHS = prog.field_widths(prog.LayerDescriptor)
 
 
 def _describe(stage):
@@ -207,6 +203,91 @@ def _check_field(stage, name, value):
                            f"{width}-bit descriptor field (max {(1 << width) - 1})")
 
 
+def _check_stage(stage, config):
+    """Reject a stage the units cannot run: reduction beyond the accumulator, a pooling
+    window or line buffer the max-pool unit does not have."""
+    where = _describe(stage)
+    if stage.reduction > config.max_reduction:
+        raise CompileError(f"{where}: reduction C*F*F = {stage.reduction} exceeds "
+                           f"max_reduction {config.max_reduction} of {config.name} (the "
+                           f"accumulator width is sized for it)")
+    if stage.pool is None:
+        return
+    pk, ps = stage.pool
+    if pk not in POOL_KERNELS or ps not in POOL_STRIDES or not ps <= pk <= ps + 1:
+        raise CompileError(f"{where}: max-pool {pk}x{pk} stride {ps} is not supported; "
+                           f"kernels {POOL_KERNELS}, strides {POOL_STRIDES}, "
+                           f"stride <= kernel <= stride + 1 (2/1, 2/2, 3/2)")
+    k_blocks = -(-stage.out_channels // config.rows)
+    width = stage.conv_shape[2]
+    if width > config.pool_width or k_blocks > config.pool_blocks:
+        raise CompileError(f"{where}: max-pool over {width} columns × {k_blocks} "
+                           f"k-blocks exceeds the line buffer of {config.name} "
+                           f"({config.pool_width} columns × {config.pool_blocks} "
+                           f"k-blocks of {config.rows} channels)")
+
+
+def _check_capacity(stage, config, w_base, q_base):
+    """Weight words of ``stage``; raises if they or its qparams, placed after the earlier
+    stages' (at ``w_base``, ``q_base``), overflow the memories."""
+    where = _describe(stage)
+    k_blocks = -(-stage.out_channels // config.rows)
+    n_words = k_blocks * stage.reduction
+    if w_base + n_words > config.weight_words:
+        raise CompileError(f"{where}: needs {n_words} weight words ({k_blocks} k-blocks × "
+                           f"D = {stage.reduction}), {w_base + n_words} in total, but the "
+                           f"weight memory of {config.name} holds {config.weight_words} "
+                           f"words of {config.rows} weights")
+    k = stage.out_channels
+    if q_base + k > config.qparam_entries:
+        raise CompileError(f"{where}: needs {k} qparam entries, {q_base + k} in total, "
+                           f"but {config.name} holds {config.qparam_entries}")
+    return n_words
+
+
+def _descriptor(stage, plan, rows, *, final, w_base, q_base):
+    """The LayerDescriptor fields of ``stage`` (each checked against its field width)."""
+    first = stage.index == 0
+    c, in_h, in_w = stage.in_shape
+    k, out_h, out_w = stage.conv_shape
+    _, pool_h, pool_w = stage.out_shape
+    desc = dict(
+        relu=int(stage.relu), pool_en=int(stage.pool is not None),
+        in_from_image=int(first), to_logits=int(final),
+        cin=c, in_h=in_h, in_w=in_w, kernel=stage.kernel, stride=stage.stride,
+        pad=stage.pad, out_h=out_h, out_w=out_w, out_channels=k,
+        k_blocks=-(-k // rows), reduction=stage.reduction,
+        pool_kernel=stage.pool[0] if stage.pool else 0,
+        pool_stride=stage.pool[1] if stage.pool else 0,
+        pool_h=pool_h, pool_w=pool_w,
+        in_base=plan.image_slots[0] if first else plan.buffers[(stage.index - 1) % 2],
+        out_base=0 if final else plan.buffers[stage.index % 2],
+        w_base=w_base, q_base=q_base)
+    for name, value in desc.items():
+        _check_field(stage, name, value)
+    return desc
+
+
+def _weight_words(stage, p, rows):
+    """``stage``'s weight words: word ``kb*D + d``, byte ``r`` = ``W[kb*R + r, d]``."""
+    k, d_red = stage.out_channels, stage.reduction
+    k_blocks = -(-k // rows)
+    wmat = np.zeros((k_blocks * rows, d_red), dtype=np.int8)
+    wmat[:k] = np.asarray(p.weight).reshape(k, d_red)
+    return wmat.reshape(k_blocks, rows, d_red).transpose(0, 2, 1).reshape(-1, rows)
+
+
+def _check_bias(stage, p, config):
+    """Reject a bias the requantiser's ``config.bias_width``-bit adder cannot hold."""
+    bias_limit = 1 << (config.bias_width - 1)
+    worst = int(np.abs(np.asarray(p.bias, dtype=np.int64)).max(initial=0))
+    if worst >= bias_limit:
+        raise CompileError(f"{_describe(stage)}: a bias of magnitude {worst} does not fit "
+                           f"the {config.bias_width}-bit bias of {config.name}'s "
+                           f"requantiser (|bias| < {bias_limit}); the quantiser's biases are "
+                           f"normally far smaller — check the scales of this layer")
+
+
 def compile_network(network, params, config):
     """Compile ``network`` with quantised ``params`` for ``config``.
 
@@ -249,70 +330,14 @@ def compile_network(network, params, config):
     descriptors, words, qparams = [], [], []
     w_base = 0
     for stage, p in zip(stages, params):
-        where = _describe(stage)
-        d_red = stage.reduction
-        if d_red > config.max_reduction:
-            raise CompileError(f"{where}: reduction C*F*F = {d_red} exceeds max_reduction "
-                               f"{config.max_reduction} of {config.name} (the accumulator "
-                               f"width is sized for it)")
-        if stage.pool is not None:
-            pk, ps = stage.pool
-            if pk not in POOL_KERNELS or ps not in POOL_STRIDES or not ps <= pk <= ps + 1:
-                raise CompileError(f"{where}: max-pool {pk}x{pk} stride {ps} is not supported; "
-                                   f"kernels {POOL_KERNELS}, strides {POOL_STRIDES}, "
-                                   f"stride <= kernel <= stride + 1 (2/1, 2/2, 3/2)")
-            k_blocks = -(-stage.out_channels // config.rows)
-            width = stage.conv_shape[2]
-            if width > config.pool_width or k_blocks > config.pool_blocks:
-                raise CompileError(f"{where}: max-pool over {width} columns × {k_blocks} "
-                                   f"k-blocks exceeds the line buffer of {config.name} "
-                                   f"({config.pool_width} columns × {config.pool_blocks} "
-                                   f"k-blocks of {config.rows} channels)")
-        k = stage.out_channels
-        k_blocks = -(-k // rows)
-        c, in_h, in_w = stage.in_shape
-        _, out_h, out_w = stage.conv_shape
-        _, pool_h, pool_w = stage.out_shape
-        first, final = stage.index == 0, stage is last
-        n_words = k_blocks * d_red
-        if w_base + n_words > config.weight_words:
-            raise CompileError(f"{where}: needs {n_words} weight words ({k_blocks} k-blocks × "
-                               f"D = {d_red}), {w_base + n_words} in total, but the weight "
-                               f"memory of {config.name} holds {config.weight_words} words "
-                               f"of {rows} weights")
-        q_base = len(qparams)
-        if q_base + k > config.qparam_entries:
-            raise CompileError(f"{where}: needs {k} qparam entries, {q_base + k} in total, "
-                               f"but {config.name} holds {config.qparam_entries}")
-        desc = dict(
-            relu=int(stage.relu), pool_en=int(stage.pool is not None),
-            in_from_image=int(first), to_logits=int(final),
-            cin=c, in_h=in_h, in_w=in_w, kernel=stage.kernel, stride=stage.stride,
-            pad=stage.pad, out_h=out_h, out_w=out_w, out_channels=k, k_blocks=k_blocks,
-            reduction=d_red,
-            pool_kernel=stage.pool[0] if stage.pool else 0,
-            pool_stride=stage.pool[1] if stage.pool else 0,
-            pool_h=pool_h, pool_w=pool_w,
-            in_base=plan.image_slots[0] if first else plan.buffers[(stage.index - 1) % 2],
-            out_base=0 if final else plan.buffers[stage.index % 2],
-            w_base=w_base, q_base=q_base)
-        for name, value in desc.items():
-            _check_field(stage, name, value)
-        wmat = np.zeros((k_blocks * rows, d_red), dtype=np.int8)
-        wmat[:k] = np.asarray(p.weight).reshape(k, d_red)
-        # word kb*D + d, byte r = W[kb*R + r, d]
-        words.append(wmat.reshape(k_blocks, rows, d_red).transpose(0, 2, 1)
-                     .reshape(n_words, rows))
-        bias_limit = 1 << (config.bias_width - 1)
-        worst = int(np.abs(np.asarray(p.bias, dtype=np.int64)).max(initial=0))
-        if worst >= bias_limit:
-            raise CompileError(f"{where}: a bias of magnitude {worst} does not fit the "
-                               f"{config.bias_width}-bit bias of {config.name}'s requantiser "
-                               f"(|bias| < {bias_limit}); the quantiser's biases are normally "
-                               f"far smaller — check the scales of this layer")
-        for ch in range(k):
+        _check_stage(stage, config)
+        n_words = _check_capacity(stage, config, w_base, len(qparams))
+        descriptors.append(_descriptor(stage, plan, rows, final=stage is last,
+                                       w_base=w_base, q_base=len(qparams)))
+        words.append(_weight_words(stage, p, rows))
+        _check_bias(stage, p, config)
+        for ch in range(stage.out_channels):
             qparams.append(dict(bias=int(p.bias[ch]), m=int(p.m[ch]), s=int(p.s[ch]), _pad=0))
-        descriptors.append(desc)
         w_base += n_words
     weight_words = np.ascontiguousarray(np.concatenate(words)) if words else \
         np.zeros((0, rows), np.int8)

@@ -1,13 +1,17 @@
 """Exact integer NumPy reference for every unit of the accelerator.
 
-This module is the single source of truth for the number formats (see DESIGN.md):
+This module is the single source of truth for the arithmetic on the number formats, whose
+widths and ranges are defined once in :mod:`fpgacnn.hw.program` (imported by the gateware
+too) and re-exported here:
 
-* activations and weights are int8, biases int32, accumulators exact (int64 here);
+* activations and weights are int8, biases int32 (``BIAS_BITS``), accumulators exact
+  (int64 here);
 * requantisation per output channel is
   ``y = sat_int8((acc * M + (1 << (S - 1))) >> S)`` with an arithmetic shift,
-  ``0 <= M < 2**M_BITS`` (8 bits) and ``1 <= S <= 63``, optionally followed by ReLU;
+  ``0 <= M < 2**M_BITS`` and ``S_MIN <= S <= S_MAX`` (1..63), optionally followed by ReLU;
 * max-pooling works on int8 after requantisation;
-* convolution is cross-correlation, output size ``(W - F + 2P) / S + 1``.
+* convolution is cross-correlation, output size ``(W - F + 2P) / S + 1``
+  (:func:`conv_output_size`).
 
 Every gateware test compares its integers with these functions using
 ``numpy.testing.assert_array_equal``.
@@ -15,52 +19,25 @@ Every gateware test compares its integers with these functions using
 
 import numpy as np
 
+from ..hw.program import (
+    ACT_BITS,
+    BIAS_BITS,
+    M_BITS,
+    S_BITS,
+    S_MAX,
+    S_MIN,
+    WEIGHT_BITS,
+    GeometryError,
+    conv_output_size,
+    pool_output_size,
+)
+
 __all__ = [
     "GeometryError", "conv_output_size", "pool_output_size",
     "conv2d", "fully_connected", "requantize", "maxpool2d", "saturate_int8",
-    "M_BITS", "S_MIN", "S_MAX", "accumulator_bound", "accumulator_bits",
+    "M_BITS", "S_MIN", "S_MAX", "S_BITS", "ACT_BITS", "WEIGHT_BITS", "BIAS_BITS",
+    "accumulator_bound", "accumulator_bits",
 ]
-
-#: Width of the unsigned requantisation multiplier ``M``. Eight bits keep the LeNet-5
-#: accuracy of 16 (98.8% both, measured) and halve the requantiser's LUT multiplier,
-#: which matters on the iCE40UP5K whose DSPs all serve the systolic array.
-M_BITS = 8
-#: Range of the requantisation shift ``S``.
-S_MIN, S_MAX = 1, 63
-
-
-class GeometryError(ValueError):
-    """A layer geometry that does not produce an integer output size, or is empty."""
-
-
-def conv_output_size(size, kernel, stride=1, pad=0):
-    """Output size ``(size - kernel + 2*pad) / stride + 1`` of a convolution or pool.
-
-    Raises
-    ------
-    GeometryError
-        If the division is not exact or the output would be empty; the message names
-        the numbers, so the user can see which of ``W, F, S, P`` to change.
-    """
-    for name, value, low in (("input size", size, 1), ("kernel", kernel, 1),
-                             ("stride", stride, 1), ("padding", pad, 0)):
-        if not isinstance(value, (int, np.integer)) or value < low:
-            raise GeometryError(f"{name} must be an integer >= {low}, not {value!r}")
-    span = size - kernel + 2 * pad
-    if span < 0:
-        raise GeometryError(
-            f"kernel {kernel} does not fit in input {size} with padding {pad}: "
-            f"W - F + 2P = {size} - {kernel} + 2*{pad} = {span} < 0")
-    if span % stride:
-        raise GeometryError(
-            f"(W - F + 2P)/S + 1 = ({size} - {kernel} + 2*{pad})/{stride} + 1 = "
-            f"{span / stride + 1:g} is not an integer; change the stride or the padding")
-    return span // stride + 1
-
-
-def pool_output_size(size, kernel, stride):
-    """Output size of an unpadded ``kernel``/``stride`` pooling window (see conv_output_size)."""
-    return conv_output_size(size, kernel, stride, 0)
 
 
 def _check_int(name, array, dtype):
@@ -195,9 +172,10 @@ def maxpool2d(x, kernel, stride):
 def accumulator_bound(reduction, *, bias_bits=0):
     """Largest ``|sum|`` of ``reduction`` int8×int8 products (plus a ``bias_bits`` bias).
 
-    The extreme product is ``(-128) * (-128) = 2**14``.
+    The extreme product is ``(-128) * (-128) = 2**14``
+    (``2**(ACT_BITS - 1 + WEIGHT_BITS - 1)``).
     """
-    bound = reduction * (1 << 14)
+    bound = reduction * (1 << (ACT_BITS - 1 + WEIGHT_BITS - 1))
     if bias_bits:
         bound += 1 << (bias_bits - 1)
     return bound

@@ -167,6 +167,20 @@ def load(path, *, expect=None):
     def fail(msg):
         return ModelFileError(f"{path}: {msg}")
 
+    header = _read_header(arrays, fail)
+    try:
+        network = network_from_dict(header.get("network"))
+        stages = network.stages()
+    except (ValueError, golden.GeometryError) as e:
+        raise fail(f"bad network description: {e}") from None
+    if expect is not None and network_to_dict(expect) != network_to_dict(network):
+        raise fail(f"holds network {network_to_dict(network)}, expected "
+                   f"{network_to_dict(expect)}")
+    return network, _read_params(arrays, network, stages, fail), header["meta"]
+
+
+def _read_header(arrays, fail):
+    """The checked JSON header (format, version, meta) as a dict."""
     if "header" not in arrays:
         raise fail("missing key 'header'; not an fpgacnn model file")
     header = arrays["header"]
@@ -183,15 +197,11 @@ def load(path, *, expect=None):
                    f"(this fpgacnn reads version {VERSION})")
     if not isinstance(header.get("meta"), dict):
         raise fail("'meta' must be a JSON object")
-    try:
-        network = network_from_dict(header.get("network"))
-        stages = network.stages()
-    except (ValueError, golden.GeometryError) as e:
-        raise fail(f"bad network description: {e}") from None
-    if expect is not None and network_to_dict(expect) != network_to_dict(network):
-        raise fail(f"holds network {network_to_dict(network)}, expected "
-                   f"{network_to_dict(expect)}")
+    return header
 
+
+def _read_params(arrays, network, stages, fail):
+    """One checked QuantParams per stage; the keys must be exactly those of ``stages``."""
     wanted = {"header"} | {_stage_key(s.index, n) for s in stages for n in _ARRAYS}
     missing, extra = sorted(wanted - set(arrays)), sorted(set(arrays) - wanted)
     if missing:
@@ -215,7 +225,7 @@ def load(path, *, expect=None):
         except ValueError as e:
             raise fail(str(e)) from None
         params.append(p)
-    return network, params, header["meta"]
+    return params
 
 
 def default_model_path():

@@ -202,7 +202,13 @@ def seeds_cifar_example():
 
 @dataclass
 class QuantParams:
-    """Integer parameters of one stage: int8 weights, int32 bias, per-channel M and S."""
+    """Integer parameters of one stage: int8 weights, int32 bias, per-channel M and S.
+
+    ``0 <= M < 2**M_BITS`` (8 bits) and ``S_MIN <= S <= S_MAX`` (:mod:`fpgacnn.hw.program`).
+    The bias is stored as int32, but an accelerator adds it with its requantiser's
+    ``bias_width`` bits (``AcceleratorConfig.bias_width``, as wide as the accumulator);
+    :func:`.compiler.compile_network` rejects a bias that does not fit.
+    """
     weight: np.ndarray
     bias: np.ndarray
     m: np.ndarray

@@ -9,11 +9,12 @@ Per stage (see :mod:`.golden` for the integer semantics):
   scale is that of the model's :class:`.mnist.InputQuant` (by default ``p >> 1`` ≈
   ``p / 255`` at 2/255 per LSB, :data:`.mnist.INPUT_SCALE`), and each stage's input
   scale is the previous stage's output scale (max-pool keeps it);
-* bias: ``round(b / (s_in · s_w[k]))`` as int32;
+* bias: ``round(b / (s_in · s_w[k]))`` as int32 (``BIAS_BITS``);
 * requantisation: the real multiplier ``s_in · s_w[k] / s_out`` becomes an integer
-  ``M`` (``0 <= M < 2**M_BITS``) and shift ``S`` (``1..63``) with ``M`` normalised into
-  ``[2**(M_BITS-1), 2**M_BITS)`` — relative error at most ``2**-M_BITS``
-  (:func:`choose_multiplier`).
+  ``M`` (``0 <= M < 2**M_BITS``) and shift ``S`` (``S_MIN..S_MAX``, 1..63) with ``M``
+  normalised into ``[2**(M_BITS-1), 2**M_BITS)`` — relative error at most
+  ``2**-M_BITS`` (:func:`choose_multiplier`; the widths come from
+  :mod:`fpgacnn.hw.program`, which the gateware imports too).
 
 The last stage (the logits) has no ReLU; its scale is taken from ``max |logit|`` so the
 winning class rarely saturates. Int8 accuracy is measured with
@@ -22,6 +23,7 @@ winning class rarely saturates. Int8 accuracy is measured with
 
 import numpy as np
 
+from ..hw.program import ACT_BITS, BIAS_BITS, M_BITS, S_MAX, S_MIN, WEIGHT_BITS
 from . import golden, mnist
 from .network import QuantParams, run_network
 from .train import im2col, pool_forward, single_blas_thread
@@ -33,7 +35,11 @@ __all__ = ["quantize_weights", "choose_multiplier", "activation_scales", "quanti
 #: Candidate activation percentiles tried by :func:`calibrate`.
 DEFAULT_PERCENTILES = (99.9, 99.99, 99.999, 100.0)
 
-_INT32 = np.iinfo(np.int32)
+#: Largest weight and activation magnitudes (127): symmetric, -128 is never aimed at.
+_W_MAX = (1 << (WEIGHT_BITS - 1)) - 1
+_A_MAX = (1 << (ACT_BITS - 1)) - 1
+#: Bias range (int32).
+_BIAS_MIN, _BIAS_MAX = -(1 << (BIAS_BITS - 1)), (1 << (BIAS_BITS - 1)) - 1
 
 
 def quantize_weights(weight, scale=None):
@@ -45,14 +51,14 @@ def quantize_weights(weight, scale=None):
     """
     weight = np.asarray(weight, dtype=np.float64)
     k = weight.shape[0]
-    lo = -127
+    lo = -_W_MAX
     if scale is None:
         amax = np.abs(weight.reshape(k, -1)).max(axis=1)
-        scale = np.where(amax > 0, amax / 127, 1.0)
+        scale = np.where(amax > 0, amax / _W_MAX, 1.0)
     else:
-        scale, lo = np.asarray(scale, dtype=np.float64).reshape(k), -128
+        scale, lo = np.asarray(scale, dtype=np.float64).reshape(k), -_W_MAX - 1
     shape = (k,) + (1,) * (weight.ndim - 1)
-    q = np.clip(np.round(weight / scale.reshape(shape)), lo, 127).astype(np.int8)
+    q = np.clip(np.round(weight / scale.reshape(shape)), lo, _W_MAX).astype(np.int8)
     return q, scale
 
 
@@ -61,7 +67,7 @@ def choose_multiplier(real):
 
     ``S`` is picked so that ``M`` uses all ``M_BITS`` bits (``2**(M_BITS-1) <= M``), the most
     precision the requantiser offers; ``S`` is capped at ``S_MAX`` (63), so a
-    multiplier below ``2**-48`` loses precision, down to ``M = 0``.
+    multiplier below ``2**(M_BITS - 1 - S_MAX)`` loses precision, down to ``M = 0``.
 
     Returns
     -------
@@ -76,19 +82,19 @@ def choose_multiplier(real):
     if not np.all(np.isfinite(real)) or np.any(real < 0):
         raise ValueError(f"requantisation multipliers must be finite and >= 0, got {real}")
     m = np.zeros(real.shape, dtype=np.int64)
-    s = np.full(real.shape, golden.S_MAX, dtype=np.int64)
+    s = np.full(real.shape, S_MAX, dtype=np.int64)
     for i, r in enumerate(real):
         if r == 0:
             continue
-        shift = (golden.M_BITS - 1) - int(np.floor(np.log2(r)))
-        shift = min(shift, golden.S_MAX)
+        shift = (M_BITS - 1) - int(np.floor(np.log2(r)))
+        shift = min(shift, S_MAX)
         mult = int(np.round(r * 2.0 ** shift))
-        if mult >= 1 << golden.M_BITS:          # rounding carried into bit M_BITS
+        if mult >= 1 << M_BITS:          # rounding carried into bit M_BITS
             shift -= 1
             mult = int(np.round(r * 2.0 ** shift))
-        if shift < golden.S_MIN:
+        if shift < S_MIN:
             raise ValueError(
-                f"channel {i}: requantisation multiplier {r:g} needs S < {golden.S_MIN}; "
+                f"channel {i}: requantisation multiplier {r:g} needs S < {S_MIN}; "
                 f"the output scale is far too small for this layer (raise the calibration "
                 f"percentile)")
         m[i], s[i] = mult, shift
@@ -116,7 +122,7 @@ def _scales(outputs, percentile):
         if top <= 0:
             raise ValueError(f"stage {i} outputs are all zero on the calibration images; "
                              f"the float model is dead and cannot be quantised")
-        scales.append(top / 127)
+        scales.append(top / _A_MAX)
     return scales
 
 
@@ -153,8 +159,9 @@ def quantize(model, images, percentile=99.99, *, scales=None, quant=None,
         wq, s_w = quantize_weights(w, s_given)
         acc_scale = s_in * s_w
         bias = np.round(np.asarray(b, dtype=np.float64) / acc_scale)
-        if np.any(bias < _INT32.min) or np.any(bias > _INT32.max):
-            raise ValueError(f"stage {stage.index}: bias {bias} does not fit in int32")
+        if np.any(bias < _BIAS_MIN) or np.any(bias > _BIAS_MAX):
+            raise ValueError(f"stage {stage.index}: bias {bias} does not fit in "
+                             f"int{BIAS_BITS}")
         m, s = choose_multiplier(acc_scale / s_out)
         p = QuantParams(wq, bias.astype(np.int32), m, s)
         p.check(stage)

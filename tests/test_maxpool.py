@@ -9,22 +9,8 @@ import pytest
 from fpgacnn.hw.maxpool import MaxPool, check_pool_geometry
 from fpgacnn.sim.amaranth_sim import run_simulation
 from fpgacnn.sim.streams import stream_get, stream_put
+from fpgacnn.sim.vectors import from_kblock_stream, kblock_stream
 from fpgacnn.sw import golden
-
-
-def to_stream(x, block):
-    """(C, H, W) → 1-D in the order for y: for kb: for x: for r (C padded to whole blocks)."""
-    c, h, w = x.shape
-    kbs = -(-c // block)
-    padded = np.zeros((kbs * block, h, w), dtype=x.dtype)
-    padded[:c] = x
-    # [kb, r, y, x] → [y, kb, x, r]
-    return padded.reshape(kbs, block, h, w).transpose(2, 0, 3, 1).reshape(-1)
-
-
-def from_stream(s, channels, block, h, w):
-    kbs = -(-channels // block)
-    return s.reshape(h, kbs, w, block).transpose(1, 3, 0, 2).reshape(kbs * block, h, w)
 
 
 def make_map(channels, h, w, seed):
@@ -41,7 +27,7 @@ def run_pool(dut, frames, kernel, stride, *, seed, name, idle=0.3, stall=0.3):
     c, h, w = frames[0].shape
     blocks = -(-c // dut.block)
     h2, w2 = dut.check_geometry(h, w, blocks, kernel, stride)
-    beats = [to_stream(f, dut.block) for f in frames]
+    beats = [kblock_stream(f, dut.block) for f in frames]
     n_out = blocks * dut.block * h2 * w2
     got = []
 
@@ -70,7 +56,7 @@ def run_pool(dut, frames, kernel, stride, *, seed, name, idle=0.3, stall=0.3):
         out = np.array(got, dtype=np.int8).reshape(len(frames), -1)
         for f, frame in enumerate(frames):
             expected = golden.maxpool2d(frame, kernel, stride)
-            np.testing.assert_array_equal(from_stream(out[f], c, dut.block, h2, w2)[:c],
+            np.testing.assert_array_equal(from_kblock_stream(out[f], c, dut.block, h2, w2)[:c],
                                           expected, err_msg=f"seed={seed} frame={f}")
 
     run_simulation(dut, [producer, consumer], name=name, check=check)
@@ -119,7 +105,7 @@ def test_maxpool_reconfigure(request):
             ctx.set(dut.start, 0)
             ctx.set(dut.o_stream.ready, 1)
             out = []
-            for v in to_stream(x, 2).tolist():
+            for v in kblock_stream(x, 2).tolist():
                 ctx.set(dut.i_stream.valid, 1)
                 ctx.set(dut.i_stream.payload, v)
                 _, _, ov, op = await ctx.tick().sample(dut.o_stream.valid, dut.o_stream.payload)
@@ -131,7 +117,7 @@ def test_maxpool_reconfigure(request):
                 if ov:
                     out.append(op)
             h2, w2 = golden.pool_output_size(h, k, s), golden.pool_output_size(w, k, s)
-            got.append(from_stream(np.array(out, dtype=np.int8), c, 2, h2, w2)[:c])
+            got.append(from_kblock_stream(np.array(out, dtype=np.int8), c, 2, h2, w2)[:c])
 
     def check():
         np.testing.assert_array_equal(got[0], golden.maxpool2d(first, 2, 2))

@@ -1,22 +1,16 @@
 """DualMul8 vs Python products, in Amaranth's simulator (Verilator: test_units_verilator)."""
 
-import itertools
-import random
-
 import pytest
 
 from fpgacnn.hw.multiplier import DualMul8
 from fpgacnn.sim.amaranth_sim import run_simulation
-
-EDGES = [-128, -127, -1, 0, 1, 2, 126, 127]
+from fpgacnn.sim.vectors import product_pairs
 
 
 @pytest.mark.parametrize("seed", range(2))
 def test_dual_mul8_products(request, seed):
     dut = DualMul8()
-    pairs = list(itertools.product(EDGES, EDGES))
-    rng = random.Random(seed)
-    pairs += [(rng.randrange(-128, 128), rng.randrange(-128, 128)) for _ in range(200)]
+    pairs = product_pairs(200, seed)
     got, want = [], []
 
     async def bench(ctx):

@@ -6,49 +6,10 @@ import random
 import numpy as np
 import pytest
 from amaranth.hdl import unsigned
-
 from fpgacnn.hw.requant import Requantizer
 from fpgacnn.sim.amaranth_sim import run_simulation
 from fpgacnn.sim.streams import stream_get, stream_put
-from fpgacnn.sw import golden
-
-
-def make_inputs(n, acc_width, seed):
-    """``n`` (acc, bias, m, s, relu) rows: random, extremes, and rounding/saturation edges."""
-    rng = np.random.default_rng(seed)
-    lo, hi = -(1 << (acc_width - 1)), (1 << (acc_width - 1)) - 1
-    acc = rng.integers(lo, hi + 1, n, dtype=np.int64)
-    bias = rng.integers(-(1 << 31), 1 << 31, n, dtype=np.int64)
-    m = rng.integers(0, 1 << golden.M_BITS, n, dtype=np.int64)
-    s = rng.integers(1, 64, n, dtype=np.int64)
-    relu = rng.integers(0, 2, n, dtype=np.int64)
-    # Realistic scale: small bias, s near log2(acc*m) so results land inside int8 often.
-    k = n // 3
-    bias[:k] = rng.integers(-1000, 1000, k)
-    acc[:k] = rng.integers(-(1 << 18), 1 << 18, k)
-    s[:k] = rng.integers(20, 34, k)
-    m_max = (1 << golden.M_BITS) - 1
-    edges = [
-        (hi, (1 << 31) - 1, m_max, 1, 0),     # largest product, smallest shift
-        (lo, -(1 << 31), m_max, 1, 0),        # most negative
-        (lo, -(1 << 31), m_max, 63, 0),
-        (hi, (1 << 31) - 1, m_max, 63, 1),
-        (5, 0, 1, 1, 0), (-5, 0, 1, 1, 0),            # exact halves round up: 3, -2
-        (255, 0, 1, 1, 0), (256, 0, 1, 1, 0), (-257, 0, 1, 1, 0), (-258, 0, 1, 1, 0),
-        (0, 0, 0, 5, 0), (0, 0, 0, 63, 1), (123, 4, 0, 7, 0),
-        (-1, 0, 1, 63, 0), (-(1 << 20), 0, 1, 13, 1), (1 << 20, 0, 1, 13, 0),
-    ]
-    for row, e in enumerate(edges[:n]):
-        acc[row], bias[row], m[row], s[row], relu[row] = e
-    acc = np.clip(acc, lo, hi)
-    return acc, bias, m, s, relu
-
-
-def golden_requant(acc, bias, m, s, relu):
-    total = acc + bias
-    plain = golden.requantize(total, m, s, relu=False)
-    rect = golden.requantize(total, m, s, relu=True)
-    return np.where(relu.astype(bool), rect, plain).astype(np.int8)
+from fpgacnn.sim.vectors import requant_expected, requant_inputs
 
 
 def run_requant(dut, inputs, *, seed, name, idle=0.3, stall=0.3):
@@ -82,7 +43,7 @@ def run_requant(dut, inputs, *, seed, name, idle=0.3, stall=0.3):
 
     # relu is per beat: all lanes of a beat share lane 0's flag.
     relu_per_value = np.repeat(relu[::lanes][:beats], lanes)
-    expected = golden_requant(acc, bias, m, s, relu_per_value)[:beats * lanes]
+    expected = requant_expected(acc, bias, m, s, relu_per_value)[:beats * lanes]
 
     def check():
         np.testing.assert_array_equal(np.array(got, dtype=np.int8), expected,
@@ -96,14 +57,14 @@ def run_requant(dut, inputs, *, seed, name, idle=0.3, stall=0.3):
 @pytest.mark.parametrize("acc_width", [26, 40])
 @pytest.mark.parametrize("seed", range(3))
 def test_requant_matches_golden(request, acc_width, seed):
-    inputs = make_inputs(300, acc_width, seed)
+    inputs = requant_inputs(300, acc_width, seed)
     run_requant(Requantizer(acc_width), inputs, seed=seed, name=request.node.name)
 
 
 @pytest.mark.parametrize("seed", range(2))
 def test_requant_narrow_bias_matches_golden(request, seed):
     """The core's configuration: bias as wide as the accumulator, extremes included."""
-    acc, bias, m, s, relu = make_inputs(300, 26, seed + 20)
+    acc, bias, m, s, relu = requant_inputs(300, 26, seed + 20)
     lo, hi = -(1 << 25), (1 << 25) - 1
     bias = np.clip(bias, lo, hi)
     bias[:4] = [hi, lo, hi, lo]
@@ -114,7 +75,7 @@ def test_requant_narrow_bias_matches_golden(request, seed):
 
 @pytest.mark.parametrize("interval", [2, 4, 8])
 def test_requant_interval_matches_golden(request, interval):
-    inputs = make_inputs(200, 26, interval + 10)
+    inputs = requant_inputs(200, 26, interval + 10)
     run_requant(Requantizer(26, interval=interval), inputs, seed=interval,
                 name=request.node.name)
 
@@ -122,7 +83,7 @@ def test_requant_interval_matches_golden(request, interval):
 @pytest.mark.parametrize("interval", [1, 2])
 def test_requant_lanes_and_tag(request, interval):
     dut = Requantizer(24, lanes=3, tag=unsigned(10), interval=interval)
-    run_requant(dut, make_inputs(240, 24, 11), seed=11, name=request.node.name,
+    run_requant(dut, requant_inputs(240, 24, 11), seed=11, name=request.node.name,
                 idle=0.2, stall=0.6)
 
 
@@ -130,7 +91,7 @@ def test_requant_lanes_and_tag(request, interval):
 def test_requant_full_rate(request, interval):
     """No idle, no backpressure: one value per ``interval`` cycles after the latency."""
     dut = Requantizer(26, interval=interval)
-    inputs = make_inputs(100, 26, 5)
+    inputs = requant_inputs(100, 26, 5)
     cycles = {}
 
     async def producer(ctx):

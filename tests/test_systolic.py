@@ -12,42 +12,13 @@ from fpgacnn.hw.multiplier import DualMul8, dual_mul8_signature
 from fpgacnn.hw.systolic import SystolicArray
 from fpgacnn.sim.amaranth_sim import run_simulation
 from fpgacnn.sim.streams import stream_put
+from fpgacnn.sim.vectors import systolic_results, systolic_tiles
 from fpgacnn.sw import golden
-
-
-def make_tiles(rows, cols, depths, seed):
-    """Random (W[rows×D], X[D×cols]) int8 tiles, with edge-value tiles mixed in."""
-    rng = np.random.default_rng(seed)
-    tiles = []
-    for n, d in enumerate(depths):
-        kind = n % 5
-        if kind == 1:      # the largest sums: (-128)*(-128) everywhere
-            w, x = np.full((rows, d), -128), np.full((d, cols), -128)
-        elif kind == 2:    # the most negative sums
-            w, x = np.full((rows, d), -128), np.full((d, cols), 127)
-        elif kind == 3:
-            w, x = np.zeros((rows, d)), rng.integers(-128, 128, (d, cols))
-        else:
-            w, x = rng.integers(-128, 128, (rows, d)), rng.integers(-128, 128, (d, cols))
-        tiles.append((w.astype(np.int8), x.astype(np.int8)))
-    return tiles
-
-
-def expected_results(tiles):
-    """Golden stream: per tile ``for col: for row`` of (acc, row, col, last)."""
-    out = []
-    for w, x in tiles:
-        acc = w.astype(np.int64) @ x.astype(np.int64)
-        rows, cols = acc.shape
-        for c in range(cols):
-            for r in range(rows):
-                out.append((acc[r, c], r, c, int(r == rows - 1 and c == cols - 1)))
-    return np.array(out, dtype=np.int64).reshape(-1, 4)
 
 
 def run_array(dut, tiles, *, seed, name, idle=0.3, stall=0.3):
     """Feed ``tiles`` to ``dut``; return (results array, cycles from first beat to last)."""
-    expected = expected_results(tiles)
+    expected = systolic_results(tiles)
     got, times = [], {}
 
     async def producer(ctx):
@@ -100,7 +71,7 @@ def test_array_matches_golden(request, rows, cols, seed):
     depths = [1, 2, rows * cols + 5, 3] + [rng.randrange(1, 2 * rows * cols + 8)
                                            for _ in range(4)]
     dut = SystolicArray(rows, cols, acc_width=golden.accumulator_bits(max(depths)))
-    run_array(dut, make_tiles(rows, cols, depths, seed), seed=seed, name=request.node.name)
+    run_array(dut, systolic_tiles(rows, cols, depths, seed), seed=seed, name=request.node.name)
 
 
 @pytest.mark.parametrize("rows,cols", [(1, 1), (4, 4), (8, 2), (2, 8)])
@@ -109,12 +80,12 @@ def test_broadcast_dataflow_matches_golden(request, rows, cols):
     depths = [1, 2, rows * cols + 5, 3, 2 * rows * cols, 7]
     dut = SystolicArray(rows, cols, acc_width=golden.accumulator_bits(max(depths)),
                         dataflow="broadcast")
-    run_array(dut, make_tiles(rows, cols, depths, 9), seed=9, name=request.node.name)
+    run_array(dut, systolic_tiles(rows, cols, depths, 9), seed=9, name=request.node.name)
 
 
 def test_heavy_backpressure(request):
     dut = SystolicArray(4, 2, acc_width=24)
-    tiles = make_tiles(4, 2, [9, 1, 12, 2, 30], seed=7)
+    tiles = systolic_tiles(4, 2, [9, 1, 12, 2, 30], seed=7)
     run_array(dut, tiles, seed=7, name=request.node.name, idle=0.1, stall=0.8)
 
 
@@ -140,7 +111,7 @@ class SlowMul(wiring.Component):
 
 def test_other_multiplier_latency(request):
     dut = SystolicArray(2, 3, acc_width=24, mac=SlowMul)
-    run_array(dut, make_tiles(2, 3, [1, 8, 2, 11, 5], seed=3), seed=3, name=request.node.name)
+    run_array(dut, systolic_tiles(2, 3, [1, 8, 2, 11, 5], seed=3), seed=3, name=request.node.name)
 
 
 @pytest.mark.parametrize("dataflow", ["systolic", "broadcast"])
@@ -149,7 +120,7 @@ def test_throughput_one_beat_per_cycle(request, dataflow):
     rows, cols = 8, 2
     dut = SystolicArray(rows, cols, acc_width=24, dataflow=dataflow)
     depths = [dut.min_tile] * 4
-    _, cycles = run_array(dut, make_tiles(rows, cols, depths, seed=1), seed=1,
+    _, cycles = run_array(dut, systolic_tiles(rows, cols, depths, seed=1), seed=1,
                           name=request.node.name, idle=0, stall=0)
     ideal = sum(depths) + dut.result_latency + rows * cols - 1
     print(f"8x2 array: {sum(depths)} beats, {cycles} cycles (ideal {ideal})")

@@ -11,7 +11,15 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 
-__all__ = ["StreamTB"]
+__all__ = ["StreamTB", "start_clock"]
+
+#: Clock period of every bench (the value is arbitrary: benches count cycles, not time).
+CLOCK_NS = 10
+
+
+def start_clock(dut):
+    """Drive ``dut.clk`` with a free-running clock for the rest of the test."""
+    cocotb.start_soon(Clock(dut.clk, CLOCK_NS, unit="ns").start())
 
 
 class StreamTB:
@@ -35,8 +43,8 @@ class StreamTB:
         self.cycles = 0
 
     async def start(self):
-        """Start a 10 ns clock and hold reset for two cycles."""
-        cocotb.start_soon(Clock(self.dut.clk, 10, unit="ns").start())
+        """Start the clock and hold reset for two cycles."""
+        start_clock(self.dut)
         self.dut.rst.value = 1
         self.i["valid"].value = 0
         self.o["ready"].value = 0

@@ -9,15 +9,8 @@ from cocotb.triggers import FallingEdge, RisingEdge
 
 from fpgacnn.sim.benches._tb import StreamTB
 from fpgacnn.sim.cocotb_runner import bench_params, unpack
+from fpgacnn.sim.vectors import from_kblock_stream, kblock_stream
 from fpgacnn.sw import golden
-
-
-def to_stream(x, block):
-    c, h, w = x.shape
-    kbs = -(-c // block)
-    padded = np.zeros((kbs * block, h, w), dtype=np.int64)
-    padded[:c] = x
-    return padded.reshape(kbs, block, h, w).transpose(2, 0, 3, 1).reshape(-1)
 
 
 @cocotb.test()
@@ -38,9 +31,9 @@ async def maps_match_golden(dut):
         dut.start.value = 0
         assert not dut.error.value, (c, h, w, kernel, stride)
         want = golden.maxpool2d(x, kernel, stride)
-        beats = [int(v) & 0xFF for v in to_stream(x, block)]
-        raw = await tb.run(beats, len(to_stream(want, block)))
+        beats = [int(v) & 0xFF for v in kblock_stream(x, block)]
+        raw = await tb.run(beats, len(kblock_stream(want, block)))
         got = np.array([unpack(v, 8, 1)[0] for v in raw])
         _, h2, w2 = want.shape
-        got = got.reshape(h2, kbs, w2, block).transpose(1, 3, 0, 2).reshape(-1, h2, w2)
+        got = from_kblock_stream(got, c, block, h2, w2)
         np.testing.assert_array_equal(got[:c], want, err_msg=f"case {c, h, w, kernel, stride}")

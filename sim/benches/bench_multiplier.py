@@ -1,24 +1,19 @@
 """cocotb bench: a DualMul8 (generic or iCE40) computes a[i]*b[i] one cycle later."""
 
-import random
-
 import cocotb
-from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly
 
+from fpgacnn.sim.benches._tb import start_clock
 from fpgacnn.sim.cocotb_runner import bench_params, pack, unpack
-
-EDGES = [-128, -127, -1, 0, 1, 126, 127]
+from fpgacnn.sim.vectors import product_pairs
 
 
 @cocotb.test()
 async def products_match(dut):
     params = bench_params()
-    rng = random.Random(params.get("seed", 0))
     latency = params.get("latency", 1)
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    pairs = [(a, b) for a in EDGES for b in EDGES]
-    pairs += [(rng.randrange(-128, 128), rng.randrange(-128, 128)) for _ in range(300)]
+    start_clock(dut)
+    pairs = product_pairs(300, params.get("seed", 0))
     sent, checked = [], 0
     for n in range(len(pairs) // 2 + latency):
         await FallingEdge(dut.clk)

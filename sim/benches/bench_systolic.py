@@ -12,19 +12,7 @@ import numpy as np
 from fpgacnn.hw.systolic import operands_layout, result_layout
 from fpgacnn.sim.benches._tb import StreamTB
 from fpgacnn.sim.cocotb_runner import bench_params, pack, pack_fields, unpack_fields
-
-
-def make_tiles(rows, cols, depths, rng):
-    tiles = []
-    for n, d in enumerate(depths):
-        if n % 4 == 1:
-            w, x = np.full((rows, d), -128), np.full((d, cols), -128)
-        elif n % 4 == 2:
-            w, x = np.full((rows, d), 127), np.full((d, cols), -128)
-        else:
-            w, x = rng.integers(-128, 128, (rows, d)), rng.integers(-128, 128, (d, cols))
-        tiles.append((w, x))
-    return tiles
+from fpgacnn.sim.vectors import systolic_results, systolic_tiles
 
 
 def encode(tiles, rows, cols):
@@ -38,21 +26,11 @@ def encode(tiles, rows, cols):
     return beats
 
 
-def expected(tiles):
-    out = []
-    for w, x in tiles:
-        acc = w.astype(np.int64) @ x.astype(np.int64)
-        r_n, c_n = acc.shape
-        out += [(acc[r, c], r, c, int(r == r_n - 1 and c == c_n - 1))
-                for c in range(c_n) for r in range(r_n)]
-    return np.array(out, dtype=np.int64)
-
-
 async def run(dut, tiles, p, *, idle, stall):
     rows, cols = p["rows"], p["cols"]
     tb = StreamTB(dut, seed=p["seed"], idle=idle, stall=stall)
     await tb.start()
-    want = expected(tiles)
+    want = systolic_results(tiles)
     raw = await tb.run(encode(tiles, rows, cols), len(want), max_cycles=20 * len(want) +
                        4 * sum(w.shape[1] for w, _ in tiles) + 100)
     layout = result_layout(rows, cols, p["acc_width"])
@@ -65,8 +43,7 @@ async def run(dut, tiles, p, *, idle, stall):
 @cocotb.test()
 async def tiles_match_golden(dut):
     p = bench_params()
-    rng = np.random.default_rng(p["seed"])
-    tiles = make_tiles(p["rows"], p["cols"], p["depths"], rng)
+    tiles = systolic_tiles(p["rows"], p["cols"], p["depths"], p["seed"])
     await run(dut, tiles, p, idle=p["idle"], stall=p["stall"])
 
 
@@ -75,12 +52,11 @@ async def lenet_cycles(dut):
     """C1 and C3 of LeNet-5 as tile sequences at full rate: cycles vs MACs / PEs."""
     p = bench_params()
     rows, cols = p["rows"], p["cols"]
-    rng = np.random.default_rng(p["seed"])
     report = {}
     # (name, useful output channels, out_h, out_w, reduction D)
-    for name, k, oh, ow, d in (("C1", 6, 28, 28, 25), ("C3", 16, 10, 10, 150)):
+    for n, (name, k, oh, ow, d) in enumerate((("C1", 6, 28, 28, 25), ("C3", 16, 10, 10, 150))):
         kbs, xts = -(-k // rows), -(-ow // cols)
-        tiles = make_tiles(rows, cols, [d] * (oh * kbs * xts), rng)
+        tiles = systolic_tiles(rows, cols, [d] * (oh * kbs * xts), p["seed"] + n)
         cycles = await run(dut, tiles, p, idle=0, stall=0)
         macs = k * oh * ow * d
         report[name] = {"beats": len(tiles) * d, "cycles": cycles, "macs": macs,

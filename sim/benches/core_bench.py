@@ -20,11 +20,11 @@ import json
 import random
 
 import cocotb
-from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 
 from fpgacnn.hw.core import ReadCommand, StartCommand, WriteCommand
 from fpgacnn.hw.program import ReadSpace, Space
+from fpgacnn.sim.benches._tb import start_clock
 from fpgacnn.sim.cocotb_runner import bench_params, pack_fields
 
 
@@ -37,7 +37,7 @@ class CoreTB:
         self.cycle = 0
 
     async def start_clock(self):
-        cocotb.start_soon(Clock(self.dut.clk, 10, unit="ns").start())
+        start_clock(self.dut)
         await self.reset()
 
     async def reset(self):

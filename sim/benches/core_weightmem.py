@@ -11,9 +11,9 @@ Parameters (``bench_params``): ``seed``, ``depth``, ``writes``, ``reads``.
 import random
 
 import cocotb
-from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly
 
+from fpgacnn.sim.benches._tb import start_clock
 from fpgacnn.sim.cocotb_runner import bench_params
 
 
@@ -22,7 +22,7 @@ async def weight_memory_matches_model(dut):
     p = bench_params()
     rng = random.Random(p.get("seed", 0))
     depth = p.get("depth", 16384)
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    start_clock(dut)
     dut.rst.value = 0
     dut.wr__en.value = 0
     dut.rd__en.value = 0

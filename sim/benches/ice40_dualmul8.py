@@ -11,9 +11,9 @@ Parameters (``bench_params``): ``latency`` (default 1).
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge
 
+from fpgacnn.sim.benches._tb import start_clock
 from fpgacnn.sim.cocotb_runner import bench_params
 
 # Odd, so i -> i * STRIDE mod 2**16 is a permutation of all operand pairs.
@@ -38,7 +38,7 @@ async def exhaustive_products(dut):
     a_port = ((a0 & 0xFF) | ((a1 & 0xFF) << 8)).tolist()
     b_port = ((b0 & 0xFF) | ((b1 & 0xFF) << 8)).tolist()
     n = len(a_port)
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    start_clock(dut)
     dut.rst.value = 0
     seen = []
     # Inputs change on the falling edge; what p shows there was registered on the rising
