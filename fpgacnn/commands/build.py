@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 from ..hw.boards import BOARDS, DESIGNS
+from . import add_board_argument
 
 
 def configure(parser):
-    parser.add_argument("--board", default="icebreaker", choices=list(BOARDS),
-                        help="board to build for (default: icebreaker)")
+    add_board_argument(parser, "build for")
     parser.add_argument("--json", metavar="PATH",
                         help="also write the result as JSON (board, fits, fmax_mhz, "
                              "target_mhz, utilisation, bitstream)")

