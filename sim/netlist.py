@@ -14,8 +14,13 @@ Only what cannot be simulated as it is gets replaced, by the board's family:
   harness clocks the oscillator pin at the core clock, so the netlist's own power-on
   reset (the reset stretch after lock) runs as on the board;
 * the I/O cells (``inout`` pads, which Verilator cannot drive from the top level) become
-  one-way stand-ins chosen by ``PIN_TYPE``, with the model's input and output paths;
-  an output with its driver off reads as its pull-up.
+  one-way stand-ins chosen by ``PIN_TYPE``: the model's unregistered input or output
+  path (an output with its driver off reads as its pull-up); other modes are refused;
+* an ``SB_MAC16`` clock enable left unconnected is tied to 1, as the silicon reads it
+  (the model has no default and would hold every product at 0).
+
+The ECP5 (ULX3S) netlist is refused: yosys ships no simulation model for its
+``MULT18X18D`` multipliers and ``EHXPLLL`` PLL, only blackboxes (``cells_bb.v``).
 
 A wrapper module ``board_top`` gives the netlist the harness's ports (``clk``,
 ``uart_rx``, ``uart_tx``, ``idle``). The netlist has no ``idle`` output (the bitstream's
@@ -80,6 +85,10 @@ def _ice40_io(name, cell):
 
 def _ice40_standin(name, cell):
     """New (type, pad direction) for a cell the models cannot simulate, else None."""
+    if cell["type"] == "SB_MAC16":
+        # Silicon reads an unconnected CE as 1; the model has no default (products = 0).
+        cell["connections"].setdefault("CE", ["1"])
+        return None
     if cell["type"] == "SB_IO":
         return _ice40_io(name, cell)
     if cell["type"] == "SB_PLL40_PAD":
@@ -105,7 +114,8 @@ class Family:
         Verilog of the stand-in modules.
     standin : callable
         ``standin(name, cell)`` → ``(new type, pad direction or None)`` for a netlist cell the
-        models cannot simulate (it may edit the cell's parameters), else None.
+        models cannot simulate, else None; it may also edit the cell (parameters a
+        stand-in does not take, inputs the silicon ties when left unconnected).
     pad_port : str
         The stand-ins' port that is a package pin.
     unsupported : str or None
@@ -182,7 +192,7 @@ def _write_verilog(netlist, folder):
                             cwd=folder, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise BuildError(f"yosys could not write the netlist as Verilog: "
-                           f"{result.stderr.strip() or result.stdout.strip()}")
+                         f"{result.stderr.strip() or result.stdout.strip()}")
     return out.read_text()
 
 
@@ -275,10 +285,16 @@ def post_synthesis_check(board, net, params, images, expected, rtl_counters=None
     started = time.monotonic()
     with SimBoard(board, netlist="synth", synth_dir=build_dir, progress=progress,
                   stats=True) as sim:
-        with Accelerator.open(sim.url, timeout=300) as acc:
-            acc.load(net, params, progress=False)
-            _, logits = acc.infer(images, progress=False, all_counters=True)
-            counters = acc.counters.astype(np.int64)
+        try:
+            with Accelerator.open(sim.url, timeout=300) as acc:
+                acc.load(net, params, progress=False)
+                _, logits = acc.infer(images, progress=False, all_counters=True)
+                counters = acc.counters.astype(np.int64)
+        except Exception as e:
+            # Where to look: the netlist as Verilator built it, and what the harness said.
+            e.add_note(f"netlist simulation of {board}: Verilog and build log in "
+                       f"{sim.exe.parent.parent}; harness stderr: {sim.errors[-5:]}")
+            raise
         stats = sim.wait_stats(1)
     exact = np.array_equal(logits, expected) and (
         rtl_counters is None or np.array_equal(counters, rtl_counters))

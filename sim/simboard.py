@@ -10,6 +10,10 @@ real board, with pyserial's ``socket://127.0.0.1:PORT`` URL::
 
 Builds live in ``build/simboard/<hash>/``; the hash covers the Verilog, the iCE40 cell
 models, the harness and the Verilator version, so a build is reused until one changes.
+
+``SimBoard("icebreaker", netlist="synth")`` runs the board top's synthesized netlist
+(what goes into the bitstream: PLL, reset, pins and all) instead of the RTL, with the
+vendor cell models; see :mod:`fpgacnn.sim.netlist`. Same harness, same cache.
 """
 
 import hashlib

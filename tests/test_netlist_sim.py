@@ -122,7 +122,9 @@ def test_standins_by_pin_type():
                   "pll": {"type": "SB_PLL40_PAD", "parameters": {"DIVF": "0111111"},
                           "port_directions": {}, "connections": {}},
                   "lut": {"type": "SB_LUT4", "parameters": {"LUT_INIT": "1"},
-                          "port_directions": {}, "connections": {}}}}}}
+                          "port_directions": {}, "connections": {}},
+                  "mac": {"type": "SB_MAC16", "parameters": {},
+                          "port_directions": {}, "connections": {"CLK": [5]}}}}}}
     ports = rewrite(netlist, FAMILIES["ice40"])
     assert {k: v["direction"] for k, v in ports.items()} == {
         "rx": "input", "tx": "output", "spare": "input"}
@@ -130,6 +132,9 @@ def test_standins_by_pin_type():
     assert [cells[k]["type"] for k in ("rx_buf", "tx_buf", "pll", "lut")] == [
         "fpgacnn_SB_IO_IN", "fpgacnn_SB_IO_OUT", "fpgacnn_SB_PLL40_PAD", "SB_LUT4"]
     assert cells["pll"]["parameters"] == {} and cells["lut"]["parameters"] == {"LUT_INIT": "1"}
+    # An unconnected DSP clock enable reads 1 on the silicon, not 0 as in the bare model.
+    assert cells["mac"]["type"] == "SB_MAC16"
+    assert cells["mac"]["connections"] == {"CLK": [5], "CE": ["1"]}
 
 
 @pytest.mark.parametrize("pin_type", ["000000", "010101", "110001", "000011"])

@@ -41,7 +41,7 @@ def configure(parser):
     build.add_argument("--rebuild", action="store_true",
                        help="build the bitstream even if a matching build exists")
     build.add_argument("--no-build", action="store_true",
-                       help="skip the bitstream figures (Fmax, utilisation) and the netlist")
+                       help="skip the bitstream figures (Fmax, utilisation)")
     parser.add_argument("--post-synthesis", type=int, default=3, metavar="N",
                         help="digits run on the synthesized netlist (gate level, slow: "
                              "minutes); 0 skips it (default 3)")
@@ -138,7 +138,7 @@ def run(args):
     build = None if args.no_build else build_figures(args.board, config,
                                                      rebuild=args.rebuild)
     figures = collect_figures(args.board, config, net, counters, rate, build, golden_ips)
-    n = 0 if args.no_build else args.post_synthesis
+    n = args.post_synthesis
     figures["post_synthesis"] = post_synthesis_figures(
         args.board, net, params, x_u8[:n], expected[:n], counters[:n])
     print(format_table(figures, net))
