@@ -59,7 +59,8 @@ module fpgacnn_SB_IO_{name} #(
 {drive}endmodule
 """
 # PIN_TYPE[5:4] = 01: always driven; 10: driven while OUTPUT_ENABLE (else the pull-up).
-_ICE40_DRIVE = """    assign PACKAGE_PIN = PIN_TYPE[5:4] == 2'b01 || OUTPUT_ENABLE ? D_OUT_0 : PULLUP;
+_ICE40_DRIVE = """    wire driven = PIN_TYPE[5:4] == 2'b01 || OUTPUT_ENABLE;
+    assign PACKAGE_PIN = driven ? D_OUT_0 : PULLUP;
 """
 _ICE40_PLL = """
 module fpgacnn_SB_PLL40_PAD (
