@@ -238,8 +238,12 @@ def synthesize(board="icebreaker", *, design="full", config=None, build_dir=None
             record = json.loads((build_dir / name).read_text())
         except (OSError, ValueError):
             continue
-        if (record.get("rtlil_sha256") == digest and record.get("board") == board
-                and record.get("design") == design and netlist.exists()):
+        same = (record.get("rtlil_sha256"), record.get("board"), record.get("design"))
+        if same != (digest, board, design) or not netlist.exists():
+            continue
+        # A synthesis-only record also names its netlist's hash: a later build_board
+        # that stopped after yosys may have replaced top.json without removing it.
+        if name == RECORD_NAME or record.get("netlist_sha256") == _file_digest(netlist):
             return netlist
     env = setup_yowasp_env(dict(os.environ))
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -252,9 +256,14 @@ def synthesize(board="icebreaker", *, design="full", config=None, build_dir=None
         raise BuildError(f"synthesis failed: {step.error or 'see its log'} (log: {step.log})")
     if get_board(board).family == "ice40":
         check_hand_dsps(build_dir)
-    record = {"board": board, "design": design, "rtlil_sha256": digest}
+    record = {"board": board, "design": design, "rtlil_sha256": digest,
+              "netlist_sha256": _file_digest(netlist)}
     (build_dir / SYNTH_RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
     return netlist
+
+
+def _file_digest(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def resource_breakdown(build_dir, family, *, name="top", depth=4, progress=True):

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["FAMILIES", "Family", "netlist_verilog", "post_synthesis_check",
+__all__ = ["FAMILIES", "Family", "bit_exact", "netlist_verilog", "post_synthesis_check",
            "post_synthesis_figures", "post_synthesis_row", "warmup_cycles"]
 
 #: Module name of the wrapper (the harness includes ``Vboard_top.h``).
@@ -297,13 +297,21 @@ def post_synthesis_check(board, net, params, images, expected, rtl_counters=None
                        f"{sim.exe.parent.parent}; harness stderr: {sim.errors[-5:]}")
             raise
         stats = sim.wait_stats(1)
-    exact = np.array_equal(logits, expected) and (
-        rtl_counters is None or np.array_equal(counters, rtl_counters))
-    return {"bit_exact": bool(exact), "images": len(images),
+    return {"bit_exact": bit_exact(logits, counters, expected, rtl_counters), "images": len(images),
             "cycles_per_image": float(np.mean(counters[:, 0])),
             "logits": np.asarray(logits).tolist(), "counters": counters.tolist(),
             "sim_cycles_per_s": stats[0]["rate"] if stats else None,
             "seconds": time.monotonic() - started, "build": str(sim.exe.parent.parent)}
+
+
+def bit_exact(logits, counters, expected, rtl_counters=None):
+    """True when every logit equals the golden model's and, if ``rtl_counters`` is given,
+    every cycle counter (total and per layer) equals the RTL board's."""
+    import numpy as np
+    logits, expected = np.asarray(logits), np.asarray(expected)
+    if logits.shape != expected.shape or not np.array_equal(logits, expected):
+        return False
+    return rtl_counters is None or bool(np.array_equal(counters, rtl_counters))
 
 
 def post_synthesis_figures(board, net, params, images, expected, rtl_counters, **kwargs):

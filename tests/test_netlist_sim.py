@@ -20,6 +20,7 @@ import pytest
 from fpgacnn.hw.boards import BOARDS
 from fpgacnn.sim.netlist import (
     FAMILIES,
+    bit_exact,
     netlist_verilog,
     post_synthesis_check,
     post_synthesis_figures,
@@ -92,6 +93,22 @@ def test_netlist_cycle_counters_equal_rtl(netlist_run, rtl_counters):
           f"{netlist_run['seconds']:.0f} s in all")
 
 
+@pytest.mark.parametrize("damage", ["logit", "layer_cycles", "total_cycles", "one_image"])
+def test_a_wrong_answer_is_not_bit_exact(netlist_run, rtl_counters, digits, damage):
+    # The netlist's own answers, damaged by the smallest amount: the check must say no.
+    logits, counters = np.array(netlist_run["logits"]), np.array(netlist_run["counters"])
+    assert bit_exact(logits, counters, digits[3], rtl_counters)
+    if damage == "logit":
+        logits[2, 9] += 1
+    elif damage == "layer_cycles":
+        counters[1, 2] -= 1
+    elif damage == "total_cycles":
+        counters[0, 0] += 1
+    else:
+        logits = logits[:2]
+    assert not bit_exact(logits, counters, digits[3], rtl_counters)
+
+
 def test_netlist_is_the_bitstream_flows(netlist_run, build_dir):
     # The simulated netlist is synthesis' output for this gateware, fully mapped to iCE40
     # cells: no generic yosys cell survived, the hand-made 8x8 DSPs are intact.
@@ -106,6 +123,30 @@ def test_netlist_is_the_bitstream_flows(netlist_run, build_dir):
     assert not [t for t in types if t.startswith("$") and t != "$scopeinfo"], types
     macs = [c for c in cells.values() if c["type"] == "SB_MAC16"]
     assert macs and all(int(c["parameters"]["MODE_8x8"], 2) == 1 for c in macs)
+
+
+def test_synthesis_is_reused_only_for_its_own_netlist(tmp_path, monkeypatch):
+    # flow.synthesize re-uses a folder's netlist only with a record of the same RTLIL and,
+    # for a synthesis-only record, the same netlist file; anything else runs yosys again.
+    import hashlib
+
+    from fpgacnn.hw import flow
+    netlist = tmp_path / "top.json"
+    netlist.write_text('{"modules": {}}')
+    record = {"board": "icebreaker", "design": "full",
+              "rtlil_sha256": flow.design_digest("icebreaker"),
+              "netlist_sha256": hashlib.sha256(netlist.read_bytes()).hexdigest()}
+    (tmp_path / flow.SYNTH_RECORD_NAME).write_text(json.dumps(record))
+    assert flow.synthesize("icebreaker", build_dir=tmp_path, progress=False) == netlist
+
+    def no_tools(*args):
+        raise RuntimeError("yosys would run")
+
+    monkeypatch.setattr(flow, "run_step", no_tools)
+    netlist.write_text('{"modules": {"top": {}}}')       # replaced behind the record's back
+    with pytest.raises(RuntimeError, match="yosys would run"):
+        flow.synthesize("icebreaker", build_dir=tmp_path, progress=False)
+    assert not (tmp_path / flow.SYNTH_RECORD_NAME).exists()
 
 
 def _cell(kind, pin_type, pad):
