@@ -55,10 +55,13 @@ __all__ = [
     "format_breakdown",
     "load_build",
     "resource_breakdown",
+    "synthesize",
 ]
 
 #: File in the build folder holding a complete build's :class:`BuildReport`.
 RECORD_NAME = "fpgacnn_build.json"
+#: File in the build folder recording a synthesis-only run (:func:`synthesize`).
+SYNTH_RECORD_NAME = "fpgacnn_synth.json"
 
 def default_build_dir(board, design="full"):
     """``build/<board>``, or ``build/<board>-<design>`` for a design other than ``full``."""
@@ -190,6 +193,67 @@ def _run_plan(report, env, status):
             except BuildError as e:
                 report.error = str(e)
                 return
+
+
+def synthesize(board="icebreaker", *, design="full", config=None, build_dir=None,
+               progress=True):
+    """The synthesized netlist of the bitstream flow: yosys' ``top.json``, as
+    :func:`build_board` makes it, without place and route.
+
+    Runs only the first command of the same build plan (same RTLIL, same yosys script),
+    so the netlist is the one a bitstream of this gateware is made from. Re-uses the
+    folder's netlist when a complete build (:data:`RECORD_NAME`) or an earlier call
+    (:data:`SYNTH_RECORD_NAME`) made it from the same RTLIL; otherwise synthesises into
+    the folder, replacing a stale build there (its record is removed first).
+
+    Parameters are those of :func:`build_board`.
+
+    Returns
+    -------
+    Path
+        The netlist JSON (``read_json`` it into yosys, e.g. to ``write_verilog``).
+
+    Raises
+    ------
+    BuildError
+        If yosys fails (the message names its log) or, on the iCE40, rewrote a
+        hand-made 8×8 DSP block.
+    """
+    plan, _ = _plan(board, design, config, 1)
+    digest = _digest(plan)
+    build_dir = Path(build_dir or default_build_dir(board, design)).resolve()
+    netlist = build_dir / "top.json"
+    for name in (RECORD_NAME, SYNTH_RECORD_NAME):
+        try:
+            record = json.loads((build_dir / name).read_text())
+        except (OSError, ValueError):
+            continue
+        same = (record.get("rtlil_sha256"), record.get("board"), record.get("design"))
+        if same != (digest, board, design) or not netlist.exists():
+            continue
+        # A synthesis-only record also names its netlist's hash: a later build_board
+        # that stopped after yosys may have replaced top.json without removing it.
+        if name == RECORD_NAME or record.get("netlist_sha256") == _file_digest(netlist):
+            return netlist
+    env = setup_yowasp_env(dict(os.environ))
+    build_dir.mkdir(parents=True, exist_ok=True)
+    for name in (RECORD_NAME, SYNTH_RECORD_NAME):
+        (build_dir / name).unlink(missing_ok=True)
+    plan.extract(str(build_dir))
+    commands = json.loads((build_dir / "build_top.json").read_text())["commands"]
+    step = run_step(1, len(commands), commands[0], env, build_dir, Status(progress))
+    if step.code != 0:
+        raise BuildError(f"synthesis failed: {step.error or 'see its log'} (log: {step.log})")
+    if get_board(board).family == "ice40":
+        check_hand_dsps(build_dir)
+    record = {"board": board, "design": design, "rtlil_sha256": digest,
+              "netlist_sha256": _file_digest(netlist)}
+    (build_dir / SYNTH_RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
+    return netlist
+
+
+def _file_digest(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def resource_breakdown(build_dir, family, *, name="top", depth=4, progress=True):

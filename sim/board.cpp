@@ -15,8 +15,10 @@
 // where the host itself left the line idle with the board having nothing to do; such
 // waits are counted (`idle_waits`), so a measurement can prove none happened mid-batch.
 //
-// Usage: board --divisor N [--port P] [--stats]
-// Prints "socket://127.0.0.1:P" on stdout once listening (P chosen by the OS when 0).
+// Usage: board --divisor N [--port P] [--stats] [--warmup CYCLES]
+// Prints "socket://127.0.0.1:P" on stdout once listening (P chosen by the OS when 0), after
+// CYCLES clocks with the UART line idle (default 16): a board top's own power-on reset
+// must be over before the first byte arrives, as on a board configured before use.
 // With --stats, prints "stats k=v ..." on stderr per connection. On SIGUSR1 it prints a
 // "snapshot k=v ..." line of the running totals (simulated cycles, bytes each way, the
 // cycle of the last byte sent to the host, ...) for measurements in simulated time.
@@ -59,13 +61,14 @@ struct Board {
     std::unique_ptr<Vboard_top> top;
     uint64_t cycles = 0;
 
-    // The model resets itself (sim/simboard.py: SimTop, a power-on reset of 7 cycles):
-    // no reset input, so Verilator's per-eval input logic stays tiny.
-    Board() : ctx(new VerilatedContext), top(new Vboard_top(ctx.get())) {
+    // The model resets itself (sim/simboard.py: SimTop, a power-on reset of 7 cycles; a
+    // board top's netlist, its own reset after PLL lock): no reset input, so Verilator's
+    // per-eval input logic stays tiny.
+    explicit Board(long warmup) : ctx(new VerilatedContext), top(new Vboard_top(ctx.get())) {
         top->clk = 0;
         top->uart_rx = 1;
         top->eval();
-        for (int i = 0; i < 16; i++) tick();
+        for (long i = 0; i < warmup; i++) tick();
     }
     inline void tick() {
         top->clk = 1;
@@ -271,13 +274,19 @@ void serve(Board &board, int client, int divisor, bool stats, Totals &totals) {
 
 int main(int argc, char **argv) {
     int port = 0, divisor = 0;
+    long warmup = 16;
     bool stats = false;
     for (int i = 1; i < argc; i++) {
         std::string a = argv[i];
         if (a == "--port" && i + 1 < argc) port = atoi(argv[++i]);
         else if (a == "--divisor" && i + 1 < argc) divisor = atoi(argv[++i]);
         else if (a == "--stats") stats = true;
-        else { fprintf(stderr, "usage: %s --divisor N [--port P] [--stats]\n", argv[0]); return 2; }
+        else if (a == "--warmup" && i + 1 < argc) warmup = atol(argv[++i]);
+        else {
+            fprintf(stderr, "usage: %s --divisor N [--port P] [--stats] [--warmup CYCLES]\n",
+                    argv[0]);
+            return 2;
+        }
     }
     if (divisor < 4) {
         fprintf(stderr, "--divisor (clocks per UART bit) must be >= 4\n");
@@ -290,7 +299,7 @@ int main(int argc, char **argv) {
     usr1.sa_handler = on_usr1;            // no SA_RESTART: wakes poll() up at once
     sigaction(SIGUSR1, &usr1, nullptr);
 
-    Board board;
+    Board board(warmup);
     Totals totals;
     int server = listen_on(port);
     while (!g_stop) {

