@@ -32,6 +32,11 @@ class ResponseEncoder(wiring.Component):
     (a WRITE's data CRC). The CRC engine is loaded with the value after the constant
     sync byte as that byte goes out, then fed every byte up to the CRC.
 
+    After the frame, ``config.tx_pad_bytes`` bytes of :data:`protocol.FILL_BYTE` follow
+    (cut short by the next response): they push the response through a USB bridge that
+    holds bytes until 510 wait (see :mod:`.protocol`). A fill byte is the header's
+    length byte with nothing left to send (0), so it costs a counter, no multiplexer.
+
     Latency and throughput: the header goes out at one byte per cycle that ``tx`` is
     ready, the payload at one byte per two cycles (the ROM's read latency, the CRC's
     2-cycle latency before the CRC bytes), plus 3 cycles per RESULT read. ``done``
@@ -40,7 +45,7 @@ class ResponseEncoder(wiring.Component):
     Parameters
     ----------
     config : AcceleratorConfig
-        The identity to report, the result buffer sizes.
+        The identity to report, the result buffer sizes, the padding.
 
     Attributes
     ----------
@@ -68,6 +73,7 @@ class ResponseEncoder(wiring.Component):
     def __init__(self, config):
         self._config = config
         self._length_max = response_bytes_max(config)
+        assert proto.FILL_BYTE == 0, "a fill byte is the header's length byte, 0"
         super().__init__({
             "start": In(1), "status": In(proto.Status),
             "length": In(range(self._length_max + 1)),
@@ -95,6 +101,8 @@ class ResponseEncoder(wiring.Component):
         m.d.sync += just_sent.eq(self.tx.valid & self.tx.ready)
         id_data = self._identity_rom(m, left)
         in_hdr, in_crc = Signal(), Signal()
+        pad_left = Signal(range(cfg.tx_pad_bytes + 1))
+        padding = Signal()                      # pad_left != 0, as a flip-flop
         self._tx_byte(m, status, left, idx, in_hdr, in_crc, id_data, word)
         m.d.comb += [
             self.crc.data.eq(self.tx.payload),
@@ -104,7 +112,12 @@ class ResponseEncoder(wiring.Component):
         ]
         with m.FSM():
             with m.State("IDLE"):
+                # idx = 3, left = 0: tx.payload is the length's low byte, a fill byte.
+                m.d.comb += [in_hdr.eq(1), self.tx.valid.eq(padding)]
+                with m.If(self.tx.valid & self.tx.ready):
+                    m.d.sync += [pad_left.eq(pad_left - 1), padding.eq(pad_left != 1)]
                 with m.If(self.start):
+                    m.d.sync += padding.eq(0)
                     m.d.sync += [status.eq(self.status), left.eq(self.length), idx.eq(0),
                                  word_left.eq(0), fetch_idx.eq(0),
                                  counters_phase.eq(res_args.n_logits == 0)]
@@ -156,6 +169,8 @@ class ResponseEncoder(wiring.Component):
                     m.d.sync += idx.eq(idx + 1)
                     with m.If(idx[0]):
                         m.d.comb += self.done.eq(1)
+                        m.d.sync += [idx.eq(3), pad_left.eq(cfg.tx_pad_bytes),
+                                     padding.eq(cfg.tx_pad_bytes != 0)]
                         m.next = "IDLE"
         return m
 

@@ -8,6 +8,10 @@ real board, with pyserial's ``socket://127.0.0.1:PORT`` URL::
     with SimBoard("icebreaker") as board:           # builds once, then starts in ~0.1 s
         acc = Accelerator.open(board.url)
 
+``usb_latency_ms`` adds the FT2232H's USB path in simulated time (see ``board.cpp``):
+host→board bytes in 1 ms USB frames, board→host bytes released when 510 wait or the
+latency timer expires, as on a real board with that ``latency_timer``.
+
 Builds live in ``build/simboard/<hash>/``; the hash covers the Verilog, the iCE40 cell
 models, the harness and the Verilator version, so a build is reused until one changes.
 """
@@ -28,7 +32,7 @@ from ..hw.uart import baud_divisor
 from .toolchain import ice40_cells_sim, setup_verilator_env
 
 __all__ = ["build", "SimBoard", "SimBoardError", "BUILD_ROOT", "HARNESS", "batch_rate",
-           "link_ceiling"]
+           "link_ceiling", "harness_args", "USB_FRAME_MS"]
 
 HARNESS = Path(__file__).resolve().parent / "board.cpp"
 BUILD_ROOT = Path(__file__).resolve().parent.parent / "build" / "simboard"
@@ -40,12 +44,36 @@ _FLAGS = ["-O3", "--x-assign", "fast", "--x-initial", "fast", "--noassert", "-Wn
           "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include", "-MAKEFLAGS", "OPT_FAST=-O2"]
 
 
+#: Host→board bytes travel in USB frames of this many ms (full-speed USB frames).
+USB_FRAME_MS = 1
+
+
 class SimBoardError(RuntimeError):
     """The simulated board could not be built or started (message says why)."""
 
 
 def _config(config):
     return get_config(config) if isinstance(config, str) else config
+
+
+def harness_args(config, port, usb_latency_ms=0):
+    """The harness's command-line arguments for ``config`` (after the executable).
+
+    Raises
+    ------
+    ValueError
+        If ``usb_latency_ms`` is not a number of ms in 0..255 (``latency_timer``'s range).
+    """
+    if isinstance(usb_latency_ms, bool) or not isinstance(usb_latency_ms, (int, float)) \
+            or not 0 <= usb_latency_ms <= 255:
+        raise ValueError(f"USB latency {usb_latency_ms!r} ms: choose 0..255 ms (the "
+                         f"FT2232H latency_timer's range; 0 = an ideal link)")
+    divisor = baud_divisor(config.clock_hz, config.baud)
+    args = ["--divisor", str(divisor), "--port", str(port)]
+    if usb_latency_ms:
+        args += ["--usb-latency", str(round(config.clock_hz * usb_latency_ms / 1000)),
+                 "--usb-frame", str(config.clock_hz * USB_FRAME_MS // 1000)]
+    return args
 
 
 class SimTop(wiring.Component):
@@ -157,11 +185,14 @@ class SimBoard:
         Passed to :func:`build` (tests use a stand-in core).
     stats : bool
         Make the harness report simulated cycles per connection (:meth:`stop` returns them).
+    usb_latency_ms : float
+        Model the FT2232H's USB path with this latency timer (0: an ideal link).
     """
 
     def __init__(self, config="icebreaker", *, port=0, top=None, stats=False,
-                 progress=print):
+                 progress=print, usb_latency_ms=0):
         self.config = _config(config)
+        self._args = harness_args(self.config, port, usb_latency_ms)
         self._port, self._top, self._stats, self._progress = port, top, stats, progress
         self._proc = None
         self.url = None
@@ -169,8 +200,7 @@ class SimBoard:
 
     def start(self, timeout=10.0):
         exe = build(self.config, top=self._top, progress=self._progress)
-        divisor = baud_divisor(self.config.clock_hz, self.config.baud)
-        cmd = [str(exe), "--divisor", str(divisor), "--port", str(self._port)]
+        cmd = [str(exe), *self._args]
         if self._stats:
             cmd.append("--stats")
         self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -295,28 +325,38 @@ def parse_stats(line):
     return {k: float(v) for k, v in (f.split("=") for f in line.split()[1:])}
 
 
-def serve_forever(config="icebreaker", *, port=0):
-    """Run the simulated board in the foreground (``fpgacnn sim-board``) until Ctrl-C."""
-    exe = build(config)
+def serve_forever(config="icebreaker", *, port=0, usb_latency_ms=0):
+    """Run the simulated board in the foreground (``fpgacnn sim-board``) until Ctrl-C,
+    SIGTERM or SIGHUP, each of which ends the simulator too."""
+    import signal
     cfg = _config(config)
-    divisor = baud_divisor(cfg.clock_hz, cfg.baud)
-    proc = subprocess.Popen([str(exe), "--divisor", str(divisor), "--port", str(port)],
-                            stdout=subprocess.PIPE, text=True)
+    args = harness_args(cfg, port, usb_latency_ms)
+    exe = build(config)
+    proc = subprocess.Popen([str(exe), *args], stdout=subprocess.PIPE, text=True)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         url = proc.stdout.readline().strip()
         if not url:
             return proc.wait()
+        usb = f", USB latency {usb_latency_ms:g} ms" if usb_latency_ms else ""
         print(f"simulated {cfg.name} board ({cfg.rows}x{cfg.cols} array, "
-              f"{cfg.clock_hz / 1e6:g} MHz, {cfg.baud:,} baud) listening on")
+              f"{cfg.clock_hz / 1e6:g} MHz, {cfg.baud:,} baud{usb}) listening on")
         print(f"  {url}")
         print(f"e.g. fpgacnn infer --port {url} IMAGE.png    (Ctrl-C to stop)")
         sys.stdout.flush()
         return proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait()
         return 0
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if proc.poll() is None:
             proc.terminate()
-        time.sleep(0)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
