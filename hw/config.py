@@ -197,7 +197,8 @@ CONFIGS = {
         name="icebreaker", rows=8, cols=1, max_reduction=1024,
         weight_words=16384, act_bytes=4096, qparam_entries=256, max_layers=8,
         max_logits=16, clock_hz=24_000_000, ice40=True,
-        dataflow=Dataflow.BROADCAST, requant_interval=2, rx_fifo_bytes=2048),
+        dataflow=Dataflow.BROADCAST, requant_interval=2, rx_fifo_bytes=2048,
+        watchdog_log2=24),
     # ECP5-85F: 156 18×18 multipliers and 3.7 Mbit of EBR; a 16×4 array (16×8 fits on
     # paper but nextpnr does not finish routing it; README, "Build").
     "ulx3s-85f": AcceleratorConfig(

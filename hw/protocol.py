@@ -346,7 +346,7 @@ def identity_fields(config):
         "dataflow": DATAFLOW_CODES[config.dataflow],
         "name": int.from_bytes(config.name.encode("ascii"), "little"),
         "max_chunks": MAX_CHUNKS, "rx_fifo_log2": config.rx_fifo_bytes.bit_length() - 1,
-        "pad_bytes": config.tx_pad_bytes,
+        "pad_bytes": config.tx_pad_bytes, "_reserved": 0,
     })
     layout = data.Layout.cast(Identity)
     for name, value in fields.items():

@@ -32,7 +32,7 @@ from ..hw.uart import baud_divisor
 from .toolchain import ice40_cells_sim, setup_verilator_env
 
 __all__ = ["build", "SimBoard", "SimBoardError", "BUILD_ROOT", "HARNESS", "batch_rate",
-           "link_ceiling", "harness_args", "USB_FRAME_MS"]
+           "link_ceiling", "harness_args", "USB_FRAME_MS", "measure_batch"]
 
 HARNESS = Path(__file__).resolve().parent / "board.cpp"
 BUILD_ROOT = Path(__file__).resolve().parent.parent / "build" / "simboard"
@@ -288,7 +288,8 @@ def batch_rate(config, before, after, images, image_bytes):
     ``before`` is a :meth:`SimBoard.snapshot` taken with the board idle before the batch's
     first byte (the harness stops simulated time while idle, so the batch starts at its
     ``cycles``), ``after`` one taken once the host has every answer; the batch ends when
-    the last byte reached the host (``last_tx_cycle``). Returns a dict: ``cycles``,
+    the last byte other than padding reached the host (``last_tx_cycle``; with the USB
+    model, when the bridge released it). Returns a dict: ``cycles``,
     ``images_per_s`` at ``config.clock_hz``, ``ceiling`` (:func:`link_ceiling`),
     ``efficiency`` (their ratio), bytes per image each way, ``wire_busy`` (fraction of
     the batch the host→board line carried bytes), ``starved`` (times simulated time
@@ -318,6 +319,30 @@ def batch_rate(config, before, after, images, image_bytes):
         "sim_cpu_rate": (after["cycles"] - before["cycles"]) /
                         max(after["cpu_seconds"] - before["cpu_seconds"], 1e-9),
     }
+
+
+def measure_batch(config, net, params, images_u8, *, usb_latency_ms=0, progress=print):
+    """Run a batch on a simulated board (``fpgacnn bench``): ``(classes, logits,
+    counters int64 (N, 1 + layers), rate)``, ``rate`` as :func:`batch_rate` plus
+    ``result_bytes`` (one RESULT answer), ``usb_latency_ms`` and the driver's ``retries``.
+    """
+    import numpy as np
+
+    from ..hw import protocol as proto
+    from ..sw.driver import Accelerator
+    with (SimBoard(config, progress=progress, usb_latency_ms=usb_latency_ms) as board,
+          Accelerator.open(board.url, timeout=60) as acc):
+        acc.load(net, params, progress=False)
+        acc.infer(images_u8[:1], progress=False)        # warm-up: both slots in use
+        before = board.snapshot()
+        classes, logits = acc.infer(images_u8, all_counters=True)
+        after = board.snapshot()
+        counters = acc.counters.astype(np.int64)
+        image_bytes = int(np.prod(net.input_shape))
+        rate = batch_rate(config, before, after, len(images_u8), image_bytes)
+        rate.update(result_bytes=proto.RESPONSE_HEADER_BYTES + logits.shape[1] + 2,
+                    usb_latency_ms=usb_latency_ms, retries=acc.retries)
+    return classes, logits, counters, rate
 
 
 def parse_stats(line):
