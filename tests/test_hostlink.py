@@ -56,7 +56,7 @@ def _mutant(rng, config):
     """A request frame the board must refuse: a model WRITE (or another command) with
     bits flipped, bytes replaced, inserted or dropped, or random bytes."""
     space = rng.choice([Space.WEIGHTS, Space.QPARAMS, Space.PROGRAM])
-    n = rng.randrange(1, proto.MAX_CHUNKS + 1)
+    n = rng.randrange(1, min(proto.MAX_CHUNKS, proto.space_chunks(config, space)) + 1)
     addr = rng.randrange(proto.space_chunks(config, space) - n + 1)
     frame = bytearray(proto.encode_request(proto.Opcode.WRITE, proto.write_payload(
         space, addr, [rng.getrandbits(64) for _ in range(n)])))
@@ -130,13 +130,30 @@ class StallingProxy:
         self.server.listen(1)
         self.url = f"socket://127.0.0.1:{self.server.getsockname()[1]}"
         self.paused = 0.0
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.sockets, self.threads = [self.server], []
+        self._start(self._accept)
+
+    def _start(self, target, *args):
+        self.threads.append(threading.Thread(target=target, args=args, daemon=True))
+        self.threads[-1].start()
 
     def _accept(self):
         client, _ = self.server.accept()
         upstream = socket.create_connection(self.target)
+        self.sockets += [client, upstream]
         for a, b in ((client, upstream), (upstream, client)):
-            threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            self._start(self._pump, a, b)
+
+    def close(self):
+        for s in self.sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for t in self.threads:
+            t.join(5)
+        for s in self.sockets:
+            s.close()
 
     def _pump(self, src, dst):
         try:
@@ -165,10 +182,13 @@ def test_random_splits_and_pauses(board, model, seed):
     pauses up to 1 s in either direction, mid-frame too: bit-exact, nothing retried."""
     net, params, x, golden = model
     proxy = StallingProxy(board.url, seed=seed, p_pause=0.01)
-    with Accelerator.open(proxy.url, timeout=10) as acc:
-        acc.load(net, params, progress=False)
-        _, logits = acc.infer(x, progress=False)
-        assert acc.retries == 0
+    try:
+        with Accelerator.open(proxy.url, timeout=10) as acc:
+            acc.load(net, params, progress=False)
+            _, logits = acc.infer(x, progress=False)
+            assert acc.retries == 0
+    finally:
+        proxy.close()
     np.testing.assert_array_equal(logits, golden)
     assert proxy.paused > 0.5
 
@@ -250,6 +270,8 @@ def test_sim_board_ends_its_simulator_on_sigterm():
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
+        proc.stdout.close()
 
 
 def test_bad_timeout_and_images_are_refused_before_upload(board, tmp_path, capsys):
