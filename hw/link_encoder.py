@@ -101,8 +101,6 @@ class ResponseEncoder(wiring.Component):
         m.d.sync += just_sent.eq(self.tx.valid & self.tx.ready)
         id_data = self._identity_rom(m, left)
         in_hdr, in_crc = Signal(), Signal()
-        pad_left = Signal(range(cfg.tx_pad_bytes + 1))
-        padding = Signal()                      # pad_left != 0, as a flip-flop
         self._tx_byte(m, status, left, idx, in_hdr, in_crc, id_data, word)
         m.d.comb += [
             self.crc.data.eq(self.tx.payload),
@@ -110,14 +108,9 @@ class ResponseEncoder(wiring.Component):
             self.rd.payload.addr.eq(fetch_idx),
             self.rd.payload.space.eq(Mux(counters_phase, ReadSpace.COUNTERS, ReadSpace.LOGITS)),
         ]
-        with m.FSM():
+        with m.FSM() as fsm:
             with m.State("IDLE"):
-                # idx = 3, left = 0: tx.payload is the length's low byte, a fill byte.
-                m.d.comb += [in_hdr.eq(1), self.tx.valid.eq(padding)]
-                with m.If(self.tx.valid & self.tx.ready):
-                    m.d.sync += [pad_left.eq(pad_left - 1), padding.eq(pad_left != 1)]
                 with m.If(self.start):
-                    m.d.sync += padding.eq(0)
                     m.d.sync += [status.eq(self.status), left.eq(self.length), idx.eq(0),
                                  word_left.eq(0), fetch_idx.eq(0),
                                  counters_phase.eq(res_args.n_logits == 0)]
@@ -169,10 +162,26 @@ class ResponseEncoder(wiring.Component):
                     m.d.sync += idx.eq(idx + 1)
                     with m.If(idx[0]):
                         m.d.comb += self.done.eq(1)
-                        m.d.sync += [idx.eq(3), pad_left.eq(cfg.tx_pad_bytes),
-                                     padding.eq(cfg.tx_pad_bytes != 0)]
+                        m.d.sync += idx.eq(3)           # for the fill bytes
                         m.next = "IDLE"
+        self._padding(m, fsm.ongoing("IDLE"), in_hdr)
         return m
+
+    def _padding(self, m, idle, in_hdr):
+        """``config.tx_pad_bytes`` fill bytes after ``done``, while ``idle`` and until
+        ``start``. With ``idx = 3`` and ``left = 0`` (as a response leaves them),
+        ``tx.payload`` is the header's length byte: 0, the fill byte."""
+        pad_bytes = self._config.tx_pad_bytes
+        pad_left = Signal(range(pad_bytes + 1))
+        padding = Signal()                      # pad_left != 0, as a flip-flop
+        with m.If(idle):
+            m.d.comb += [in_hdr.eq(1), self.tx.valid.eq(padding)]
+            with m.If(self.tx.valid & self.tx.ready):
+                m.d.sync += [pad_left.eq(pad_left - 1), padding.eq(pad_left != 1)]
+        with m.If(self.done):
+            m.d.sync += [pad_left.eq(pad_bytes), padding.eq(pad_bytes != 0)]
+        with m.If(self.start):
+            m.d.sync += padding.eq(0)
 
     def _identity_rom(self, m, left):
         """The identity's bytes, addressed by the count of bytes left; data lags a cycle."""

@@ -257,13 +257,7 @@ class SimBoard:
         if self._proc is None:
             return self.stats
         proc, self._proc = self._proc, None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _terminate(proc)
         if getattr(self, "_reader", None) is not None:
             self._reader.join(2)
         proc.stdout.close()
@@ -275,6 +269,17 @@ class SimBoard:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def _terminate(proc):
+    """End the harness process ``proc`` (SIGTERM, then SIGKILL after 5 s) and reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def link_ceiling(config, image_bytes):
@@ -378,10 +383,4 @@ def serve_forever(config="icebreaker", *, port=0, usb_latency_ms=0):
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _terminate(proc)

@@ -5,6 +5,7 @@ board in ``test_simboard.py``; here every way the link can fail must end in a cl
 exception, quickly, never a hang.
 """
 
+import contextlib
 import socket
 import threading
 import time
@@ -298,22 +299,30 @@ def _tiny_program(acc):
     return acc.program
 
 
+@contextlib.contextmanager
+def fake_session(board, timeout):
+    """``(accelerator, server)``: a session with ``board`` behind a WindowServer, the
+    LeNet-5 program compiled for it."""
+    srv = WindowServer(board)
+    try:
+        with Accelerator.open(srv.url, timeout=timeout) as acc:
+            acc.identify()
+            _tiny_program(acc)
+            yield acc, srv
+    finally:
+        srv.close()
+
+
 def test_infer_pipelines_within_the_window():
     """Requests go out back to back in the documented order and the host never has more
     than the board's receive window unanswered, even when answers come slowly."""
     board = FakeBoard(get_config("icebreaker"), delay=0.002)
-    srv = WindowServer(board)
-    try:
-        with Accelerator.open(srv.url, timeout=2) as acc:
-            acc.identify()
-            _tiny_program(acc)
-            rng = np.random.default_rng(3)
-            x = rng.integers(0, 256, (7, 28, 28), dtype=np.uint8)
-            x[:, 0, 0] = np.arange(7) * 30            # the fake logits' source byte
-            board.opcodes.clear()
-            _, logits = acc.infer(x, progress=False)
-    finally:
-        srv.close()
+    with fake_session(board, 2) as (acc, srv):
+        rng = np.random.default_rng(3)
+        x = rng.integers(0, 256, (7, 28, 28), dtype=np.uint8)
+        x[:, 0, 0] = np.arange(7) * 30            # the fake logits' source byte
+        board.opcodes.clear()
+        _, logits = acc.infer(x, progress=False)
     want = prepare_images(x, (1, 28, 28))[:, 0, 0, 0].astype(np.int64)
     np.testing.assert_array_equal(logits[:, 0].astype(np.uint8), (want & 0xFF).astype(np.uint8))
     assert logits.shape == (7, 10)
@@ -334,27 +343,21 @@ def test_error_in_pipeline_is_retried_then_raised():
     results are complete and right; a link that keeps failing raises after
     ``max_retries``."""
     board = FakeBoard(get_config("icebreaker"), fail_at=6)
-    srv = WindowServer(board)
-    try:
-        with Accelerator.open(srv.url, timeout=1) as acc:
-            acc.identify()
-            _tiny_program(acc)
-            board.opcodes.clear()
-            x = np.zeros((3, 28, 28), np.uint8)
-            x[:, 0, 0] = [10, 20, 30]
-            _, logits = acc.infer(x, progress=False)
-            assert acc.retries == 1
-            want = prepare_images(x, (1, 28, 28))[:, 0, 0, 0].astype(np.uint8)
-            np.testing.assert_array_equal(logits[:, 0].astype(np.uint8), want)
-            board.fail_all = True
-            with pytest.raises(BoardError, match="BAD_CRC"):
-                acc.infer(x, progress=False)
-            assert acc.retries == 1 + acc.max_retries
-            board.fail_all = False
-            _, logits = acc.infer(x[:2], progress=False)
-            assert logits.shape == (2, 10)
-    finally:
-        srv.close()
+    with fake_session(board, 1) as (acc, _):
+        board.opcodes.clear()
+        x = np.zeros((3, 28, 28), np.uint8)
+        x[:, 0, 0] = [10, 20, 30]
+        _, logits = acc.infer(x, progress=False)
+        assert acc.retries == 1
+        want = prepare_images(x, (1, 28, 28))[:, 0, 0, 0].astype(np.uint8)
+        np.testing.assert_array_equal(logits[:, 0].astype(np.uint8), want)
+        board.fail_all = True
+        with pytest.raises(BoardError, match="BAD_CRC"):
+            acc.infer(x, progress=False)
+        assert acc.retries == 1 + acc.max_retries
+        board.fail_all = False
+        _, logits = acc.infer(x[:2], progress=False)
+        assert logits.shape == (2, 10)
 
 
 def test_transport_failures_are_driver_errors(server):

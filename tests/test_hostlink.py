@@ -217,6 +217,18 @@ def test_second_client_is_told_busy(board):
             Accelerator.open(board.url, timeout=5)
 
 
+def test_board_killed_mid_session_is_a_driver_error(model):
+    """The simulator process killed under an open session: a DriverError naming the
+    connection, not a pyserial exception."""
+    net, params, x, _ = model
+    with SimBoard("icebreaker", progress=None) as b, \
+            Accelerator.open(b.url, timeout=5) as acc:
+        acc.load(net, params, progress=False)
+        b.stop()
+        with pytest.raises(DriverError, match="lost the connection|no answer"):
+            acc.infer(x[:2], progress=False)
+
+
 def test_endless_program_is_stopped(board, model):
     """A layer descriptor of zeros never finishes: the watchdog stops the run (RESULT
     answers WATCHDOG), ABORT stops one at once, and reloading the model brings it back."""
