@@ -82,16 +82,36 @@ def _mutant(rng, config):
     return _mutant(rng, config)             # still a valid frame (kept its CRC): another
 
 
+def fill_needed(raw):
+    """Fill bytes that complete the last frame ``raw`` leaves open, by the decoder's rules
+    (bytes outside a frame skipped; a header announcing more than MAX_PAYLOAD ends its
+    frame; fill bytes are zeros, so a header cut short reads as zeros)."""
+    pos = 0
+    while pos < len(raw):
+        if raw[pos] != proto.REQUEST_SYNC:
+            pos += 1
+            continue
+        header = raw[pos:pos + proto.REQUEST_HEADER_BYTES].ljust(proto.REQUEST_HEADER_BYTES,
+                                                                  b"\0")
+        length = int.from_bytes(header[2:4], "little")
+        end = pos + proto.REQUEST_HEADER_BYTES + (
+            length + 2 if length <= proto.MAX_PAYLOAD else 0)
+        if end > len(raw):
+            return end - len(raw)
+        pos = end
+    return 0
+
+
 def fuzz(url, config, count, seed):
-    """Send ``count`` mutated frames, each followed by the fill and an IDENTIFY; return
-    the statuses of every answer other than the IDENTIFYs (none may be OK)."""
+    """Send ``count`` mutated frames, each followed by the fill it needs and an IDENTIFY;
+    return the statuses of every answer other than the IDENTIFYs (none may be OK)."""
     rng = random.Random(seed)
     statuses = []
-    fill = bytes([proto.FILL_BYTE]) * proto.MAX_REQUEST_BYTES
     identify = proto.encode_request(proto.Opcode.IDENTIFY)
     with Accelerator.open(url, timeout=30) as acc:
         for _ in range(count):
-            acc._write_bytes(_mutant(rng, config) + fill + identify)
+            mutant = _mutant(rng, config)
+            acc._write_bytes(mutant + bytes(fill_needed(mutant)) + identify)
             deadline = time.monotonic() + 30
             while True:
                 status, echo, _ = acc._receive(deadline, proto.Opcode.IDENTIFY)
