@@ -70,6 +70,17 @@ class AcceleratorConfig:
     pool_width, pool_blocks : int
         Max-pool line buffer: widest pooled layer (convolution output width) and most
         k-blocks it holds (``pool_width * pool_blocks * rows`` bytes of block RAM).
+    rx_fifo_bytes : int
+        The receive queue in front of the link (block RAM), a power of two >= 512: the
+        host's credit of unanswered bytes (:mod:`.protocol`). Throughput stops depending
+        on the USB round trip once it covers baud / 10 × round-trip time (README, "Real
+        boards", has the memory budget).
+    watchdog_log2 : int
+        A run is stopped (status ``WATCHDOG``) after ``2 ** watchdog_log2`` cycles: no layer
+        program can keep the core busy for ever. 10..31.
+    tx_pad_bytes : int
+        Fill bytes sent after each response so a USB bridge's 510-byte packet fills and
+        goes out at once (:mod:`.protocol`); 0 for none. 0..65535.
 
     Raises
     ------
@@ -93,6 +104,9 @@ class AcceleratorConfig:
     pool_blocks: int = 2
     dataflow: Dataflow = Dataflow.SYSTOLIC
     requant_interval: int = 1
+    rx_fifo_bytes: int = 512
+    watchdog_log2: int = 26
+    tx_pad_bytes: int = 510
 
     def __post_init__(self):
         name = self.name
@@ -102,9 +116,19 @@ class AcceleratorConfig:
                              f"characters, not {name!r}")
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.type is int and (type(value) is not int or value <= 0):
+            if f.type is int and f.name != "tx_pad_bytes" and (
+                    type(value) is not int or value <= 0):
                 raise ValueError(f"config {name}: {f.name} must be a positive integer, "
                                  f"not {value!r}")
+        if type(self.tx_pad_bytes) is not int or not 0 <= self.tx_pad_bytes < 1 << 16:
+            raise ValueError(f"config {name}: tx_pad_bytes must be an integer 0..65535, "
+                             f"not {self.tx_pad_bytes!r}")
+        if self.rx_fifo_bytes < 512 or self.rx_fifo_bytes & (self.rx_fifo_bytes - 1):
+            raise ValueError(f"config {name}: rx_fifo_bytes = {self.rx_fifo_bytes} must be a "
+                             f"power of two >= 512 (512, 1024, 2048, ...)")
+        if not 10 <= self.watchdog_log2 <= 31:
+            raise ValueError(f"config {name}: watchdog_log2 = {self.watchdog_log2} must be "
+                             f"10..31 (a run is stopped after 2 ** watchdog_log2 cycles)")
         if type(self.ice40) is not bool:
             raise ValueError(f"config {name}: ice40 must be True or False, not {self.ice40!r}")
         if self.rows % 8:
@@ -173,14 +197,15 @@ CONFIGS = {
         name="icebreaker", rows=8, cols=1, max_reduction=1024,
         weight_words=16384, act_bytes=4096, qparam_entries=256, max_layers=8,
         max_logits=16, clock_hz=24_000_000, ice40=True,
-        dataflow=Dataflow.BROADCAST, requant_interval=2),
+        dataflow=Dataflow.BROADCAST, requant_interval=2, rx_fifo_bytes=2048,
+        watchdog_log2=24),
     # ECP5-85F: 156 18×18 multipliers and 3.7 Mbit of EBR; a 16×4 array (16×8 fits on
     # paper but nextpnr does not finish routing it; README, "Build").
     "ulx3s-85f": AcceleratorConfig(
         name="ulx3s-85f", rows=16, cols=4, max_reduction=4096,
         weight_words=8192, act_bytes=12288, qparam_entries=1024, max_layers=16,
         max_logits=64, clock_hz=50_000_000, ice40=False,
-        pool_width=64, pool_blocks=4),
+        pool_width=64, pool_blocks=4, rx_fifo_bytes=8192),
 }
 
 

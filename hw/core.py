@@ -7,7 +7,7 @@ three small units around the memories and the :class:`~.datapath.Datapath`:
 program) and :class:`ResultReads` (``rd`` → ``rd_data``).
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, ResetInserter, Signal, unsigned
 from amaranth.lib import enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -52,7 +52,14 @@ class Core(wiring.Component):
         layer with ``in_from_image`` reads its input from ``image_base`` (a byte
         address).
     ``busy`` : Out(1)
-        High from the accepted start until the last logit and counter are stored.
+        High from the accepted start until the last logit and counter are stored, or
+        until the run is stopped.
+    ``abort`` : In(1), ``fault`` : Out(1)
+        A pulse on ``abort`` stops a run: the sequencer and the datapath are reset (2
+        cycles later ``busy`` is low); the memories keep the model. A run that reaches
+        ``2 ** config.watchdog_log2`` cycles (a layer program that never ends, e.g. a
+        descriptor of zeros) is stopped the same way and raises ``fault`` until the next
+        accepted start or ``abort``.
     ``rd``, ``rd_data`` : In(stream of ``ReadCommand``), Out(stream of ``ReadData``)
         One 32-bit answer per request, in order, latency 1 (with back-pressure):
         ``LOGITS`` addr ``k`` → output ``k`` of the last run, sign-extended;
@@ -95,7 +102,11 @@ class Core(wiring.Component):
     def elaborate(self, platform):
         cfg = self._config
         m = Module()
-        m.submodules.datapath = dp = self.datapath
+        dp = self.datapath
+        # Abort and watchdog reset the run's state only (registered: the reset net is
+        # large); the memories and the host-write path keep going.
+        stop = Signal()
+        m.submodules.datapath = ResetInserter({"sync": stop})(dp)
         m.submodules.act = act = Ram(unsigned(8), cfg.act_bytes, copies=cfg.cols)
         m.submodules.weights = wmem = WeightMemory(rows=cfg.rows, depth=cfg.weight_words,
                                                    ice40=cfg.ice40)
@@ -103,7 +114,8 @@ class Core(wiring.Component):
         m.submodules.program = pmem = Ram(unsigned(16), _program_halfwords(cfg))
         m.submodules.results = rmem = Ram(unsigned(32), _result_words(cfg))
         m.submodules.writes = writes = HostWrites(cfg)
-        m.submodules.sequencer = seq = Sequencer(cfg)
+        seq = Sequencer(cfg)
+        m.submodules.sequencer = ResetInserter({"sync": stop})(seq)
         m.submodules.reads = reads = ResultReads(cfg)
 
         for i in range(cfg.cols):
@@ -122,6 +134,11 @@ class Core(wiring.Component):
         wiring.connect(m, seq.program, pmem.rd[0])
         wiring.connect(m, dp.logit_wr, seq.logits_in)
         wiring.connect(m, seq.results, rmem.wr)
+        m.d.sync += stop.eq(self.abort | seq.overrun)
+        with m.If(seq.overrun):
+            m.d.sync += self.fault.eq(1)
+        with m.If(self.abort | (self.start.valid & self.start.ready)):
+            m.d.sync += self.fault.eq(0)
         m.d.comb += [
             self.busy.eq(seq.busy), writes.busy.eq(seq.busy),
             seq.program_pending.eq(writes.program_pending),
@@ -248,7 +265,8 @@ class Sequencer(wiring.Component):
     logit writes go to the results memory meanwhile (``logits_in``).
 
     Latency: ``busy`` rises the cycle after ``start`` is taken; one run at a time
-    (``start.ready`` only while idle and no ``program_pending``).
+    (``start.ready`` only while idle and no ``program_pending``). ``overrun`` rises when a
+    run reaches ``2 ** config.watchdog_log2`` cycles (the core then resets the sequencer).
 
     Parameters
     ----------
@@ -258,6 +276,8 @@ class Sequencer(wiring.Component):
     ----------
     start : In(stream.Signature(StartCommand))
     busy : Out(1)
+    overrun : Out(1)
+        The run has taken ``2 ** watchdog_log2`` cycles (the watchdog).
     program_pending : In(1)
         A program write is still going in: the run must not read it yet.
     program : Out(read port)
@@ -277,6 +297,7 @@ class Sequencer(wiring.Component):
         super().__init__({
             "start": In(stream.Signature(StartCommand)),
             "busy": Out(1),
+            "overrun": Out(1),
             "program_pending": In(1),
             "program": Out(read_port_signature(_program_halfwords(config), unsigned(16))),
             "desc": Out(program.LayerDescriptor),
@@ -301,7 +322,8 @@ class Sequencer(wiring.Component):
         fetch = Signal(range(halves + 1))
         launch = Signal()
         total = Signal(32)
-        m.d.comb += [self.busy.eq(state != _State.IDLE), self.desc.eq(desc_bits[:desc_size])]
+        m.d.comb += [self.busy.eq(state != _State.IDLE), self.desc.eq(desc_bits[:desc_size]),
+                     self.overrun.eq(total[cfg.watchdog_log2])]
         with m.If(self.busy):
             m.d.sync += total.eq(total + 1)
 

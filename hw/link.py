@@ -10,7 +10,6 @@ from amaranth.hdl import Module, Mux
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from . import protocol as proto
 from .link_checker import FrameChecker
 from .link_crc import CrcEngine
 from .link_decoder import FrameDecoder
@@ -18,12 +17,7 @@ from .link_encoder import ResponseEncoder
 from .link_handler import CommandHandler
 from .program import HostInterface
 
-__all__ = ["Link", "timeout_cycles"]
-
-
-def timeout_cycles(config):
-    """Clock cycles of :data:`protocol.FRAME_TIMEOUT_US` at ``config.clock_hz``."""
-    return config.clock_hz * proto.FRAME_TIMEOUT_US // 1_000_000
+__all__ = ["Link"]
 
 
 class Link(wiring.Component):
@@ -33,19 +27,21 @@ class Link(wiring.Component):
 
     1. :class:`~.link_decoder.FrameDecoder` receives it completely — header and
        arguments into registers, a WRITE's chunks into the command handler's buffer —
-       skipping bytes outside a frame until the next sync byte, and dropping a frame
-       whose next byte does not come within ``timeout`` cycles;
+       skipping bytes outside a frame until the next sync byte (frames never time out,
+       see :mod:`.protocol`);
     2. :class:`~.link_checker.FrameChecker` checks its CRC, length and arguments before
        anything reaches the core, so a damaged frame never alters what is loaded;
-    3. :class:`~.link_handler.CommandHandler` executes a valid WRITE, RUN or RESULT on
-       the core's host interface (``wr``, ``start``, ``busy``);
+    3. :class:`~.link_handler.CommandHandler` executes a valid WRITE, RUN, RESULT or
+       ABORT on the core's host interface (``wr``, ``start``, ``busy``, ``abort``,
+       ``fault``);
     4. :class:`~.link_encoder.ResponseEncoder` sends the response, reading a RESULT's
-       payload from the core (``rd``, ``rd_data``) as it goes.
+       payload from the core (``rd``, ``rd_data``) as it goes, then pads (see
+       :mod:`.protocol`).
 
-    Every complete frame gets exactly one response (see :mod:`.protocol`), a timed-out
-    one ``TRUNCATED``. Every decision is taken from flip-flops (lengths, chunk counts and
-    range checks are registered while the frame arrives; counters are compared for
-    equality), so no path crosses more than one adder.
+    Every complete frame gets exactly one response (see :mod:`.protocol`). Every
+    decision is taken from flip-flops (lengths, chunk counts and range checks are
+    registered while the frame arrives; counters are compared for equality), so no path
+    crosses more than one adder.
 
     Latency and throughput: the decoder takes one byte per cycle (far above any UART
     rate); a frame is checked 2 cycles after its last byte; the stages' docstrings give
@@ -54,10 +50,7 @@ class Link(wiring.Component):
     Parameters
     ----------
     config : AcceleratorConfig
-        Memory sizes (for the address checks) and the identity to report.
-    timeout : int, optional
-        Cycles between two bytes of a frame before it is dropped; default
-        :func:`timeout_cycles` of ``config``.
+        Memory sizes (for the address checks), the identity to report, the padding.
 
     Attributes
     ----------
@@ -71,15 +64,12 @@ class Link(wiring.Component):
     core : In(HostInterface)
         The core's host interface, driven from the host side.
     idle : Out(1)
-        Waiting for a frame, nothing in progress (lets a simulator skip idle time).
+        Waiting for a byte (of a frame or between frames), nothing in progress: lets a
+        simulator skip idle time.
     """
 
-    def __init__(self, config, *, timeout=None):
+    def __init__(self, config):
         self._config = config
-        self._timeout = timeout_cycles(config) if timeout is None else timeout
-        if not isinstance(self._timeout, int) or self._timeout < 2:
-            raise ValueError(f"frame timeout must be an integer >= 2 cycles, "
-                             f"not {self._timeout!r}")
         super().__init__({
             "rx": In(stream.Signature(8)),
             "tx": Out(stream.Signature(8)),
@@ -91,7 +81,7 @@ class Link(wiring.Component):
         m = Module()
         cfg = self._config
         m.submodules.crc = crc = CrcEngine(feeds=3)
-        m.submodules.decoder = dec = FrameDecoder(self._timeout)
+        m.submodules.decoder = dec = FrameDecoder()
         m.submodules.checker = chk = FrameChecker(cfg)
         m.submodules.handler = hnd = CommandHandler(cfg)
         m.submodules.encoder = enc = ResponseEncoder(cfg)
@@ -111,15 +101,16 @@ class Link(wiring.Component):
             chk.opcode.eq(dec.opcode), chk.length.eq(dec.length), chk.args.eq(dec.args),
             chk.crc_ok.eq(crc.zero), chk.busy.eq(core.busy),
             chk.loaded.eq(hnd.loaded), chk.has_run.eq(hnd.has_run),
-            chk.check.eq(dec.end), chk.truncated.eq(dec.truncated),
+            chk.check.eq(dec.end),
 
             hnd.begin.eq(dec.begin), hnd.args.eq(dec.args), hnd.n_chunks.eq(chk.n_chunks),
             hnd.do_write.eq(chk.do_write), hnd.do_run.eq(chk.do_run),
-            hnd.do_result.eq(chk.do_result), hnd.busy.eq(core.busy),
+            hnd.do_result.eq(chk.do_result), hnd.do_abort.eq(chk.do_abort),
+            hnd.busy.eq(core.busy), hnd.fault.eq(core.fault), core.abort.eq(hnd.abort),
 
             # The checker answers errors and IDENTIFY, the handler the executed commands.
             enc.start.eq(chk.respond | hnd.done),
-            enc.status.eq(Mux(hnd.done, proto.Status.OK, chk.status)),
+            enc.status.eq(Mux(hnd.done, hnd.status, chk.status)),
             enc.length.eq(Mux(hnd.done, hnd.length, chk.resp_length)),
             enc.opcode.eq(dec.opcode), enc.args.eq(dec.args),
             enc.identity.eq(chk.is_identify), enc.result.eq(chk.is_result),

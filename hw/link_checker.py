@@ -10,7 +10,7 @@ from amaranth.lib.wiring import In, Out
 from . import protocol as proto
 from .program import Space
 
-__all__ = ["FrameChecker", "chunk_addr_bits"]
+__all__ = ["FrameChecker", "chunk_addr_bits", "above"]
 
 
 def chunk_addr_bits(config):
@@ -28,7 +28,7 @@ class FrameChecker(wiring.Component):
     last argument byte, and a valid WRITE has 8 more bytes), so the verdict is taken from
     flip-flops only and no path crosses more than one adder.
 
-    Latency: the verdict is combinational, in the cycle of ``check`` or ``truncated``;
+    Latency: the verdict is combinational, in the cycle of ``check``;
     the facts follow the header and argument registers within 3 cycles (the WRITE range
     check: chunk count, then end address, then the comparison).
 
@@ -47,15 +47,13 @@ class FrameChecker(wiring.Component):
         A run is in progress; a layer program was written; a run was started.
     check : In(1)
         Pulse: decide on the complete frame.
-    truncated : In(1)
-        Pulse: the frame timed out (answered ``TRUNCATED``).
     respond : Out(1)
         Pulse: answer now with ``status`` and a payload of ``resp_length`` bytes (the
         identity, for IDENTIFY) — nothing else to do.
     status : Out(Status)
         ``OK`` unless ``respond`` reports an error.
     resp_length : Out(range(Identity bytes + 1))
-    do_write, do_run, do_result : Out(1)
+    do_write, do_run, do_result, do_abort : Out(1)
         Pulse: the command is valid; execute it (the command handler answers).
     n_chunks : Out(range(MAX_CHUNKS + 1))
         Chunks of a WRITE.
@@ -68,10 +66,10 @@ class FrameChecker(wiring.Component):
         super().__init__({
             "opcode": In(8), "length": In(16), "args": In(proto.ARGS_BYTES * 8),
             "crc_ok": In(1), "busy": In(1), "loaded": In(1), "has_run": In(1),
-            "check": In(1), "truncated": In(1),
+            "check": In(1),
             "respond": Out(1), "status": Out(proto.Status),
             "resp_length": Out(range(proto.struct_bytes(proto.Identity) + 1)),
-            "do_write": Out(1), "do_run": Out(1), "do_result": Out(1),
+            "do_write": Out(1), "do_run": Out(1), "do_result": Out(1), "do_abort": Out(1),
             "n_chunks": Out(range(proto.MAX_CHUNKS + 1)),
             "is_identify": Out(1), "is_result": Out(1),
         })
@@ -85,9 +83,7 @@ class FrameChecker(wiring.Component):
             m.d.comb += [self.respond.eq(1), self.status.eq(status),
                          self.resp_length.eq(length)]
 
-        with m.If(self.truncated):
-            answer(S.TRUNCATED)
-        with m.Elif(self.check):
+        with m.If(self.check):
             with m.If(~self.crc_ok):
                 answer(S.BAD_CRC)
             with m.Elif(f.too_long):
@@ -109,6 +105,8 @@ class FrameChecker(wiring.Component):
             with m.Elif(f.is_op[O.RUN]):
                 with m.If(~f.len_args):
                     answer(S.BAD_LENGTH)
+                with m.Elif(f.bad_base):
+                    answer(S.BAD_ARGUMENT)
                 with m.Elif(self.busy):
                     answer(S.BUSY)
                 with m.Elif(~self.loaded):
@@ -124,6 +122,11 @@ class FrameChecker(wiring.Component):
                     answer(S.NO_RESULT)
                 with m.Else():
                     m.d.comb += self.do_result.eq(1)
+            with m.Elif(f.is_op[O.ABORT]):
+                with m.If(~f.len_zero):
+                    answer(S.BAD_LENGTH)
+                with m.Else():
+                    m.d.comb += self.do_abort.eq(1)
             with m.Else():
                 answer(S.BAD_OPCODE)
         m.d.comb += [self.n_chunks.eq(f.n_chunks), self.is_identify.eq(f.is_op[O.IDENTIFY]),
@@ -139,6 +142,7 @@ class _Facts:
         res_args = proto.ResultArgs(ports.args)
         self.too_long, self.len_zero, self.len_args = Signal(), Signal(), Signal()
         self.write_len_ok, self.bad_range, self.bad_result = Signal(), Signal(), Signal()
+        self.bad_base = Signal()
         self.n_chunks = Signal(range(proto.MAX_CHUNKS + 1))
         self.is_op = {op: Signal(name=f"is_{op.name.lower()}") for op in proto.Opcode}
         addr_bits = chunk_addr_bits(cfg)
@@ -147,7 +151,7 @@ class _Facts:
         bad_range_now = addr_high
         for space in Space:
             bad_range_now |= ((wargs.space == space) &
-                              _above(write_end, proto.space_chunks(cfg, space)))
+                              above(write_end, proto.space_chunks(cfg, space)))
         m.d.sync += [
             self.too_long.eq(length > proto.MAX_PAYLOAD),
             self.len_zero.eq(length == 0),
@@ -158,13 +162,16 @@ class _Facts:
             write_end.eq(wargs.addr[:addr_bits] + self.n_chunks),
             addr_high.eq(wargs.addr[addr_bits:] != 0),
             self.bad_range.eq(bad_range_now),
-            self.bad_result.eq(_above(res_args.n_logits, cfg.max_logits) |
-                               _above(res_args.n_counters, 1 + cfg.max_layers)),
+            # The image must start inside the activation memory (its end depends on the
+            # program: the datapath's addresses wrap, never leave the memory).
+            self.bad_base.eq(above(proto.RunArgs(ports.args).image_base, cfg.act_bytes - 1)),
+            self.bad_result.eq(above(res_args.n_logits, cfg.max_logits) |
+                               above(res_args.n_counters, 1 + cfg.max_layers)),
             *(self.is_op[op].eq(ports.opcode == op) for op in proto.Opcode),
         ]
 
 
-def _above(value, limit):
+def above(value, limit):
     """``value > limit`` for a constant ``limit``, as a sum of products (yosys builds a
     carry chain for a comparison, one LUT per bit)."""
     if limit >> len(value):

@@ -32,6 +32,11 @@ class ResponseEncoder(wiring.Component):
     (a WRITE's data CRC). The CRC engine is loaded with the value after the constant
     sync byte as that byte goes out, then fed every byte up to the CRC.
 
+    After the frame, ``config.tx_pad_bytes`` bytes of :data:`protocol.FILL_BYTE` follow
+    (cut short by the next response): they push the response through a USB bridge that
+    holds bytes until 510 wait (see :mod:`.protocol`). A fill byte is the header's
+    length byte with nothing left to send (0), so it costs a counter, no multiplexer.
+
     Latency and throughput: the header goes out at one byte per cycle that ``tx`` is
     ready, the payload at one byte per two cycles (the ROM's read latency, the CRC's
     2-cycle latency before the CRC bytes), plus 3 cycles per RESULT read. ``done``
@@ -40,7 +45,7 @@ class ResponseEncoder(wiring.Component):
     Parameters
     ----------
     config : AcceleratorConfig
-        The identity to report, the result buffer sizes.
+        The identity to report, the result buffer sizes, the padding.
 
     Attributes
     ----------
@@ -68,6 +73,7 @@ class ResponseEncoder(wiring.Component):
     def __init__(self, config):
         self._config = config
         self._length_max = response_bytes_max(config)
+        assert proto.FILL_BYTE == 0, "a fill byte is the header's length byte, 0"
         super().__init__({
             "start": In(1), "status": In(proto.Status),
             "length": In(range(self._length_max + 1)),
@@ -102,7 +108,7 @@ class ResponseEncoder(wiring.Component):
             self.rd.payload.addr.eq(fetch_idx),
             self.rd.payload.space.eq(Mux(counters_phase, ReadSpace.COUNTERS, ReadSpace.LOGITS)),
         ]
-        with m.FSM():
+        with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [status.eq(self.status), left.eq(self.length), idx.eq(0),
@@ -156,8 +162,26 @@ class ResponseEncoder(wiring.Component):
                     m.d.sync += idx.eq(idx + 1)
                     with m.If(idx[0]):
                         m.d.comb += self.done.eq(1)
+                        m.d.sync += idx.eq(3)           # for the fill bytes
                         m.next = "IDLE"
+        self._padding(m, fsm.ongoing("IDLE"), in_hdr)
         return m
+
+    def _padding(self, m, idle, in_hdr):
+        """``config.tx_pad_bytes`` fill bytes after ``done``, while ``idle`` and until
+        ``start``. With ``idx = 3`` and ``left = 0`` (as a response leaves them),
+        ``tx.payload`` is the header's length byte: 0, the fill byte."""
+        pad_bytes = self._config.tx_pad_bytes
+        pad_left = Signal(range(pad_bytes + 1))
+        padding = Signal()                      # pad_left != 0, as a flip-flop
+        with m.If(idle):
+            m.d.comb += [in_hdr.eq(1), self.tx.valid.eq(padding)]
+            with m.If(self.tx.valid & self.tx.ready):
+                m.d.sync += [pad_left.eq(pad_left - 1), padding.eq(pad_left != 1)]
+        with m.If(self.done):
+            m.d.sync += [pad_left.eq(pad_bytes), padding.eq(pad_bytes != 0)]
+        with m.If(self.start):
+            m.d.sync += padding.eq(0)
 
     def _identity_rom(self, m, left):
         """The identity's bytes, addressed by the count of bytes left; data lags a cycle."""

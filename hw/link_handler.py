@@ -26,7 +26,9 @@ class CommandHandler(wiring.Component):
     CRC engine (the data CRC the response carries: the engine starts from the checked
     frame's residue 0), each chunk written to ``wr`` at the next address. ``do_run``
     offers ``start`` until the core takes it; ``do_result`` waits until the core is
-    idle. ``done`` then pulses with the OK response's payload ``length``.
+    idle; ``do_abort`` pulses the core's ``abort`` (registered) and waits until it is
+    idle. ``done`` then pulses with the response's ``status`` (``OK``, or ``WATCHDOG`` for
+    a RESULT of a run the core stopped) and payload ``length``.
 
     Latency and throughput: a WRITE commits one chunk per 17 cycles (8 buffer reads of 2
     cycles, plus the ``wr`` transfer, more if the core stalls); RUN is done in the cycle
@@ -48,17 +50,18 @@ class CommandHandler(wiring.Component):
         The request's arguments.
     n_chunks : In(range(MAX_CHUNKS + 1))
         Chunks of the WRITE.
-    do_write, do_run, do_result : In(1)
+    do_write, do_run, do_result, do_abort : In(1)
         Pulse: execute the command.
     crc : Out(CrcFeed)
-    wr, start : Out(stream of WriteCommand, StartCommand); busy : In(1)
+    wr, start : Out(stream of WriteCommand, StartCommand); busy, fault : In(1);
+    abort : Out(1)
         The core's host interface (the link's other part of it is the response encoder's).
-    done : Out(1), length : Out(16)
-        Pulse: the command is executed; answer OK with ``length`` payload bytes.
+    done : Out(1), status : Out(Status), length : Out(16)
+        Pulse: the command is executed; answer ``status`` with ``length`` payload bytes.
     loaded : Out(1)
         A layer program was written (RUN is refused before).
     has_run : Out(1)
-        A run was started (RESULT is refused before).
+        A run was started and not aborted (RESULT is refused before).
     """
 
     def __init__(self, config):
@@ -68,12 +71,12 @@ class CommandHandler(wiring.Component):
             "begin": In(1),
             "args": In(proto.ARGS_BYTES * 8),
             "n_chunks": In(range(proto.MAX_CHUNKS + 1)),
-            "do_write": In(1), "do_run": In(1), "do_result": In(1),
+            "do_write": In(1), "do_run": In(1), "do_result": In(1), "do_abort": In(1),
             "crc": Out(CrcFeed()),
             "wr": Out(stream.Signature(WriteCommand)),
             "start": Out(stream.Signature(StartCommand)),
-            "busy": In(1),
-            "done": Out(1), "length": Out(16),
+            "busy": In(1), "fault": In(1), "abort": Out(1),
+            "done": Out(1), "status": Out(proto.Status), "length": Out(16),
             "loaded": Out(1), "has_run": Out(1),
         })
 
@@ -112,6 +115,9 @@ class CommandHandler(wiring.Component):
                     m.next = "START"
                 with m.If(self.do_result):
                     m.next = "WAIT"
+                with m.If(self.do_abort):
+                    m.d.sync += [self.abort.eq(1), self.has_run.eq(0)]
+                    m.next = "ABORT"
             # After chunk k is latched, ptr = 8 (k + 1).
             with m.State("COMMIT_RD"):
                 m.next = "COMMIT_LATCH"
@@ -140,7 +146,17 @@ class CommandHandler(wiring.Component):
                     m.next = "IDLE"
             with m.State("WAIT"):
                 with m.If(~self.busy):
-                    m.d.comb += [self.done.eq(1),
-                                 self.length.eq(res_args.n_logits + 4 * res_args.n_counters)]
+                    m.d.comb += self.done.eq(1)
+                    with m.If(self.fault):
+                        m.d.comb += self.status.eq(proto.Status.WATCHDOG)
+                    with m.Else():
+                        m.d.comb += self.length.eq(res_args.n_logits + 4 * res_args.n_counters)
+                    m.next = "IDLE"
+            with m.State("ABORT"):                  # ``abort`` is high for this cycle
+                m.d.sync += self.abort.eq(0)
+                m.next = "WAIT_IDLE"
+            with m.State("WAIT_IDLE"):
+                with m.If(~self.busy):
+                    m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
         return m

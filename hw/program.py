@@ -174,7 +174,13 @@ class HostInterface(wiring.Signature):
     start : In(stream.Signature(StartCommand))
         Run the layer program; taken only while the core is idle.
     busy : Out(1)
-        High from the accepted ``start`` until the run's results are stored.
+        High from the accepted ``start`` until the run's results are stored, or the run
+        is stopped.
+    abort : In(1)
+        Pulse: stop the run now (the memories keep their contents).
+    fault : Out(1)
+        The last run was stopped by the core's watchdog (it ran too long); low again
+        from the next accepted ``start`` or ``abort``.
     rd : In(stream.Signature(ReadCommand))
         One result read per beat.
     rd_data : Out(stream.Signature(ReadData))
@@ -188,6 +194,8 @@ class HostInterface(wiring.Signature):
             "wr": In(stream.Signature(WriteCommand)),
             "start": In(stream.Signature(StartCommand)),
             "busy": Out(1),
+            "abort": In(1),
+            "fault": Out(1),
             "rd": In(stream.Signature(ReadCommand)),
             "rd_data": Out(stream.Signature(ReadData)),
         })

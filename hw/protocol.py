@@ -12,18 +12,30 @@ byte first)::
 
 The board answers every complete request with exactly one response, in request order. The
 host may keep requests in flight (pipelining) under one rule, which makes overrun
-impossible without any timing assumption: **at most** :data:`RX_FIFO_BYTES` bytes
-(``1 << Identity.rx_fifo_log2``) may have been sent whose request has not been answered
-yet. Every byte the board has received but not yet consumed belongs to such a request
-(a request is answered only after all its bytes were consumed), and the board buffers
-that many bytes in front of its frame decoder, so none is ever dropped while it commits
-a write, waits for a run or sends a response. A request larger than the window must not
-be sent at all; the driver splits image writes accordingly. The board receives a whole
-frame and
-checks its CRC, length and arguments *before* acting on it, so a damaged frame never
-changes what is loaded. A frame whose bytes stop arriving for :data:`FRAME_TIMEOUT_US`
-is answered with :attr:`Status.TRUNCATED`; bytes outside a frame (garbage) are skipped
-until the next sync byte.
+impossible without any timing assumption: **at most** ``1 << Identity.rx_fifo_log2``
+bytes (the board's receive queue, :attr:`~.config.AcceleratorConfig.rx_fifo_bytes`: the
+host's credit) may have been sent whose request has not been answered yet. Every byte the
+board has received but not yet consumed belongs to such a request (a request is answered
+only after all its bytes were consumed), and the board queues that many bytes in front of
+its frame decoder, so none is ever dropped while it commits a write, waits for a run or
+sends a response. A request larger than the window must not be sent at all; the driver
+splits image writes accordingly. The queue is sized so that the host's credit covers the
+link's bandwidth × round-trip time (USB latency included; README, "Real boards").
+
+The board receives a whole frame and checks its CRC, length and arguments *before*
+acting on it, so a damaged frame never changes what is loaded. Frames never time out: a
+host may pause for any time mid-frame (a busy PC, a USB hub). A header announcing more
+than :data:`MAX_PAYLOAD` bytes is answered at once (``BAD_CRC``/``BAD_LENGTH``), so a
+frame never holds the decoder for more than :data:`MAX_REQUEST_BYTES`; a host that finds
+the link in an unknown state (a session that died mid-frame) completes any half frame by
+sending :data:`MAX_REQUEST_BYTES` bytes of :data:`FILL_BYTE`, which the board then skips
+as bytes outside a frame (garbage is skipped until the next sync byte), and sends ABORT.
+
+After each response the board sends up to ``Identity.pad_bytes`` bytes of
+:data:`FILL_BYTE` (never a sync byte; the host skips them), cut short by the next
+response: a USB serial bridge such as the FT2232H holds board→host bytes until 510 wait
+or its latency timer expires (16 ms by default on Linux), and the padding pushes every
+response through within 510 byte times instead.
 
 Commands (``payload`` → response payload on :attr:`Status.OK`):
 
@@ -34,9 +46,15 @@ Commands (``payload`` → response payload on :attr:`Status.OK`):
               in progress (image slots are double-buffered by the host).
 ``RUN``       :class:`RunArgs` → ``-``; returns at once (``BUSY`` if a run is in
               progress, ``NOT_LOADED`` before any layer program was written).
+``RUN``       also ``BAD_ARGUMENT`` if ``image_base`` is outside the activation memory.
 ``RESULT``    :class:`ResultArgs` → waits for the run to finish, then ``n_logits``
               int8 logits followed by ``n_counters`` uint32 cycle counters (total, then
-              one per layer); ``NO_RESULT`` if nothing was run.
+              one per layer); ``NO_RESULT`` if nothing was run (or since ABORT);
+              ``WATCHDOG`` if the run took ``2 ** Identity.watchdog_log2`` cycles and was
+              stopped (a layer program that never ends).
+``ABORT``     ``-`` → ``-``: stops a run (the core's sequencer and datapath go back to
+              idle, the loaded weights, qparams and program stay) and forgets it
+              (``NO_RESULT``). Answered once the core is idle.
 
 Pipelined inference (what the driver sends for image ``i`` in slot ``i % 2``)::
 
@@ -56,7 +74,7 @@ from .program import CHUNK_BITS, DESCRIPTOR_WORDS, ReadSpace, Space
 
 __all__ = [
     "PROTOCOL_VERSION", "REQUEST_SYNC", "RESPONSE_SYNC", "MAX_CHUNKS", "CHUNK_BYTES",
-    "MAX_PAYLOAD", "FRAME_TIMEOUT_US", "RX_FIFO_BYTES", "CRC",
+    "MAX_PAYLOAD", "MAX_REQUEST_BYTES", "FILL_BYTE", "RX_FIFO_BYTES", "CRC",
     "Opcode", "Status", "RequestHeader", "ResponseHeader", "WriteArgs", "RunArgs",
     "ResultArgs", "Identity", "ARGS_BYTES", "IDENTITY_FLAG_ICE40",
     "struct_bytes", "encode_struct", "decode_struct", "crc16",
@@ -65,8 +83,10 @@ __all__ = [
     "DATAFLOW_CODES", "ReadSpace", "Space", "REQUEST_HEADER_BYTES", "RESPONSE_HEADER_BYTES",
 ]
 
-#: Version 3: the identity carries every field of the board's AcceleratorConfig.
-PROTOCOL_VERSION = 3
+#: Version 4: no frame time-out, ABORT, the WATCHDOG status, RUN range check, response
+#: padding, the receive queue and watchdog in the identity. (3: the identity carries every
+#: field of the board's AcceleratorConfig.)
+PROTOCOL_VERSION = 4
 REQUEST_SYNC = 0xA5
 RESPONSE_SYNC = 0x5A
 #: Bytes of one WRITE chunk (a 64-bit ``Core.wr`` beat).
@@ -77,11 +97,14 @@ MAX_CHUNKS = 64
 ARGS_BYTES = 4
 #: Largest request payload the board accepts (a full WRITE).
 MAX_PAYLOAD = ARGS_BYTES + MAX_CHUNKS * CHUNK_BYTES
-#: A frame whose next byte does not arrive within this time is dropped (TRUNCATED).
-FRAME_TIMEOUT_US = 10_000
-#: Host→board bytes the board buffers in front of its frame decoder (one iCE40 EBR); the
-#: pipelining window of the host (see the module docs). A power of two.
+#: The smallest receive queue a board may have (one iCE40 EBR); boards report theirs
+#: (``Identity.rx_fifo_log2``, :attr:`~.config.AcceleratorConfig.rx_fifo_bytes`).
 RX_FIFO_BYTES = 512
+#: The longest request frame: header, a full WRITE payload, CRC.
+MAX_REQUEST_BYTES = 4 + MAX_PAYLOAD + 2
+#: The byte the host fills a half frame with, and the board pads its responses with:
+#: neither sync byte, so it is skipped outside a frame.
+FILL_BYTE = 0x00
 #: Frame check: CRC-16/CCITT (KERMIT), reflected, bytes in, 16 bits out.
 CRC = crc.catalog.CRC16_CCITT(data_width=8)
 #: ``Identity.flags`` bit: built with hand-instantiated iCE40 primitives.
@@ -95,6 +118,7 @@ class Opcode(enum.Enum, shape=8):
     WRITE = 0x02
     RUN = 0x03
     RESULT = 0x04
+    ABORT = 0x05
 
 
 class Status(enum.Enum, shape=8):
@@ -106,7 +130,7 @@ class Status(enum.Enum, shape=8):
     NOT_LOADED = 0x05    # RUN before any layer program was written
     BUSY = 0x06          # RUN or a model write while a run is in progress
     NO_RESULT = 0x07     # RESULT without a RUN
-    TRUNCATED = 0x08     # the frame stopped arriving mid-way (FRAME_TIMEOUT_US)
+    WATCHDOG = 0x08      # the run exceeded the watchdog and was stopped (a bad program)
 
 
 class RequestHeader(data.Struct):
@@ -162,7 +186,9 @@ class Identity(data.Struct):
     rx_fifo_log2: 8      # the host's pipelining window is 1 << rx_fifo_log2 bytes
     clock_hz: 32
     baud: 32
-    timeout_us: 32
+    watchdog_log2: 8     # a run is stopped after 2 ** watchdog_log2 cycles
+    pad_bytes: 16        # FILL_BYTE padding after each response (0: none)
+    _reserved: 8
     pool_width: 16
     pool_blocks: 8
     dataflow: 8          # DATAFLOW_CODES
@@ -172,6 +198,7 @@ class Identity(data.Struct):
 
 assert set(DATAFLOW_CODES) == set(Dataflow), DATAFLOW_CODES
 assert RX_FIFO_BYTES & (RX_FIFO_BYTES - 1) == 0, RX_FIFO_BYTES
+assert FILL_BYTE not in (REQUEST_SYNC, RESPONSE_SYNC), FILL_BYTE
 for _args in (WriteArgs, RunArgs, ResultArgs):
     assert _args.as_shape().size == ARGS_BYTES * 8, _args
 
@@ -302,7 +329,7 @@ def space_chunks(config, space):
 #: :class:`Identity` fields that are :class:`~.config.AcceleratorConfig` fields unchanged.
 _CONFIG_FIELDS = ("rows", "cols", "weight_words", "act_bytes", "max_reduction",
                   "qparam_entries", "max_layers", "max_logits", "clock_hz", "baud",
-                  "pool_width", "pool_blocks", "requant_interval")
+                  "pool_width", "pool_blocks", "requant_interval", "watchdog_log2")
 
 
 def identity_fields(config):
@@ -318,8 +345,8 @@ def identity_fields(config):
         "version": PROTOCOL_VERSION, "flags": IDENTITY_FLAG_ICE40 if config.ice40 else 0,
         "dataflow": DATAFLOW_CODES[config.dataflow],
         "name": int.from_bytes(config.name.encode("ascii"), "little"),
-        "max_chunks": MAX_CHUNKS, "rx_fifo_log2": RX_FIFO_BYTES.bit_length() - 1,
-        "timeout_us": FRAME_TIMEOUT_US,
+        "max_chunks": MAX_CHUNKS, "rx_fifo_log2": config.rx_fifo_bytes.bit_length() - 1,
+        "pad_bytes": config.tx_pad_bytes, "_reserved": 0,
     })
     layout = data.Layout.cast(Identity)
     for name, value in fields.items():
@@ -348,4 +375,5 @@ def identity_config(fields):
         name=raw_name.decode("ascii", errors="replace"),
         ice40=bool(fields["flags"] & IDENTITY_FLAG_ICE40),
         dataflow=codes[fields["dataflow"]],
+        rx_fifo_bytes=1 << fields["rx_fifo_log2"], tx_pad_bytes=fields["pad_bytes"],
         **{name: fields[name] for name in _CONFIG_FIELDS})

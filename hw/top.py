@@ -9,7 +9,6 @@ from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from . import protocol as proto
 from .link import Link
 from .uart import UARTReceiver, UARTTransmitter, baud_divisor
 
@@ -22,11 +21,13 @@ class BoardTop(wiring.Component):
     Runs in the ``sync`` domain at ``config.clock_hz``; the UART bit time is
     ``config.clock_hz / config.baud`` cycles (:func:`uart.baud_divisor`).
 
-    Received bytes pass through a :data:`protocol.RX_FIFO_BYTES`-byte FIFO (one EBR on
-    the iCE40) before the link, so the host may pipeline requests: the link stops taking
+    Received bytes pass through a ``config.rx_fifo_bytes``-byte FIFO (the receive queue,
+    block RAM) before the link, so the host may pipeline requests: the link stops taking
     bytes while it commits a write, waits for a run or sends a response, and the FIFO
     keeps what the host sent meanwhile. It cannot overflow while the host obeys the
-    window rule of :mod:`.protocol`. Latency: 2 cycles more per byte (far below a bit).
+    window rule of :mod:`.protocol`, and it is the host's credit: sized to cover the USB
+    round trip, it makes throughput independent of it. Latency: 2 cycles more per byte
+    (far below a bit).
 
     Parameters
     ----------
@@ -34,14 +35,12 @@ class BoardTop(wiring.Component):
     core : wiring.Component, optional
         A component with the signature :class:`~.program.HostInterface`; default
         ``Core(config)``. Tests pass a small stand-in.
-    timeout : int, optional
-        Frame timeout in cycles (default :func:`link.timeout_cycles`).
     debug : bool
         Add an ``idle`` output (nothing received, sent or computing) so that a
         simulator can skip the board's idle time.
-    rx_fifo : int
-        Bytes of the RX FIFO (default :data:`protocol.RX_FIFO_BYTES`, which the board
-        reports to the host; tests shrink it to provoke an overrun).
+    rx_fifo : int, optional
+        Bytes of the RX FIFO (default ``config.rx_fifo_bytes``, which the board reports
+        to the host; tests shrink it to provoke an overrun).
 
     Attributes
     ----------
@@ -51,14 +50,14 @@ class BoardTop(wiring.Component):
         Serial output (board → host), idle high.
     """
 
-    def __init__(self, config, *, core=None, timeout=None, debug=False,
-                 rx_fifo=proto.RX_FIFO_BYTES):
+    def __init__(self, config, *, core=None, debug=False, rx_fifo=None):
+        if rx_fifo is None:
+            rx_fifo = config.rx_fifo_bytes
         if not isinstance(rx_fifo, int) or rx_fifo < 2:
             raise ValueError(f"rx_fifo must be an integer >= 2 bytes, not {rx_fifo!r}")
         self._rx_fifo = rx_fifo
         self._config = config
         self._divisor = baud_divisor(config.clock_hz, config.baud)
-        self._timeout = timeout
         if core is None:
             from .core import Core
             core = Core(config)
@@ -76,16 +75,17 @@ class BoardTop(wiring.Component):
         m = Module()
         m.submodules.uart_rx = rx = UARTReceiver(self._divisor)
         m.submodules.uart_tx = tx = UARTTransmitter(self._divisor)
-        m.submodules.link = link = Link(self._config, timeout=self._timeout)
+        m.submodules.link = link = Link(self._config)
         m.submodules.core = core = self._core
 
         # +1: SyncFIFOBuffered keeps one entry in its output register, so the memory is
-        # exactly RX_FIFO_BYTES deep (one 4 kbit EBR at 512) and the window still fits.
+        # exactly rx_fifo_bytes deep (whole 4 kbit EBRs) and the window still fits.
         m.submodules.rx_fifo = fifo = SyncFIFOBuffered(width=8, depth=self._rx_fifo + 1)
 
         m.d.comb += [rx.rx.eq(self.uart_rx), self.uart_tx.eq(tx.tx)]
         # The receiver's byte is taken at once while the FIFO has room; a host that breaks
-        # the window rule loses bytes here (answered as BAD_CRC/TRUNCATED), never hangs.
+        # the window rule loses bytes here (answered as BAD_CRC/BAD_LENGTH, or completed
+        # by the host's fill), never hangs.
         m.d.comb += [fifo.w_data.eq(rx.o.payload), fifo.w_en.eq(rx.o.valid),
                      rx.o.ready.eq(fifo.w_rdy),
                      link.rx.payload.eq(fifo.r_data), link.rx.valid.eq(fifo.r_rdy),

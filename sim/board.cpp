@@ -15,7 +15,16 @@
 // where the host itself left the line idle with the board having nothing to do; such
 // waits are counted (`idle_waits`), so a measurement can prove none happened mid-batch.
 //
+// USB model (--usb-latency CYCLES --usb-frame CYCLES, both > 0): the FT2232H path of a real
+// board, in simulated time. Host→board bytes reach the UART only at the next USB frame
+// boundary (every --usb-frame cycles); board→host bytes wait in the bridge's buffer until
+// 510 are waiting or its latency timer (--usb-latency cycles, restarted whenever it sends)
+// expires. While the design is idle but such a release is due, simulated time jumps to it.
+//
+// A second client while one is connected gets BUSY_MESSAGE and is closed at once.
+//
 // Usage: board --divisor N [--port P] [--stats] [--warmup CYCLES]
+//              [--usb-latency C --usb-frame C]
 // Prints "socket://127.0.0.1:P" on stdout once listening (P chosen by the OS when 0), after
 // CYCLES clocks with the UART line idle (default 16): a board top's own power-on reset
 // must be over before the first byte arrives, as on a board configured before use.
@@ -30,6 +39,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <cstdint>
 #include <chrono>
 #include <memory>
 #include <netinet/in.h>
@@ -55,6 +65,13 @@ namespace {
 // the syscalls cost next to nothing next to the model's evaluation.
 constexpr int SERVICE_CYCLES = 256;
 constexpr size_t RX_HIGH_WATER = 1 << 16;
+// Board→host bytes the FT2232H sends in one USB packet (512 minus 2 status bytes).
+constexpr size_t USB_PACKET = 510;
+// Check for a second client once per this many service rounds.
+constexpr int ACCEPT_ROUNDS = 64;
+// What a second client gets (no 'Z' = 0x5A, the response sync byte); the driver looks for
+// it (fpgacnn.sw.driver.BUSY_MARKER).
+const char BUSY_MESSAGE[] = "fpgacnn sim-board busy: another client is connected\n";
 
 struct Board {
     std::unique_ptr<VerilatedContext> ctx;
@@ -173,16 +190,78 @@ bool send_all(int fd, std::vector<uint8_t> &buf) {
     return true;
 }
 
-// Reads what the client sent without blocking; false when the client went away.
-bool receive(int fd, LineOut &line) {
+// Reads what the client sent without blocking into `dst`; false when the client went away.
+bool receive(int fd, std::vector<uint8_t> &dst, size_t queued) {
     uint8_t tmp[8192];
-    while (line.queue.size() - line.head < RX_HIGH_WATER) {
+    while (queued < RX_HIGH_WATER) {
         ssize_t n = recv(fd, tmp, sizeof tmp, MSG_DONTWAIT);
         if (n == 0) return false;
         if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
-        line.queue.insert(line.queue.end(), tmp, tmp + n);
+        dst.insert(dst.end(), tmp, tmp + n);
+        queued += size_t(n);
     }
     return true;
+}
+
+// The USB bridge between the client and the UART (see the top of the file); with
+// latency 0 it passes bytes straight through.
+struct Usb {
+    uint64_t latency = 0, frame = 0;        // cycles; 0 = no USB model
+    std::vector<uint8_t> down;              // host→board, waiting for a USB frame
+    uint64_t down_due = 0;                  // cycle of the frame that carries `down`
+    std::vector<uint8_t> up;                // board→host, in the bridge's buffer
+    uint64_t up_due = 0;                    // latency timer expiry
+    bool up_data = false;                   // `up` holds a byte other than padding
+
+    bool on() const { return latency != 0; }
+    // Client bytes arrive; false when the client went away.
+    bool from_client(int fd, LineOut &line, uint64_t now) {
+        if (!on()) return receive(fd, line.queue, line.queue.size() - line.head);
+        bool empty = down.empty();
+        bool open = receive(fd, down, down.size() + line.queue.size() - line.head);
+        if (empty && !down.empty()) down_due = (now / frame + 1) * frame;
+        return open;
+    }
+    // Releases what is due at cycle `now`: frames to the UART, packets to the client.
+    // Returns false when the client went away; sets `released` when data reached it.
+    bool step(int fd, LineOut &line, LineIn &in, uint64_t now, bool &released) {
+        released = false;
+        if (!on()) {
+            released = !in.out.empty();
+            return in.out.empty() || send_all(fd, in.out);
+        }
+        if (!down.empty() && now >= down_due) {
+            line.queue.insert(line.queue.end(), down.begin(), down.end());
+            down.clear();
+        }
+        for (uint8_t b : in.out) up_data |= b != 0;
+        up.insert(up.end(), in.out.begin(), in.out.end());
+        in.out.clear();
+        if (up.size() >= USB_PACKET || now >= up_due) {
+            up_due = now + latency;
+            released = up_data;
+            up_data = false;
+            if (!up.empty() && !send_all(fd, up)) return false;
+        }
+        return true;
+    }
+    // The next cycle at which something is due (UINT64_MAX: nothing).
+    uint64_t next_due() const {
+        uint64_t t = UINT64_MAX;
+        if (!down.empty()) t = down_due;
+        if (!up.empty() && up_due < t) t = up_due;
+        return t;
+    }
+};
+
+// Answers a second client with BUSY_MESSAGE and closes it.
+void refuse_extra_client(int server) {
+    pollfd p{server, POLLIN, 0};
+    if (poll(&p, 1, 0) <= 0) return;
+    int extra = accept(server, nullptr, nullptr);
+    if (extra < 0) return;
+    send(extra, BUSY_MESSAGE, sizeof BUSY_MESSAGE - 1, MSG_NOSIGNAL);
+    close(extra);
 }
 
 // Running totals over the harness's life, for "snapshot" lines.
@@ -209,17 +288,30 @@ void print_snapshot(const Board &board, const Totals &t, const LineOut &lo,
     fflush(stderr);
 }
 
-void serve(Board &board, int client, int divisor, bool stats, Totals &totals) {
+void serve(Board &board, int server, int client, int divisor, bool stats, Totals &totals,
+           Usb &usb) {
     LineOut to_board{divisor};
     LineIn from_board{divisor};
     auto t0 = std::chrono::steady_clock::now();
     uint64_t c0 = board.cycles, busy_cycles = 0;
     double busy_seconds = 0;
-    bool open = true, was_idle = false;
+    bool open = true, was_idle = false, released = false;
+    int rounds = 0;
+    if (usb.on()) usb.up_due = board.cycles + usb.latency;
     while (open && !g_stop) {
+        if (++rounds % ACCEPT_ROUNDS == 0) refuse_extra_client(server);
+        bool quiet = !to_board.active() && !from_board.active() && board.top->idle;
+        uint64_t due = usb.next_due();
+        if (quiet && due != UINT64_MAX) {
+            // Idle but a USB release is due: nothing changes until then, so jump to it.
+            if (due > board.cycles) board.cycles = due;
+            open = usb.step(client, to_board, from_board, board.cycles, released);
+            if (released) totals.last_tx_cycle = board.cycles;
+            continue;
+        }
         // Idle: nothing in flight anywhere, so wait for the client without simulating.
-        if (!to_board.active() && !from_board.active() && board.top->idle) {
-            if (!from_board.out.empty() && !send_all(client, from_board.out)) break;
+        if (quiet) {
+            if (!usb.step(client, to_board, from_board, board.cycles, released)) break;
             if (!was_idle) totals.idle_waits++;
             was_idle = true;
             // Snapshots are taken only here, so one asked for just after a batch includes
@@ -228,9 +320,11 @@ void serve(Board &board, int client, int divisor, bool stats, Totals &totals) {
                 g_snapshot = 0;
                 print_snapshot(board, totals, to_board, from_board);
             }
-            pollfd p{client, POLLIN, 0};
-            if (poll(&p, 1, 100) <= 0) continue;
-            if (!receive(client, to_board)) break;
+            pollfd p[2] = {{client, POLLIN, 0}, {server, POLLIN, 0}};
+            if (poll(p, 2, 100) <= 0) continue;
+            if (p[1].revents & POLLIN) refuse_extra_client(server);
+            if ((p[0].revents & (POLLIN | POLLHUP | POLLERR)) &&
+                !usb.from_client(client, to_board, board.cycles)) break;
             continue;
         }
         was_idle = false;
@@ -243,13 +337,16 @@ void serve(Board &board, int client, int divisor, bool stats, Totals &totals) {
             from_board.step(top->uart_tx);
             if (from_board.got_byte) {
                 from_board.got_byte = false;
-                totals.last_tx_cycle = board.cycles;
+                // The batch ends with the last byte other than padding (the fill byte 0).
+                if (!usb.on() && from_board.out.back() != 0)
+                    totals.last_tx_cycle = board.cycles;
             }
         }
         // Every completed byte goes out at once (not only when the line pauses): a
         // pipelining host needs its answers as early as a real serial port gives them.
-        if (!from_board.out.empty() && !send_all(client, from_board.out)) break;
-        open = receive(client, to_board);
+        if (!usb.step(client, to_board, from_board, board.cycles, released)) break;
+        if (usb.on() && released) totals.last_tx_cycle = board.cycles;
+        open = usb.from_client(client, to_board, board.cycles);
         double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - b0)
                         .count();
         busy_cycles += board.cycles - bc;
@@ -258,6 +355,8 @@ void serve(Board &board, int client, int divisor, bool stats, Totals &totals) {
         totals.busy_seconds += dt;
     }
     if (!from_board.out.empty()) send_all(client, from_board.out);
+    usb.down.clear();       // a closed port loses what the host had queued
+    usb.up.clear();
     totals.to_board += to_board.sent;
     totals.from_board += from_board.received;
     if (stats) {
@@ -276,15 +375,18 @@ int main(int argc, char **argv) {
     int port = 0, divisor = 0;
     long warmup = 16;
     bool stats = false;
+    Usb usb;
     for (int i = 1; i < argc; i++) {
         std::string a = argv[i];
         if (a == "--port" && i + 1 < argc) port = atoi(argv[++i]);
         else if (a == "--divisor" && i + 1 < argc) divisor = atoi(argv[++i]);
         else if (a == "--stats") stats = true;
         else if (a == "--warmup" && i + 1 < argc) warmup = atol(argv[++i]);
+        else if (a == "--usb-latency" && i + 1 < argc) usb.latency = strtoull(argv[++i], 0, 10);
+        else if (a == "--usb-frame" && i + 1 < argc) usb.frame = strtoull(argv[++i], 0, 10);
         else {
-            fprintf(stderr, "usage: %s --divisor N [--port P] [--stats] [--warmup CYCLES]\n",
-                    argv[0]);
+            fprintf(stderr, "usage: %s --divisor N [--port P] [--stats] [--warmup CYCLES] "
+                    "[--usb-latency CYCLES --usb-frame CYCLES]\n", argv[0]);
             return 2;
         }
     }
@@ -292,8 +394,13 @@ int main(int argc, char **argv) {
         fprintf(stderr, "--divisor (clocks per UART bit) must be >= 4\n");
         return 2;
     }
+    if ((usb.latency == 0) != (usb.frame == 0)) {
+        fprintf(stderr, "--usb-latency and --usb-frame go together (both > 0)\n");
+        return 2;
+    }
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
+    signal(SIGHUP, on_signal);
     signal(SIGPIPE, SIG_IGN);
     struct sigaction usr1{};
     usr1.sa_handler = on_usr1;            // no SA_RESTART: wakes poll() up at once
@@ -313,7 +420,7 @@ int main(int argc, char **argv) {
         if (client < 0) continue;
         int one = 1;
         setsockopt(client, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        serve(board, client, divisor, stats, totals);
+        serve(board, server, client, divisor, stats, totals, usb);
         close(client);
     }
     close(server);

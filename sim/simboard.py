@@ -8,6 +8,10 @@ real board, with pyserial's ``socket://127.0.0.1:PORT`` URL::
     with SimBoard("icebreaker") as board:           # builds once, then starts in ~0.1 s
         acc = Accelerator.open(board.url)
 
+``usb_latency_ms`` adds the FT2232H's USB path in simulated time (see ``board.cpp``):
+host→board bytes in 1 ms USB frames, board→host bytes released when 510 wait or the
+latency timer expires, as on a real board with that ``latency_timer``.
+
 Builds live in ``build/simboard/<hash>/``; the hash covers the Verilog, the iCE40 cell
 models, the harness and the Verilator version, so a build is reused until one changes.
 
@@ -33,7 +37,7 @@ from ..hw.uart import baud_divisor
 from .toolchain import ice40_cells_sim, setup_verilator_env
 
 __all__ = ["build", "SimBoard", "SimBoardError", "BUILD_ROOT", "HARNESS", "batch_rate",
-           "link_ceiling", "run_batch"]
+           "link_ceiling", "harness_args", "USB_FRAME_MS", "measure_batch"]
 
 HARNESS = Path(__file__).resolve().parent / "board.cpp"
 BUILD_ROOT = Path(__file__).resolve().parent.parent / "build" / "simboard"
@@ -48,12 +52,36 @@ _FLAGS = ["-O3", "--x-assign", "fast", "--x-initial", "fast", "--noassert", "-Wn
 _NETLIST_FLAGS = [*_FLAGS[:-1], "OPT_FAST=-Os"]
 
 
+#: Host→board bytes travel in USB frames of this many ms (full-speed USB frames).
+USB_FRAME_MS = 1
+
+
 class SimBoardError(RuntimeError):
     """The simulated board could not be built or started (message says why)."""
 
 
 def _config(config):
     return get_config(config) if isinstance(config, str) else config
+
+
+def harness_args(config, port, usb_latency_ms=0):
+    """The harness's command-line arguments for ``config`` (after the executable).
+
+    Raises
+    ------
+    ValueError
+        If ``usb_latency_ms`` is not a number of ms in 0..255 (``latency_timer``'s range).
+    """
+    if isinstance(usb_latency_ms, bool) or not isinstance(usb_latency_ms, (int, float)) \
+            or not 0 <= usb_latency_ms <= 255:
+        raise ValueError(f"USB latency {usb_latency_ms!r} ms: choose 0..255 ms (the "
+                         f"FT2232H latency_timer's range; 0 = an ideal link)")
+    divisor = baud_divisor(config.clock_hz, config.baud)
+    args = ["--divisor", str(divisor), "--port", str(port)]
+    if usb_latency_ms:
+        args += ["--usb-latency", str(round(config.clock_hz * usb_latency_ms / 1000)),
+                 "--usb-frame", str(config.clock_hz * USB_FRAME_MS // 1000)]
+    return args
 
 
 class SimTop(wiring.Component):
@@ -198,6 +226,8 @@ class SimBoard:
         Passed to :func:`build` (tests use a stand-in core).
     stats : bool
         Make the harness report simulated cycles per connection (:meth:`stop` returns them).
+    usb_latency_ms : float
+        Model the FT2232H's USB path with this latency timer (0: an ideal link).
     netlist, synth_dir
         Passed to :func:`build`: ``netlist="synth"`` runs the board top's synthesized
         netlist (:mod:`fpgacnn.sim.netlist`). It has no ``idle`` output, so the harness
@@ -205,8 +235,9 @@ class SimBoard:
     """
 
     def __init__(self, config="icebreaker", *, port=0, top=None, stats=False,
-                 progress=print, netlist=None, synth_dir=None):
+                 progress=print, usb_latency_ms=0, netlist=None, synth_dir=None):
         self.config = _config(config)
+        self._args = harness_args(self.config, port, usb_latency_ms)
         self._port, self._top, self._stats, self._progress = port, top, stats, progress
         self.netlist, self._synth_dir = netlist, synth_dir
         self.exe = None
@@ -217,8 +248,7 @@ class SimBoard:
     def start(self, timeout=10.0):
         self.exe = exe = build(self.config, top=self._top, netlist=self.netlist,
                                synth_dir=self._synth_dir, progress=self._progress)
-        divisor = baud_divisor(self.config.clock_hz, self.config.baud)
-        cmd = [str(exe), "--divisor", str(divisor), "--port", str(self._port)]
+        cmd = [str(exe), *self._args]
         if self.netlist is not None:
             from .netlist import warmup_cycles
             cmd += ["--warmup", str(warmup_cycles(self.config))]
@@ -281,13 +311,7 @@ class SimBoard:
         if self._proc is None:
             return self.stats
         proc, self._proc = self._proc, None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _terminate(proc)
         if getattr(self, "_reader", None) is not None:
             self._reader.join(2)
         proc.stdout.close()
@@ -301,32 +325,15 @@ class SimBoard:
         self.stop()
 
 
-def _stderr(text):
-    print(text, file=sys.stderr)
-
-
-def run_batch(config, net, params, images_u8, *, progress=_stderr):
-    """Load ``net`` on the simulated board and time a pipelined batch (``fpgacnn bench``).
-
-    Returns
-    -------
-    (classes, logits, counters, rate)
-        The driver's answers, every image's cycle counters (int64, one row each) and
-        :func:`batch_rate` of the batch, measured after a one-image warm-up.
-    """
-    import numpy as np
-
-    from ..sw.driver import Accelerator
-    with (SimBoard(config, progress=progress) as board,
-          Accelerator.open(board.url, timeout=60) as acc):
-        acc.load(net, params)
-        acc.infer(images_u8[:1], progress=False)         # warm-up: both slots in use
-        before = board.snapshot()
-        classes, logits = acc.infer(images_u8, all_counters=True)
-        after = board.snapshot()
-        counters = acc.counters.astype(np.int64)
-        rate = batch_rate(config, before, after, len(images_u8), int(np.prod(net.input_shape)))
-    return classes, logits, counters, rate
+def _terminate(proc):
+    """End the harness process ``proc`` (SIGTERM, then SIGKILL after 5 s) and reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def link_ceiling(config, image_bytes):
@@ -340,7 +347,8 @@ def batch_rate(config, before, after, images, image_bytes):
     ``before`` is a :meth:`SimBoard.snapshot` taken with the board idle before the batch's
     first byte (the harness stops simulated time while idle, so the batch starts at its
     ``cycles``), ``after`` one taken once the host has every answer; the batch ends when
-    the last byte reached the host (``last_tx_cycle``). Returns a dict: ``cycles``,
+    the last byte other than padding reached the host (``last_tx_cycle``; with the USB
+    model, when the bridge released it). Returns a dict: ``cycles``,
     ``images_per_s`` at ``config.clock_hz``, ``ceiling`` (:func:`link_ceiling`),
     ``efficiency`` (their ratio), bytes per image each way, ``wire_busy`` (fraction of
     the batch the host→board line carried bytes), ``starved`` (times simulated time
@@ -372,33 +380,61 @@ def batch_rate(config, before, after, images, image_bytes):
     }
 
 
+def measure_batch(config, net, params, images_u8, *, usb_latency_ms=0, progress=print):
+    """Run a batch on a simulated board (``fpgacnn bench``): ``(classes, logits,
+    counters int64 (N, 1 + layers), rate)``, ``rate`` as :func:`batch_rate` plus
+    ``result_bytes`` (one RESULT answer), ``usb_latency_ms`` and the driver's ``retries``.
+    """
+    import numpy as np
+
+    from ..hw import protocol as proto
+    from ..sw.driver import Accelerator
+    with (SimBoard(config, progress=progress, usb_latency_ms=usb_latency_ms) as board,
+          Accelerator.open(board.url, timeout=60) as acc):
+        acc.load(net, params, progress=False)
+        acc.infer(images_u8[:1], progress=False)        # warm-up: both slots in use
+        before = board.snapshot()
+        classes, logits = acc.infer(images_u8, all_counters=True)
+        after = board.snapshot()
+        counters = acc.counters.astype(np.int64)
+        image_bytes = int(np.prod(net.input_shape))
+        rate = batch_rate(config, before, after, len(images_u8), image_bytes)
+        rate.update(result_bytes=proto.RESPONSE_HEADER_BYTES + logits.shape[1] + 2,
+                    usb_latency_ms=usb_latency_ms, retries=acc.retries)
+    return classes, logits, counters, rate
+
+
 def parse_stats(line):
     """``stats cycles=.. seconds=..`` → dict of floats."""
     return {k: float(v) for k, v in (f.split("=") for f in line.split()[1:])}
 
 
-def serve_forever(config="icebreaker", *, port=0):
-    """Run the simulated board in the foreground (``fpgacnn sim-board``) until Ctrl-C."""
-    exe = build(config)
+def serve_forever(config="icebreaker", *, port=0, usb_latency_ms=0):
+    """Run the simulated board in the foreground (``fpgacnn sim-board``) until Ctrl-C,
+    SIGTERM or SIGHUP, each of which ends the simulator too."""
+    import signal
     cfg = _config(config)
-    divisor = baud_divisor(cfg.clock_hz, cfg.baud)
-    proc = subprocess.Popen([str(exe), "--divisor", str(divisor), "--port", str(port)],
-                            stdout=subprocess.PIPE, text=True)
+    args = harness_args(cfg, port, usb_latency_ms)
+    exe = build(config)
+    proc = subprocess.Popen([str(exe), *args], stdout=subprocess.PIPE, text=True)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         url = proc.stdout.readline().strip()
         if not url:
             return proc.wait()
+        usb = f", USB latency {usb_latency_ms:g} ms" if usb_latency_ms else ""
         print(f"simulated {cfg.name} board ({cfg.rows}x{cfg.cols} array, "
-              f"{cfg.clock_hz / 1e6:g} MHz, {cfg.baud:,} baud) listening on")
+              f"{cfg.clock_hz / 1e6:g} MHz, {cfg.baud:,} baud{usb}) listening on")
         print(f"  {url}")
         print(f"e.g. fpgacnn infer --port {url} IMAGE.png    (Ctrl-C to stop)")
         sys.stdout.flush()
         return proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait()
         return 0
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-        time.sleep(0)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _terminate(proc)

@@ -15,9 +15,13 @@ host→board wire carries image bytes nearly all the time (README, "Throughput",
 figures measured on the simulated board).
 
 Every failure raises a :class:`DriverError` subclass with a message that says what to
-do; nothing waits forever (every read has a deadline).
+do; nothing waits forever (every read has a deadline). :meth:`Accelerator.open` brings
+the board to a known state whatever the last session left (:meth:`Accelerator.resync`);
+a damaged frame or a lost answer is retried after a resynchronisation (writes are
+idempotent, images are re-run), counted in :attr:`Accelerator.retries`.
 """
 
+import os
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -30,8 +34,12 @@ from ..hw.program import Space
 from . import compiler, mnist
 
 __all__ = ["Accelerator", "BoardInfo", "DriverError", "BoardNotFound", "BoardTimeout",
-           "BoardError", "ProtocolMismatch", "ModelDoesNotFit", "ImageError",
-           "prepare_images", "as_batch", "DEFAULT_BAUD"]
+           "BoardError", "BoardDisconnected", "BoardBusy", "LinkDamaged",
+           "ProtocolMismatch", "ModelDoesNotFit", "ImageError",
+           "prepare_images", "as_batch", "DEFAULT_BAUD", "BUSY_MARKER"]
+
+#: What the simulated board sends a second client before closing it (``board.cpp``).
+BUSY_MARKER = b"sim-board busy"
 
 
 class DriverError(Exception):
@@ -44,6 +52,18 @@ class BoardNotFound(DriverError):
 
 class BoardTimeout(DriverError):
     """The board did not answer in time."""
+
+
+class BoardDisconnected(DriverError):
+    """The port or socket went away (board unplugged, simulator stopped)."""
+
+
+class BoardBusy(DriverError):
+    """Another program (another client) is using the board."""
+
+
+class LinkDamaged(DriverError):
+    """A response was damaged or out of order (the link is resynchronised and retried)."""
 
 
 class BoardError(DriverError):
@@ -76,8 +96,14 @@ _HINTS = {
     proto.Status.BAD_CRC: "the frame was damaged on the way; check the cable/baud rate",
     proto.Status.NOT_LOADED: "load a model first (Accelerator.load)",
     proto.Status.BUSY: "a run is still in progress",
-    proto.Status.NO_RESULT: "nothing was run since the board started",
+    proto.Status.NO_RESULT: "nothing was run since the board started (or was aborted)",
+    proto.Status.BAD_ARGUMENT: "an address or count beyond the board's memories; "
+                               "recompile the model for this board",
+    proto.Status.WATCHDOG: "the board's watchdog stopped a run that did not end (a bad "
+                           "layer program); load the model again (Accelerator.load)",
 }
+#: Statuses of a frame damaged on the way: the request is retried after a resync.
+_DAMAGED = (proto.Status.BAD_CRC, proto.Status.BAD_LENGTH, proto.Status.BAD_OPCODE)
 
 
 @dataclass(frozen=True)
@@ -93,15 +119,12 @@ class BoardInfo:
     max_chunks : int
         Chunks one WRITE frame may carry.
     rx_fifo : int
-        Bytes of its receive FIFO: the host's pipelining window.
-    timeout_us : int
-        Its frame time-out.
+        Bytes of its receive FIFO: the host's pipelining window (credit).
     """
     config: AcceleratorConfig
     version: int
     max_chunks: int
     rx_fifo: int
-    timeout_us: int
 
     @classmethod
     def decode(cls, raw):
@@ -131,7 +154,7 @@ class BoardInfo:
             raise ProtocolMismatch(f"the board reports an invalid configuration ({e}); "
                                    f"reprogram it") from None
         return cls(config=config, version=version, max_chunks=f["max_chunks"],
-                   rx_fifo=1 << f["rx_fifo_log2"], timeout_us=f["timeout_us"])
+                   rx_fifo=config.rx_fifo_bytes)
 
     def describe(self):
         c = self.config
@@ -162,6 +185,12 @@ def as_batch(images, input_shape):
     """
     shape = tuple(input_shape)
     x = np.asarray(images)
+    if x.ndim == 0:
+        raise ImageError(f"a single value ({x.dtype} scalar) is not an image; pass an array "
+                         f"of shape {shape} (C, H, W) or a batch (N, ...) of them")
+    if x.size == 0:
+        raise ImageError(f"no images: the array of shape {x.shape} is empty; pass at least "
+                         f"one image of shape {shape}")
     accepted = [shape] + ([shape[1:]] if shape[0] == 1 else [])
     for one in accepted:
         if x.shape == one:
@@ -186,8 +215,14 @@ class Accelerator:
     counters : ndarray of uint32, shape (N, 1 + layers)
         Cycle counters of the last :meth:`infer` batch: total, then per layer.
     bytes_sent, bytes_received : int
-        Link traffic so far (frames and CRCs included).
+        Link traffic so far (frames, CRCs and the board's padding included).
+    retries : int
+        Requests repeated after a damaged frame or a lost answer (each after a
+        :meth:`resync`); the work itself never fails silently.
     """
+
+    #: How often one :meth:`load` or :meth:`infer` is retried after a damaged frame.
+    max_retries = 3
 
     def __init__(self, port, url, *, timeout):
         self._port = port
@@ -198,10 +233,12 @@ class Accelerator:
         self.input_quant = None
         self.counters = np.zeros((0, 0), np.uint32)
         self.bytes_sent = self.bytes_received = 0
+        self.retries = 0
         self._dirty = False
+        self._rx = bytearray()              # received, not parsed yet
 
     @classmethod
-    def open(cls, url, *, timeout=5.0, baud=DEFAULT_BAUD):
+    def open(cls, url, *, timeout=5.0, baud=DEFAULT_BAUD, reset=True):
         """Open ``url`` (a serial device or ``socket://127.0.0.1:PORT``).
 
         Parameters
@@ -210,14 +247,32 @@ class Accelerator:
             Seconds to wait for any one response before :class:`BoardTimeout`.
         baud : int
             Serial baud rate (ignored by sockets); must match the board's build.
+        reset : bool
+            Bring the board to a known state first (:meth:`resync`): whatever the last
+            session left — half a frame, answers nobody read, a run — is finished,
+            discarded or aborted; the loaded model stays.
+
+        Raises
+        ------
+        BoardNotFound, BoardBusy, BoardTimeout, BoardDisconnected
         """
         import serial
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+                or not 0 < timeout < float("inf"):
+            raise DriverError(f"timeout {timeout!r}: give a positive number of seconds")
+        socket_url = url.startswith("socket:")
         try:
             port = serial.serial_for_url(url, baudrate=baud, timeout=min(timeout, 0.5),
-                                         write_timeout=timeout)
+                                         write_timeout=timeout,
+                                         **({} if socket_url or "://" in url
+                                            else {"exclusive": True}))
         except (serial.SerialException, ValueError, OSError) as e:
-            hint = ("is `fpgacnn sim-board` running on that port?" if url.startswith("socket:")
-                    else "is the board plugged in, and is that its port (ls /dev/ttyUSB*)?")
+            if "lock" in str(e).lower():
+                raise BoardBusy(f"{url} is in use by another program ({e}); close it (another "
+                                f"fpgacnn, a serial terminal) and try again") from None
+            hint = ("is `fpgacnn sim-board` running on that port?" if socket_url
+                    else "is the board plugged in, and is that its port (ls /dev/ttyUSB*)? "
+                         "If it is, may this user open it (README, \"Real boards\")?")
             raise BoardNotFound(f"cannot open {url}: {e}; {hint}") from None
         sock = getattr(port, "_socket", None)       # pyserial's socket:// handler
         if sock is not None:
@@ -225,12 +280,26 @@ class Accelerator:
             # the previous ones are acknowledged (tens of ms with delayed ACKs).
             import socket
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return cls(port, url, timeout=timeout)
+        acc = cls(port, url, timeout=timeout)
+        if reset:
+            try:
+                acc.resync()
+            except BaseException:
+                acc.close()
+                raise
+        return acc
 
     def close(self):
         if self._port is not None:
-            self._port.close()
-            self._port = None
+            port, self._port = self._port, None
+            # pyserial skips closing its socket when the peer is already gone: close it.
+            sock = getattr(port, "_socket", None)
+            try:
+                port.close()
+            except Exception:           # SerialException, OSError: closing anyway
+                pass
+            if sock is not None:
+                sock.close()
 
     def __enter__(self):
         return self
@@ -241,60 +310,142 @@ class Accelerator:
     # -- link ------------------------------------------------------------------------------
 
     def resync(self):
-        """Bring the link back to a known state after garbage, a timeout or a bad frame.
+        """Bring the link to a known state: after garbage, a lost answer, a damaged frame,
+        or at the start of a session.
 
-        Waits for the board to drop any half-received frame (its frame timeout), discards
-        stale input, then sends IDENTIFY until its answer comes back, skipping stale
-        responses. The simulated board runs slower than real time, hence the retries.
+        Sends :data:`~fpgacnn.hw.protocol.MAX_REQUEST_BYTES` fill bytes (they complete a
+        half frame the board is still receiving; frames never time out), ABORT (stops a
+        run, keeps the model) and a one-chunk WRITE of a random nonce to image chunk 0,
+        then discards everything until the WRITE's answer with the nonce's CRC: every
+        answer still owed to an earlier request came before it. Tried again until
+        ``3 * timeout`` has passed.
+
+        Raises
+        ------
+        BoardTimeout, BoardBusy, BoardDisconnected
         """
-        wait = (self.info.timeout_us if self.info else proto.FRAME_TIMEOUT_US) * 2e-6
-        deadline = time.monotonic() + max(2 * self.timeout, 1.0)
-        self._dirty = False
+        if self._port is None:
+            raise DriverError("the accelerator is closed")
+        deadline = time.monotonic() + 3 * self.timeout
+        self._dirty = True
+        self._drop_input()
         while True:
-            if time.monotonic() >= deadline:
-                self._dirty = True
-                raise BoardTimeout(f"cannot resynchronise with the board at {self.url}: "
-                                   f"no answer to IDENTIFY; reset or reprogram it")
-            time.sleep(wait)
-            self._port.reset_input_buffer()
-            self._send(proto.Opcode.IDENTIFY, b"")
-            attempt = min(time.monotonic() + min(self.timeout, 1.0), deadline)
+            nonce = int.from_bytes(os.urandom(8), "little")
+            payload = proto.write_payload(Space.IMAGE, 0, [nonce])
+            want = proto.crc16(payload[proto.ARGS_BYTES:]).to_bytes(2, "little")
+            self._write_bytes(bytes([proto.FILL_BYTE]) * proto.MAX_REQUEST_BYTES +
+                              proto.encode_request(proto.Opcode.ABORT) +
+                              proto.encode_request(proto.Opcode.WRITE, payload))
+            attempt = min(time.monotonic() + self.timeout, deadline)
             try:
                 while True:
-                    status, echo, _ = self._receive(attempt, proto.Opcode.IDENTIFY)
-                    if status == proto.Status.OK and echo == proto.Opcode.IDENTIFY:
+                    status, echo, data = self._receive(attempt, proto.Opcode.WRITE)
+                    if (status, echo, data) == (proto.Status.OK, proto.Opcode.WRITE, want):
+                        self._dirty = False
                         return
-                    if status in (proto.Status.TRUNCATED, proto.Status.BAD_CRC):
-                        break       # our IDENTIFY was swallowed by a damaged frame: again
             except (BoardTimeout, proto.ProtocolError):
-                pass                # silence or a damaged answer: try again until deadline
+                pass                # silence or a damaged answer: again until the deadline
+            if time.monotonic() >= deadline:
+                raise BoardTimeout(f"cannot resynchronise with the board at {self.url}: no "
+                                   f"answer to ABORT within {3 * self.timeout:g} s; is it "
+                                   f"programmed with this fpgacnn's bitstream (fpgacnn build "
+                                   f"--program) at the same baud rate? Else reset it")
 
-    def _read(self, n, deadline, opcode):
-        out = bytearray()
-        while len(out) < n:
+    def _drop_input(self):
+        """Discard what was received and not read (stale answers, padding), looking for
+        the simulated board's busy message in it."""
+        self._rx.clear()
+        for _ in range(256):                # bounded: a board may still be sending
+            chunk = self._available()
+            if not chunk:
+                break
+            self._rx += chunk
+            if BUSY_MARKER in self._rx:
+                raise self._lost("refused")
+            del self._rx[:-len(BUSY_MARKER)]
+        self._rx.clear()
+
+    def _available(self):
+        """The bytes received so far, without waiting (b"" if none)."""
+        try:
+            sock = getattr(self._port, "_socket", None)     # pyserial's socket:// handler
+            if sock is not None:
+                import socket
+                try:
+                    chunk = sock.recv(1 << 16, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    return b""
+                if not chunk:
+                    raise OSError("the other end closed the connection")
+                return chunk
+            waiting = self._port.in_waiting
+            return self._port.read(waiting) if waiting else b""
+        except Exception as e:          # SerialException, OSError: not ours to leak
+            raise self._lost(e) from None
+
+    def _lost(self, error):
+        """The exception for a port that failed with ``error``."""
+        if BUSY_MARKER in self._rx:
+            return BoardBusy(f"the board at {self.url} is busy with another client; close "
+                             f"the other program (fpgacnn infer/bench, a demo) and try again")
+        return BoardDisconnected(f"lost the connection to {self.url} ({error}); is the board "
+                                 f"still plugged in (or `fpgacnn sim-board` still running)?")
+
+    def _fill(self, deadline, opcode, want):
+        """Read at least one more byte into the receive buffer, or time out."""
+        while True:
+            try:
+                chunk = self._port.read(1)          # waits up to the port's read timeout
+            except Exception as e:      # SerialException, OSError: not ours to leak
+                raise self._lost(e) from None
+            if chunk:
+                self._rx += chunk + self._available()
+                if BUSY_MARKER in self._rx:
+                    raise self._lost("refused")
+                return
             if time.monotonic() > deadline:
                 raise BoardTimeout(
                     f"no answer to {opcode.name} from {self.url} within {self.timeout:g} s "
-                    f"(got {len(out)} of {n} bytes); is the board programmed with the "
-                    f"fpgacnn bitstream and at the same baud rate?")
-            out += self._port.read(n - len(out))
-        return bytes(out)
+                    f"(got {len(self._rx)} of {want} bytes); is the board programmed with "
+                    f"the fpgacnn bitstream and at the same baud rate?")
+
+    def _read(self, n, deadline, opcode):
+        while len(self._rx) < n:
+            self._fill(deadline, opcode, n)
+        out = bytes(self._rx[:n])
+        del self._rx[:n]
+        return out
+
+    def _write_bytes(self, raw):
+        try:
+            self._port.write(raw)
+        except Exception as e:          # SerialException, SerialTimeoutException, OSError
+            import serial
+            if isinstance(e, serial.SerialTimeoutException):
+                raise BoardTimeout(f"the board at {self.url} took no bytes for "
+                                   f"{self.timeout:g} s; reset it") from None
+            raise self._lost(e) from None
+        self.bytes_sent += len(raw)
 
     def _send(self, opcode, payload):
-        frame = proto.encode_request(opcode, payload)
-        self._port.write(frame)
-        self.bytes_sent += len(frame)
+        self._write_bytes(proto.encode_request(opcode, payload))
 
     def _receive(self, deadline, opcode):
-        """One response frame: ``(status, echoed opcode, payload)``; skips garbage."""
-        skipped = 0
-        while self._read(1, deadline, opcode)[0] != proto.RESPONSE_SYNC:
-            skipped += 1
-        head = bytes([proto.RESPONSE_SYNC]) + self._read(
-            proto.RESPONSE_HEADER_BYTES - 1, deadline, opcode)
+        """One response frame: ``(status, echoed opcode, payload)``; skips padding and
+        garbage before it."""
+        while True:
+            start = self._rx.find(proto.RESPONSE_SYNC)
+            if start >= 0:
+                break
+            self.bytes_received += len(self._rx)
+            self._rx.clear()
+            self._fill(deadline, opcode, proto.RESPONSE_HEADER_BYTES)
+        self.bytes_received += start
+        del self._rx[:start]
+        head = self._read(proto.RESPONSE_HEADER_BYTES, deadline, opcode)
         length = proto.decode_struct(proto.ResponseHeader, head)["length"]
         raw = head + self._read(length + 2, deadline, opcode)
-        self.bytes_received += len(raw) + skipped
+        self.bytes_received += len(raw)
         return proto.parse_response(raw)
 
     def transact(self, opcode, payload=b"", *, timeout=None):
@@ -321,17 +472,17 @@ class Accelerator:
             raise
         except proto.ProtocolError as e:
             self._dirty = True
-            raise DriverError(f"damaged response to {opcode.name} from {self.url}: {e}") \
+            raise LinkDamaged(f"damaged response to {opcode.name} from {self.url}: {e}") \
                 from None
         if status != proto.Status.OK:
-            if status in (proto.Status.TRUNCATED, proto.Status.BAD_CRC):
+            if status in _DAMAGED:
                 self._dirty = True
             hint = _HINTS.get(status, "this is a driver/board version mismatch or a bug")
             raise BoardError(f"board answered {opcode.name} with {status.name}: {hint}",
                              status, echo)
         if echo != opcode:
             self._dirty = True
-            raise DriverError(f"board answered {echo!r} to {opcode.name}; resynchronising")
+            raise LinkDamaged(f"board answered {echo!r} to {opcode.name}; resynchronising")
         return data
 
     # -- commands --------------------------------------------------------------------------
@@ -349,8 +500,8 @@ class Accelerator:
     #: Largest pipelined frame as a fraction of the window. The oldest frame's bytes stay
     #: counted until its answer is back, so only the rest of the window keeps the wire
     #: busy meanwhile: 0.6 leaves ~200 bytes of a 512-byte window for the answer's round
-    #: trip and sends a 784-byte image in 3 frames (10 bytes of overhead each); README
-    #: ("Throughput") has the measurements that chose it.
+    #: trip; boards with a larger receive queue get full 64-chunk frames (a 784-byte image
+    #: in 2 frames, 10 bytes of overhead each). README ("Throughput") has the measurements.
     frame_fraction = 0.6
 
     def _frame_chunks(self):
@@ -465,9 +616,21 @@ class Accelerator:
                 raise
 
     def _write(self, pending, n):
-        self._port.write(bytes(pending[:n]))
+        self._write_bytes(bytes(pending[:n]))
         del pending[:n]
-        self.bytes_sent += n
+
+    def _retrying(self, work):
+        """``work()``, repeated after a resync when the link damaged a frame or lost an
+        answer (at most :attr:`max_retries` times; each counted in :attr:`retries`)."""
+        for attempt in range(self.max_retries + 1):
+            try:
+                return work()
+            except (BoardTimeout, LinkDamaged, BoardError) as e:
+                damaged = not isinstance(e, BoardError) or e.status in _DAMAGED
+                if not damaged or attempt == self.max_retries:
+                    raise
+                self.retries += 1
+                self.resync()
 
     def _write_runs(self, space, writes, bar=None):
         """``[(addr, data), ...]`` as pipelined WRITE frames."""
@@ -499,7 +662,7 @@ class Accelerator:
         with tqdm(total=total, unit="chunk", desc=f"loading {network.name}",
                   disable=not progress, leave=False) as bar:
             for space in order:
-                self._write_runs(space, writes[space], bar)
+                self._retrying(lambda space=space: self._write_runs(space, writes[space], bar))
         self.program = program
         self.input_quant = input_quant
         return program
@@ -540,12 +703,13 @@ class Accelerator:
                 counters.append(np.frombuffer(data[k:], dtype="<u4"))
             bar.update(1)
 
-        def requests():
-            for b in range(n + 1):
+        def requests(first):
+            """From image ``first`` on (after a retry: the first without a result)."""
+            for b in range(first, n + 1):
                 if b < n:           # image b into slot b % 2: free once RESULT(b-2) is in
                     yield from self._write_requests(
                         Space.IMAGE, self.program.image_writes(x[b], b % 2))
-                if b > 0:
+                if b > first:
                     yield (proto.Opcode.RESULT,
                            self._result_args(all_counters or b == 1), result)
                 if b < n:
@@ -555,7 +719,7 @@ class Accelerator:
 
         with tqdm(total=n, unit="img", desc="inference", disable=not progress or n < 2,
                   leave=False) as bar:
-            self.pipeline(requests())
+            self._retrying(lambda: self.pipeline(requests(len(logits))))
         if len(logits) != n:
             raise DriverError(f"got {len(logits)} results for {n} images")
         self.counters = np.array(counters, dtype=np.uint32).reshape(

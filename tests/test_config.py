@@ -7,7 +7,7 @@ import pytest
 from fpgacnn.hw.config import CONFIGS, DEFAULT_BAUD, AcceleratorConfig, Dataflow, get_config
 
 BASE = get_config("icebreaker")
-SIZES = [f.name for f in fields(AcceleratorConfig) if f.type is int]
+SIZES = [f.name for f in fields(AcceleratorConfig) if f.type is int and f.name != "tx_pad_bytes"]
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -50,6 +50,21 @@ def test_sizes_must_be_positive_integers(field, value):
     with pytest.raises(ValueError, match=f"config icebreaker: {field} must be a positive "
                                          f"integer, not {value!r}"):
         BASE.with_(**{field: value})
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("tx_pad_bytes", -1, "tx_pad_bytes must be an integer 0..65535, not -1"),
+    ("tx_pad_bytes", 1 << 16, "tx_pad_bytes must be an integer 0..65535, not 65536"),
+    ("tx_pad_bytes", True, "tx_pad_bytes must be an integer 0..65535, not True"),
+    ("rx_fifo_bytes", 256, "rx_fifo_bytes = 256 must be a power of two >= 512"),
+    ("rx_fifo_bytes", 3072, "rx_fifo_bytes = 3072 must be a power of two >= 512"),
+    ("watchdog_log2", 9, "watchdog_log2 = 9 must be 10..31"),
+    ("watchdog_log2", 32, "watchdog_log2 = 32 must be 10..31"),
+])
+def test_link_fields(field, value, message):
+    with pytest.raises(ValueError, match=f"config icebreaker: {message}"):
+        BASE.with_(**{field: value})
+    assert BASE.with_(tx_pad_bytes=0, rx_fifo_bytes=1024, watchdog_log2=10).tx_pad_bytes == 0
 
 
 def test_act_bytes_whole_chunks():

@@ -1,5 +1,5 @@
-"""Unit checks of the link's hand-built arithmetic (its CRC engine, constant compares and
-time-out prescaler); the protocol round trips are in ``test_link.py``."""
+"""Unit checks of the link's hand-built arithmetic (its CRC engine, constant compares) and
+of the frame decoder's length guard; the protocol round trips are in ``test_link.py``."""
 
 import random
 
@@ -8,9 +8,9 @@ from amaranth.hdl import Module, Signal
 from amaranth.sim import Simulator
 
 from fpgacnn.hw import protocol as proto
-from fpgacnn.hw.link_checker import _above
+from fpgacnn.hw.link_checker import above
 from fpgacnn.hw.link_crc import CrcEngine, crc_next, crc_step
-from fpgacnn.hw.link_decoder import _prescaler_lfsr
+from fpgacnn.hw.link_decoder import FrameDecoder
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -32,15 +32,15 @@ def test_gateware_crc_and_compare_exhaustive():
     state, byte, value = Signal(16), Signal(8), Signal(6)
     nxt = Signal(16)
     limits = [0, 1, 5, 31, 32, 62, 63, 64, 100]
-    above = [Signal(name=f"above_{c}") for c in limits]
+    flags = [Signal(name=f"above_{c}") for c in limits]
     m.d.comb += [nxt.eq(crc_next(state, byte)),
-                 *(a.eq(_above(value, c)) for a, c in zip(above, limits))]
+                 *(a.eq(above(value, c)) for a, c in zip(flags, limits))]
     rng = random.Random(1)
 
     async def bench(ctx):
         for v in range(64):
             ctx.set(value, v)
-            assert [ctx.get(a) for a in above] == [int(v > c) for c in limits], v
+            assert [ctx.get(a) for a in flags] == [int(v > c) for c in limits], v
         for _ in range(200):
             s, b = rng.randrange(1 << 16), rng.randrange(256)
             ctx.set(state, s)
@@ -52,16 +52,40 @@ def test_gateware_crc_and_compare_exhaustive():
     sim.run()
 
 
-@pytest.mark.parametrize("width", [2, 6, 16])
-def test_prescaler_period(width):
-    w, tap, period = _prescaler_lfsr(width)
-    state, seen = 1, 0
-    while True:
-        state = (state >> 1) | (((state ^ (state >> tap)) & 1) << (w - 1))
-        seen += 1
-        if state == 1:
-            break
-    assert seen == period and period >= (1 << width) // 2
+@pytest.mark.parametrize("length", [proto.MAX_PAYLOAD, proto.MAX_PAYLOAD + 1, 0x300,
+                                    0xFFFF])
+def test_decoder_ends_oversized_frames_at_once(length):
+    """A header announcing more than MAX_PAYLOAD ends the frame right after the length
+    (the payload is left in the FIFO, skipped as garbage); MAX_PAYLOAD itself is taken."""
+    dut = FrameDecoder()
+    header = bytes([proto.REQUEST_SYNC, proto.Opcode.WRITE.value]) + length.to_bytes(2, "little")
+    got = {}
+
+    async def bench(ctx):
+        taken = 0
+        for byte in header + bytes(8):
+            ctx.set(dut.rx.valid, 1)
+            ctx.set(dut.rx.payload, byte)
+            while not ctx.get(dut.rx.ready):
+                await ctx.tick()
+            await ctx.tick()
+            taken += 1
+            if not ctx.get(dut.idle):
+                break
+        ctx.set(dut.rx.valid, 0)
+        for _ in range(4):
+            got["end"] = got.get("end", 0) | ctx.get(dut.end)
+            await ctx.tick()
+        got["taken"], got["idle"] = taken, ctx.get(dut.idle)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    if length > proto.MAX_PAYLOAD:
+        assert got == {"taken": 4, "end": 1, "idle": 0}
+    else:
+        assert got["taken"] == 12 and got["idle"] == 1 and not got["end"]
 
 
 @pytest.mark.parametrize("seed", range(2))

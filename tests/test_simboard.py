@@ -75,7 +75,7 @@ def test_infer_matches_golden(acc, digits):
 
 
 def test_pipelined_throughput(acc, board, digits):
-    """The pipelined batch is bit-exact, raises no BAD_CRC/TRUNCATED (any error status
+    """The pipelined batch is bit-exact, raises no BAD_CRC (any error status
     would raise) and keeps the host→board wire busy: >= 90 % of the link ceiling for the
     image bytes, in simulated time at 36 MHz / 3 Mbaud."""
     x, _, golden = digits
@@ -88,10 +88,10 @@ def test_pipelined_throughput(acc, board, digits):
           f" + {r['from_board_per_image']:.0f} B/image, starved {r['starved']}, "
           f"simulator {r['sim_rate'] / 1e6:.2f} M cycles/s "
           f"({r['sim_cpu_rate'] / 1e6:.2f} M/CPU s)")
-    # 784 image bytes in 3 WRITE frames + RUN + RESULT: 50 bytes of frames per image.
-    assert r["to_board_per_image"] == 784 + 50
-    # RESULT without counters except for the first image (3 x 9 + 7 + 17 B, + 24 once).
-    assert r["from_board_per_image"] == pytest.approx(3 * 9 + 7 + 17 + 24 / len(x))
+    # 784 image bytes in 2 WRITE frames + RUN + RESULT: 40 bytes of frames per image.
+    assert r["to_board_per_image"] == 784 + 40
+    # Answers (2 x 9 + 7 + 17 B) plus the board's padding between them.
+    assert r["from_board_per_image"] >= 2 * 9 + 7 + 17
     assert r["efficiency"] >= 0.9, r
 
 
@@ -103,6 +103,7 @@ def _raw(acc, frame, *, wait_truncated=False):
     head = b""
     while len(head) < proto.RESPONSE_HEADER_BYTES and time.monotonic() < deadline:
         head += acc._port.read(proto.RESPONSE_HEADER_BYTES - len(head))
+        head = head.lstrip(bytes([proto.FILL_BYTE]))          # the board's padding
     length = proto.decode_struct(proto.ResponseHeader, head)["length"]
     rest = b""
     while len(rest) < length + 2 and time.monotonic() < deadline:
@@ -118,10 +119,16 @@ def test_faults_keep_the_loaded_model(acc, digits):
     corrupted = bytearray(zeros)
     corrupted[40] ^= 0x01
     assert _raw(acc, bytes(corrupted)) == S.BAD_CRC
-    assert _raw(acc, zeros[:-5]) == S.TRUNCATED
+    # Half a frame, then the session reset: completed by the fill, never committed.
+    acc._port.write(zeros[:-5])
+    acc.resync()
     assert _raw(acc, proto.encode_request(0x5C, b"")) == S.BAD_OPCODE
-    assert _raw(acc, proto.encode_request(proto.Opcode.WRITE,
-                                          bytes(proto.MAX_PAYLOAD + 8))) == S.BAD_LENGTH
+    # Oversized: answered at once, its payload skipped as garbage.
+    assert _raw(acc, proto.encode_request(proto.Opcode.WRITE, bytes(
+        proto.MAX_PAYLOAD + 8))) in (S.BAD_CRC, S.BAD_LENGTH)
+    acc.resync()
+    assert _raw(acc, proto.encode_request(proto.Opcode.RUN, proto.encode_struct(
+        proto.RunArgs, {"image_base": acc.info.config.act_bytes}))) == S.BAD_ARGUMENT
     qparams_end = proto.space_chunks(acc.info.config, Space.QPARAMS)
     assert _raw(acc, proto.encode_request(proto.Opcode.WRITE, proto.write_payload(
         Space.QPARAMS, qparams_end, [0]))) == S.BAD_ARGUMENT

@@ -85,6 +85,9 @@ def read_images(path, channels=1):
         x = mnist.load_idx(path)
     else:
         raise ValueError(f"{path}: unknown image format; use .png, .npy or an MNIST IDX file")
+    if x.ndim == 0 or x.size == 0:
+        raise ValueError(f"{path}: holds {'a single value' if x.ndim == 0 else 'no images'} "
+                         f"(shape {x.shape}); save images as (N, H, W) or (N, C, H, W)")
     if x.ndim == 2:
         x = x[None]
     names = [path.name] if len(x) == 1 else [f"{path.name}[{i}]" for i in range(len(x))]
@@ -119,10 +122,18 @@ def _classify(args, net, params, quant, batch, what):
         print(f"{where}: {info.describe()}; model: {what}")
         acc.load(net, params, input_quant=quant)
         classes, logits = acc.infer(batch)
+        if acc.retries:
+            print(f"note: {acc.retries} request(s) repeated after a damaged frame or a lost "
+                  f"answer (the results are complete and checked)")
         return classes, logits, acc.counters[:, 0]
 
 
 def run(args):
+    import math
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        print(f"error: --timeout {args.timeout:g}: give a positive number of seconds",
+              file=sys.stderr)
+        return 2
     from ..sim.simboard import SimBoardError
     from ..sw import mnist
     from ..sw.driver import DriverError, prepare_images

@@ -14,6 +14,11 @@ def configure(parser):
                         help="TCP port on 127.0.0.1 (default 9000; 0 picks a free one)")
     parser.add_argument("--board", default="icebreaker", choices=sorted(CONFIGS),
                         help="board configuration to simulate (default icebreaker)")
+    parser.add_argument("--usb-latency-ms", type=float, default=0, metavar="MS",
+                        help="model a real board's FT2232H USB path in simulated time: 1 ms "
+                             "USB frames to the board, answers held until 510 bytes wait or "
+                             "this latency timer expires (Linux default 16; default 0: an "
+                             "ideal link)")
 
 
 def run(args):
@@ -21,8 +26,12 @@ def run(args):
     if not 0 <= args.port < 65536:
         print(f"error: --port {args.port} is not a TCP port (0..65535)", file=sys.stderr)
         return 2
+    if not 0 <= args.usb_latency_ms <= 255:
+        print(f"error: --usb-latency-ms {args.usb_latency_ms:g}: choose 0..255 ms (the "
+              f"FT2232H latency timer's range)", file=sys.stderr)
+        return 2
     try:
-        return serve_forever(args.board, port=args.port)
+        return serve_forever(args.board, port=args.port, usb_latency_ms=args.usb_latency_ms)
     except (SimBoardError, OSError) as e:
         # A failed Verilator build appends its log's tail; the first line names the log.
         print(f"error: {(str(e).splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
