@@ -35,7 +35,8 @@ Commands (``payload`` → response payload on :attr:`Status.OK`):
 ``RUN``       :class:`RunArgs` → ``-``; returns at once (``BUSY`` if a run is in
               progress, ``NOT_LOADED`` before any layer program was written).
 ``RESULT``    :class:`ResultArgs` → waits for the run to finish, then ``n_logits``
-              int8 logits followed by ``n_counters`` uint32 cycle counters (total, then
+              int8 outputs (activation bytes ``0 … n_logits-1``: the compiler places
+              the last layer's output map there, CHW) followed by ``n_counters`` uint32 cycle counters (total, then
               one per layer); ``NO_RESULT`` if nothing was run.
 
 Pipelined inference (what the driver sends for image ``i`` in slot ``i % 2``)::
@@ -66,7 +67,9 @@ __all__ = [
 ]
 
 #: Version 3: the identity carries every field of the board's AcceleratorConfig.
-PROTOCOL_VERSION = 3
+#: Version 4: RESULT returns the last layer's whole output map from the activation memory
+#: (16-bit ``n_logits``); the identity no longer has a logits-buffer size.
+PROTOCOL_VERSION = 4
 REQUEST_SYNC = 0xA5
 RESPONSE_SYNC = 0x5A
 #: Bytes of one WRITE chunk (a 64-bit ``Core.wr`` beat).
@@ -136,9 +139,9 @@ class RunArgs(data.Struct):
 
 
 class ResultArgs(data.Struct):
-    n_logits: 8          # int8 logits to return (<= Identity.max_logits)
+    n_logits: 16         # int8 outputs to return (<= AcceleratorConfig.max_logits)
     n_counters: 8        # uint32 counters to return: total, then per layer (<= 1 + max_layers)
-    _reserved: 16
+    _reserved: 8
 
 
 class Identity(data.Struct):
@@ -157,7 +160,7 @@ class Identity(data.Struct):
     max_reduction: 16
     qparam_entries: 16
     max_layers: 8
-    max_logits: 8
+    _reserved: 8
     max_chunks: 8
     rx_fifo_log2: 8      # the host's pipelining window is 1 << rx_fifo_log2 bytes
     clock_hz: 32
@@ -301,7 +304,7 @@ def space_chunks(config, space):
 
 #: :class:`Identity` fields that are :class:`~.config.AcceleratorConfig` fields unchanged.
 _CONFIG_FIELDS = ("rows", "cols", "weight_words", "act_bytes", "max_reduction",
-                  "qparam_entries", "max_layers", "max_logits", "clock_hz", "baud",
+                  "qparam_entries", "max_layers", "clock_hz", "baud",
                   "pool_width", "pool_blocks", "requant_interval")
 
 
@@ -319,7 +322,7 @@ def identity_fields(config):
         "dataflow": DATAFLOW_CODES[config.dataflow],
         "name": int.from_bytes(config.name.encode("ascii"), "little"),
         "max_chunks": MAX_CHUNKS, "rx_fifo_log2": RX_FIFO_BYTES.bit_length() - 1,
-        "timeout_us": FRAME_TIMEOUT_US,
+        "timeout_us": FRAME_TIMEOUT_US, "_reserved": 0,
     })
     layout = data.Layout.cast(Identity)
     for name, value in fields.items():
