@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 from numpy.testing import assert_array_equal
 
+from fpgacnn.cli import main
 from fpgacnn.sim.simboard import SimBoard
+from fpgacnn.sw import mnist
 from fpgacnn.sw import network as nets
 from fpgacnn.sw.driver import Accelerator
+from fpgacnn.sw.taps import first_difference
 
 
 def edge_images(shape, seed, n_random):
@@ -31,11 +34,16 @@ def golden_maps(net, params, images):
 
 
 @pytest.fixture(scope="module")
-def icebreaker():
+def ice_board():
     with SimBoard("icebreaker", progress=None) as b:
-        acc = Accelerator.open(b.url, timeout=60)
-        yield acc
-        acc.close()
+        yield b
+
+
+@pytest.fixture(scope="module")
+def icebreaker(ice_board):
+    acc = Accelerator.open(ice_board.url, timeout=60)
+    yield acc
+    acc.close()
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +79,31 @@ def test_tap_out_of_range_is_refused(icebreaker):
     x = edge_images(net.input_shape, 0, 1)[:1]
     with pytest.raises(ValueError, match=r"tap 5 is not a stage of lenet5: choose 0 to 4"):
         icebreaker.infer(x, progress=False, taps=[1, 5])
+
+
+def test_first_difference_names_stage_image_and_position():
+    net = nets.lenet5()
+    params = nets.random_params(net, 4)
+    x = edge_images(net.input_shape, 4, 2)
+    maps = dict(enumerate(golden_maps(net, params, x)))
+    assert first_difference(net, params, x, maps) is None
+    maps[3] = maps[3].copy()
+    maps[3][1, 7, 0, 0] ^= 1                        # stage 3, image 1, channel 7
+    maps[1] = maps[1].copy()
+    maps[1][2, 15, 4, 3] ^= 0x40                    # an earlier stage wins
+    diff = first_difference(net, params, x, maps)
+    assert (diff["stage"], diff["image"], diff["index"], diff["count"]) == (1, 2, (15, 4, 3), 1)
+    assert diff["board"] == maps[1][2, 15, 4, 3] and diff["golden"] == diff["board"] ^ 0x40
+
+
+def test_cli_infer_taps(ice_board, tmp_path, capsys):
+    digits = tmp_path / "digits.npy"
+    np.save(digits, mnist.heldout()[0][:2])
+    assert main(["infer", "--port", ice_board.url, "--taps", "--", str(digits)]) == 0
+    out = capsys.readouterr().out
+    for i, shape in enumerate(s.out_shape for s in nets.lenet5().stages()):
+        assert f"stage {i} output {shape}: matches the golden model" in out
+    assert "board and golden model agree on every tapped stage of 2 image(s)" in out
 
 
 def test_large_output_on_icebreaker(icebreaker):
