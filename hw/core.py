@@ -55,12 +55,11 @@ class Core(wiring.Component):
         High from the accepted start until the last output and counter are stored.
     ``rd``, ``rd_data`` : In(stream of ``ReadCommand``), Out(stream of ``ReadData``)
         One 32-bit answer per request, in order, latency 1 (with back-pressure):
-        ``LOGITS`` addr ``k`` → output ``k`` of the last run, sign-extended;
+        ``LOGITS`` addr ``k`` → activation byte ``k``, sign-extended (the compiler puts
+        the last layer's output map at address 0: output ``k`` of the last run);
         ``COUNTERS`` addr 0 → cycles of the last run (start accepted → idle), addr
-        ``1 + i`` → cycles of layer ``i`` (datapath start → last output written).
-        ``LOGITS`` addr ``k`` reads activation byte ``k`` (the compiler puts the last
-        layer's output map at address 0); ``COUNTERS`` addresses beyond
-        ``1 + max_layers`` read 0. Values are those of the last *finished* run only when
+        ``1 + i`` → cycles of layer ``i`` (datapath start → last output written);
+        ``COUNTERS`` addresses beyond ``1 + max_layers`` read 0. Values are those of the last *finished* run only when
         read while idle (the activation memory's first read port serves the datapath
         while ``busy``, the host reads otherwise).
 

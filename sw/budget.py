@@ -16,7 +16,7 @@ from ..hw import program as prog
 from ..hw.config import CONFIGS
 from . import compiler
 
-__all__ = ["MemoryUse", "memory_budget", "format_budget", "limits_table"]
+__all__ = ["MemoryUse", "format_budget", "limits_table", "memory_budget"]
 
 
 @dataclass(frozen=True)
@@ -51,18 +51,15 @@ class MemoryUse:
         return self.capacity - self.used
 
 
-def _describe(stage):
-    return compiler._describe(stage)
-
-
 def _act_contents(network, stages):
     plan = compiler.plan_activations(network, stages)
     names = ["buffer A", "buffer B"]
     maps = [[], []]
     for s in stages:
         maps[compiler._buffer(s, stages)].append(f"{s.index}")
-    out = [(f"{names[i]} (stage {', '.join(maps[i]) or '-'} outputs"
-            f"{'; the result at 0' if i == 0 else ''})", plan.buffer_bytes[i]) for i in (0, 1)]
+    result = ["; the result at 0", ""]
+    out = [(f"{names[i]} (stage {', '.join(maps[i]) or '-'} outputs{result[i]})",
+            plan.buffer_bytes[i]) for i in (0, 1)]
     slot = plan.image_slots[1] - plan.image_slots[0]
     out += [(f"image slot {i} ({plan.image_bytes} B input)", slot) for i in (0, 1)]
     return tuple((what, n) for what, n in out if n)
@@ -79,9 +76,9 @@ def memory_budget(network, config):
     """
     stages = network.stages()
     rows = config.rows
-    weights = tuple((f"{_describe(s)}: {-(-s.out_channels // rows)} x {s.reduction} words",
+    weights = tuple((f"{compiler._describe(s)}: {-(-s.out_channels // rows)} x {s.reduction} words",
                      -(-s.out_channels // rows) * s.reduction * rows) for s in stages)
-    qparams = tuple((_describe(s), s.out_channels) for s in stages)
+    qparams = tuple((compiler._describe(s), s.out_channels) for s in stages)
     copies = f" x {config.cols} copies" if config.cols > 1 else ""
     return [
         MemoryUse("weights", "B", config.weight_words * rows, weights,

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import network as nets
 
-__all__ = ["golden_taps", "first_difference", "describe_taps"]
+__all__ = ["describe_taps", "first_difference", "golden_taps"]
 
 
 def golden_taps(network, params, images, stages):

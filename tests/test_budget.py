@@ -1,12 +1,12 @@
 """The memory budget (``sw/budget.py``) and ``fpgacnn describe NETWORK --board B``."""
 
 import pytest
-
-from fpgacnn.cli import main
 from fpgacnn.hw.config import get_config
 from fpgacnn.sw import compiler
 from fpgacnn.sw import network as nets
 from fpgacnn.sw.budget import format_budget, memory_budget
+
+from fpgacnn.cli import main
 
 
 @pytest.mark.parametrize("make, board", [(nets.lenet5, "icebreaker"),

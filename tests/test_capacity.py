@@ -9,14 +9,14 @@ build ``tests/test_simboard.py`` uses (cached); the ULX3S-85F build is compiled 
 
 import numpy as np
 import pytest
-from numpy.testing import assert_array_equal
-
-from fpgacnn.cli import main
 from fpgacnn.sim.simboard import SimBoard
 from fpgacnn.sw import mnist
 from fpgacnn.sw import network as nets
 from fpgacnn.sw.driver import Accelerator
 from fpgacnn.sw.taps import first_difference
+from numpy.testing import assert_array_equal
+
+from fpgacnn.cli import main
 
 
 def edge_images(shape, seed, n_random):

@@ -47,11 +47,11 @@ def figures(config, net, counters):
 
 
 def format_figures(f):
-    lines = [f"fpgacnn bench: {f['network']} on {f['board']} ({f['images']} random images, "
-             f"bit-exact vs golden)",
+    lines = [(f"fpgacnn bench: {f['network']} on {f['board']} ({f['images']} random images, "
+              f"bit-exact vs golden)"),
              f"{'':<26} {'cycles':>10} {'ideal beats':>12} {'MAC bound':>10}"]
     for layer in f["layers"]:
-        lines.append(f"  layer {layer['stage']} -> {str(tuple(layer['out_shape'])):<14} "
+        lines.append(f"  layer {layer['stage']} -> {tuple(layer['out_shape'])!s:<14} "
                      f"{layer['cycles']:>10,.0f} {layer['ideal_beats']:>12,} "
                      f"{layer['mac_bound']:>10,.0f}")
     lines.append(f"{'cycles / image':<26} {f['cycles_per_image']:>10,.0f} "
