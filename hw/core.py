@@ -59,7 +59,7 @@ class Core(wiring.Component):
         the last layer's output map at address 0: output ``k`` of the last run);
         ``COUNTERS`` addr 0 → cycles of the last run (start accepted → idle), addr
         ``1 + i`` → cycles of layer ``i`` (datapath start → last output written);
-        ``COUNTERS`` addresses beyond ``1 + max_layers`` read 0. Values are those of the last *finished* run only when
+        addresses beyond a memory wrap. Values are those of the last *finished* run only when
         read while idle (the activation memory's first read port serves the datapath
         while ``busy``, the host reads otherwise).
 
@@ -347,9 +347,10 @@ class ResultReads(wiring.Component):
     """Host reads of the outputs and counters: ``rd`` → ``rd_data``.
 
     Latency 1 cycle, one read per cycle; ``rd`` is ready whenever ``rd_data`` is empty or
-    being taken. ``LOGITS`` addr ``k`` reads activation byte ``k`` (sign-extended;
-    addresses wrap like the memory), ``COUNTERS`` addr ``i`` results word ``i``;
-    addresses beyond ``1 + max_layers`` read 0.
+    being taken. ``LOGITS`` addr ``k`` reads activation byte ``k`` (sign-extended),
+    ``COUNTERS`` addr ``i`` results word ``i``; addresses wrap like the memories (the
+    link never reads beyond ``1 + max_layers`` counters: its checker refuses it, so no
+    logic is spent on zeroing them).
 
     Parameters
     ----------
@@ -375,20 +376,16 @@ class ResultReads(wiring.Component):
         })
 
     def elaborate(self, platform):
-        cfg = self._config
         m = Module()
         rd = self.rd.p
-        is_output = rd.space == program.ReadSpace.LOGITS
-        rd_ok = Signal()
-        m.d.comb += rd_ok.eq(rd.addr < 1 + cfg.max_layers)
-        output_r, rd_ok_r = Signal(), Signal()
+        output_r = Signal()
         with m.If(~self.rd_data.valid | self.rd_data.ready):
             m.d.comb += [self.rd.ready.eq(1), self.results.en.eq(1), self.act.en.eq(1)]
-            m.d.sync += [self.rd_data.valid.eq(self.rd.valid), rd_ok_r.eq(rd_ok),
-                         output_r.eq(is_output)]
+            m.d.sync += [self.rd_data.valid.eq(self.rd.valid),
+                         output_r.eq(rd.space == program.ReadSpace.LOGITS)]
         m.d.comb += [self.results.addr.eq(rd.addr), self.act.addr.eq(rd.addr)]
         with m.If(output_r):
             m.d.comb += self.rd_data.p.data.eq(self.act.data.as_signed())
         with m.Else():
-            m.d.comb += self.rd_data.p.data.eq(Mux(rd_ok_r, self.results.data, 0))
+            m.d.comb += self.rd_data.p.data.eq(self.results.data)
         return m

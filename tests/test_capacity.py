@@ -34,16 +34,11 @@ def golden_maps(net, params, images):
 
 
 @pytest.fixture(scope="module")
-def ice_board():
+def icebreaker():
     with SimBoard("icebreaker", progress=None) as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def icebreaker(ice_board):
-    acc = Accelerator.open(ice_board.url, timeout=60)
-    yield acc
-    acc.close()
+        acc = Accelerator.open(b.url, timeout=60)
+        yield acc
+        acc.close()
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +91,12 @@ def test_first_difference_names_stage_image_and_position():
     assert diff["board"] == maps[1][2, 15, 4, 3] and diff["golden"] == diff["board"] ^ 0x40
 
 
-def test_cli_infer_taps(ice_board, tmp_path, capsys):
+def test_cli_infer_taps(tmp_path, capsys):
     digits = tmp_path / "digits.npy"
     np.save(digits, mnist.heldout()[0][:2])
-    assert main(["infer", "--port", ice_board.url, "--taps", "--", str(digits)]) == 0
+    with SimBoard("icebreaker", progress=None) as board:    # its own connection
+        assert main(["infer", "--port", board.url, "--timeout", "30", "--taps", "--",
+                     str(digits)]) == 0
     out = capsys.readouterr().out
     for i, shape in enumerate(s.out_shape for s in nets.lenet5().stages()):
         assert f"stage {i} output {shape}: matches the golden model" in out

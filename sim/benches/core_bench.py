@@ -12,7 +12,7 @@ bases and the golden logits. This bench
 3. resets the core and runs a few images again one at a time (memories keep the model):
    same logits as in the pipelined run;
 4. checks the logits against the golden ones; outputs are activation bytes, so a read
-   at an image slot returns that image's first byte; reads past the counters give 0s.
+   at an image slot returns that image's first byte.
 
 Everything measured goes to ``params["out"]`` (JSON) for the pytest side to report.
 """
@@ -174,7 +174,6 @@ async def network_matches_golden(dut):
     first = bytes.fromhex(images[p.get("again", [0])[-1]])[0]
     assert await tb.read(ReadSpace.LOGITS, slots[1]) == (first - 256 if first > 127 else
                                                        first) & 0xFFFFFFFF
-    assert await tb.read(ReadSpace.COUNTERS, 1 + job["max_layers"]) == 0
 
     with open(p["out"], "w") as f:
         json.dump({"logits": got, "counters": counters, "again": again}, f)
