@@ -7,7 +7,7 @@ from numpy.testing import assert_array_equal
 from fpgacnn.hw import program as prog
 from fpgacnn.hw.config import get_config
 from fpgacnn.sw import network as nets
-from fpgacnn.sw.compiler import CompileError, compile_network
+from fpgacnn.sw.compiler import CompileError, compile_network, tap_program
 from fpgacnn.sw.network import FC, Conv, MaxPool, Network, ReLU
 
 ICEBREAKER = get_config("icebreaker")
@@ -187,3 +187,25 @@ def test_bias_beyond_the_requantiser_width_is_rejected():
     with pytest.raises(CompileError, match=rf"layer 2 .*bias of magnitude {limit} does not "
                                            rf"fit the {ICEBREAKER.bias_width}-bit bias"):
         compile_network(net, params, ICEBREAKER)
+
+
+def test_tap_program_cuts_after_a_stage():
+    p = lenet()
+    for t in range(len(p.stages)):
+        cut = tap_program(p, t)
+        d = cut.descriptors
+        assert len(d) == t + 1 and cut.stages == p.stages[:t + 1]
+        assert [x["to_logits"] for x in d] == [0] * t + [1]
+        assert d[-1]["out_base"] == cut.plan.output_base == 0
+        assert cut.output_count == int(np.prod(p.stages[t].out_shape))
+        # Same weights and qparams: only the layer program is rewritten on the board.
+        assert [(x["w_base"], x["q_base"]) for x in d] == \
+            [(x["w_base"], x["q_base"]) for x in p.descriptors[:t + 1]]
+        assert cut.plan.used_bytes <= p.plan.used_bytes
+        for a, b in zip(d[1:], d):                      # each stage reads the one before
+            assert a["in_base"] == b["out_base"]
+    assert tap_program(p, 4).descriptors == p.descriptors
+    for bad in (5, -1, 1.0):
+        with pytest.raises(ValueError, match=rf"tap {bad!r} is not a stage of lenet5: "
+                                             r"choose 0 to 4"):
+            tap_program(p, bad)
