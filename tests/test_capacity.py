@@ -33,20 +33,20 @@ def golden_maps(net, params, images):
     return [np.stack([maps[i] for maps in per_image]) for i in range(len(per_image[0]))]
 
 
+def connected(config, timeout):
+    """An Accelerator on a fresh simulated board of ``config`` (a fixture generator)."""
+    with SimBoard(config, progress=None) as b, Accelerator.open(b.url, timeout=timeout) as acc:
+        yield acc
+
+
 @pytest.fixture(scope="module")
 def icebreaker():
-    with SimBoard("icebreaker", progress=None) as b:
-        acc = Accelerator.open(b.url, timeout=60)
-        yield acc
-        acc.close()
+    yield from connected("icebreaker", 60)
 
 
 @pytest.fixture(scope="module")
 def ulx3s():
-    with SimBoard("ulx3s-85f", progress=None) as b:
-        acc = Accelerator.open(b.url, timeout=120)
-        yield acc
-        acc.close()
+    yield from connected("ulx3s-85f", 120)
 
 
 @pytest.mark.parametrize("seed", [3])

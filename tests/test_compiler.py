@@ -100,7 +100,8 @@ def test_image_writes():
     small = Network("s", (3, 5, 5), [Conv(2, 3), ReLU(), FC(4)])
     ps = compile_network(small, nets.random_params(small, 0), ICEBREAKER)
     writes = ps.image_writes(np.full((3, 5, 5), -1, np.int8), 1)
-    assert len(writes) == 10 and writes[0][0] == ps.image_base(1) // 8 and writes[-1][1] == 0xFFFFFFFFFFFFFFFF >> 40
+    assert len(writes) == 10 and writes[0][0] == ps.image_base(1) // 8
+    assert writes[-1][1] == 0xFFFFFFFFFFFFFFFF >> 40
     with pytest.raises(ValueError, match="image slot must be 0 or 1"):
         ps.image_base(2)
 
