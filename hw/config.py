@@ -53,8 +53,6 @@ class AcceleratorConfig:
         Per-output-channel requantisation entries (bias, M, S), all layers together.
     max_layers : int
         Layer descriptors the program memory holds.
-    max_logits : int
-        Outputs of the last layer the results buffer holds.
     clock_hz, baud : int
         Core clock and UART baud rate (default :data:`DEFAULT_BAUD`).
     ice40 : bool
@@ -96,7 +94,6 @@ class AcceleratorConfig:
     act_bytes: int
     qparam_entries: int
     max_layers: int
-    max_logits: int
     clock_hz: int
     baud: int = DEFAULT_BAUD
     ice40: bool = False
@@ -169,6 +166,17 @@ class AcceleratorConfig:
         return self.acc_width
 
     @property
+    def max_logits(self):
+        """Outputs of the last layer one RESULT returns: the whole activation memory.
+
+        The last layer writes its output map to the activation memory like any other
+        (the compiler places it at address 0) and RESULT reads it from there, so the
+        only bound besides the memory is the response's 16-bit payload length, which
+        also carries the ``1 + max_layers`` 32-bit counters.
+        """
+        return min(self.act_bytes, (1 << 16) - 1 - 4 * (1 + self.max_layers))
+
+    @property
     def act_addr_width(self):
         return (self.act_bytes - 1).bit_length()
 
@@ -196,15 +204,17 @@ CONFIGS = {
     "icebreaker": AcceleratorConfig(
         name="icebreaker", rows=8, cols=1, max_reduction=1024,
         weight_words=16384, act_bytes=4096, qparam_entries=256, max_layers=8,
-        max_logits=16, clock_hz=24_000_000, ice40=True,
+        clock_hz=24_000_000, ice40=True,
         dataflow=Dataflow.BROADCAST, requant_interval=2, rx_fifo_bytes=2048,
         watchdog_log2=24),
     # ECP5-85F: 156 18×18 multipliers and 3.7 Mbit of EBR; a 16×4 array (16×8 fits on
-    # paper but nextpnr does not finish routing it; README, "Build").
+    # paper but nextpnr does not finish routing it; README, "Build"). 32 KB of activations
+    # (one copy per array column: 128 KB of EBR) hold a 3×32×32 input's two slots and the
+    # 64×16×16 output of 64 3×3 filters with pool 2/2, or 32×32×10 after 10 5×5 filters.
     "ulx3s-85f": AcceleratorConfig(
         name="ulx3s-85f", rows=16, cols=4, max_reduction=4096,
-        weight_words=8192, act_bytes=12288, qparam_entries=1024, max_layers=16,
-        max_logits=64, clock_hz=50_000_000, ice40=False,
+        weight_words=8192, act_bytes=32768, qparam_entries=1024, max_layers=16,
+        clock_hz=50_000_000, ice40=False,
         pool_width=64, pool_blocks=4, rx_fifo_bytes=8192),
 }
 

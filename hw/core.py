@@ -27,8 +27,8 @@ def _program_halfwords(cfg):
 
 
 def _result_words(cfg):
-    """Results memory: logits at ``[0, max_logits)``, total cycles, one counter per layer."""
-    return cfg.max_logits + 1 + cfg.max_layers
+    """Results memory: total cycles, one counter per layer (outputs stay in activations)."""
+    return 1 + cfg.max_layers
 
 
 class Core(wiring.Component):
@@ -52,7 +52,7 @@ class Core(wiring.Component):
         layer with ``in_from_image`` reads its input from ``image_base`` (a byte
         address).
     ``busy`` : Out(1)
-        High from the accepted start until the last logit and counter are stored, or
+        High from the accepted start until the last output and counter are stored, or
         until the run is stopped.
     ``abort`` : In(1), ``fault`` : Out(1)
         A pulse on ``abort`` stops a run: the sequencer and the datapath are reset (2
@@ -62,11 +62,13 @@ class Core(wiring.Component):
         accepted start or ``abort``.
     ``rd``, ``rd_data`` : In(stream of ``ReadCommand``), Out(stream of ``ReadData``)
         One 32-bit answer per request, in order, latency 1 (with back-pressure):
-        ``LOGITS`` addr ``k`` → output ``k`` of the last run, sign-extended;
+        ``LOGITS`` addr ``k`` → activation byte ``k``, sign-extended (the compiler puts
+        the last layer's output map at address 0: output ``k`` of the last run);
         ``COUNTERS`` addr 0 → cycles of the last run (start accepted → idle), addr
-        ``1 + i`` → cycles of layer ``i`` (datapath start → last output written).
-        Addresses beyond ``max_logits`` / ``1 + max_layers`` read 0. Values are those of
-        the last *finished* run only when read while idle.
+        ``1 + i`` → cycles of layer ``i`` (datapath start → last output written);
+        addresses beyond a memory wrap. Values are those of the last *finished* run only when
+        read while idle (the activation memory's first read port serves the datapath
+        while ``busy``, the host reads otherwise).
 
     Timing: a layer takes its array beats (``out_h·k_blocks·ceil(out_w/cols)·D``) plus
     the datapath's pipeline fill and drain, plus the descriptor fetch
@@ -118,8 +120,12 @@ class Core(wiring.Component):
         m.submodules.sequencer = ResetInserter({"sync": stop})(seq)
         m.submodules.reads = reads = ResultReads(cfg)
 
-        for i in range(cfg.cols):
+        for i in range(1, cfg.cols):
             wiring.connect(m, dp.act_rd[i], act.rd[i])
+        # Port 0 serves the datapath during a run and the host's output reads otherwise.
+        m.d.comb += [act.rd[0].addr.eq(Mux(seq.busy, dp.act_rd[0].addr, reads.act.addr)),
+                     act.rd[0].en.eq(Mux(seq.busy, dp.act_rd[0].en, reads.act.en)),
+                     dp.act_rd[0].data.eq(act.rd[0].data), reads.act.data.eq(act.rd[0].data)]
         wiring.connect(m, dp.w_rd, wmem.rd)
         wiring.connect(m, dp.q_rd, qmem.rd[0])
 
@@ -132,7 +138,6 @@ class Core(wiring.Component):
 
         wiring.connect(m, wiring.flipped(self.start), seq.start)
         wiring.connect(m, seq.program, pmem.rd[0])
-        wiring.connect(m, dp.logit_wr, seq.logits_in)
         wiring.connect(m, seq.results, rmem.wr)
         m.d.sync += stop.eq(self.abort | seq.overrun)
         with m.If(seq.overrun):
@@ -261,8 +266,7 @@ class Sequencer(wiring.Component):
     cycle, ``ceil(LayerDescriptor bits / 16) + 1`` cycles), the datapath runs it
     (``launch`` pulses, ``layer_done`` ends it), and its cycle count is stored in the
     results memory (1 cycle). The run ends after the descriptor with ``to_logits`` (or
-    the ``max_layers``-th) with the total cycle count stored (1 cycle); the datapath's
-    logit writes go to the results memory meanwhile (``logits_in``).
+    the ``max_layers``-th) with the total cycle count stored (1 cycle).
 
     Latency: ``busy`` rises the cycle after ``start`` is taken; one run at a time
     (``start.ready`` only while idle and no ``program_pending``). ``overrun`` rises when a
@@ -286,10 +290,8 @@ class Sequencer(wiring.Component):
         To the datapath: the current layer, the image slot, its start strobe.
     layer_done : In(1), layer_cycles : In(32)
         From the datapath: end strobe and cycle count of the layer.
-    logits_in : In(write port)
-        The datapath's logit writes.
     results : Out(write port)
-        To the results memory: logits, then the counters.
+        To the results memory: the counters.
     """
 
     def __init__(self, config):
@@ -305,7 +307,6 @@ class Sequencer(wiring.Component):
             "launch": Out(1),
             "layer_done": In(1),
             "layer_cycles": In(32),
-            "logits_in": In(write_port_signature(config.max_logits, unsigned(8))),
             "results": Out(write_port_signature(_result_words(config), unsigned(32))),
         })
 
@@ -328,9 +329,6 @@ class Sequencer(wiring.Component):
             m.d.sync += total.eq(total + 1)
 
         res = self.results
-        with m.If(self.logits_in.en):
-            m.d.comb += [res.addr.eq(self.logits_in.addr),
-                         res.data.eq(self.logits_in.data.as_signed()), res.en.eq(1)]
 
         m.d.comb += self.program.addr.eq(pc + fetch)
         with m.Switch(state):
@@ -355,24 +353,26 @@ class Sequencer(wiring.Component):
                 with m.If(~launch & self.layer_done):
                     m.d.sync += state.eq(_State.STORE)
             with m.Case(_State.STORE):
-                m.d.comb += [res.addr.eq(cfg.max_logits + 1 + layer),
+                m.d.comb += [res.addr.eq(1 + layer),
                              res.data.eq(self.layer_cycles), res.en.eq(1)]
                 with m.If(self.desc.to_logits | (layer == cfg.max_layers - 1)):
                     m.d.sync += state.eq(_State.FINISH)
                 with m.Else():
                     m.d.sync += [layer.eq(layer + 1), pc.eq(pc + step), state.eq(_State.FETCH)]
             with m.Case(_State.FINISH):
-                m.d.comb += [res.addr.eq(cfg.max_logits), res.data.eq(total), res.en.eq(1)]
+                m.d.comb += [res.addr.eq(0), res.data.eq(total), res.en.eq(1)]
                 m.d.sync += state.eq(_State.IDLE)
         return m
 
 
 class ResultReads(wiring.Component):
-    """Host reads of the results memory: ``rd`` → ``rd_data``.
+    """Host reads of the outputs and counters: ``rd`` → ``rd_data``.
 
     Latency 1 cycle, one read per cycle; ``rd`` is ready whenever ``rd_data`` is empty or
-    being taken. ``LOGITS`` addr ``k`` reads word ``k``, ``COUNTERS`` addr ``i`` word
-    ``max_logits + i``; addresses beyond ``max_logits`` / ``1 + max_layers`` read 0.
+    being taken. ``LOGITS`` addr ``k`` reads activation byte ``k`` (sign-extended),
+    ``COUNTERS`` addr ``i`` results word ``i``; addresses wrap like the memories (the
+    link never reads beyond ``1 + max_layers`` counters: its checker refuses it, so no
+    logic is spent on zeroing them).
 
     Parameters
     ----------
@@ -384,6 +384,8 @@ class ResultReads(wiring.Component):
     rd_data : Out(stream.Signature(ReadData))
     results : Out(read port)
         The results memory.
+    act : Out(read port)
+        The activation memory (only used while the core is idle).
     """
 
     def __init__(self, config):
@@ -392,23 +394,20 @@ class ResultReads(wiring.Component):
             "rd": In(stream.Signature(ReadCommand)),
             "rd_data": Out(stream.Signature(ReadData)),
             "results": Out(read_port_signature(_result_words(config), unsigned(32))),
+            "act": Out(read_port_signature(config.act_bytes, unsigned(8))),
         })
 
     def elaborate(self, platform):
-        cfg = self._config
         m = Module()
         rd = self.rd.p
-        rd_index = Signal(range(_result_words(cfg) + 256))
-        rd_ok = Signal()
-        with m.If(rd.space == program.ReadSpace.LOGITS):
-            m.d.comb += [rd_index.eq(rd.addr), rd_ok.eq(rd.addr < cfg.max_logits)]
-        with m.Else():
-            m.d.comb += [rd_index.eq(cfg.max_logits + rd.addr),
-                         rd_ok.eq(rd.addr < 1 + cfg.max_layers)]
-        rd_ok_r = Signal()
+        output_r = Signal()
         with m.If(~self.rd_data.valid | self.rd_data.ready):
-            m.d.comb += [self.rd.ready.eq(1), self.results.en.eq(1)]
-            m.d.sync += [self.rd_data.valid.eq(self.rd.valid), rd_ok_r.eq(rd_ok)]
-        m.d.comb += [self.results.addr.eq(rd_index),
-                     self.rd_data.p.data.eq(Mux(rd_ok_r, self.results.data, 0))]
+            m.d.comb += [self.rd.ready.eq(1), self.results.en.eq(1), self.act.en.eq(1)]
+            m.d.sync += [self.rd_data.valid.eq(self.rd.valid),
+                         output_r.eq(rd.space == program.ReadSpace.LOGITS)]
+        m.d.comb += [self.results.addr.eq(rd.addr), self.act.addr.eq(rd.addr)]
+        with m.If(output_r):
+            m.d.comb += self.rd_data.p.data.eq(self.act.data.as_signed())
+        with m.Else():
+            m.d.comb += self.rd_data.p.data.eq(self.results.data)
         return m

@@ -35,8 +35,8 @@ class Datapath(wiring.Component):
        descriptor);
     4. optional :class:`~fpgacnn.hw.maxpool.MaxPool`;
     5. writer: the stream ``for y: for kb: for x: for r`` becomes byte writes at
-       ``out_base + (k*H + y)*W + x`` (CHW), channels ``k >= out_channels`` dropped; the
-       ``to_logits`` layer writes the logits buffer at ``(k*H + y)*W + x`` instead.
+       ``out_base + (k*H + y)*W + x`` (CHW), channels ``k >= out_channels`` dropped (the
+       ``to_logits`` layer too: the host reads the network's output from there).
 
     Throughput: one operand beat per cycle (``out_h·k_blocks·x_tiles·D`` cycles per
     layer) as long as ``D >= array.min_tile``, plus the pipeline's fill and drain once per
@@ -81,7 +81,6 @@ class Datapath(wiring.Component):
             "w_rd": Out(read_port_signature(config.weight_words, unsigned(rows * 8))),
             "q_rd": Out(read_port_signature(config.qparam_entries, program.QParam)),
             "act_wr": Out(write_port_signature(config.act_bytes, unsigned(8))),
-            "logit_wr": Out(write_port_signature(config.max_logits, unsigned(8))),
         })
 
     def elaborate(self, platform):
@@ -194,8 +193,8 @@ class Datapath(wiring.Component):
         return out_valid, out_value, out_ready
 
     def _writer(self, m, out_valid, out_value, out_ready, running):
-        """Stage 5: the stream ``for y: for kb: for x: for r`` as CHW byte writes (or
-        logits writes). Returns ``written``: the layer's last output is written."""
+        """Stage 5: the stream ``for y: for kb: for x: for r`` as CHW byte writes.
+        Returns ``written``: the layer's last output is written."""
         desc, R = self.desc, self._config.rows
         log_r = (R - 1).bit_length()
         out_h = Mux(desc.pool_en, desc.pool_h, desc.out_h)
@@ -218,13 +217,11 @@ class Datapath(wiring.Component):
         m.d.comb += addr.eq(kb_row + rx)
         take = out_valid & out_ready
         written = Signal()
-        m.d.sync += [self.act_wr.en.eq(0), self.logit_wr.en.eq(0), self.done.eq(0)]
+        m.d.sync += [self.act_wr.en.eq(0), self.done.eq(0)]
         with m.If(take):
             in_range = k < desc.out_channels
             m.d.sync += [self.act_wr.addr.eq(addr), self.act_wr.data.eq(out_value),
-                         self.act_wr.en.eq(in_range & ~desc.to_logits),
-                         self.logit_wr.addr.eq(addr), self.logit_wr.data.eq(out_value),
-                         self.logit_wr.en.eq(in_range & desc.to_logits)]
+                         self.act_wr.en.eq(in_range)]
             m.d.sync += [wr_.eq(wr_ + 1), rx.eq(rx + plane)]
             with m.If(wr_ == R - 1):
                 m.d.sync += [wr_.eq(0), rx.eq(wx + 1), wx.eq(wx + 1)]
@@ -238,8 +235,8 @@ class Datapath(wiring.Component):
                             m.d.sync += written.eq(1)
         with m.If(self.start):
             m.d.sync += [wy.eq(0), wx.eq(0), wkb.eq(0), wr_.eq(0), rx.eq(0),
-                         row_addr.eq(Mux(desc.to_logits, 0, desc.out_base)),
-                         kb_row.eq(Mux(desc.to_logits, 0, desc.out_base)), written.eq(0)]
+                         row_addr.eq(desc.out_base), kb_row.eq(desc.out_base),
+                         written.eq(0)]
         return written
 
     def _plane_size(self, m, out_h, out_w):

@@ -37,7 +37,7 @@ class Space(enum.Enum, shape=2):
 
 class ReadSpace(enum.Enum, shape=2):
     """What a host read returns (32-bit values)."""
-    LOGITS = 0    # addr k: last run's output k, sign-extended
+    LOGITS = 0    # addr k: activation byte k, sign-extended (the last run's output k)
     COUNTERS = 1  # addr 0: cycles of the last run; addr 1+i: cycles of layer i
 
 
@@ -46,7 +46,7 @@ class LayerDescriptor(data.Struct):
     relu: 1
     pool_en: 1
     in_from_image: 1      # read the input from the image base given with START
-    to_logits: 1          # last layer: write results to the logits buffer, then stop
+    to_logits: 1          # last layer: stop after it (its output map is the result)
     cin: unsigned(12)
     in_h: unsigned(8)
     in_w: unsigned(8)
@@ -156,7 +156,7 @@ class StartCommand(data.Struct):
 class ReadCommand(data.Struct):
     """Read one 32-bit result value (see :class:`ReadSpace`)."""
     space: ReadSpace
-    addr: unsigned(8)
+    addr: unsigned(16)
 
 
 class ReadData(data.Struct):

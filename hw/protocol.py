@@ -48,10 +48,12 @@ Commands (``payload`` → response payload on :attr:`Status.OK`):
               progress, ``NOT_LOADED`` before any layer program was written).
 ``RUN``       also ``BAD_ARGUMENT`` if ``image_base`` is outside the activation memory.
 ``RESULT``    :class:`ResultArgs` → waits for the run to finish, then ``n_logits``
-              int8 logits followed by ``n_counters`` uint32 cycle counters (total, then
-              one per layer); ``NO_RESULT`` if nothing was run (or since ABORT);
-              ``WATCHDOG`` if the run took ``2 ** Identity.watchdog_log2`` cycles and was
-              stopped (a layer program that never ends).
+              int8 outputs (activation bytes ``0 … n_logits-1``: the compiler places
+              the last layer's output map there, CHW) followed by ``n_counters`` uint32
+              cycle counters (total, then one per layer); ``NO_RESULT`` if nothing was
+              run (or since ABORT); ``WATCHDOG`` if the run took
+              ``2 ** Identity.watchdog_log2`` cycles and was stopped (a layer program
+              that never ends).
 ``ABORT``     ``-`` → ``-``: stops a run (the core's sequencer and datapath go back to
               idle, the loaded weights, qparams and program stay) and forgets it
               (``NO_RESULT``). Answered once the core is idle.
@@ -83,10 +85,12 @@ __all__ = [
     "DATAFLOW_CODES", "ReadSpace", "Space", "REQUEST_HEADER_BYTES", "RESPONSE_HEADER_BYTES",
 ]
 
-#: Version 4: no frame time-out, ABORT, the WATCHDOG status, RUN range check, response
-#: padding, the receive queue and watchdog in the identity. (3: the identity carries every
-#: field of the board's AcceleratorConfig.)
-PROTOCOL_VERSION = 4
+#: Version 5: RESULT returns the last layer's whole output map from the activation memory
+#: (16-bit ``n_logits``); the identity no longer has a logits-buffer size. (4: no frame
+#: time-out, ABORT, the WATCHDOG status, RUN range check, response padding, the receive
+#: queue and watchdog in the identity; 3: the identity carries every field of the board's
+#: AcceleratorConfig.)
+PROTOCOL_VERSION = 5
 REQUEST_SYNC = 0xA5
 RESPONSE_SYNC = 0x5A
 #: Bytes of one WRITE chunk (a 64-bit ``Core.wr`` beat).
@@ -160,9 +164,9 @@ class RunArgs(data.Struct):
 
 
 class ResultArgs(data.Struct):
-    n_logits: 8          # int8 logits to return (<= Identity.max_logits)
+    n_logits: 16         # int8 outputs to return (<= AcceleratorConfig.max_logits)
     n_counters: 8        # uint32 counters to return: total, then per layer (<= 1 + max_layers)
-    _reserved: 16
+    _reserved: 8
 
 
 class Identity(data.Struct):
@@ -181,7 +185,6 @@ class Identity(data.Struct):
     max_reduction: 16
     qparam_entries: 16
     max_layers: 8
-    max_logits: 8
     max_chunks: 8
     rx_fifo_log2: 8      # the host's pipelining window is 1 << rx_fifo_log2 bytes
     clock_hz: 32
@@ -328,7 +331,7 @@ def space_chunks(config, space):
 
 #: :class:`Identity` fields that are :class:`~.config.AcceleratorConfig` fields unchanged.
 _CONFIG_FIELDS = ("rows", "cols", "weight_words", "act_bytes", "max_reduction",
-                  "qparam_entries", "max_layers", "max_logits", "clock_hz", "baud",
+                  "qparam_entries", "max_layers", "clock_hz", "baud",
                   "pool_width", "pool_blocks", "requant_interval", "watchdog_log2")
 
 

@@ -7,9 +7,10 @@ The result (:class:`CompiledProgram`) holds everything the board needs, in the f
 * the weight words: word ``w_base + kb*D + d`` holds ``W[kb*R + r, d]`` at byte ``r``
   (zero for rows ``>= K``), ``R = config.rows``;
 * one :class:`~fpgacnn.hw.program.QParam` (bias, M, S) per output channel;
-* a memory plan of the activation memory: two image slots (the input is double-buffered,
-  the host may load one slot while the board computes from the other) and two ping-pong
-  buffers for the stage outputs, every map in CHW layout.
+* a memory plan of the activation memory: two ping-pong buffers for the stage outputs
+  (the last stage's output, the network's result, at address 0, where RESULT reads it)
+  and two image slots (the input is double-buffered, the host may load one slot while
+  the board computes from the other), every map in CHW layout.
 
 Everything that does not fit the board is rejected here, before a byte is sent, by a
 :class:`CompileError` that names the layer and the sizes.
@@ -19,7 +20,7 @@ The link streams :meth:`CompiledProgram.model_writes` (64-bit chunks per
 followed by a START with :meth:`CompiledProgram.image_base`.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from ..hw.config import AcceleratorConfig
 from ..hw.protocol import CHUNK_BYTES
 
 __all__ = ["CompileError", "MemoryPlan", "CompiledProgram", "compile_network",
+           "plan_activations", "tap_program",
            "POOL_KERNELS", "POOL_STRIDES", "CHUNK_BYTES", "ideal_cycles"]
 
 #: Max-pool windows the gateware supports: kernel × kernel at stride, with
@@ -59,6 +61,11 @@ def _describe(stage):
 class MemoryPlan:
     """Byte addresses in the activation memory (all maps CHW, 8-byte aligned).
 
+    Layout: ping-pong buffer A at address 0, buffer B, then the two image slots. The
+    stages alternate so that the last one writes buffer A: the network's output map
+    starts at address 0, where RESULT reads it (``ReadSpace.LOGITS``), and stays there
+    until the next RUN (the image slots are elsewhere, so the next image may arrive).
+
     Attributes
     ----------
     image_slots : tuple of int
@@ -66,10 +73,11 @@ class MemoryPlan:
     image_bytes : int
         Size of one input image.
     buffers : tuple of int
-        Bases of the two ping-pong buffers; stage ``i`` (not the last) writes
-        ``buffers[i % 2]``.
+        Bases of ping-pong buffers A and B; stage ``i`` of ``n`` writes
+        ``buffers[(n - 1 - i) % 2]`` and reads the other one (the first stage reads
+        its image slot).
     buffer_bytes : tuple of int
-        Space reserved for each buffer.
+        Space reserved for each buffer (the largest map written there).
     used_bytes : int
         End of the last region.
     """
@@ -78,6 +86,11 @@ class MemoryPlan:
     buffers: tuple
     buffer_bytes: tuple
     used_bytes: int
+
+    @property
+    def output_base(self):
+        """Byte address of the last stage's output map (always 0, see above)."""
+        return self.buffers[0]
 
 
 def ideal_cycles(stage, config):
@@ -112,7 +125,7 @@ class CompiledProgram:
 
     @property
     def output_count(self):
-        """Values the last stage writes to the logits buffer (``K·H·W``)."""
+        """Values of the last stage's output map (``K·H·W``), at activation address 0."""
         return int(np.prod(self.stages[-1].out_shape))
 
     def encoded_descriptors(self):
@@ -176,23 +189,31 @@ class CompiledProgram:
         return [ideal_cycles(s, self.config) for s in self.stages]
 
 
-def _plan(network, stages, config):
+def _buffer(stage, stages):
+    """Ping-pong buffer (0 = A, 1 = B) that ``stage`` writes: the last stage writes A."""
+    return (len(stages) - 1 - stage.index) % 2
+
+
+def plan_activations(network, stages, config=None):
+    """The :class:`MemoryPlan` of ``network``; with ``config``, raise :class:`CompileError`
+    if it exceeds ``config.act_bytes`` (the message lists every region's size)."""
     image_bytes = int(np.prod(network.input_shape))
     slot = _align(image_bytes)
     sizes = [0, 0]
-    for s in stages[:-1]:
-        sizes[s.index % 2] = max(sizes[s.index % 2], _align(int(np.prod(s.out_shape))))
-    slots = (0, slot)
-    buffers = (2 * slot, 2 * slot + sizes[0])
-    used = 2 * slot + sizes[0] + sizes[1]
-    if used > config.act_bytes:
+    for s in stages:
+        sizes[_buffer(s, stages)] = max(sizes[_buffer(s, stages)],
+                                        _align(int(np.prod(s.out_shape))))
+    buffers = (0, sizes[0])
+    slots = (sizes[0] + sizes[1], sizes[0] + sizes[1] + slot)
+    used = slots[1] + slot
+    if config is not None and used > config.act_bytes:
         who = ", ".join(f"{_describe(s)} output {int(np.prod(s.out_shape))} B"
-                        for s in stages[:-1])
+                        for s in stages)
         raise CompileError(
             f"{network.name} does not fit the {config.act_bytes}-byte activation memory of "
-            f"{config.name}: two image slots of {image_bytes} B + ping-pong buffers of "
-            f"{sizes[0]} B and {sizes[1]} B = {used} B ({who or 'no intermediate maps'}); "
-            f"use a config with a larger act_bytes or a smaller network")
+            f"{config.name} ({used - config.act_bytes} B missing): ping-pong buffers of "
+            f"{sizes[0]} B and {sizes[1]} B + two image slots of {image_bytes} B = "
+            f"{used} B ({who}); use a config with a larger act_bytes or a smaller network")
     return MemoryPlan(slots, image_bytes, buffers, tuple(sizes), used)
 
 
@@ -245,8 +266,9 @@ def _check_capacity(stage, config, w_base, q_base):
     return n_words
 
 
-def _descriptor(stage, plan, rows, *, final, w_base, q_base):
-    """The LayerDescriptor fields of ``stage`` (each checked against its field width)."""
+def _descriptor(stage, plan, rows, *, final, out_buffer, w_base, q_base):
+    """The LayerDescriptor fields of ``stage`` (each checked against its field width);
+    it writes ping-pong buffer ``out_buffer`` of ``plan``."""
     first = stage.index == 0
     c, in_h, in_w = stage.in_shape
     k, out_h, out_w = stage.conv_shape
@@ -260,8 +282,8 @@ def _descriptor(stage, plan, rows, *, final, w_base, q_base):
         pool_kernel=stage.pool[0] if stage.pool else 0,
         pool_stride=stage.pool[1] if stage.pool else 0,
         pool_h=pool_h, pool_w=pool_w,
-        in_base=plan.image_slots[0] if first else plan.buffers[(stage.index - 1) % 2],
-        out_base=0 if final else plan.buffers[stage.index % 2],
+        in_base=plan.image_slots[0] if first else plan.buffers[1 - out_buffer],
+        out_base=plan.buffers[out_buffer],
         w_base=w_base, q_base=q_base)
     for name, value in desc.items():
         _check_field(stage, name, value)
@@ -305,7 +327,7 @@ def compile_network(network, params, config):
     Raises
     ------
     CompileError
-        If anything exceeds the board: weight, activation, qparam, program or logits
+        If anything exceeds the board: weight, activation, qparam or program
         capacity, a reduction above ``max_reduction``, a descriptor field overflow, or an
         unsupported pooling window. The message names the layer and the sizes.
     ValueError
@@ -321,11 +343,7 @@ def compile_network(network, params, config):
         raise CompileError(f"{network.name} has {len(stages)} layers but the program memory "
                            f"of {config.name} holds {config.max_layers} descriptors")
     last = stages[-1]
-    if int(np.prod(last.out_shape)) > config.max_logits:
-        raise CompileError(f"{_describe(last)} produces {int(np.prod(last.out_shape))} "
-                           f"outputs {last.out_shape} but the logits buffer of {config.name} "
-                           f"holds {config.max_logits}")
-    plan = _plan(network, stages, config)
+    plan = plan_activations(network, stages, config)
     rows = config.rows
     descriptors, words, qparams = [], [], []
     w_base = 0
@@ -333,12 +351,44 @@ def compile_network(network, params, config):
         _check_stage(stage, config)
         n_words = _check_capacity(stage, config, w_base, len(qparams))
         descriptors.append(_descriptor(stage, plan, rows, final=stage is last,
+                                       out_buffer=_buffer(stage, stages),
                                        w_base=w_base, q_base=len(qparams)))
         words.append(_weight_words(stage, p, rows))
         _check_bias(stage, p, config)
         for ch in range(stage.out_channels):
             qparams.append(dict(bias=int(p.bias[ch]), m=int(p.m[ch]), s=int(p.s[ch]), _pad=0))
         w_base += n_words
+    base_bits = prog.field_widths(prog.StartCommand)["image_base"]
+    if plan.image_slots[1] >> base_bits:
+        raise CompileError(f"{network.name}: image slot 1 at byte {plan.image_slots[1]} does "
+                           f"not fit the {base_bits}-bit image base of the START command "
+                           f"(the activation memory is addressed up to {1 << base_bits} B)")
     weight_words = np.ascontiguousarray(np.concatenate(words)) if words else \
         np.zeros((0, rows), np.int8)
     return CompiledProgram(network, config, stages, descriptors, weight_words, qparams, plan)
+
+
+def tap_program(program, index):
+    """``program`` cut after stage ``index``: its output map is then the result.
+
+    The weights and qparams stay where ``program`` put them (stages are laid out in
+    order), so only the layer program (:attr:`~fpgacnn.hw.program.Space.PROGRAM`) needs
+    rewriting on a board that has ``program`` loaded; the activation plan is redone so
+    that stage ``index`` writes address 0 (it never needs more memory than the whole).
+
+    Raises
+    ------
+    ValueError
+        If ``index`` is not a stage of ``program``.
+    """
+    n = len(program.stages)
+    if not isinstance(index, (int, np.integer)) or not 0 <= index < n:
+        raise ValueError(f"tap {index!r} is not a stage of {program.network.name}: "
+                         f"choose 0 to {n - 1}")
+    stages = program.stages[:index + 1]
+    plan = plan_activations(program.network, stages, program.config)
+    descriptors = [_descriptor(s, plan, program.config.rows, final=s is stages[-1],
+                               out_buffer=_buffer(s, stages), w_base=d["w_base"],
+                               q_base=d["q_base"])
+                   for s, d in zip(stages, program.descriptors)]
+    return replace(program, stages=stages, descriptors=descriptors, plan=plan)

@@ -672,8 +672,13 @@ class Accelerator:
             "n_logits": self.program.output_count,
             "n_counters": 1 + len(self.program.stages) if counters else 0})
 
-    def infer(self, images, *, progress=True, all_counters=False):
+    def infer(self, images, *, progress=True, all_counters=False, taps=None):
         """Classify ``images``; returns ``(classes (N,), logits int8 (N, K))``.
+
+        ``K`` is the size of the last stage's whole output map (``C·H·W``, CHW order).
+        With ``taps`` (stage indices), returns ``(classes, logits, maps)`` where
+        ``maps[i]`` is stage ``i``'s int8 output, shape ``(N, C, H, W)``: see
+        :meth:`infer_taps`.
 
         Pipelined over the link and the two image slots (the order is in
         :mod:`~fpgacnn.hw.protocol`): image ``b+1`` is sent while image ``b`` computes,
@@ -692,6 +697,8 @@ class Accelerator:
         from tqdm import tqdm
         if self.program is None:
             raise DriverError("no model loaded; call load(network, params) first")
+        if taps is not None:
+            return self.infer_taps(images, taps, progress=progress, all_counters=all_counters)
         x = prepare_images(images, self.program.network.input_shape, self.input_quant)
         n = len(x)
         k = self.program.output_count
@@ -726,3 +733,45 @@ class Accelerator:
             len(counters), 1 + len(self.program.stages))
         logits = np.array(logits, dtype=np.int8).reshape(n, k)
         return logits.argmax(axis=1), logits
+
+    def infer_taps(self, images, taps, *, progress=True, all_counters=False):
+        """:meth:`infer` that also returns the output map of every stage in ``taps``.
+
+        For each tapped stage but the last, the loaded program is cut after it
+        (:func:`~fpgacnn.sw.compiler.tap_program`: only the layer program is rewritten,
+        a few chunks) and the images run through it, so the map is read from the
+        activation memory exactly as the board computed it; then the whole program is
+        restored and run (its counters are left in :attr:`counters`).
+
+        Returns
+        -------
+        classes, logits, maps
+            As :meth:`infer`, and ``{stage: int8 array (N, C, H, W)}``.
+
+        Raises
+        ------
+        ValueError
+            A tap that is not a stage index of the loaded network.
+        """
+        if self.program is None:
+            raise DriverError("no model loaded; call load(network, params) first")
+        full, last = self.program, len(self.program.stages) - 1
+        cuts = {int(t): compiler.tap_program(full, t) for t in taps}    # checks each tap
+        maps = {}
+        try:
+            for t, cut in sorted(cuts.items()):
+                if t == last:
+                    continue                # the whole program's output, below
+                self._write_runs(Space.PROGRAM, cut.model_writes()[Space.PROGRAM])
+                self.program = cut
+                _, out = self.infer(images, progress=progress)
+                maps[t] = out.reshape(len(out), *full.stages[t].out_shape)
+        finally:
+            if self.program is not full:
+                self.program = None         # until the whole program is back
+                self._write_runs(Space.PROGRAM, full.model_writes()[Space.PROGRAM])
+                self.program = full
+        classes, logits = self.infer(images, progress=progress, all_counters=all_counters)
+        if last in cuts:
+            maps[last] = logits.reshape(len(logits), *full.stages[last].out_shape)
+        return classes, logits, maps

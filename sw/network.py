@@ -200,6 +200,31 @@ def seeds_cifar_example():
     ])
 
 
+def seeds_layer():
+    """The seeds' canonical layer alone: 32×32×3 → ten 5×5 filters, stride 1, pad 2.
+
+    Its output is the whole 32×32×10 map (10,240 values, 760 parameters), no ReLU.
+    """
+    return Network("seeds-layer", (3, 32, 32), [Conv(10, 5, stride=1, pad=2)])
+
+
+def cifar_small():
+    """A CIFAR-10-class CNN: 3×32×32 → three [conv 3×3 pad 1, ReLU, pool 2/2] blocks of
+    16, 32 and 64 filters → FC 32 → ReLU → FC 10 (56,714 parameters)."""
+    return Network("cifar-small", (3, 32, 32), [
+        Conv(16, 3, pad=1), ReLU(), MaxPool(2, 2),
+        Conv(32, 3, pad=1), ReLU(), MaxPool(2, 2),
+        Conv(64, 3, pad=1), ReLU(), MaxPool(2, 2),
+        FC(32), ReLU(),
+        FC(10),
+    ])
+
+
+def wide64():
+    """A wide layer: 3×32×32 → 64 filters 3×3 pad 1 → ReLU → pool 2/2 (64×16×16 out)."""
+    return Network("wide64", (3, 32, 32), [Conv(64, 3, pad=1), ReLU(), MaxPool(2, 2)])
+
+
 @dataclass
 class QuantParams:
     """Integer parameters of one stage: int8 weights, int32 bias, per-channel M and S.

@@ -7,7 +7,7 @@ from numpy.testing import assert_array_equal
 from fpgacnn.hw import program as prog
 from fpgacnn.hw.config import get_config
 from fpgacnn.sw import network as nets
-from fpgacnn.sw.compiler import CompileError, compile_network
+from fpgacnn.sw.compiler import CompileError, compile_network, tap_program
 from fpgacnn.sw.network import FC, Conv, MaxPool, Network, ReLU
 
 ICEBREAKER = get_config("icebreaker")
@@ -21,14 +21,15 @@ def lenet(seed=0, config=ICEBREAKER):
 
 def test_lenet5_plan_and_descriptors():
     p = lenet()
-    # Slots of 784 B, then C1's pooled 6x14x14 and C3's pooled 16x5x5 maps ping-pong.
-    assert p.plan.image_slots == (0, 784)
-    assert p.plan.buffers == (1568, 1568 + 1176)
+    # C1's pooled 6x14x14 and C3's pooled 16x5x5 maps ping-pong, the last stage writes
+    # buffer A at 0 (RESULT reads its 10 logits there), then the slots of 784 B.
+    assert p.plan.buffers == (0, 1176) and p.plan.output_base == 0
     assert p.plan.buffer_bytes == (1176, 400)
+    assert p.plan.image_slots == (1576, 1576 + 784)
     assert p.plan.used_bytes == 3144
     d = p.descriptors
-    assert [x["in_base"] for x in d] == [0, 1568, 2744, 1568, 2744]
-    assert [x["out_base"] for x in d[:-1]] == [1568, 2744, 1568, 2744]
+    assert [x["in_base"] for x in d] == [1576, 0, 1176, 0, 1176]
+    assert [x["out_base"] for x in d] == [0, 1176, 0, 1176, 0]
     assert [x["in_from_image"] for x in d] == [1, 0, 0, 0, 0]
     assert [x["to_logits"] for x in d] == [0, 0, 0, 0, 1]
     assert [x["relu"] for x in d] == [1, 1, 1, 1, 0]
@@ -88,7 +89,7 @@ def test_model_writes_round_trip(config):
 def test_image_writes():
     net = nets.seeds_cifar_example()
     p = compile_network(net, nets.random_params(net, 0), ULX3S)
-    assert p.plan.image_slots == (0, 3072) and p.plan.used_bytes == 9488
+    assert p.plan.image_slots == (3344, 6416) and p.plan.used_bytes == 9488
     img = np.random.default_rng(0).integers(-128, 128, (3, 32, 32), dtype=np.int8)
     for slot in (0, 1):
         writes = p.image_writes(img, slot)
@@ -99,7 +100,8 @@ def test_image_writes():
     small = Network("s", (3, 5, 5), [Conv(2, 3), ReLU(), FC(4)])
     ps = compile_network(small, nets.random_params(small, 0), ICEBREAKER)
     writes = ps.image_writes(np.full((3, 5, 5), -1, np.int8), 1)
-    assert len(writes) == 10 and writes[0][0] == 10 and writes[-1][1] == 0xFFFFFFFFFFFFFFFF >> 40
+    assert len(writes) == 10 and writes[0][0] == ps.image_base(1) // 8
+    assert writes[-1][1] == 0xFFFFFFFFFFFFFFFF >> 40
     with pytest.raises(ValueError, match="image slot must be 0 or 1"):
         ps.image_base(2)
 
@@ -123,15 +125,12 @@ def _net(layers, shape=(1, 8, 8)):
      r"layer 3 \(fc 120->84\): needs 1320 weight words \(11 k-blocks × D = 120\), 7645 in "
      r"total, but the weight memory of icebreaker holds 7000 words of 8 weights"),
     (nets.seeds_cifar_example(), ICEBREAKER,
-     r"4096-byte activation memory of icebreaker: two image slots of 3072 B \+ ping-pong "
-     r"buffers of 2560 B and 784 B = 9488 B"),
+     r"4096-byte activation memory of icebreaker \(5392 B missing\): ping-pong buffers of "
+     r"2560 B and 784 B \+ two image slots of 3072 B = 9488 B"),
     (nets.lenet5(), ICEBREAKER.with_(qparam_entries=200),
      r"layer 3 \(fc 120->84\): needs 84 qparam entries, 226 in total, but icebreaker holds 200"),
     (nets.lenet5(), ICEBREAKER.with_(max_layers=4),
      r"lenet5 has 5 layers but the program memory of icebreaker holds 4 descriptors"),
-    (nets.lenet5(), ICEBREAKER.with_(max_logits=8),
-     r"layer 4 \(fc 84->10\) produces 10 outputs \(10, 1, 1\) but the logits buffer of "
-     r"icebreaker holds 8"),
     (nets.lenet5(), ICEBREAKER.with_(max_reduction=256),
      r"layer 2 \(fc 400->120\): reduction C\*F\*F = 400 exceeds max_reduction 256"),
     (_net([Conv(2, 1), FC(3)], (1, 256, 2)), ICEBREAKER,
@@ -149,7 +148,7 @@ def _net(layers, shape=(1, 8, 8)):
      r"of icebreaker \(32 columns × 2 k-blocks of 8 channels\)"),
     (_net([Conv(17, 3), MaxPool(2, 2), FC(3)], (1, 10, 10)), ICEBREAKER,
      r"max-pool over 8 columns × 3 k-blocks exceeds the line buffer"),
-], ids=["weights", "act", "qparams", "program", "logits", "reduction", "in_h", "stride",
+], ids=["weights", "act", "qparams", "program", "reduction", "in_h", "stride",
         "pool_kernel", "pool_stride", "pool_3_1", "pool_width", "pool_blocks"])
 def test_rejections_name_layer_and_sizes(net, config, message):
     with pytest.raises(CompileError, match=message):
@@ -167,11 +166,16 @@ def test_params_must_match_network():
 
 
 def test_address_field_overflow_is_rejected():
-    # A 64 KiB activation memory lets a plan run past the 16-bit in/out_base fields.
-    net = _net([Conv(1, 1), ReLU(), FC(2)], (1, 200, 200))
-    with pytest.raises(CompileError, match=r"layer 0 \(conv 1@1x1\): out_base = 80000 does "
+    # A 1 MiB activation memory lets a plan run past the 16-bit address fields.
+    big = ICEBREAKER.with_(act_bytes=1 << 20)
+    net = _net([Conv(1, 1), ReLU(), Conv(1, 1), FC(2)], (1, 200, 200))
+    with pytest.raises(CompileError, match=r"layer 0 \(conv 1@1x1\): in_base = 80000 does "
                                            r"not fit the 16-bit descriptor field"):
-        compile_network(net, nets.random_params(net, 0), ICEBREAKER.with_(act_bytes=1 << 20))
+        compile_network(net, nets.random_params(net, 0), big.with_(max_layers=8))
+    net = _net([Conv(1, 1), ReLU(), Conv(1, 1, stride=5)], (1, 201, 201))
+    with pytest.raises(CompileError, match=r"image slot 1 at byte 82504 does not fit the "
+                                           r"16-bit image base"):
+        compile_network(net, nets.random_params(net, 0), big)
 
 
 def test_bias_beyond_the_requantiser_width_is_rejected():
@@ -184,3 +188,25 @@ def test_bias_beyond_the_requantiser_width_is_rejected():
     with pytest.raises(CompileError, match=rf"layer 2 .*bias of magnitude {limit} does not "
                                            rf"fit the {ICEBREAKER.bias_width}-bit bias"):
         compile_network(net, params, ICEBREAKER)
+
+
+def test_tap_program_cuts_after_a_stage():
+    p = lenet()
+    for t in range(len(p.stages)):
+        cut = tap_program(p, t)
+        d = cut.descriptors
+        assert len(d) == t + 1 and cut.stages == p.stages[:t + 1]
+        assert [x["to_logits"] for x in d] == [0] * t + [1]
+        assert d[-1]["out_base"] == cut.plan.output_base == 0
+        assert cut.output_count == int(np.prod(p.stages[t].out_shape))
+        # Same weights and qparams: only the layer program is rewritten on the board.
+        assert [(x["w_base"], x["q_base"]) for x in d] == \
+            [(x["w_base"], x["q_base"]) for x in p.descriptors[:t + 1]]
+        assert cut.plan.used_bytes <= p.plan.used_bytes
+        for a, b in zip(d[1:], d):                      # each stage reads the one before
+            assert a["in_base"] == b["out_base"]
+    assert tap_program(p, 4).descriptors == p.descriptors
+    for bad in (5, -1, 1.0):
+        with pytest.raises(ValueError, match=rf"tap {bad!r} is not a stage of lenet5: "
+                                             r"choose 0 to 4"):
+            tap_program(p, bad)

@@ -70,7 +70,6 @@ def run_job(build, request, program, params, images, *, again=(0,), seed=0, over
         "images": [(x.tobytes() + bytes(pad)).hex() for x in images],
         "slots": list(program.plan.image_slots), "expected": expected,
         "n_out": program.output_count, "n_layers": len(program.stages),
-        "max_logits": program.config.max_logits, "max_layers": program.config.max_layers,
     }))
     build.run("fpgacnn.sim.benches.core_bench", name=request.node.name,
               params={"job": str(job), "out": str(out), "again": list(again), "seed": seed,

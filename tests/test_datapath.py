@@ -35,7 +35,6 @@ class Harness(Elaboratable):
                                init=w_init)
         self.q = memory.Memory(shape=unsigned(prog.QParam.as_shape().size),
                                depth=config.qparam_entries, init=q_init)
-        self.logits = memory.Memory(shape=unsigned(8), depth=config.max_logits, init=[])
 
     def elaborate(self, platform):
         m = Module()
@@ -50,10 +49,6 @@ class Harness(Elaboratable):
             m.submodules[name] = mem
             rp = mem.read_port()
             m.d.comb += [rp.addr.eq(port.addr), rp.en.eq(port.en), port.data.eq(rp.data)]
-        m.submodules.logits = self.logits
-        wp = self.logits.write_port()
-        m.d.comb += [wp.addr.eq(dp.logit_wr.addr), wp.data.eq(dp.logit_wr.data),
-                     wp.en.eq(dp.logit_wr.en)]
         return m
 
 
@@ -64,7 +59,7 @@ def run_layer(request, net, params, x, *, config=SMALL, slot=1, layers=1, **kwar
     base = p.image_base(slot)
     act = np.zeros(config.act_bytes, np.uint8)
     act[base:base + x.size] = x.reshape(-1).view(np.uint8)
-    act[p.plan.buffers[0]:p.plan.used_bytes] = 0x5A     # stale data must be overwritten
+    act[:p.plan.image_slots[0]] = 0x5A     # stale data in the buffers must be overwritten
     words = [int.from_bytes(w.tobytes(), "little") for w in p.weight_words]
     qps = [prog.encode_struct(prog.QParam, q) for q in p.qparams]
     h = Harness(config, act.tolist(), words, qps, **kwargs)
@@ -82,12 +77,9 @@ def run_layer(request, net, params, x, *, config=SMALL, slot=1, layers=1, **kwar
             ctx.set(dp.start, 0)
             await ctx.tick().until(dp.done)
             out["cycles"].append(ctx.get(dp.cycles))
-            if desc["to_logits"]:
-                raw = [ctx.get(h.logits.data[i]) for i in range(n)]
-            else:
-                raw = [ctx.get(h.act[0].data[desc["out_base"] + i]) for i in range(n)]
-                for mem in h.act[1:]:   # every column's copy got the same writes
-                    assert [ctx.get(mem.data[desc["out_base"] + i]) for i in range(n)] == raw
+            raw = [ctx.get(h.act[0].data[desc["out_base"] + i]) for i in range(n)]
+            for mem in h.act[1:]:   # every column's copy got the same writes
+                assert [ctx.get(mem.data[desc["out_base"] + i]) for i in range(n)] == raw
             out["y"].append(np.array(raw, np.uint8).view(np.int8).reshape(shape))
 
     expected = nets.run_network(net, params, x, intermediates=True)[:layers]

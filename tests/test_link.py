@@ -214,7 +214,8 @@ def test_run_result_and_state_errors(request):
     got = []
     program = proto.write_payload(Space.PROGRAM, 0, [0x1234])
     run = proto.encode_struct(proto.RunArgs, {"image_base": 0x0320})
-    result = proto.encode_struct(proto.ResultArgs, {"n_logits": cfg.max_logits,
+    n_out = 300     # more than 8 bits of count; the activation memory holds up to 4 KB
+    result = proto.encode_struct(proto.ResultArgs, {"n_logits": n_out,
                                                     "n_counters": 1 + cfg.max_layers})
 
     async def script(bench, ctx):
@@ -235,7 +236,7 @@ def test_run_result_and_state_errors(request):
                                    S.OK, S.OK]
     assert [b[0] for b in bench.beats] == [Space.PROGRAM, Space.IMAGE]
     data = got[-1][1]
-    logits = [fake_word(ReadSpace.LOGITS, k, 0x320) & 0xFF for k in range(cfg.max_logits)]
+    logits = [fake_word(ReadSpace.LOGITS, k, 0x320) & 0xFF for k in range(n_out)]
     counters = [fake_word(ReadSpace.COUNTERS, i, 0x320) for i in range(1 + cfg.max_layers)]
     assert data == bytes(logits) + b"".join(c.to_bytes(4, "little") for c in counters)
 

@@ -73,3 +73,15 @@ def test_describe_prints_the_lenet5_table(capsys):
     assert main(["describe", "lenet5"]) == 0
     out = capsys.readouterr().out
     assert "61,706" in out and "416,520" in out and "conv 6@5x5 s1 p2 relu pool2/2" in out
+
+
+def test_readme_limits_table_is_generated(capsys):
+    from pathlib import Path
+
+    from fpgacnn.sw.budget import limits_table
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    begin = "<!-- limits: begin (fpgacnn describe --limits) -->\n"
+    quoted = readme.split(begin, 1)[1].split("\n<!-- limits: end -->", 1)[0]
+    assert quoted == limits_table()
+    assert main(["describe", "--limits"]) == 0
+    assert capsys.readouterr().out == limits_table() + "\n"

@@ -138,7 +138,7 @@ def test_faults_keep_the_loaded_model(acc, digits):
     acc.resync()
     with pytest.raises(BoardError, match="BAD_ARGUMENT"):
         acc.transact(proto.Opcode.RESULT, proto.encode_struct(
-            proto.ResultArgs, {"n_logits": 200, "n_counters": 0}))
+            proto.ResultArgs, {"n_logits": acc.info.config.max_logits + 1, "n_counters": 0}))
     x, _, golden = digits
     _, logits = acc.infer(x[:4], progress=False)
     np.testing.assert_array_equal(logits, golden[:4])

@@ -17,7 +17,6 @@ Everything in the table is measured, not assumed:
   netlist under Verilator (:mod:`fpgacnn.sim.netlist`), bit-exact or not.
 """
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..hw.boards import BOARDS
+from .bench_network import NETWORK_HELP, write_json
 
 #: The FT2232H's highest UART rate (12 Mbaud), the physical ceiling of the iCEBreaker link.
 FT2232H_MAX_BAUD = 12_000_000
@@ -35,6 +35,7 @@ def configure(parser):
                         help="board configuration to measure (default: icebreaker)")
     parser.add_argument("--images", type=int, default=20,
                         help="held-out digits streamed through the simulated board (default 20)")
+    parser.add_argument("--network", default="lenet5", help=NETWORK_HELP)
     parser.add_argument("--json", type=Path, metavar="PATH",
                         help="also write every figure as JSON under stable keys")
     parser.add_argument("--usb-latency-ms", type=float, default=0, metavar="MS",
@@ -129,6 +130,9 @@ def run(args):
               file=sys.stderr)
         return 2
     config = BOARDS[args.board].config
+    if args.network != "lenet5":        # random parameters and images (bench_network)
+        from . import bench_network
+        return bench_network.run(args, config)
     net, params, _ = modelfile.load_default()
     x_u8 = mnist.heldout()[0][:args.images]
     x = mnist.image_to_int8(x_u8).reshape((len(x_u8),) + tuple(net.input_shape))
@@ -145,17 +149,13 @@ def run(args):
     if not np.all(cycles == cycles[0]):
         print(f"note: cycles vary between images ({cycles.min()}..{cycles.max()})",
               file=sys.stderr)
-    build = None if args.no_build else build_figures(args.board, config,
-                                                     rebuild=args.rebuild)
+    build = None if args.no_build else build_figures(args.board, config, rebuild=args.rebuild)
     figures = collect_figures(args.board, config, net, counters, rate, build, golden_ips)
     n = args.post_synthesis
     figures["post_synthesis"] = post_synthesis_figures(
         args.board, net, params, x_u8[:n], expected[:n], counters[:n])
     print(format_table(figures, net))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_json(args.json, figures)
     return 0
 
 

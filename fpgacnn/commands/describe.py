@@ -1,16 +1,29 @@
-"""``fpgacnn describe``: the layer table of a network description."""
+"""``fpgacnn describe``: the layer table of a network description, its memory budget on a
+board (``--board``), or the limits of every board (``--limits``)."""
 
 from ..sw import network as nets
 
-NETWORKS = {"lenet5": nets.lenet5, "seeds32x3": nets.seeds_cifar_example}
+NETWORKS = {"lenet5": nets.lenet5, "seeds32x3": nets.seeds_cifar_example,
+            "seeds-layer": nets.seeds_layer, "cifar-small": nets.cifar_small,
+            "wide64": nets.wide64}
 
 
 def configure(parser):
+    from ..hw.config import CONFIGS
     parser.add_argument("network", nargs="?", default="lenet5", choices=sorted(NETWORKS),
                         help="network description (default: lenet5)")
+    parser.add_argument("--board", choices=sorted(CONFIGS), default=None,
+                        help="also print the memory budget on this board's configuration: "
+                             "each memory's size, what the plan puts there, the headroom")
+    parser.add_argument("--limits", action="store_true",
+                        help="print the limits table of every board (as in README) instead")
 
 
 def run(args):
+    if args.limits:
+        from ..sw.budget import limits_table
+        print(limits_table())
+        return 0
     net = NETWORKS[args.network]()
     print(f"{net.name}: input {net.input_shape} (C, H, W)")
     print(f"{'#':>2} {'layer':<28} {'output':<14} {'params':>8} {'MACs':>9}")
@@ -26,4 +39,17 @@ def run(args):
         print(f"{s.index:>2} {what:<28} {s.out_shape!s:<14} {s.parameters:>8,} "
               f"{s.macs:>9,}")
     print(f"   {'total':<28} {'':<14} {net.parameters:>8,} {net.macs:>9,}")
+    if args.board is None:
+        return 0
+    from ..hw.config import get_config
+    from ..sw import compiler
+    from ..sw.budget import format_budget
+    config = get_config(args.board)
+    print()
+    print("\n".join(format_budget(net, config)))
+    try:        # the limits the budget does not show (reduction, pooling, fields)
+        compiler.compile_network(net, nets.random_params(net, 0), config)
+    except compiler.CompileError as e:
+        print(f"compiler: {e}")
+        return 1
     return 0

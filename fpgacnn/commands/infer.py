@@ -8,6 +8,10 @@ from pathlib import Path
 import numpy as np
 
 
+#: Outputs printed per image (a network may end in a whole map; --json has all of them).
+_SHOWN = 16
+
+
 def configure(parser):
     from ..hw.config import DEFAULT_BAUD
     parser.add_argument("--port", default=None,
@@ -26,6 +30,10 @@ def configure(parser):
                         help="seconds to wait for any one answer of the board (default 5)")
     parser.add_argument("--baud", type=int, default=DEFAULT_BAUD,
                         help=f"serial baud rate of the board's build (default {DEFAULT_BAUD})")
+    parser.add_argument("--taps", nargs="*", type=int, default=None, metavar="STAGE",
+                        help="also read the output map of these stages (default with no "
+                             "number: every stage) and print where the board and the golden "
+                             "model first differ")
     parser.add_argument("images", nargs="+", type=Path,
                         help="grey (or, for a 3-channel model, RGB) PNGs, .npy arrays "
                              "(uint8 pixels (N,H,W)/(N,C,H,W), or int8) or MNIST IDX image "
@@ -121,11 +129,16 @@ def _classify(args, net, params, quant, batch, what):
         where = "simulated board" if args.port is None else "board"
         print(f"{where}: {info.describe()}; model: {what}")
         acc.load(net, params, input_quant=quant)
-        classes, logits = acc.infer(batch)
+        maps = None
+        if args.taps is None:
+            classes, logits = acc.infer(batch)
+        else:
+            taps = args.taps or range(len(net.stages()))
+            classes, logits, maps = acc.infer(batch, taps=taps)
         if acc.retries:
             print(f"note: {acc.retries} request(s) repeated after a damaged frame or a lost "
                   f"answer (the results are complete and checked)")
-        return classes, logits, acc.counters[:, 0]
+        return classes, logits, acc.counters[:, 0], maps
 
 
 def run(args):
@@ -142,15 +155,19 @@ def run(args):
         quant = mnist.InputQuant.from_dict(meta.get("input"))
         raw, names = read_batch(args.images, net.input_shape[0])
         batch = prepare_images(raw, net.input_shape, quant)     # checked before sending
-        classes, logits, cycles = _classify(args, net, params, quant, batch, what)
+        classes, logits, cycles, maps = _classify(args, net, params, quant, batch, what)
     except (DriverError, SimBoardError, ValueError, TypeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     width = max(len(n) for n in names)
     print(f"{'image':<{width}}  class  logits")
     for name, c, row in zip(names, classes, logits):
-        print(f"{name:<{width}}  {c:>5}  {' '.join(f'{v:4d}' for v in row)}")
+        more = f" ... ({len(row)} values, all in --json)" if len(row) > _SHOWN else ""
+        print(f"{name:<{width}}  {c:>5}  {' '.join(f'{v:4d}' for v in row[:_SHOWN])}{more}")
     print(f"{len(names)} image(s), {int(np.mean(cycles)):,} core cycles per image")
+    if maps is not None:
+        from ..sw.taps import describe_taps
+        print("\n".join(describe_taps(net, params, batch, maps, names)))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({

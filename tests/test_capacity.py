@@ -1,0 +1,128 @@
+"""Outputs of any size and per-stage taps, through the public API on the simulated board.
+
+The final layer's output is read back from the activation memory, so a network may end
+in any map that fits it; ``Accelerator.infer(images, taps=[...])`` returns the int8 map of
+each requested stage. Everything is compared bit-exact with the golden model
+(``network.run_network`` and its per-stage intermediates). The iCEBreaker board is the one
+build ``tests/test_simboard.py`` uses (cached); the ULX3S-85F build is compiled once here.
+"""
+
+import numpy as np
+import pytest
+from fpgacnn.sim.simboard import SimBoard
+from fpgacnn.sw import mnist
+from fpgacnn.sw import network as nets
+from fpgacnn.sw.driver import Accelerator
+from fpgacnn.sw.taps import first_difference
+from numpy.testing import assert_array_equal
+
+from fpgacnn.cli import main
+
+
+def edge_images(shape, seed, n_random):
+    """``n_random`` seeded random int8 images, then all -128, all 127 and all 0."""
+    rng = np.random.default_rng(seed)
+    x = [rng.integers(-128, 128, shape, dtype=np.int8) for _ in range(n_random)]
+    x += [np.full(shape, v, np.int8) for v in (-128, 127, 0)]
+    return np.stack(x)
+
+
+def golden_maps(net, params, images):
+    """Per stage, the golden int8 output maps of ``images``: a list of (N, C, H, W)."""
+    per_image = [nets.run_network(net, params, x, intermediates=True) for x in images]
+    return [np.stack([maps[i] for maps in per_image]) for i in range(len(per_image[0]))]
+
+
+def connected(config, timeout):
+    """An Accelerator on a fresh simulated board of ``config`` (a fixture generator)."""
+    with SimBoard(config, progress=None) as b, Accelerator.open(b.url, timeout=timeout) as acc:
+        yield acc
+
+
+@pytest.fixture(scope="module")
+def icebreaker():
+    yield from connected("icebreaker", 60)
+
+
+@pytest.fixture(scope="module")
+def ulx3s():
+    yield from connected("ulx3s-85f", 120)
+
+
+@pytest.mark.parametrize("seed", [3])
+def test_lenet5_every_stage_tapped(icebreaker, seed):
+    net = nets.lenet5()
+    params = nets.random_params(net, seed)
+    icebreaker.load(net, params, progress=False)
+    x = edge_images(net.input_shape, seed, 2)
+    want = golden_maps(net, params, x)
+    classes, logits, maps = icebreaker.infer(x, progress=False, taps=range(len(want)))
+    assert sorted(maps) == list(range(len(want)))
+    for i, w in enumerate(want):
+        assert maps[i].dtype == np.int8
+        assert_array_equal(maps[i], w, err_msg=f"stage {i}")
+    assert_array_equal(logits, want[-1].reshape(len(x), -1))
+    assert_array_equal(classes, want[-1].reshape(len(x), -1).argmax(axis=1))
+    # The taps leave the whole program loaded: a plain run gives the same logits.
+    again = icebreaker.infer(x[:1], progress=False)[1]
+    assert_array_equal(again, logits[:1])
+
+
+def test_tap_out_of_range_is_refused(icebreaker):
+    net = nets.lenet5()
+    icebreaker.load(net, nets.random_params(net, 0), progress=False)
+    x = edge_images(net.input_shape, 0, 1)[:1]
+    with pytest.raises(ValueError, match=r"tap 5 is not a stage of lenet5: choose 0 to 4"):
+        icebreaker.infer(x, progress=False, taps=[1, 5])
+
+
+def test_first_difference_names_stage_image_and_position():
+    net = nets.lenet5()
+    params = nets.random_params(net, 4)
+    x = edge_images(net.input_shape, 4, 2)
+    maps = dict(enumerate(golden_maps(net, params, x)))
+    assert first_difference(net, params, x, maps) is None
+    maps[3] = maps[3].copy()
+    maps[3][1, 7, 0, 0] ^= 1                        # stage 3, image 1, channel 7
+    maps[1] = maps[1].copy()
+    maps[1][2, 15, 4, 3] ^= 0x40                    # an earlier stage wins
+    diff = first_difference(net, params, x, maps)
+    assert (diff["stage"], diff["image"], diff["index"], diff["count"]) == (1, 2, (15, 4, 3), 1)
+    assert diff["board"] == maps[1][2, 15, 4, 3] and diff["golden"] == diff["board"] ^ 0x40
+
+
+def test_cli_infer_taps(tmp_path, capsys):
+    digits = tmp_path / "digits.npy"
+    np.save(digits, mnist.heldout()[0][:2])
+    with SimBoard("icebreaker", progress=None) as board:    # its own connection
+        assert main(["infer", "--port", board.url, "--timeout", "30", "--taps", "--",
+                     str(digits)]) == 0
+    out = capsys.readouterr().out
+    for i, shape in enumerate(s.out_shape for s in nets.lenet5().stages()):
+        assert f"stage {i} output {shape}: matches the golden model" in out
+    assert "board and golden model agree on every tapped stage of 2 image(s)" in out
+
+
+def test_large_output_on_icebreaker(icebreaker):
+    # 2 × 3x16x16 images + a 16x16x16 map (no logits-sized limit): 5,632 of 4,096 B
+    # would not fit, 8x16x16 = 2,048 B does.
+    net = nets.Network("big-out", (3, 16, 16), [nets.Conv(8, 3, pad=1), nets.ReLU()])
+    params = nets.random_params(net, 5)
+    icebreaker.load(net, params, progress=False)
+    x = edge_images(net.input_shape, 5, 1)
+    _, out = icebreaker.infer(x, progress=False)
+    assert out.shape == (len(x), 8 * 16 * 16)
+    assert_array_equal(out, golden_maps(net, params, x)[0].reshape(len(x), -1))
+
+
+@pytest.mark.parametrize("make, seed", [(nets.seeds_layer, 11), (nets.cifar_small, 12),
+                                        (nets.wide64, 13)])
+def test_networks_on_ulx3s(ulx3s, make, seed):
+    net = make()
+    params = nets.random_params(net, seed)
+    ulx3s.load(net, params, progress=False)
+    x = edge_images(net.input_shape, seed, 2)[:3]
+    want = golden_maps(net, params, x)
+    _, out, maps = ulx3s.infer(x, progress=False, taps=[0])
+    assert_array_equal(maps[0], want[0])
+    assert_array_equal(out, want[-1].reshape(len(x), -1))
