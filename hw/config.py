@@ -67,6 +67,18 @@ class AcceleratorConfig:
         :class:`~fpgacnn.hw.program.QParam` ``.m``; more than 1 trades requantiser area
         for speed, free while ``reduction >= rows * cols * requant_interval`` for every
         layer.
+    compact_drain : bool
+        Drain only the PEs a tile uses (its layer's channels in the last k-block, its
+        pixels in the last x-tile) instead of all ``rows * cols``: layers with few output
+        channels (LeNet-5's C1: 6) stop being bound by the array's one result per cycle.
+        Off by default (a few registers and comparators).
+    fc_columns : bool
+        Layers with ``out_w == 1`` (fully connected ones) and more than one k-block put a
+        different k-block on each array column (all columns see the same activation), so
+        they run ``cols`` times fewer beats. The weight memory is then ``weight_words / cols`` words of
+        ``rows * cols`` weights (the host still writes ``weight_words`` words of ``rows``);
+        ``cols`` must be a power of two dividing ``weight_words``, and the dataflow
+        broadcast. Off by default.
     pool_width, pool_blocks : int
         Max-pool line buffer: widest pooled layer (convolution output width) and most
         k-blocks it holds (``pool_width * pool_blocks * rows`` bytes of block RAM).
@@ -93,6 +105,8 @@ class AcceleratorConfig:
     pool_blocks: int = 2
     dataflow: Dataflow = Dataflow.SYSTOLIC
     requant_interval: int = 1
+    compact_drain: bool = False
+    fc_columns: bool = False
 
     def __post_init__(self):
         name = self.name
@@ -105,8 +119,10 @@ class AcceleratorConfig:
             if f.type is int and (type(value) is not int or value <= 0):
                 raise ValueError(f"config {name}: {f.name} must be a positive integer, "
                                  f"not {value!r}")
-        if type(self.ice40) is not bool:
-            raise ValueError(f"config {name}: ice40 must be True or False, not {self.ice40!r}")
+        for flag in ("ice40", "compact_drain", "fc_columns"):
+            if type(getattr(self, flag)) is not bool:
+                raise ValueError(f"config {name}: {flag} must be True or False, not "
+                                 f"{getattr(self, flag)!r}")
         if self.rows % 8:
             raise ValueError(f"config {name}: rows = {self.rows} must be a multiple of 8 "
                              f"(weight words are written in 64-bit chunks)")
@@ -123,6 +139,13 @@ class AcceleratorConfig:
             raise ValueError(f"config {name}: dataflow must be one of "
                              f"{', '.join(repr(d.value) for d in Dataflow)}, not "
                              f"{self.dataflow!r}") from None
+        if self.fc_columns and (self.cols & (self.cols - 1) or self.weight_words % self.cols):
+            raise ValueError(f"config {name}: fc_columns needs cols = {self.cols} to be a power "
+                             f"of two dividing weight_words = {self.weight_words} (a memory "
+                             f"word holds one k-block per column)")
+        if self.fc_columns and self.dataflow != Dataflow.BROADCAST:
+            raise ValueError(f"config {name}: fc_columns needs dataflow='broadcast' (each PE "
+                             f"gets its own weight), not {self.dataflow.value!r}")
         m_bits = data.Layout.cast(QParam)["m"].shape.width     # of the multiplier M
         if self.requant_interval & (self.requant_interval - 1) or \
                 m_bits % self.requant_interval:
@@ -153,6 +176,11 @@ class AcceleratorConfig:
         return (self.weight_words - 1).bit_length()
 
     @property
+    def weight_lanes(self):
+        """Words of ``rows`` weights per weight-memory word (``cols`` with fc_columns)."""
+        return self.cols if self.fc_columns else 1
+
+    @property
     def multipliers(self):
         return self.rows * self.cols
 
@@ -175,12 +203,17 @@ CONFIGS = {
         max_logits=16, clock_hz=24_000_000, ice40=True,
         dataflow=Dataflow.BROADCAST, requant_interval=2),
     # ECP5-85F: 156 18×18 multipliers and 3.7 Mbit of EBR; a 16×4 array (16×8 fits on
-    # paper but nextpnr does not finish routing it; README, "Build").
+    # paper but nextpnr does not finish routing it; README, "Build"). Layers with few
+    # output channels (LeNet-5's C1: 6 of 16 rows) are bound by the array's one result
+    # per cycle, so tiles drain only the PEs they use; fully connected layers put a
+    # k-block on each column (weight words of 64 weights, cheap in EBR), which needs the
+    # broadcast dataflow (harmless at 16×4).
     "ulx3s-85f": AcceleratorConfig(
         name="ulx3s-85f", rows=16, cols=4, max_reduction=4096,
         weight_words=8192, act_bytes=12288, qparam_entries=1024, max_layers=16,
         max_logits=64, clock_hz=50_000_000, ice40=False,
-        pool_width=64, pool_blocks=4),
+        pool_width=64, pool_blocks=4, dataflow=Dataflow.BROADCAST,
+        compact_drain=True, fc_columns=True),
 }
 
 
