@@ -10,9 +10,9 @@ Everything in the table is measured, not assumed:
   modelled);
 * Fmax and utilisation from the board's nextpnr report (a build is re-used when its
   netlist matches the current gateware, otherwise built);
-* the limits those follow from: the multipliers' peak MAC/s at Fmax and the FT2232H
-  link ceiling; and, for reference, the simulated board's and the NumPy golden model's
-  speed on this machine.
+* the limits those follow from: the multipliers' peak MAC/s at Fmax and the link ceiling
+  of the board's USB-UART bridge; for reference, the simulated board's and the golden
+  model's speed on this machine.
 """
 
 import json
@@ -24,8 +24,8 @@ import numpy as np
 
 from ..hw.boards import BOARDS
 
-#: The FT2232H's highest UART rate (12 Mbaud), the physical ceiling of the iCEBreaker link.
-FT2232H_MAX_BAUD = 12_000_000
+#: Each board's USB-UART bridge and its highest UART rate: the physical link ceiling.
+LINK_BRIDGES = {"icebreaker": ("FT2232H", 12_000_000), "ulx3s-85f": ("FT231X", 3_000_000)}
 
 
 def configure(parser):
@@ -87,7 +87,7 @@ def collect_figures(board, config, net, counters, rate, build, golden_ips):
     fmax_mhz = build.fmax_mhz if build and build.fmax_mhz else None
     image_bytes = int(np.prod(net.input_shape))
     link_s = image_bytes * 10 / config.baud          # 8N1: 10 bits per byte
-    compute_s = total / clock_hz
+    compute_s, bridge = total / clock_hz, LINK_BRIDGES[board]
     return {
         "board": board,
         "network": net.name,
@@ -117,7 +117,8 @@ def collect_figures(board, config, net, counters, rate, build, golden_ips):
         "link_image_bytes": image_bytes,
         "link_s_per_image": link_s,
         "link_ceiling_images_per_s": 1 / link_s,
-        "link_ft2232h_ceiling_images_per_s": FT2232H_MAX_BAUD / 10 / image_bytes,
+        "link_bridge": f"{bridge[0]} ({bridge[1] / 1e6:g} Mbaud)",
+        "link_bridge_ceiling_images_per_s": bridge[1] / 10 / image_bytes,
         "link_compute_s_per_image": compute_s,
         "link_compute_ceiling_images_per_s": 1 / compute_s,
         "link_bound": "link" if link_s >= compute_s else "compute",
@@ -144,8 +145,7 @@ def run(args):
     if not np.all(cycles == cycles[0]):
         print(f"note: cycles vary between images ({cycles.min()}..{cycles.max()})",
               file=sys.stderr)
-    build = None if args.no_build else build_figures(args.board, config,
-                                                     rebuild=args.rebuild)
+    build = None if args.no_build else build_figures(args.board, config, rebuild=args.rebuild)
     figures = collect_figures(args.board, config, net, counters, rate, build, golden_ips)
     print(format_table(figures, net))
     if args.json:
@@ -187,7 +187,7 @@ def format_table(f, net):
         f"{f['link_efficiency']:.0%} of the {f['link_ceiling_images_per_s']:.0f}/s link "
         f"ceiling (goal >= 90%)")
     row("latency, one image", f"{f['latency_ms']:.2f} ms", "image in + compute + logits out")
-    row("FT2232H ceiling (12 Mbaud)", f"{f['link_ft2232h_ceiling_images_per_s']:.0f} images/s",
+    row(f"{f['link_bridge']} ceiling", f"{f['link_bridge_ceiling_images_per_s']:.0f} images/s",
         "raw image bytes only")
     row("simulated board speed", f"{f['sim_cycles_per_s'] / 1e6:.2f} M cycles/s",
         f"{f['sim_cpu_cycles_per_s'] / 1e6:.2f} M per CPU-second (goal >= 1 M)")
