@@ -205,15 +205,14 @@ CONFIGS = {
     # ECP5-85F: 156 18×18 multipliers and 3.7 Mbit of EBR; a 16×4 array (16×8 fits on
     # paper but nextpnr does not finish routing it; README, "Build"). Layers with few
     # output channels (LeNet-5's C1: 6 of 16 rows) are bound by the array's one result
-    # per cycle, so tiles drain only the PEs they use; fully connected layers put a
-    # k-block on each column (weight words of 64 weights, cheap in EBR), which needs the
-    # broadcast dataflow (harmless at 16×4).
+    # per cycle, so tiles drain only the PEs they use. fc_columns (FC layers 4× fewer
+    # beats) needs the broadcast dataflow, with which nextpnr did not finish routing
+    # this array either (README, "Build"); the systolic array stays.
     "ulx3s-85f": AcceleratorConfig(
         name="ulx3s-85f", rows=16, cols=4, max_reduction=4096,
         weight_words=8192, act_bytes=12288, qparam_entries=1024, max_layers=16,
         max_logits=64, clock_hz=50_000_000, ice40=False,
-        pool_width=64, pool_blocks=4, dataflow=Dataflow.BROADCAST,
-        compact_drain=True, fc_columns=True),
+        pool_width=64, pool_blocks=4, compact_drain=True),
 }
 
 

@@ -47,6 +47,10 @@ class Datapath(wiring.Component):
     ``config.compact_drain`` a tile drains only its real channels and pixels (the array's
     ``compact`` option): ``max(D, n + 3 + mac.LATENCY)`` cycles for a tile of ``n``
     results, and no results past ``out_channels`` reach the requantiser or the writer.
+    With ``config.fc_columns`` a layer with ``out_w == 1`` and several k-blocks runs
+    ``ceil(k_blocks / cols)`` tiles per output row, column ``c`` computing k-block
+    ``kb + c`` from its own lane of a ``rows·cols``-weight memory word (Im2col's column
+    mode); other layers pick their ``rows`` weights from a lane of such a word.
 
     Control: hold ``desc``/``image_base`` stable and pulse ``start``; ``done`` pulses
     once the layer's last output is written. ``cycles`` then holds the layer's cycles
@@ -183,11 +187,14 @@ class Datapath(wiring.Component):
         t = SimpleNamespace(xbase=Signal.like(desc.out_w), kbase=Signal.like(desc.q_base),
                             kb=Signal.like(desc.k_blocks), y=Signal.like(desc.out_h),
                             done=Signal())
-        kb_step = Mux(self.colmode, cols, 1) if self._config.fc_columns else 1
+        kb_step, last_kb = 1, t.kb + 1 == desc.k_blocks
+        if self._config.fc_columns:
+            kb_step = Mux(self.colmode, cols, 1)
+            last_kb = t.kb + kb_step >= desc.k_blocks
         with m.If(step):
             with m.If(t.xbase + cols >= desc.out_w):
                 m.d.sync += t.xbase.eq(0)
-                with m.If(t.kb + kb_step >= desc.k_blocks):
+                with m.If(last_kb):
                     m.d.sync += [t.kb.eq(0), t.kbase.eq(0), t.y.eq(t.y + 1)]
                     with m.If(t.y + 1 == desc.out_h):
                         m.d.sync += t.done.eq(1)
@@ -207,7 +214,8 @@ class Datapath(wiring.Component):
         return Mux(left > size, size - 1, left - 1)
 
     def _drop_and_read_qparam(self, m):
-        """Stage 3: drop the array's results for pixels ``>= out_w``, read each kept
+        """Stage 3: drop the array's results for pixels ``>= out_w`` (column mode: for
+        k-blocks ``>= k_blocks``, and channels ``>= out_channels`` if compact), read each kept
         result's QParam into the requantiser. Returns ``tiles_done``: every tile of the
         layer has left the array."""
         desc, res, rq_in = self.desc, self.array.o_stream, self.requant.i_stream
