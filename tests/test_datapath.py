@@ -289,7 +289,8 @@ FC_CASES = {
     "fc_20_13": (Network("t", (20, 1, 1), [FC(13)]), FC_COLS, 1),
     # LeNet's F6 on the ULX3S's shape: 6 k-blocks, two column tiles (the last of 2).
     "fc_120_84_16x4": (Network("t", (120, 1, 1), [FC(84), ReLU(), FC(1)]),
-                      WIDE.with_(dataflow="broadcast", fc_columns=True, compact_drain=True), 1),
+                      WIDE.with_(dataflow="broadcast", fc_columns=True, compact_drain=True,
+                                 qparam_entries=128), 1),
     # A convolution with out_w == 1 (a 1-pixel-wide map, 3x3 kernel, pad 1), out_h = 5:
     # column mode on a real window walk, with padding on both axes.
     "conv_w1_pad": (Network("t", (2, 5, 1), [Conv(19, 3, pad=1), FC(1)]), FC_COLS, 1),
