@@ -238,15 +238,22 @@ def compact_bound(p, config, extra):
     return desc["out_h"] * total + config.rows * config.cols + 64
 
 
+def run_case(request, cases, case, net, config, **kwargs):
+    """``run_layer`` on ``net`` with parameters, input and slot seeded by the case's name;
+    returns (cycles per layer, program)."""
+    seed = sorted(cases).index(case)
+    x = edge_input(net.input_shape, seed)
+    _, cycles, p = run_layer(request, net, nets.random_params(net, seed), x, config=config,
+                             slot=seed % 2, **kwargs)
+    for stage, c in zip(p.stages, cycles):
+        report(case, c, stage, config)
+    return cycles, p
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_compact_layer_matches_golden(request, case):
     net, config, extra = CASES[case]
-    seed = sorted(CASES).index(case)
-    params = nets.random_params(net, seed)
-    x = edge_input(net.input_shape, seed)
-    _, (cycles,), p = run_layer(request, net, params, x, config=config, slot=seed % 2,
-                                **extra)
-    report(case, cycles, p.stages[0], config)
+    (cycles,), p = run_case(request, CASES, case, net, config, **extra)
     assert cycles <= compact_bound(p, config, extra)
 
 
@@ -307,13 +314,9 @@ FC_CASES = {
 @pytest.mark.parametrize("case", FC_CASES)
 def test_fc_columns_match_golden(request, case):
     net, config, layers = FC_CASES[case]
-    seed = sorted(FC_CASES).index(case)
-    params = nets.random_params(net, seed)
-    x = edge_input(net.input_shape, seed)
-    _, cycles, p = run_layer(request, net, params, x, config=config, slot=seed % 2,
-                             layers=layers, dataflow=config.dataflow)
+    cycles, p = run_case(request, FC_CASES, case, net, config, layers=layers,
+                         dataflow=config.dataflow)
     for stage, c, ideal in zip(p.stages, cycles, p.ideal_cycles()):
-        report(case, c, stage, config)
         # Beats, or one array drain per tile (min_tile = R*C + 3) if tiles are shorter.
         tiles = ideal // stage.reduction
         slowest = max(stage.reduction, config.multipliers + 3)
