@@ -65,6 +65,18 @@ class AcceleratorConfig:
         :class:`~fpgacnn.hw.program.QParam` ``.m``; more than 1 trades requantiser area
         for speed, free while ``reduction >= rows * cols * requant_interval`` for every
         layer.
+    compact_drain : bool
+        Drain only the PEs a tile uses (its layer's channels in the last k-block, its
+        pixels in the last x-tile) instead of all ``rows * cols``: layers with few output
+        channels (LeNet-5's C1: 6) stop being bound by the array's one result per cycle.
+        Off by default (a few registers and comparators).
+    fc_columns : bool
+        Layers with ``out_w == 1`` (fully connected ones) and more than one k-block put a
+        different k-block on each array column (all columns see the same activation), so
+        they run ``cols`` times fewer beats. The weight memory is then ``weight_words / cols`` words of
+        ``rows * cols`` weights (the host still writes ``weight_words`` words of ``rows``);
+        ``cols`` must be a power of two dividing ``weight_words``, and the dataflow
+        broadcast. Off by default.
     pool_width, pool_blocks : int
         Max-pool line buffer: widest pooled layer (convolution output width) and most
         k-blocks it holds (``pool_width * pool_blocks * rows`` bytes of block RAM).
@@ -104,6 +116,8 @@ class AcceleratorConfig:
     rx_fifo_bytes: int = 512
     watchdog_log2: int = 26
     tx_pad_bytes: int = 510
+    compact_drain: bool = False
+    fc_columns: bool = False
 
     def __post_init__(self):
         name = self.name
@@ -126,8 +140,10 @@ class AcceleratorConfig:
         if not 10 <= self.watchdog_log2 <= 31:
             raise ValueError(f"config {name}: watchdog_log2 = {self.watchdog_log2} must be "
                              f"10..31 (a run is stopped after 2 ** watchdog_log2 cycles)")
-        if type(self.ice40) is not bool:
-            raise ValueError(f"config {name}: ice40 must be True or False, not {self.ice40!r}")
+        for flag in ("ice40", "compact_drain", "fc_columns"):
+            if type(getattr(self, flag)) is not bool:
+                raise ValueError(f"config {name}: {flag} must be True or False, not "
+                                 f"{getattr(self, flag)!r}")
         if self.rows % 8:
             raise ValueError(f"config {name}: rows = {self.rows} must be a multiple of 8 "
                              f"(weight words are written in 64-bit chunks)")
@@ -144,6 +160,13 @@ class AcceleratorConfig:
             raise ValueError(f"config {name}: dataflow must be one of "
                              f"{', '.join(repr(d.value) for d in Dataflow)}, not "
                              f"{self.dataflow!r}") from None
+        if self.fc_columns and (self.cols & (self.cols - 1) or self.weight_words % self.cols):
+            raise ValueError(f"config {name}: fc_columns needs cols = {self.cols} to be a power "
+                             f"of two dividing weight_words = {self.weight_words} (a memory "
+                             f"word holds one k-block per column)")
+        if self.fc_columns and self.dataflow != Dataflow.BROADCAST:
+            raise ValueError(f"config {name}: fc_columns needs dataflow='broadcast' (each PE "
+                             f"gets its own weight), not {self.dataflow.value!r}")
         m_bits = data.Layout.cast(QParam)["m"].shape.width     # of the multiplier M
         if self.requant_interval & (self.requant_interval - 1) or \
                 m_bits % self.requant_interval:
@@ -185,6 +208,11 @@ class AcceleratorConfig:
         return (self.weight_words - 1).bit_length()
 
     @property
+    def weight_lanes(self):
+        """Words of ``rows`` weights per weight-memory word (``cols`` with fc_columns)."""
+        return self.cols if self.fc_columns else 1
+
+    @property
     def multipliers(self):
         return self.rows * self.cols
 
@@ -211,11 +239,15 @@ CONFIGS = {
     # paper but nextpnr does not finish routing it; README, "Build"). 32 KB of activations
     # (one copy per array column: 128 KB of EBR) hold a 3×32×32 input's two slots and the
     # 64×16×16 output of 64 3×3 filters with pool 2/2, or 32×32×10 after 10 5×5 filters.
+    # Layers with few output channels (LeNet-5's C1: 6 of 16 rows) are bound by the
+    # array's one result per cycle, so tiles drain only the PEs they use. fc_columns (FC
+    # layers 4× fewer beats) needs the broadcast dataflow, with which nextpnr did not
+    # finish routing this array either (README, "Build"); the systolic array stays.
     "ulx3s-85f": AcceleratorConfig(
         name="ulx3s-85f", rows=16, cols=4, max_reduction=4096,
         weight_words=8192, act_bytes=32768, qparam_entries=1024, max_layers=16,
         clock_hz=50_000_000, ice40=False,
-        pool_width=64, pool_blocks=4, rx_fifo_bytes=8192),
+        pool_width=64, pool_blocks=4, rx_fifo_bytes=8192, compact_drain=True),
 }
 
 

@@ -110,7 +110,8 @@ class Core(wiring.Component):
         stop = Signal()
         m.submodules.datapath = ResetInserter({"sync": stop})(dp)
         m.submodules.act = act = Ram(unsigned(8), cfg.act_bytes, copies=cfg.cols)
-        m.submodules.weights = wmem = WeightMemory(rows=cfg.rows, depth=cfg.weight_words,
+        m.submodules.weights = wmem = WeightMemory(rows=cfg.rows * cfg.weight_lanes,
+                                                   depth=cfg.weight_words // cfg.weight_lanes,
                                                    ice40=cfg.ice40)
         m.submodules.qparams = qmem = Ram(program.QParam, cfg.qparam_entries)
         m.submodules.program = pmem = Ram(unsigned(16), _program_halfwords(cfg))

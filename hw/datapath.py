@@ -3,6 +3,8 @@
 See docs/architecture.md for the loop order and the stream orders this relies on.
 """
 
+from types import SimpleNamespace
+
 from amaranth.hdl import Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
@@ -41,7 +43,14 @@ class Datapath(wiring.Component):
     Throughput: one operand beat per cycle (``out_h·k_blocks·x_tiles·D`` cycles per
     layer) as long as ``D >= array.min_tile``, plus the pipeline's fill and drain once per
     layer: Im2col's start latency, the array's ``result_latency`` and the last tile's
-    ``rows·cols`` results, and the requantiser's and max-pool's latencies.
+    ``rows·cols`` results, and the requantiser's and max-pool's latencies. With
+    ``config.compact_drain`` a tile drains only its real channels and pixels (the array's
+    ``compact`` option): ``max(D, n + 3 + mac.LATENCY)`` cycles for a tile of ``n``
+    results, and no results past ``out_channels`` reach the requantiser or the writer.
+    With ``config.fc_columns`` a layer with ``out_w == 1`` and several k-blocks runs
+    ``ceil(k_blocks / cols)`` tiles per output row, column ``c`` computing k-block
+    ``kb + c`` from its own lane of a ``rows·cols``-weight memory word (Im2col's column
+    mode); other layers pick their ``rows`` weights from a lane of such a word.
 
     Control: hold ``desc``/``image_base`` stable and pulse ``start``; ``done`` pulses
     once the layer's last output is written. ``cycles`` then holds the layer's cycles
@@ -65,11 +74,15 @@ class Datapath(wiring.Component):
         self._config = config
         rows, cols = config.rows, config.cols
         self.im2col = Im2col(cols, act_addr_width=config.act_addr_width,
-                             w_addr_width=config.weight_addr_width)
-        self.array = SystolicArray(rows, cols, config.acc_width, mac=mac, dataflow=dataflow)
+                             w_addr_width=config.weight_addr_width,
+                             column_blocks=config.fc_columns)
+        compact = config.compact_drain
+        self.array = SystolicArray(rows, cols, config.acc_width, mac=mac, dataflow=dataflow,
+                                   compact=compact, column_weights=config.fc_columns)
         self.requant = Requantizer(config.acc_width, interval=requant_interval,
                                    bias_width=config.bias_width)
-        self.pool = MaxPool(config.pool_width, config.pool_blocks, rows)
+        self.pool = MaxPool(config.pool_width, config.pool_blocks, rows,
+                            variable_block=compact)
         super().__init__({
             "desc": In(program.LayerDescriptor),
             "image_base": In(program.field_widths(program.LayerDescriptor)["in_base"]),
@@ -78,7 +91,8 @@ class Datapath(wiring.Component):
             "busy": Out(1),
             "cycles": Out(32),
             "act_rd": Out(read_port_signature(config.act_bytes, unsigned(8))).array(cols),
-            "w_rd": Out(read_port_signature(config.weight_words, unsigned(rows * 8))),
+            "w_rd": Out(read_port_signature(config.weight_words // config.weight_lanes,
+                                            unsigned(rows * config.weight_lanes * 8))),
             "q_rd": Out(read_port_signature(config.qparam_entries, program.QParam)),
             "act_wr": Out(write_port_signature(config.act_bytes, unsigned(8))),
         })
@@ -102,6 +116,11 @@ class Datapath(wiring.Component):
         m.d.comb += [gen.start.valid.eq(self.start), gen.start.p.eq(desc),
                      gen.start.p.in_base.eq(Mux(desc.in_from_image, self.image_base,
                                                 desc.in_base))]
+        # Column mode (config.fc_columns): a layer of one pixel per row and several
+        # k-blocks puts k-block kb + c on column c (see Im2col); constant while it runs.
+        self.colmode = Signal()
+        if self._config.fc_columns:
+            m.d.comb += self.colmode.eq((desc.out_w == 1) & (desc.k_blocks > 1))
         self._fetch(m)
         tiles_done = self._drop_and_read_qparam(m)
         out_valid, out_value, out_ready = self._optional_pool(m)
@@ -124,52 +143,114 @@ class Datapath(wiring.Component):
                          ops.p.x[j].eq(Mux(pad_r[j], 0, self.act_rd[j].data))]
         m.d.comb += [self.w_rd.addr.eq(beat.p.w_addr), self.w_rd.en.eq(advance),
                      ops.p.w.eq(self.w_rd.data)]
+        if self._config.fc_columns:
+            self._fetch_wide_weights(m, advance)
         with m.If(advance):
             m.d.sync += [ops.valid.eq(beat.valid), pad_r.eq(beat.p.act_zero),
                          ops.p.last.eq(beat.p.last)]
+        if self._config.compact_drain:
+            # The tile's used shape rides on its last beat (the array latches it).
+            tile = self._tile_walk(m, advance & beat.valid & beat.p.last)
+            with m.If(advance):
+                desc, cfg = self.desc, self._config
+                # Column mode: every row (the drop stage drops channels >= K), a column
+                # per k-block left.
+                m.d.sync += [
+                    ops.p.last_row.eq(Mux(self.colmode, cfg.rows - 1, self._last_index(
+                        tile.kbase, desc.out_channels, cfg.rows))),
+                    ops.p.last_col.eq(self._last_index(
+                        Mux(self.colmode, tile.kb, tile.xbase),
+                        Mux(self.colmode, desc.k_blocks, desc.out_w), cfg.cols))]
+
+    def _fetch_wide_weights(self, m, advance):
+        """Weight words of ``cols`` k-blocks: column mode uses all of a word (Im2col's
+        address is the word's); otherwise Im2col's address counts ``rows``-weight words,
+        and its low bits pick one of the word's ``cols`` lanes."""
+        ops, beat, rows = self.array.i_stream, self.im2col.o_stream, self._config.rows
+        log_c = (self._config.cols - 1).bit_length()
+        lane = Signal(log_c)
+        with m.If(advance):
+            m.d.sync += lane.eq(beat.p.w_addr[:log_c])
+        m.d.comb += [
+            self.w_rd.addr.eq(Mux(self.colmode, beat.p.w_addr, beat.p.w_addr >> log_c)),
+            ops.p.w.eq(Mux(self.colmode, self.w_rd.data,
+                           self.w_rd.data.word_select(lane, rows * 8))),
+            ops.p.per_col.eq(self.colmode)]
+
+    def _tile_walk(self, m, step):
+        """The tile order ``for y: for kb: for xt``, advanced by one tile when ``step``
+        and reset on ``start``: ``xbase`` (first pixel), ``kb`` and ``kbase`` (``kb *
+        rows``), ``done`` (every tile stepped past). In column mode a tile is ``cols``
+        k-blocks."""
+        desc, rows, cols = self.desc, self._config.rows, self._config.cols
+        t = SimpleNamespace(xbase=Signal.like(desc.out_w), kbase=Signal.like(desc.q_base),
+                            kb=Signal.like(desc.k_blocks), y=Signal.like(desc.out_h),
+                            done=Signal())
+        kb_step, last_kb = 1, t.kb + 1 == desc.k_blocks
+        if self._config.fc_columns:
+            kb_step = Mux(self.colmode, cols, 1)
+            last_kb = t.kb + kb_step >= desc.k_blocks
+        with m.If(step):
+            with m.If(t.xbase + cols >= desc.out_w):
+                m.d.sync += t.xbase.eq(0)
+                with m.If(last_kb):
+                    m.d.sync += [t.kb.eq(0), t.kbase.eq(0), t.y.eq(t.y + 1)]
+                    with m.If(t.y + 1 == desc.out_h):
+                        m.d.sync += t.done.eq(1)
+                with m.Else():
+                    m.d.sync += [t.kb.eq(t.kb + kb_step),
+                                 t.kbase.eq(t.kbase + kb_step * rows)]
+            with m.Else():
+                m.d.sync += t.xbase.eq(t.xbase + cols)
+        with m.If(self.start):
+            m.d.sync += [t.xbase.eq(0), t.kbase.eq(0), t.kb.eq(0), t.y.eq(0), t.done.eq(0)]
+        return t
+
+    @staticmethod
+    def _last_index(base, total, size):
+        """``min(size, total - base) - 1``: the last used index of a block of ``size``."""
+        left = total - base
+        return Mux(left > size, size - 1, left - 1)
 
     def _drop_and_read_qparam(self, m):
-        """Stage 3: drop the array's results for pixels ``>= out_w``, read each kept
+        """Stage 3: drop the array's results for pixels ``>= out_w`` (column mode: for
+        k-blocks ``>= k_blocks``, and channels ``>= out_channels`` if compact), read each kept
         result's QParam into the requantiser. Returns ``tiles_done``: every tile of the
         layer has left the array."""
         desc, res, rq_in = self.desc, self.array.o_stream, self.requant.i_stream
-        xbase = Signal.like(desc.out_w)          # first pixel of the tile being drained
-        kbase = Signal.like(desc.q_base)         # kb * R
-        t_kb = Signal.like(desc.k_blocks)
+        # The tile being drained.
+        tile = self._tile_walk(m, res.valid & res.ready & res.p.last)
+        xbase, kbase = tile.xbase, tile.kbase
         keep = Signal()
-        m.d.comb += keep.eq(xbase + res.p.col < desc.out_w)
+        channel = Signal.like(desc.q_base)      # kb*R + row (+ col*R in column mode)
+        m.d.comb += [keep.eq(xbase + res.p.col < desc.out_w), channel.eq(kbase + res.p.row)]
+        if self._config.fc_columns:
+            # Column mode: column c is k-block kb + c; with compact_drain the writer
+            # expects only the channels the layer has.
+            log_r = (self._config.rows - 1).bit_length()
+            in_layer = tile.kb + res.p.col < desc.k_blocks
+            if self._config.compact_drain:
+                in_layer = in_layer & (channel < desc.out_channels)
+            with m.If(self.colmode):
+                m.d.comb += [channel.eq(kbase + (res.p.col << log_r) + res.p.row),
+                             keep.eq(in_layer)]
         adv_q = Signal()
         acc_r = Signal.like(res.p.acc)
         m.d.comb += [adv_q.eq(~rq_in.valid | rq_in.ready),
-                     self.q_rd.addr.eq(desc.q_base + kbase + res.p.row),
+                     self.q_rd.addr.eq(desc.q_base + channel),
                      self.q_rd.en.eq(adv_q)]
         with m.If(adv_q):
             m.d.comb += res.ready.eq(1)
             m.d.sync += [rq_in.valid.eq(res.valid & keep), acc_r.eq(res.p.acc)]
         with m.Elif(~keep):
             m.d.comb += res.ready.eq(1)
-        # The final tile's dropped columns may leave the array after the last output is
-        # written; the layer is only done once they have (the next layer resets these).
-        t_y = Signal.like(desc.out_h)
-        tiles_done = Signal()
-        with m.If(res.valid & res.ready & res.p.last):
-            with m.If(xbase + self._config.cols >= desc.out_w):
-                m.d.sync += xbase.eq(0)
-                with m.If(t_kb + 1 == desc.k_blocks):
-                    m.d.sync += [t_kb.eq(0), kbase.eq(0), t_y.eq(t_y + 1)]
-                    with m.If(t_y + 1 == desc.out_h):
-                        m.d.sync += tiles_done.eq(1)
-                with m.Else():
-                    m.d.sync += [t_kb.eq(t_kb + 1), kbase.eq(kbase + self._config.rows)]
-            with m.Else():
-                m.d.sync += xbase.eq(xbase + self._config.cols)
-        with m.If(self.start):
-            m.d.sync += [xbase.eq(0), kbase.eq(0), t_kb.eq(0), t_y.eq(0), tiles_done.eq(0)]
         qp = self.q_rd.data
         m.d.comb += [rq_in.p.lanes[0].acc.eq(acc_r), rq_in.p.lanes[0].bias.eq(qp.bias),
                      rq_in.p.lanes[0].m.eq(qp.m), rq_in.p.lanes[0].s.eq(qp.s),
                      rq_in.p.relu.eq(desc.relu)]
-        return tiles_done
+        # The final tile's dropped columns may leave the array after the last output is
+        # written; the layer is only done once they have (the next layer resets these).
+        return tile.done
 
     def _optional_pool(self, m):
         """Stage 4: the requantised stream through the max-pool or past it; returns the
@@ -178,6 +259,10 @@ class Datapath(wiring.Component):
         m.d.comb += [pool.start.eq(self.start), pool.height.eq(desc.out_h),
                      pool.width.eq(desc.out_w), pool.blocks.eq(desc.k_blocks),
                      pool.kernel.eq(desc.pool_kernel), pool.stride.eq(desc.pool_stride)]
+        if self._config.compact_drain:
+            # rows is a power of two: the last block's last channel is (K - 1) mod rows.
+            log_r = (self._config.rows - 1).bit_length()
+            m.d.comb += pool.last_block.eq((desc.out_channels - 1)[:log_r])
         out_valid = Signal()
         out_value = Signal(8)
         out_ready = Signal()
@@ -213,6 +298,9 @@ class Datapath(wiring.Component):
         rx = Signal(aw)                     # r*H*W + x
         k = Signal.like(desc.out_channels)  # kb*R + r
         m.d.comb += [out_ready.eq(plane_ok & running), k.eq((wkb << log_r) | wr_)]
+        # The k-block's last channel in the stream: R - 1, or fewer when compact.
+        last_r = (self._last_index(wkb << log_r, desc.out_channels, R)
+                  if self._config.compact_drain else R - 1)
         addr = Signal(aw)
         m.d.comb += addr.eq(kb_row + rx)
         take = out_valid & out_ready
@@ -223,7 +311,7 @@ class Datapath(wiring.Component):
             m.d.sync += [self.act_wr.addr.eq(addr), self.act_wr.data.eq(out_value),
                          self.act_wr.en.eq(in_range)]
             m.d.sync += [wr_.eq(wr_ + 1), rx.eq(rx + plane)]
-            with m.If(wr_ == R - 1):
+            with m.If(wr_ == last_r):
                 m.d.sync += [wr_.eq(0), rx.eq(wx + 1), wx.eq(wx + 1)]
                 with m.If(wx + 1 == out_w):
                     m.d.sync += [wx.eq(0), rx.eq(0), wkb.eq(wkb + 1),

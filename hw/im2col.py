@@ -28,20 +28,25 @@ def beat_layout(cols, act_addr_width=_ACT_ADDR, w_addr_width=_W_ADDR):
     })
 
 
-def im2col_reference(desc, cols, act_addr_width=_ACT_ADDR, w_addr_width=_W_ADDR):
+def im2col_reference(desc, cols, act_addr_width=_ACT_ADDR, w_addr_width=_W_ADDR,
+                     column_blocks=False):
     """Pure-Python model of :class:`Im2col`: yields one dict per beat (test scaffolding).
 
     ``desc`` is a dict with the LayerDescriptor fields used here (``cin, in_h, in_w,
     kernel, stride, pad, out_h, out_w, k_blocks, reduction, in_base, w_base``).
     Addresses wrap modulo ``2**act_addr_width`` / ``2**w_addr_width`` like the unit's.
+    ``column_blocks`` as in :class:`Im2col`.
     """
     a_mask, w_mask = (1 << act_addr_width) - 1, (1 << w_addr_width) - 1
     c_n, h, w = desc["cin"], desc["in_h"], desc["in_w"]
     f, s, p = desc["kernel"], desc["stride"], desc["pad"]
     out_h, out_w, kbs, red = desc["out_h"], desc["out_w"], desc["k_blocks"], desc["reduction"]
     tiles = -(-out_w // cols)
+    colmode = column_blocks and out_w == 1 and kbs > 1
+    kb_starts = list(range(0, kbs, cols if colmode else 1))
+    w_base = desc["w_base"] // cols if colmode else desc["w_base"]
     for y in range(out_h):
-        for kb in range(kbs):
+        for n_kb, kb in enumerate(kb_starts):
             for xt in range(tiles):
                 d = 0
                 for c in range(c_n):
@@ -50,16 +55,16 @@ def im2col_reference(desc, cols, act_addr_width=_ACT_ADDR, w_addr_width=_W_ADDR)
                             addr, zero = [], []
                             iy = y * s + fy - p
                             for j in range(cols):
-                                ox = xt * cols + j
+                                ox = 0 if colmode else xt * cols + j
                                 ix = ox * s + fx - p
                                 pad = not (0 <= iy < h and 0 <= ix < w) or ox >= out_w
                                 zero.append(int(pad))
                                 addr.append((desc["in_base"] + (c * h + iy) * w + ix) & a_mask)
                             last = d == red - 1
                             yield {"act_addr": addr, "act_zero": zero,
-                                   "w_addr": (desc["w_base"] + kb * red + d) & w_mask,
+                                   "w_addr": (w_base + n_kb * red + d) & w_mask,
                                    "last": int(last),
-                                   "end": int(last and y == out_h - 1 and kb == kbs - 1
+                                   "end": int(last and y == out_h - 1 and kb == kb_starts[-1]
                                               and xt == tiles - 1)}
                             d += 1
 
@@ -93,6 +98,13 @@ class Im2col(wiring.Component):
     Latency: first beat valid 10 cycles after the ``start`` transfer; throughput one
     beat per cycle. The payload is combinational from registers (one adder deep).
 
+    With ``column_blocks``, a layer with ``out_w == 1`` and more than one k-block runs in
+    column mode: column ``j``
+    of a tile computes k-block ``kb + j`` of the one pixel (all columns get column 0's
+    address and padding flag), ``kb`` steps by ``cols``, and the weight word is
+    ``w_base/cols + (kb/cols)*reduction + d``, a word of ``cols`` k-blocks (``w_base`` a
+    multiple of ``cols``, a power of two).
+
     Parameters
     ----------
     cols : int
@@ -101,9 +113,13 @@ class Im2col(wiring.Component):
         Widths of the activation byte address and of the weight word address (16, the
         descriptor's, by default; a board with a 4 KiB activation memory and 16K weight
         words passes 12 and 14). Addresses wrap modulo ``2**width``.
+    column_blocks : bool
+        Run layers with ``out_w == 1`` and ``k_blocks > 1`` in column mode (above);
+        ``cols`` a power of two.
     """
 
-    def __init__(self, cols, *, act_addr_width=_ACT_ADDR, w_addr_width=_W_ADDR):
+    def __init__(self, cols, *, act_addr_width=_ACT_ADDR, w_addr_width=_W_ADDR,
+                 column_blocks=False):
         if not isinstance(cols, int) or cols < 1:
             raise TypeError(f"cols must be a positive integer, not {cols!r}")
         for name, value, field in (("act_addr_width", act_addr_width, "in_base"),
@@ -112,7 +128,9 @@ class Im2col(wiring.Component):
                 raise ValueError(f"{name} must be an integer in 1..{_FIELDS[field]} (the "
                                  f"descriptor's {field} has {_FIELDS[field]} bits), not "
                                  f"{value!r}")
-        self.cols = cols
+        if column_blocks and cols & (cols - 1):
+            raise ValueError(f"column_blocks needs cols to be a power of two, not {cols}")
+        self.cols, self.column_blocks = cols, bool(column_blocks)
         self.act_addr_width, self.w_addr_width = act_addr_width, w_addr_width
         super().__init__({
             "start": In(stream.Signature(LayerDescriptor)),
@@ -123,7 +141,8 @@ class Im2col(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        r = _Registers(self.start.payload, self.cols, self.act_addr_width, self.w_addr_width)
+        r = _Registers(self.start.payload, self.cols, self.act_addr_width, self.w_addr_width,
+                       self.column_blocks)
         o = self.o_stream
         # Coordinates are sums, not registers: cheaper than stepping them.
         iy = Signal(r.P)
@@ -135,8 +154,10 @@ class Im2col(wiring.Component):
             ix = Signal(r.P, name=f"ix_{j}")
             m.d.comb += ix.eq(r.tile_x + (r.fx + r.stride * j if j else r.fx))
             ok = row_ok & ~ix[-1] & (ix < r.in_w) & (r.rem > j)
-            m.d.comb += [o.payload.act_addr[j].eq(r.a0 + r.stride * j if j else r.a0),
-                         o.payload.act_zero[j].eq(~ok)]
+            addr = r.a0 + r.stride * j if j else r.a0
+            if j and self.column_blocks:     # column mode: every column reads pixel 0
+                addr, ok = Mux(r.colmode, r.a0, addr), Mux(r.colmode, ~o.payload.act_zero[0], ok)
+            m.d.comb += [o.payload.act_addr[j].eq(addr), o.payload.act_zero[j].eq(~ok)]
         step = Signal()            # a beat is taken: advance the loop nest
         self._control(m, r, step)
         self._advance(m, r, step)
@@ -167,6 +188,11 @@ class Im2col(wiring.Component):
                         r.step_y.eq(p.in_w - p.kernel + 1), r.step_c.eq(1 - p.kernel),
                         r.step_r.eq(0), r.row_a.eq(base),
                     ]
+                    if self.column_blocks:
+                        log_c = (self.cols - 1).bit_length()
+                        colmode = (p.out_w == 1) & (p.k_blocks > 1)
+                        m.d.sync += [r.colmode.eq(colmode),
+                                     r.w_base.eq(Mux(colmode, p.w_base >> log_c, p.w_base))]
                     empty = ((p.cin == 0) | (p.in_h == 0) | (p.in_w == 0) | (p.kernel == 0) |
                              (p.stride == 0) | (p.out_h == 0) | (p.out_w == 0) |
                              (p.k_blocks == 0) | (p.reduction == 0))
@@ -232,7 +258,7 @@ class Im2col(wiring.Component):
                              r.tile_x.eq(Mux(r.last_tile, -r.pad, r.tile_x + r.cs)),
                              r.tile_a.eq(tile_a_next)]
             with m.If(r.wrap_t):
-                m.d.sync += [r.kb.eq(Mux(r.last_kb, 0, r.kb + 1)),
+                m.d.sync += [r.kb.eq(Mux(r.last_kb, 0, r.kb + r.kb_step)),
                              r.w_row.eq(Mux(r.last_kb, r.w_base, r.wa + 1))]
             with m.If(r.wrap_kb):
                 m.d.sync += [r.y.eq(r.y + 1), r.iy0.eq(r.iy0 + r.stride),
@@ -246,7 +272,7 @@ class _Registers:
     Registers that hold a descriptor field (or count up to one) take that field's shape.
     """
 
-    def __init__(self, desc, cols, act_addr_width, w_addr_width):
+    def __init__(self, desc, cols, act_addr_width, w_addr_width, column_blocks=False):
         A, WA = unsigned(act_addr_width), unsigned(w_addr_width)
         # Pixel coordinates that decide padding. For a consistent geometry a real pixel's
         # input x/y lies in [-pad, in + pad); a pixel beyond out_w (zeroed anyway) adds at
@@ -290,7 +316,14 @@ class _Registers:
         self.w_row = Signal(WA)              # its value at d = 0 of this kb
 
         self.last_tile = self.rem <= cols
-        self.last_kb = self.kb == self.kbm1
+        if column_blocks:
+            # Column mode: kb steps by cols; kb is the first k-block of the tile.
+            self.colmode = Signal()
+            self.kb_step = Mux(self.colmode, cols, 1)
+            self.last_kb = Mux(self.colmode, self.kb + cols > self.kbm1, self.kb == self.kbm1)
+        else:
+            self.kb_step = 1
+            self.last_kb = self.kb == self.kbm1
         self.wrap_x = self.fx == self.km1    # each level wraps when all inner ones do
         self.wrap_y = self.wrap_x & (self.fy == self.km1)
         self.wrap_c = self.wrap_y & (self.c == self.cm1)     # last d of the tile

@@ -98,9 +98,15 @@ class MaxPool(wiring.Component):
         Largest input width, largest number of k-blocks, channels per k-block.
     max_kernel, max_stride : int
         Largest window and stride the geometry ports accept.
+    variable_block : bool
+        Add the geometry port ``last_block`` (latched on ``start`` like the others): the
+        last k-block has ``last_block + 1 <= block`` channels instead of ``block`` (the
+        stream of an array that drains only the channels a layer has). Costs a 2:1 mux
+        per ring register.
     """
 
-    def __init__(self, max_width, max_blocks, block, max_kernel=3, max_stride=2):
+    def __init__(self, max_width, max_blocks, block, max_kernel=3, max_stride=2,
+                 variable_block=False):
         for name, value in (("max_width", max_width), ("max_blocks", max_blocks),
                             ("block", block), ("max_kernel", max_kernel),
                             ("max_stride", max_stride)):
@@ -113,8 +119,11 @@ class MaxPool(wiring.Component):
             raise ValueError(f"MaxPool max_width {max_width} exceeds 255 (8-bit geometry)")
         self.max_width, self.max_blocks, self.block = max_width, max_blocks, block
         self.max_kernel, self.max_stride = max_kernel, max_stride
+        self.variable_block = bool(variable_block)
         self.depth = max_blocks * max_width * block
+        ports = {"last_block": In(range(block))} if variable_block else {}
         super().__init__({
+            **ports,
             "start": In(1),
             "height": In(unsigned(8)),
             "width": In(range(max_width + 1)),
@@ -172,6 +181,11 @@ class MaxPool(wiring.Component):
                                   (g.kernel == 0) | (g.stride == 0) |
                                   (g.kernel > g.stride + 1) | (g.kernel > g.width) |
                                   (g.kernel > g.height))
+        # Channels of the last k-block, minus one.
+        g.last_block = Signal(range(self.block), name="last_block")
+        if self.variable_block:
+            with m.If(self.start):
+                m.d.sync += g.last_block.eq(self.last_block)
         with m.If(self.start):
             m.d.sync += [g.height.eq(self.height), g.width.eq(self.width),
                          g.blocks.eq(self.blocks), g.kernel.eq(self.kernel),
@@ -190,13 +204,18 @@ class MaxPool(wiring.Component):
         xa, ya, r, kb, addr = pos.xa, pos.ya, pos.r, pos.kb, pos.addr
         pos.x_flags = xa.flags(g.width, g.kernel, g.stride, g.over)     # start, end, member
         pos.y_flags = ya.flags(g.height, g.kernel, g.stride, g.over)
+        last_kb = kb == g.blocks - 1
+        # Channels of the current k-block, minus one.
+        g.block_m1 = B - 1
+        if self.variable_block:
+            g.block_m1 = Signal(range(B), name="block_m1")
+            m.d.comb += g.block_m1.eq(Mux(last_kb, g.last_block, B - 1))
         with m.If(accept):
             last_x = xa.u == g.width - 1
-            last_kb = kb == g.blocks - 1
             x_end = pos.x_flags[1]
             # The line buffer holds one entry per (kb, pooled x, r) of the current row.
-            m.d.sync += addr.eq(Mux((r == B - 1) & last_x & last_kb, 0, addr + x_end))
-            with m.If(r == B - 1):
+            m.d.sync += addr.eq(Mux((r == g.block_m1) & last_x & last_kb, 0, addr + x_end))
+            with m.If(r == g.block_m1):
                 m.d.sync += r.eq(0)
                 xa.step(last_x)
                 with m.If(last_x):
@@ -225,7 +244,12 @@ class MaxPool(wiring.Component):
         h_val = Mux(x_start & ~g.over, v, bigger)   # start & end of one window: kernel 1
         new_head = Mux(x_start, v, Mux(x_member, bigger, head))
         with m.If(accept):
-            m.d.sync += [ring[n].eq(ring[n + 1]) for n in range(B - 1)]
+            # A block of n channels rotates the first n registers (new head into n-1).
+            if self.variable_block:
+                m.d.sync += [ring[n].eq(Mux(g.block_m1 == n, new_head, ring[n + 1]))
+                             for n in range(B - 1)]
+            else:
+                m.d.sync += [ring[n].eq(ring[n + 1]) for n in range(B - 1)]
             m.d.sync += ring[B - 1].eq(new_head)
 
         a = SimpleNamespace(valid=Signal(name="a_valid"), val=Signal(signed(8), name="a_val"),

@@ -78,7 +78,7 @@ __all__ = [
     "PROTOCOL_VERSION", "REQUEST_SYNC", "RESPONSE_SYNC", "MAX_CHUNKS", "CHUNK_BYTES",
     "MAX_PAYLOAD", "MAX_REQUEST_BYTES", "FILL_BYTE", "RX_FIFO_BYTES", "CRC",
     "Opcode", "Status", "RequestHeader", "ResponseHeader", "WriteArgs", "RunArgs",
-    "ResultArgs", "Identity", "ARGS_BYTES", "IDENTITY_FLAG_ICE40",
+    "ResultArgs", "Identity", "ARGS_BYTES", "IDENTITY_FLAG_ICE40", "IDENTITY_FLAGS",
     "struct_bytes", "encode_struct", "decode_struct", "crc16",
     "encode_request", "encode_response", "ProtocolError", "parse_response",
     "parse_request", "write_payload", "space_chunks", "identity_fields", "identity_config",
@@ -113,6 +113,9 @@ FILL_BYTE = 0x00
 CRC = crc.catalog.CRC16_CCITT(data_width=8)
 #: ``Identity.flags`` bit: built with hand-instantiated iCE40 primitives.
 IDENTITY_FLAG_ICE40 = 1
+#: ``Identity.flags`` bits of the boolean config options that are not ``ice40`` (the host
+#: must compile for them: ``fc_columns`` changes the weight layout).
+IDENTITY_FLAGS = {"ice40": IDENTITY_FLAG_ICE40, "compact_drain": 2, "fc_columns": 4}
 #: ``Identity.dataflow``: the code of each :class:`~.config.Dataflow`.
 DATAFLOW_CODES = {Dataflow.SYSTOLIC: 0, Dataflow.BROADCAST: 1}
 
@@ -345,7 +348,8 @@ def identity_fields(config):
     """
     fields = {name: getattr(config, name) for name in _CONFIG_FIELDS}
     fields.update({
-        "version": PROTOCOL_VERSION, "flags": IDENTITY_FLAG_ICE40 if config.ice40 else 0,
+        "version": PROTOCOL_VERSION,
+        "flags": sum(bit for flag, bit in IDENTITY_FLAGS.items() if getattr(config, flag)),
         "dataflow": DATAFLOW_CODES[config.dataflow],
         "name": int.from_bytes(config.name.encode("ascii"), "little"),
         "max_chunks": MAX_CHUNKS, "rx_fifo_log2": config.rx_fifo_bytes.bit_length() - 1,
@@ -376,7 +380,7 @@ def identity_config(fields):
     raw_name = fields["name"].to_bytes(MAX_NAME_CHARS, "little").rstrip(b"\0")
     return AcceleratorConfig(
         name=raw_name.decode("ascii", errors="replace"),
-        ice40=bool(fields["flags"] & IDENTITY_FLAG_ICE40),
+        **{flag: bool(fields["flags"] & bit) for flag, bit in IDENTITY_FLAGS.items()},
         dataflow=codes[fields["dataflow"]],
         rx_fifo_bytes=1 << fields["rx_fifo_log2"], tx_pad_bytes=fields["pad_bytes"],
         **{name: fields[name] for name in _CONFIG_FIELDS})

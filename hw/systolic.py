@@ -13,13 +13,20 @@ from .multiplier import DualMul8
 __all__ = ["SystolicArray", "operands_layout", "resolve_mac", "result_layout"]
 
 
-def operands_layout(rows, cols):
-    """One operand beat: ``rows`` weights, ``cols`` activations, end-of-tile flag."""
-    return data.StructLayout({
-        "w": data.ArrayLayout(signed(8), rows),
+def operands_layout(rows, cols, compact=False, column_weights=False):
+    """One operand beat: ``rows`` weights, ``cols`` activations, end-of-tile flag; with
+    ``compact``, also the tile's last row and column to drain (read with ``last``); with
+    ``column_weights``, ``rows * cols`` weights and the flag ``per_col``."""
+    fields = {
+        "w": data.ArrayLayout(signed(8), rows * cols if column_weights else rows),
         "x": data.ArrayLayout(signed(8), cols),
         "last": 1,
-    })
+    }
+    if compact:
+        fields.update(last_row=range(rows), last_col=range(cols))
+    if column_weights:
+        fields.update(per_col=1)
+    return data.StructLayout(fields)
 
 
 def result_layout(rows, cols, acc_width):
@@ -93,6 +100,16 @@ class SystolicArray(wiring.Component):
         it on small arrays, where the fan-out (``cols`` per weight, ``rows`` per
         activation) is harmless; large arrays should stay systolic, whose wires are all
         PE to PE.
+    compact : bool
+        The last beat of each tile also carries ``last_row``/``last_col``, and only
+        PEs ``(r <= last_row, c <= last_col)`` are drained (same order): a tile that
+        uses ``n`` PEs (few output channels, a narrow last x-tile) takes
+        ``max(D, n + mac.LATENCY + 2)`` cycles instead of ``max(D, min_tile)``. Costs
+        two small registers and comparators.
+    column_weights : bool
+        Beats carry ``rows * cols`` weights; on a beat with ``per_col`` PE (r, c) takes
+        weight ``c*rows + r`` (a different matrix per column, as fully connected layers
+        need), otherwise weight ``r`` as usual. Broadcast dataflow only.
 
     Attributes
     ----------
@@ -100,7 +117,8 @@ class SystolicArray(wiring.Component):
     o_stream : Out(stream.Signature(result_layout(rows, cols, acc_width)))
     """
 
-    def __init__(self, rows, cols, acc_width, mac="generic", dataflow="systolic"):
+    def __init__(self, rows, cols, acc_width, mac="generic", dataflow="systolic",
+                 compact=False, column_weights=False):
         for name, value in (("rows", rows), ("cols", cols)):
             if not isinstance(value, int) or value < 1:
                 raise TypeError(f"{name} must be a positive integer, not {value!r}")
@@ -109,13 +127,18 @@ class SystolicArray(wiring.Component):
                              f"needs 16 bits plus room to sum), not {acc_width!r}")
         if dataflow not in ("systolic", "broadcast"):
             raise ValueError(f"dataflow must be 'systolic' or 'broadcast', not {dataflow!r}")
+        if column_weights and dataflow != "broadcast":
+            raise ValueError("column_weights needs the broadcast dataflow (per-PE weights "
+                             "would need a skew register chain each in a systolic array)")
         self._mac = resolve_mac(mac)
-        self.dataflow = dataflow
+        self.column_weights = bool(column_weights)
+        self.dataflow, self.compact = dataflow, bool(compact)
         self.rows, self.cols, self.acc_width = rows, cols, acc_width
         self.result_latency = self._mac.LATENCY + 3
         self.min_tile = rows * cols + self._mac.LATENCY + 2
         super().__init__({
-            "i_stream": In(stream.Signature(operands_layout(rows, cols))),
+            "i_stream": In(stream.Signature(operands_layout(rows, cols, compact,
+                                                            column_weights))),
             "o_stream": Out(stream.Signature(result_layout(rows, cols, acc_width))),
         })
 
@@ -138,7 +161,15 @@ class SystolicArray(wiring.Component):
         shadow = self._accumulators(m, prod, lastpipe)
         with m.If(accept & i.payload.last):
             m.d.sync += busy.eq(1)
-        self._drain(m, shadow, lastpipe[lat], busy)
+        # The drained shape of the tile: latched with its last beat, which is accepted
+        # only once the previous tile has drained, so it never changes under a drain.
+        if self.compact:
+            last_r, last_c = Signal(range(self.rows)), Signal(range(self.cols))
+            with m.If(accept & i.payload.last):
+                m.d.sync += [last_r.eq(i.payload.last_row), last_c.eq(i.payload.last_col)]
+        else:
+            last_r, last_c = self.rows - 1, self.cols - 1
+        self._drain(m, shadow, lastpipe[lat], busy, last_r, last_c)
         return m
 
     def _skew(self, r, c):
@@ -154,7 +185,15 @@ class SystolicArray(wiring.Component):
             xcol = [Signal(signed(8), name=f"x_{c}") for c in range(C)]
             m.d.sync += [wrow[r].eq(Mux(accept, i.payload.w[r], 0)) for r in range(R)]
             m.d.sync += [xcol[c].eq(Mux(accept, i.payload.x[c], 0)) for c in range(C)]
-            return [[wrow[r]] * C for r in range(R)], [xcol for _ in range(R)]
+            wreg = [[wrow[r]] * C for r in range(R)]
+            if self.column_weights:
+                # Column 0 takes weight r either way; the others get their own register.
+                for r in range(R):
+                    for c in range(1, C):
+                        wreg[r][c] = Signal(signed(8), name=f"w_{r}_{c}")
+                        own = Mux(i.payload.per_col, i.payload.w[c * R + r], i.payload.w[r])
+                        m.d.sync += wreg[r][c].eq(Mux(accept, own, 0))
+            return wreg, [xcol for _ in range(R)]
 
         # Edge inputs: zero operands on bubbles, then the skew (row r delayed r cycles,
         # column c delayed c cycles) so w[r, d] and x[d, c] meet in PE (r, c).
@@ -209,8 +248,9 @@ class SystolicArray(wiring.Component):
                 m.d.sync += acc.eq(total)
         return shadow
 
-    def _drain(self, m, shadow, captured, busy):
-        """Stream the shadows out ``for col: for row``, from the cycle after ``captured``.
+    def _drain(self, m, shadow, captured, busy, last_r, last_c):
+        """Stream the shadows ``(r <= last_r, c <= last_c)`` out ``for col: for row``, from
+        the cycle after ``captured``.
 
         PE (r, c) captures in cycle A + 1 + lat + r + c; reading index j = c*R + r from
         cycle A + 2 + lat on, one per cycle at most, is never early.
@@ -220,7 +260,7 @@ class SystolicArray(wiring.Component):
         idx_r = Signal(range(R))
         idx_c = Signal(range(C))
         final = Signal()
-        m.d.comb += final.eq((idx_r == R - 1) & (idx_c == C - 1))
+        m.d.comb += final.eq((idx_r == last_r) & (idx_c == last_c))
         with m.If(captured):
             m.d.sync += [draining.eq(1), idx_r.eq(0), idx_c.eq(0)]
 
@@ -244,7 +284,7 @@ class SystolicArray(wiring.Component):
                 ]
                 with m.If(final):
                     m.d.sync += [draining.eq(0), busy.eq(0)]
-                with m.Elif(idx_r == R - 1):
+                with m.Elif(idx_r == last_r):
                     m.d.sync += [idx_r.eq(0), idx_c.eq(idx_c + 1)]
                 with m.Else():
                     m.d.sync += idx_r.eq(idx_r + 1)

@@ -5,7 +5,10 @@ The result (:class:`CompiledProgram`) holds everything the board needs, in the f
 
 * one :class:`~fpgacnn.hw.program.LayerDescriptor` per stage (dicts and encoded chunks);
 * the weight words: word ``w_base + kb*D + d`` holds ``W[kb*R + r, d]`` at byte ``r``
-  (zero for rows ``>= K``), ``R = config.rows``;
+  (zero for rows ``>= K``), ``R = config.rows``; a stage in column mode
+  (``config.fc_columns``, output width 1, more than one k-block) starts at a multiple of
+  ``C = config.cols`` and holds ``W[(kg*C + c)*R + r, d]`` in word ``w_base + (kg*D + d)*C + c``, so one
+  memory word of ``C`` such words feeds every column;
 * one :class:`~fpgacnn.hw.program.QParam` (bias, M, S) per output channel;
 * a memory plan of the activation memory: two ping-pong buffers for the stage outputs
   (the last stage's output, the network's result, at address 0, where RESULT reads it)
@@ -94,10 +97,20 @@ class MemoryPlan:
 
 
 def ideal_cycles(stage, config):
-    """Operand beats the array needs for ``stage``: ``out_h·k_blocks·x_tiles·D``."""
+    """Operand beats the array needs for ``stage``: ``out_h·k_blocks·x_tiles·D`` (in
+    column mode ``out_h·ceil(k_blocks/cols)·D``)."""
     _, h, w = stage.conv_shape
     k_blocks = -(-stage.out_channels // config.rows)
+    lanes = _lanes(stage, config)
+    if lanes > 1:
+        return h * -(-k_blocks // lanes) * stage.reduction
     return h * k_blocks * -(-w // config.cols) * stage.reduction
+
+
+def _lanes(stage, config):
+    """k-blocks side by side in the array for ``stage``: ``cols`` in column mode, else 1."""
+    k_blocks = -(-stage.out_channels // config.rows)
+    return config.cols if config.fc_columns and stage.conv_shape[2] == 1 < k_blocks else 1
 
 
 @dataclass
@@ -252,7 +265,8 @@ def _check_capacity(stage, config, w_base, q_base):
     """Weight words of ``stage``; raises if they or its qparams, placed after the earlier
     stages' (at ``w_base``, ``q_base``), overflow the memories."""
     where = _describe(stage)
-    k_blocks = -(-stage.out_channels // config.rows)
+    lanes = _lanes(stage, config)
+    k_blocks = -(-stage.out_channels // (config.rows * lanes)) * lanes
     n_words = k_blocks * stage.reduction
     if w_base + n_words > config.weight_words:
         raise CompileError(f"{where}: needs {n_words} weight words ({k_blocks} k-blocks × "
@@ -290,13 +304,15 @@ def _descriptor(stage, plan, rows, *, final, out_buffer, w_base, q_base):
     return desc
 
 
-def _weight_words(stage, p, rows):
-    """``stage``'s weight words: word ``kb*D + d``, byte ``r`` = ``W[kb*R + r, d]``."""
+def _weight_words(stage, p, rows, lanes=1):
+    """``stage``'s weight words: word ``kb*D + d``, byte ``r`` = ``W[kb*R + r, d]``; with
+    ``lanes`` k-blocks side by side, word ``(kg*D + d)*lanes + c`` holds k-block
+    ``kg*lanes + c``."""
     k, d_red = stage.out_channels, stage.reduction
-    k_blocks = -(-k // rows)
-    wmat = np.zeros((k_blocks * rows, d_red), dtype=np.int8)
+    groups = -(-k // (rows * lanes))
+    wmat = np.zeros((groups * lanes * rows, d_red), dtype=np.int8)
     wmat[:k] = np.asarray(p.weight).reshape(k, d_red)
-    return wmat.reshape(k_blocks, rows, d_red).transpose(0, 2, 1).reshape(-1, rows)
+    return wmat.reshape(groups, lanes, rows, d_red).transpose(0, 3, 1, 2).reshape(-1, rows)
 
 
 def _check_bias(stage, p, config):
@@ -349,11 +365,15 @@ def compile_network(network, params, config):
     w_base = 0
     for stage, p in zip(stages, params):
         _check_stage(stage, config)
+        lanes = _lanes(stage, config)
+        if w_base % lanes:          # column mode reads whole memory words of `lanes`
+            words.append(np.zeros((lanes - w_base % lanes, rows), np.int8))
+            w_base += lanes - w_base % lanes
         n_words = _check_capacity(stage, config, w_base, len(qparams))
         descriptors.append(_descriptor(stage, plan, rows, final=stage is last,
                                        out_buffer=_buffer(stage, stages),
                                        w_base=w_base, q_base=len(qparams)))
-        words.append(_weight_words(stage, p, rows))
+        words.append(_weight_words(stage, p, rows, lanes))
         _check_bias(stage, p, config)
         for ch in range(stage.out_channels):
             qparams.append(dict(bias=int(p.bias[ch]), m=int(p.m[ch]), s=int(p.s[ch]), _pad=0))

@@ -99,3 +99,9 @@ def test_unknown_config_names_the_choices():
     with pytest.raises(ValueError, match="unknown board/config 'icestick'; choose one of "
                                          "icebreaker, ulx3s-85f"):
         get_config("icestick")
+
+
+def test_compact_drain_flag_is_checked():
+    with pytest.raises(ValueError, match="compact_drain must be True or False"):
+        get_config("icebreaker").with_(compact_drain=1)
+    assert not get_config("icebreaker").compact_drain

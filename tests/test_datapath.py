@@ -31,8 +31,9 @@ class Harness(Elaboratable):
         self.dp = Datapath(config, **kwargs)
         self.act = [memory.Memory(shape=unsigned(8), depth=config.act_bytes, init=act_init)
                     for _ in range(config.cols)]
-        self.w = memory.Memory(shape=unsigned(config.rows * 8), depth=config.weight_words,
-                               init=w_init)
+        lanes = config.weight_lanes     # words of `rows` weights per memory word
+        self.w = memory.Memory(shape=unsigned(config.rows * lanes * 8),
+                               depth=config.weight_words // lanes, init=w_init)
         self.q = memory.Memory(shape=unsigned(prog.QParam.as_shape().size),
                                depth=config.qparam_entries, init=q_init)
 
@@ -60,7 +61,12 @@ def run_layer(request, net, params, x, *, config=SMALL, slot=1, layers=1, **kwar
     act = np.zeros(config.act_bytes, np.uint8)
     act[base:base + x.size] = x.reshape(-1).view(np.uint8)
     act[:p.plan.image_slots[0]] = 0x5A     # stale data in the buffers must be overwritten
-    words = [int.from_bytes(w.tobytes(), "little") for w in p.weight_words]
+    # Memory words of `weight_lanes` compiled words each (what the host's chunks build).
+    lanes = config.weight_lanes
+    wmat = np.zeros((-(-len(p.weight_words) // lanes) * lanes, config.rows), np.int8)
+    wmat[:len(p.weight_words)] = p.weight_words
+    words = [int.from_bytes(w.tobytes(), "little")
+             for w in wmat.reshape(-1, config.rows * lanes)]
     qps = [prog.encode_struct(prog.QParam, q) for q in p.qparams]
     h = Harness(config, act.tolist(), words, qps, **kwargs)
     dp = h.dp
@@ -172,3 +178,149 @@ def test_layers_back_to_back(request, cols):
     _, cycles, p = run_layer(request, net, params, edge_input(net.input_shape, 5),
                              config=config, layers=2)
     print(f"\nback to back on 8x{cols}: {cycles} cycles (array beats {p.ideal_cycles()})")
+
+# ---- compact_drain: the array drains only the PEs a tile uses ------------------------------
+# Odd channel counts (partial last k-blocks, also through the max-pool), x-tiles that end in
+# unused columns, strides 1-2, pads 0-2, kernels 1-5 and FC layers.
+
+NARROW = SMALL.with_(rows=8, cols=3, compact_drain=True)    # cols not a power of two
+WIDE_COMPACT = WIDE.with_(compact_drain=True)               # the ULX3S-85F's shape
+
+CASES = {
+    # (network, config, extra Datapath arguments)
+    # C1-like: 6 of 8 channels, 10 pixels on 3 columns (last tile 1), pool 2/2.
+    "c6_k5_p2_pool": (Network("t", (1, 10, 10), [Conv(6, 5, pad=2), ReLU(), MaxPool(2, 2),
+                                                  FC(1)]), NARROW, {}),
+    # Stride 2, pad 1, 5 channels: 5 pixels on 3 columns.
+    "c5_k3_s2_p1": (Network("t", (3, 9, 9), [Conv(5, 3, stride=2, pad=1), ReLU(), FC(1)]),
+                    NARROW, {}),
+    # 1x1 kernel, 11 channels: two k-blocks, the last of 3, pooled 3/2 (variable block).
+    "c11_k1_pool": (Network("t", (4, 7, 7), [Conv(11, 1), ReLU(), MaxPool(3, 2), FC(1)]),
+                    NARROW, {}),
+    # 4x4 kernel, stride 2, no padding, no ReLU, 7 channels.
+    "c7_k4_s2": (Network("t", (2, 10, 10), [Conv(7, 4, stride=2), FC(1)]), NARROW, {}),
+    # Pad 2 on a 3x3 kernel, 9 channels (last block 1), overlapping pool 3/2, broadcast
+    # array and a 2-cycle requantiser.
+    "c9_k3_p2_pool3": (Network("t", (2, 7, 7), [Conv(9, 3, pad=2), ReLU(), MaxPool(3, 2),
+                                                 FC(1)]), NARROW,
+                       {"dataflow": "broadcast", "requant_interval": 2}),
+    # FC layers: 13 outputs (last block 5) and LeNet's last one, 84 → 10.
+    "fc_20_13": (Network("t", (20, 1, 1), [FC(13)]), NARROW, {}),
+    "fc_84_10": (Network("t", (84, 1, 1), [FC(10)]), WIDE_COMPACT, {}),
+    # LeNet-5's C1 shape on the 16x4 array: 6 of 16 rows, 14 pixels on 4 columns.
+    "c1_on_16x4": (Network("t", (1, 14, 14), [Conv(6, 5, pad=2), ReLU(), MaxPool(2, 2),
+                                               FC(1)]), WIDE_COMPACT, {}),
+    # 17 channels on 16 rows (last block 1), stride 2: 5 pixels on 4 columns.
+    "c17_k3_s2_on_16x4": (Network("t", (3, 9, 9), [Conv(17, 3, stride=2, pad=1), ReLU(),
+                                                    FC(1)]), WIDE_COMPACT, {}),
+}
+
+
+def compact_bound(p, config, extra):
+    """Cycles a compact layer may take: per tile ``max(D, used PEs + 2 + latency)`` plus
+    the pipeline's fill and drain."""
+    stage, desc = p.stages[0], p.descriptors[0]
+    lat2 = 3 + (extra.get("requant_interval", 1) - 1)        # mac.LATENCY + 2, generously
+    total = 0
+    for kb in range(desc["k_blocks"]):
+        k = min(config.rows, desc["out_channels"] - kb * config.rows)
+        for x0 in range(0, desc["out_w"], config.cols):
+            n = k * min(config.cols, desc["out_w"] - x0)
+            total += max(stage.reduction, n * extra.get("requant_interval", 1) + lat2)
+    return desc["out_h"] * total + config.rows * config.cols + 64
+
+
+def run_case(request, cases, case, net, config, **kwargs):
+    """``run_layer`` on ``net`` with parameters, input and slot seeded by the case's name;
+    returns (cycles per layer, program)."""
+    seed = sorted(cases).index(case)
+    x = edge_input(net.input_shape, seed)
+    _, cycles, p = run_layer(request, net, nets.random_params(net, seed), x, config=config,
+                             slot=seed % 2, **kwargs)
+    for stage, c in zip(p.stages, cycles):
+        report(case, c, stage, config)
+    return cycles, p
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_compact_layer_matches_golden(request, case):
+    net, config, extra = CASES[case]
+    (cycles,), p = run_case(request, CASES, case, net, config, **extra)
+    assert cycles <= compact_bound(p, config, extra)
+
+
+def test_compact_two_layers_back_to_back(request):
+    """Layer 2 starts the cycle after layer 1's ``done``: the latched tile shapes, the
+    pool's last block and the writer's channel count all follow the new descriptor."""
+    net = Network("t", (3, 10, 10), [Conv(10, 5, pad=2), ReLU(), MaxPool(2, 2), FC(13)])
+    params = nets.random_params(net, 11)
+    run_layer(request, net, params, edge_input(net.input_shape, 11), config=NARROW,
+              layers=2)
+
+
+def test_compact_cuts_c1_cycles(request):
+    """C1 of LeNet-5 (28x28, 6 channels) on the 16x4 array: drain-bound without the
+    option (64 results per 25-beat tile), beat-bound with it."""
+    net = Network("t", (1, 28, 28), [Conv(6, 5, pad=2), ReLU(), MaxPool(2, 2), FC(1)])
+    params = nets.random_params(net, 1)
+    x = edge_input(net.input_shape, 1)
+    _, (full,), p = run_layer(request, net, params, x, config=WIDE)
+    _, (compact,), _ = run_layer(request, net, params, x, config=WIDE_COMPACT)
+    print(f"\nC1 on 16x4: {full} cycles, compact {compact} (array beats {p.ideal_cycles()})")
+    assert full >= 28 * 7 * WIDE_COMPACT.multipliers
+    assert compact <= 28 * 7 * (6 * 4 + 4) + 200
+
+
+# ---- fc_columns: layers with out_w == 1 put a k-block on each column ----------------------
+
+FC_COLS = SMALL.with_(rows=8, cols=4, dataflow="broadcast", fc_columns=True,
+                      qparam_entries=128)
+
+FC_CASES = {
+    # (network, config, layers run)
+    # 9 k-blocks on 4 columns: 3 tiles, the last of one k-block of 6 channels.
+    "fc_100_70": (Network("t", (100, 1, 1), [FC(70), ReLU(), FC(1)]), FC_COLS, 1),
+    "fc_100_70_compact": (Network("t", (100, 1, 1), [FC(70), FC(1)]),
+                          FC_COLS.with_(compact_drain=True), 1),
+    # One k-block: no column mode (it would only waste weight words).
+    "fc_20_5": (Network("t", (20, 1, 1), [FC(5)]), FC_COLS, 1),
+    # Two k-blocks on four columns (the last of 5 channels): columns 2-3 unused.
+    "fc_20_13": (Network("t", (20, 1, 1), [FC(13)]), FC_COLS, 1),
+    # LeNet's F6 on the ULX3S's shape: 6 k-blocks, two column tiles (the last of 2).
+    "fc_120_84_16x4": (Network("t", (120, 1, 1), [FC(84), ReLU(), FC(1)]),
+                      WIDE.with_(dataflow="broadcast", fc_columns=True, compact_drain=True,
+                                 qparam_entries=128), 1),
+    # A convolution with out_w == 1 (a 1-pixel-wide map, 3x3 kernel, pad 1), out_h = 5:
+    # column mode on a real window walk, with padding on both axes.
+    "conv_w1_pad": (Network("t", (2, 5, 1), [Conv(19, 3, pad=1), FC(1)]), FC_COLS, 1),
+    # Conv (weights picked by lane from packed words), then FC 250 -> 13 (column mode,
+    # its weights realigned to a whole memory word), with and without compact_drain.
+    "conv_then_fc": (Network("t", (3, 10, 10), [Conv(10, 5, pad=2), ReLU(), MaxPool(2, 2),
+                                                FC(13)]), FC_COLS, 2),
+    "conv_then_fc_compact": (Network("t", (3, 10, 10), [Conv(10, 5, pad=2), ReLU(),
+                                                        MaxPool(2, 2), FC(13)]),
+                             FC_COLS.with_(compact_drain=True), 2),
+}
+
+
+@pytest.mark.parametrize("case", FC_CASES)
+def test_fc_columns_match_golden(request, case):
+    net, config, layers = FC_CASES[case]
+    cycles, p = run_case(request, FC_CASES, case, net, config, layers=layers,
+                         dataflow=config.dataflow)
+    for stage, c, ideal in zip(p.stages, cycles, p.ideal_cycles()):
+        # Beats, or one array drain per tile (min_tile = R*C + 3) if tiles are shorter.
+        tiles = ideal // stage.reduction
+        slowest = max(stage.reduction, config.multipliers + 3)
+        assert c <= tiles * slowest + config.multipliers + 64
+
+
+def test_fc_columns_cut_fc_beats():
+    """LeNet-5's F5 (400 -> 120) on 16x4: 8 k-blocks in 2 column tiles, not 8 tiles."""
+    net = nets.lenet5()
+    params = nets.random_params(net, 0)
+    plain = get_config("ulx3s-85f").with_(dataflow="systolic", fc_columns=False)
+    config = plain.with_(dataflow="broadcast", fc_columns=True)
+    p, q = compile_network(net, params, plain), compile_network(net, params, config)
+    assert p.ideal_cycles()[2] == 8 * 400 and q.ideal_cycles()[2] == 2 * 400
+    assert q.descriptors[2]["w_base"] % config.cols == 0

@@ -40,7 +40,8 @@ GEOMETRIES = {  # name: (descriptor, cols)
 
 def run_im2col(dut, desc, *, seed, name, stall=0.3):
     got = []
-    expected = list(im2col_reference(desc, dut.cols, dut.act_addr_width, dut.w_addr_width))
+    expected = list(im2col_reference(desc, dut.cols, dut.act_addr_width, dut.w_addr_width,
+                                     column_blocks=dut.column_blocks))
 
     async def bench(ctx):
         rng = random.Random(seed)
@@ -77,6 +78,31 @@ def run_im2col(dut, desc, *, seed, name, stall=0.3):
 def test_im2col_matches_reference(request, geometry):
     desc, cols = GEOMETRIES[geometry]
     run_im2col(Im2col(cols), desc, seed=len(geometry), name=request.node.name)
+
+
+COLUMN_GEOMETRIES = {  # name: (descriptor, cols); w_base a multiple of cols
+    # FC, 9 k-blocks on 4 columns: 3 tiles (the last of one k-block).
+    "fc_9_blocks": (fc_descriptor(30, 70, 8, in_base=500, w_base=64), 4),
+    # FC, 2 k-blocks on 4 columns (columns 2-3 idle), weight address wrapping.
+    "fc_2_blocks": (fc_descriptor(12, 13, 8, in_base=3, w_base=65532), 4),
+    # out_w == 1 convolution: 3x3 kernel, pad 1 on a 1-pixel-wide map, 3 k-blocks.
+    "conv_width1": (descriptor(2, 6, 1, 3, 1, 1, 11, 4, in_base=900, w_base=8), 2),
+    # One k-block: stays in the normal mode; and a normal convolution (out_w > 1).
+    "fc_1_block": (fc_descriptor(9, 5, 8, w_base=3), 4),
+    "conv_normal": (descriptor(1, 8, 8, 5, 1, 2, 6, 8, in_base=100, w_base=7), 2),
+}
+
+
+@pytest.mark.parametrize("geometry", COLUMN_GEOMETRIES)
+def test_im2col_column_blocks_match_reference(request, geometry):
+    desc, cols = COLUMN_GEOMETRIES[geometry]
+    run_im2col(Im2col(cols, column_blocks=True), desc, seed=len(geometry),
+               name=request.node.name)
+
+
+def test_column_blocks_need_power_of_two_cols():
+    with pytest.raises(ValueError, match="column_blocks needs cols to be a power of two"):
+        Im2col(3, column_blocks=True)
 
 
 @pytest.mark.parametrize("geometry", ["c1_like", "c3_like", "fc"])

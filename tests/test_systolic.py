@@ -16,19 +16,25 @@ from fpgacnn.sim.vectors import systolic_results, systolic_tiles
 from fpgacnn.sw import golden
 
 
-def run_array(dut, tiles, *, seed, name, idle=0.3, stall=0.3):
-    """Feed ``tiles`` to ``dut``; return (results array, cycles from first beat to last)."""
-    expected = systolic_results(tiles)
+def run_array(dut, tiles, *, seed, name, idle=0.3, stall=0.3, shapes=None):
+    """Feed ``tiles`` to ``dut``; return (results array, cycles from first beat to last).
+
+    ``shapes`` (a compact array): per tile the ``(last_row, last_col)`` to drain."""
+    shapes = shapes or [None] * len(tiles)
+    expected = systolic_results([(w, x) if s is None else (w[:s[0] + 1], x[:, :s[1] + 1])
+                                 for (w, x), s in zip(tiles, shapes)])
     got, times = [], {}
 
     async def producer(ctx):
         rng = random.Random(seed)
         times["start"] = 0
-        for w, x in tiles:
+        for (w, x), shape in zip(tiles, shapes):
             d = w.shape[1]
+            extra = {} if shape is None else {"last_row": shape[0], "last_col": shape[1]}
             for k in range(d):
                 await stream_put(ctx, dut.i_stream, {
-                    "w": w[:, k].tolist(), "x": x[k, :].tolist(), "last": int(k == d - 1)})
+                    "w": w[:, k].tolist(), "x": x[k, :].tolist(), "last": int(k == d - 1),
+                    **extra})
                 while rng.random() < idle:
                     await ctx.tick()
 
@@ -136,3 +142,16 @@ def test_bad_arguments():
         SystolicArray(2, 2, acc_width=24, mac="dsp48")
     with pytest.raises(ValueError, match="dataflow must be"):
         SystolicArray(2, 2, acc_width=24, dataflow="weight-stationary")
+
+
+@pytest.mark.parametrize("rows,cols", [(3, 2), (4, 4), (1, 5)])
+def test_array_compact_drains_used_pes(request, rows, cols):
+    """The array alone: tiles with every (last_row, last_col) emit exactly those PEs'
+    sums, ``for col: for row``, under random bubbles and back-pressure."""
+    dut = SystolicArray(rows, cols, 24, compact=True)
+    shapes = [(r, c) for r in range(rows) for c in range(cols)]
+    shapes += shapes[::-1]
+    tiles = systolic_tiles(rows, cols, [(1, 2, 7, 30)[n % 4] for n in range(len(shapes))],
+                           seed=rows * 10 + cols)
+    got, _ = run_array(dut, tiles, seed=rows + cols, name=request.node.name, shapes=shapes)
+    assert len(got) == sum((r + 1) * (c + 1) for r, c in shapes)
