@@ -24,12 +24,12 @@ import numpy as np
 
 from ..hw.boards import BOARDS
 from ..sim.benchmark import build_figures, collect_figures, format_table, golden
+from . import add_board_argument
 from .bench_network import NETWORK_HELP, write_json
 
 
 def configure(parser):
-    parser.add_argument("--board", default="icebreaker", choices=list(BOARDS),
-                        help="board configuration to measure (default: icebreaker)")
+    add_board_argument(parser, "measure")
     parser.add_argument("--images", type=int, default=20,
                         help="held-out digits streamed through the simulated board (default 20)")
     parser.add_argument("--network", default="lenet5", help=NETWORK_HELP)

@@ -6,14 +6,13 @@ board cannot be built or started.
 
 import sys
 
-from ..hw.config import CONFIGS
+from . import add_board_argument
 
 
 def configure(parser):
     parser.add_argument("--port", type=int, default=9000,
                         help="TCP port on 127.0.0.1 (default 9000; 0 picks a free one)")
-    parser.add_argument("--board", default="icebreaker", choices=sorted(CONFIGS),
-                        help="board configuration to simulate (default icebreaker)")
+    add_board_argument(parser, "simulate")
     parser.add_argument("--usb-latency-ms", type=float, default=0, metavar="MS",
                         help="model a real board's FT2232H USB path in simulated time: 1 ms "
                              "USB frames to the board, answers held until 510 bytes wait or "
