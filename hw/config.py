@@ -20,6 +20,8 @@ __all__ = ["AcceleratorConfig", "Dataflow", "CONFIGS", "get_config", "DEFAULT_BA
 DEFAULT_BAUD = 3_000_000
 #: Longest configuration name (the board reports it in its identity frame).
 MAX_NAME_CHARS = 16
+#: Activation byte addresses are 16 bits (descriptor ``in_base``/``out_base``).
+ACT_SPACE = 1 << 16
 
 
 class Dataflow(enum.StrEnum):
@@ -91,6 +93,14 @@ class AcceleratorConfig:
     tx_pad_bytes : int
         Fill bytes sent after each response so a USB bridge's 510-byte packet fills and
         goes out at once (:mod:`.protocol`); 0 for none. 0..65535.
+    act_window : bool
+        Activation addresses ``act_bytes … 65535`` (the *window*) are bytes of the
+        weight memory's top (:attr:`window_weight_byte`): image slots and maps too large
+        for the block RAM live there. Only copies (:class:`~.program.CopyDescriptor`),
+        IMAGE writes while idle and RESULT reads reach the window; layers read and write
+        the block RAM. The compiler keeps the weights below the lowest window byte it
+        uses. Needs a weight memory of at least ``65536 - act_bytes`` bytes and no
+        ``fc_columns``. Off by default.
 
     Raises
     ------
@@ -118,6 +128,7 @@ class AcceleratorConfig:
     tx_pad_bytes: int = 510
     compact_drain: bool = False
     fc_columns: bool = False
+    act_window: bool = False
 
     def __post_init__(self):
         name = self.name
@@ -140,7 +151,7 @@ class AcceleratorConfig:
         if not 10 <= self.watchdog_log2 <= 31:
             raise ValueError(f"config {name}: watchdog_log2 = {self.watchdog_log2} must be "
                              f"10..31 (a run is stopped after 2 ** watchdog_log2 cycles)")
-        for flag in ("ice40", "compact_drain", "fc_columns"):
+        for flag in ("ice40", "compact_drain", "fc_columns", "act_window"):
             if type(getattr(self, flag)) is not bool:
                 raise ValueError(f"config {name}: {flag} must be True or False, not "
                                  f"{getattr(self, flag)!r}")
@@ -167,6 +178,11 @@ class AcceleratorConfig:
         if self.fc_columns and self.dataflow != Dataflow.BROADCAST:
             raise ValueError(f"config {name}: fc_columns needs dataflow='broadcast' (each PE "
                              f"gets its own weight), not {self.dataflow.value!r}")
+        if self.act_window and (self.act_bytes >= ACT_SPACE or self.fc_columns or
+                                self.weight_bytes < ACT_SPACE - self.act_bytes):
+            raise ValueError(f"config {name}: act_window needs act_bytes < {ACT_SPACE}, no "
+                             f"fc_columns and a weight memory of at least "
+                             f"{ACT_SPACE} - act_bytes bytes (it has {self.weight_bytes})")
         m_bits = data.Layout.cast(QParam)["m"].shape.width     # of the multiplier M
         if self.requant_interval & (self.requant_interval - 1) or \
                 m_bits % self.requant_interval:
@@ -190,14 +206,30 @@ class AcceleratorConfig:
 
     @property
     def max_logits(self):
-        """Outputs of the last layer one RESULT returns: the whole activation memory.
+        """Outputs of the last layer one RESULT returns: the whole activation space.
 
-        The last layer writes its output map to the activation memory like any other
-        (the compiler places it at address 0) and RESULT reads it from there, so the
+        The last descriptor leaves the network's output map in activation memory like any
+        other (at its ``out_base``) and RESULT reads it from there, so the
         only bound besides the memory is the response's 16-bit payload length, which
         also carries the ``1 + max_layers`` 32-bit counters.
         """
-        return min(self.act_bytes, (1 << 16) - 1 - 4 * (1 + self.max_layers))
+        return min(self.act_space, (1 << 16) - 1 - 4 * (1 + self.max_layers))
+
+    @property
+    def act_space(self):
+        """Activation addresses in use: ``act_bytes``, or all 65536 with ``act_window``."""
+        return ACT_SPACE if self.act_window else self.act_bytes
+
+    @property
+    def weight_bytes(self):
+        return self.weight_words * self.rows
+
+    @property
+    def window_weight_byte(self):
+        """Weight-memory byte of window address ``act_bytes`` (window address ``A`` is
+        weight byte ``window_weight_byte + A - act_bytes``; the window ends with the
+        weight memory). Weight word ``w`` holds bytes ``rows*w … rows*w + rows - 1``."""
+        return self.weight_bytes - (ACT_SPACE - self.act_bytes)
 
     @property
     def act_addr_width(self):

@@ -17,7 +17,7 @@ from amaranth.hdl import signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["Space", "ReadSpace", "LayerDescriptor", "QParam",
+__all__ = ["Space", "ReadSpace", "LayerDescriptor", "CopyDescriptor", "QParam",
            "WriteCommand", "StartCommand", "ReadCommand", "ReadData", "HostInterface",
            "DESCRIPTOR_WORDS", "CHUNK_BITS", "encode_struct", "decode_struct", "field_widths",
            "ACT_BITS", "WEIGHT_BITS", "BIAS_BITS", "M_BITS", "S_MIN", "S_MAX", "S_BITS",
@@ -32,27 +32,41 @@ class Space(enum.Enum, shape=2):
     WEIGHTS = 0   # weight memory; chunk a holds weights for rows 8*(a%n)..+7, n = rows/8
     QPARAMS = 1   # one QParam per chunk, indexed by output channel (q_base + k)
     PROGRAM = 2   # DESCRIPTOR_WORDS chunks per layer descriptor
-    IMAGE = 3     # activation memory, 8 bytes per chunk (image slots live here)
+    IMAGE = 3     # activation bytes 8*addr..+7 (block RAM or the window; image slots)
 
 
 class ReadSpace(enum.Enum, shape=2):
     """What a host read returns (32-bit values)."""
-    LOGITS = 0    # addr k: activation byte k, sign-extended (the last run's output k)
+    LOGITS = 0    # addr k: output k of the last run (activation byte out_base + k of its
+    #               last descriptor), sign-extended
     COUNTERS = 1  # addr 0: cycles of the last run; addr 1+i: cycles of layer i
 
 
 class LayerDescriptor(data.Struct):
-    """One stage: Conv/FC → requant → ReLU? → max-pool?; first field = LSBs."""
+    """One stage: Conv/FC → requant → ReLU? → max-pool?; first field = LSBs.
+
+    The input map is ``cin × in_h × in_w`` (CHW at ``in_base``); output row ``y`` reads
+    input rows ``y*stride + fy - pad_top`` and columns ``x*stride + fx - pad``, and any
+    row or column outside the map reads as zero. A whole layer has ``pad_top = pad`` and
+    ``out_h = (in_h - kernel + 2*pad)/stride + 1``; a horizontal band of a layer (the
+    compiler's streamed plans, see :class:`CopyDescriptor`) holds only the input rows it
+    needs, with ``pad_top`` the zero rows above them and ``out_h`` its own rows (rows
+    beyond ``in_h`` are the zero rows below).
+
+    ``copy = 0``: with ``copy = 1`` the same bits are a :class:`CopyDescriptor`.
+    """
     relu: 1
     pool_en: 1
     in_from_image: 1      # read the input from the image base given with START
-    to_logits: 1          # last layer: stop after it (its output map is the result)
+    to_logits: 1          # last descriptor: stop after it (its output map is the result)
+    copy: 1               # 0 here; 1: these bits are a CopyDescriptor
     cin: unsigned(12)
     in_h: unsigned(8)
     in_w: unsigned(8)
     kernel: unsigned(4)
     stride: unsigned(3)
-    pad: unsigned(3)
+    pad: unsigned(3)      # zero columns left (and right, up to in_w) of the input
+    pad_top: unsigned(3)  # zero rows above the input (below: rows >= in_h)
     out_h: unsigned(8)    # convolution output (before pooling)
     out_w: unsigned(8)
     out_channels: unsigned(12)
@@ -66,6 +80,52 @@ class LayerDescriptor(data.Struct):
     out_base: unsigned(16)    # activation byte address of the output map (C, H, W)
     w_base: unsigned(16)      # weight word address of this layer's first weight word
     q_base: unsigned(12)      # QParam index of output channel 0
+
+
+def _field_offset(layout, name):
+    return data.Layout.cast(layout)[name].offset
+
+
+_SRC_OFFSET = _field_offset(LayerDescriptor, "in_base")
+_DST_OFFSET = _field_offset(LayerDescriptor, "out_base")
+
+
+class CopyDescriptor(data.Struct):
+    """A copy between activation addresses: a 2-D block of bytes, one byte per cycle.
+
+    ``for s in range(segments): for i in range(length):``
+    ``act[dst_base + s*dst_stride + i] = act[src_base + s*src_stride + i]``
+    (16-bit addresses, modulo the activation address space; with ``in_from_image`` the
+    source base is START's image base instead of ``src_base``). Source and destination
+    are each in the block RAM (address < ``act_bytes``) or in the activation window of
+    the weight memory (``AcceleratorConfig.act_window``); a copy from the window into the
+    window, or onto its own source, is not defined. A copy of zero bytes does nothing.
+
+    Same size as :class:`LayerDescriptor`; the flags ``in_from_image``, ``to_logits`` and
+    ``copy`` (= 1), and ``src_base``/``dst_base``, sit at the bit positions of the layer
+    descriptor's flags and ``in_base``/``out_base``, so the sequencer reads them the same
+    way for both kinds (the last descriptor's ``out_base``/``dst_base`` is where RESULT
+    reads the output).
+    """
+    _unused_flags: 2
+    in_from_image: 1
+    to_logits: 1
+    copy: 1
+    segments: unsigned(12)
+    length: unsigned(16)
+    src_stride: unsigned(16)
+    dst_stride: unsigned(16)
+    _gap: unsigned(_SRC_OFFSET - 5 - 12 - 3 * 16)
+    src_base: unsigned(16)
+    dst_base: unsigned(16)
+    _tail: unsigned(LayerDescriptor.as_shape().size - _DST_OFFSET - 16)
+
+
+assert _field_offset(CopyDescriptor, "src_base") == _SRC_OFFSET
+assert _field_offset(CopyDescriptor, "dst_base") == _DST_OFFSET
+assert CopyDescriptor.as_shape().size == LayerDescriptor.as_shape().size
+for _flag in ("in_from_image", "to_logits", "copy"):
+    assert _field_offset(CopyDescriptor, _flag) == _field_offset(LayerDescriptor, _flag)
 
 
 # ---- Number formats ---------------------------------------------------------------------

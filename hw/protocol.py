@@ -85,12 +85,13 @@ __all__ = [
     "DATAFLOW_CODES", "ReadSpace", "Space", "REQUEST_HEADER_BYTES", "RESPONSE_HEADER_BYTES",
 ]
 
-#: Version 5: RESULT returns the last layer's whole output map from the activation memory
+#: Version 6: layer descriptors have ``copy`` and ``pad_top`` (and copy descriptors exist),
+#: RESULT reads from the last descriptor's ``out_base``, the activation window. (5: RESULT returns the last layer's whole output map from the activation memory
 #: (16-bit ``n_logits``); the identity no longer has a logits-buffer size. (4: no frame
 #: time-out, ABORT, the WATCHDOG status, RUN range check, response padding, the receive
 #: queue and watchdog in the identity; 3: the identity carries every field of the board's
 #: AcceleratorConfig.)
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 REQUEST_SYNC = 0xA5
 RESPONSE_SYNC = 0x5A
 #: Bytes of one WRITE chunk (a 64-bit ``Core.wr`` beat).

@@ -289,9 +289,9 @@ def _descriptor(stage, plan, rows, *, final, out_buffer, w_base, q_base):
     _, pool_h, pool_w = stage.out_shape
     desc = dict(
         relu=int(stage.relu), pool_en=int(stage.pool is not None),
-        in_from_image=int(first), to_logits=int(final),
+        in_from_image=int(first), to_logits=int(final), copy=0,
         cin=c, in_h=in_h, in_w=in_w, kernel=stage.kernel, stride=stage.stride,
-        pad=stage.pad, out_h=out_h, out_w=out_w, out_channels=k,
+        pad=stage.pad, pad_top=stage.pad, out_h=out_h, out_w=out_w, out_channels=k,
         k_blocks=-(-k // rows), reduction=stage.reduction,
         pool_kernel=stage.pool[0] if stage.pool else 0,
         pool_stride=stage.pool[1] if stage.pool else 0,
