@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import add_baud_argument, board_config
+
 
 def configure(parser):
     parser.add_argument("--images", type=int, default=100,
@@ -20,6 +22,7 @@ def configure(parser):
                         help="also write the results as JSON to PATH")
     parser.add_argument("--model", type=Path, default=None,
                         help="model file (default: the shipped LeNet-5)")
+    add_baud_argument(parser, "the simulated iCEBreaker")
 
 
 def link_bytes_per_image(acc, n):
@@ -49,6 +52,11 @@ def run(args):
         print(f"error: --images {args.images}: choose 1..1000 (the held-out set has 1000)",
               file=sys.stderr)
         return 2
+    try:
+        config = board_config("icebreaker", args.baud)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     net, params, meta, what = load_model_file(args.model)
     quant = mnist.InputQuant.from_dict(meta.get("input"))      # an imported model's own
     x_u8, labels = mnist.heldout()
@@ -57,7 +65,7 @@ def run(args):
     golden = np.stack([run_network(net, params, img) for img in x]).reshape(len(x), -1)
 
     try:
-        with SimBoard("icebreaker") as board:
+        with SimBoard(config) as board:
             t0 = time.monotonic()
             with Accelerator.open(board.url, timeout=30) as acc:
                 info = acc.identify()
