@@ -122,9 +122,12 @@ def format_table(f, net):
     row("compute time per image", f"{f['link_compute_s_per_image'] * 1e3:.2f} ms",
         f"at {f['clock_mhz']:.0f} MHz; bound: {f['link_bound']}")
     usb = f", USB latency {f['usb_latency_ms']:g} ms" if f["usb_latency_ms"] else ""
+    bound = ("" if f["link_bound"] == "link" else
+             f"; {f['sustained_images_per_s'] * f['link_compute_s_per_image']:.0%} of the "
+             f"{f['link_compute_ceiling_images_per_s']:.0f}/s compute bound")
     row("sustained images/s (measured)", f"{f['sustained_images_per_s']:.0f}",
         f"{f['link_efficiency']:.0%} of the {f['link_ceiling_images_per_s']:.0f}/s link "
-        f"ceiling (goal >= 90%{usb}); steady state")
+        f"ceiling (goal >= 90%{usb}); steady state{bound}")
     waits = (f"; USB frame {f['batch_usb_start_ms']:.2f} ms, last answer held "
              f"{f['batch_usb_release_ms']:.2f} ms" if f["usb_latency_ms"] else "")
     row(f"{f['images']}-image batch, end to end", f"{f['batch_images_per_s']:.0f}",

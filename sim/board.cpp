@@ -30,7 +30,10 @@
 // must be over before the first byte arrives, as on a board configured before use.
 // With --stats, prints "stats k=v ..." on stderr per connection. On SIGUSR1 it prints a
 // "snapshot k=v ..." line of the running totals (simulated cycles, bytes each way, the
-// cycle of the last byte sent to the host, ...) for measurements in simulated time.
+// cycle of the last byte sent to the host, ...) for measurements in simulated time; it
+// also times a batch on the board's own pins: the first host byte's start bit after the
+// snapshot (first_rx_cycle) and the last byte other than padding off uart_tx
+// (last_data_cycle), so a measurement can tell the USB path's waits from the board's.
 
 #include <arpa/inet.h>
 #include <cerrno>
