@@ -8,7 +8,7 @@ from fpgacnn.sw.budget import format_budget, limits_table, memory_budget
 
 from fpgacnn.cli import main
 
-ICEBREAKER = get_config("icebreaker")
+ICEBREAKER = get_config("icebreaker").with_(act_window=False, max_layers=8)
 WINDOW = ICEBREAKER.with_(act_window=True, max_layers=32)
 
 
@@ -51,7 +51,7 @@ def test_describe_board_prints_the_budget(capsys):
 
 def test_describe_board_says_what_does_not_fit(capsys, monkeypatch):
     # Without the activation window (the iCEBreaker before it had one).
-    monkeypatch.setitem(CONFIGS, "icebreaker", ICEBREAKER.with_(act_window=False, max_layers=8))
+    monkeypatch.setitem(CONFIGS, "icebreaker", ICEBREAKER)
     assert main(["describe", "cifar-small", "--board", "icebreaker"]) == 1
     out = capsys.readouterr().out
     assert "cifar-small does NOT fit icebreaker: activations (8,192 B missing)" in out

@@ -10,7 +10,7 @@ from fpgacnn.sw.compiler import compile_network
 from fpgacnn.sw.executor import ExecutionError, Machine, descriptor_cycles, run_program
 from numpy.testing import assert_array_equal
 
-ICEBREAKER = get_config("icebreaker")
+ICEBREAKER = get_config("icebreaker").with_(act_window=False, max_layers=8)
 ULX3S = get_config("ulx3s-85f")
 WINDOW = ICEBREAKER.with_(act_window=True, max_layers=32)
 
