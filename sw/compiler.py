@@ -15,6 +15,14 @@ The result (:class:`CompiledProgram`) holds everything the board needs, in the f
   and two image slots (the input is double-buffered, the host may load one slot while
   the board computes from the other), every map in CHW layout.
 
+With ``config.act_window``, a network whose maps do not fit the block RAM that way (or
+that pools more k-blocks than the line buffer holds) gets a *streamed* plan instead
+(:mod:`.stream`): maps in the activation window, stages run as bands and channel groups,
+:class:`~fpgacnn.hw.program.CopyDescriptor` s moving rows between the window and the
+block RAM; then several descriptors belong to a stage
+(:attr:`CompiledProgram.descriptor_stages`) and the result is at
+:attr:`CompiledProgram.output_base`. Whenever the block-RAM plan fits, it is the one used.
+
 Everything that does not fit the board is rejected here, before a byte is sent, by a
 :class:`CompileError` that names the layer and the sizes.
 
@@ -463,6 +471,11 @@ def _compile_streamed(network, params, config, stages):
     activation window, stages in bands and channel groups with copy descriptors."""
     from . import stream
     bases, weight_words, qparams = _place_parameters(stages, params, config, groups=True)
+    outputs = int(np.prod(stages[-1].out_shape))
+    if outputs > config.max_logits:
+        raise CompileError(f"{_describe(stages[-1])}: its {outputs} outputs exceed the "
+                           f"{config.max_logits} one RESULT of {config.name} returns (the "
+                           f"response also carries 1 + max_layers counters)")
     try:
         plan = stream.plan_stream(network, stages, config)
     except stream.PlanError as e:

@@ -252,7 +252,10 @@ def test_band_geometries(net, bit_exact):
     (nets.cifar_small(), ICEBREAKER,
      r"cifar-small does not fit the 4096-byte activation memory of icebreaker \(8192 B "
      r"missing\)"),
-], ids=["descriptors", "one-row", "window", "weights", "pool-width", "no-window"])
+    (Network("many-outputs", (1, 16, 240), [Conv(15, 1)]), WINDOW.with_(max_layers=2000),
+     r"layer 0 \(conv 15@1x1\): its 57600 outputs exceed the 57531 one RESULT of icebreaker "
+     r"returns \(the response also carries 1 \+ max_layers counters\)$"),
+], ids=["descriptors", "one-row", "window", "weights", "pool-width", "no-window", "outputs"])
 def test_refusals_name_stage_memory_and_bytes(net, config, message):
     with pytest.raises(CompileError, match=message) as e:
         compile_network(net, nets.random_params(net, 0), config)
