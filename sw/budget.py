@@ -201,6 +201,11 @@ def _pool(config):
     return text + f"≤ {config.pool_blocks * config.rows} channels"
 
 
+def _weight_bytes(config):
+    text = f"{config.weight_bytes:,}"
+    return text + "; a streamed plan's window maps take its top" if config.act_window else text
+
+
 def limits_table(configs=None):
     """The limits of every board configuration as a Markdown table (README quotes it).
 
@@ -221,7 +226,7 @@ def limits_table(configs=None):
         ("map height / width", lambda c: f"≤ {(1 << widths['in_h']) - 1}"),
         ("descriptors (layers; bands and copies)", lambda c: f"≤ {c.max_layers}"),
         ("output channels (all layers)", lambda c: f"≤ {c.qparam_entries:,}"),
-        ("weight bytes (with the window: below it)", lambda c: f"{c.weight_words * c.rows:,}"),
+        ("weight bytes", _weight_bytes),
     ]
     lines = ["| limit | " + " | ".join(c.name for c in configs) + " |",
              "|---|" + "---|" * len(configs)]
