@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..hw.config import ACT_SPACE
+from ..hw.protocol import CHUNK_BYTES
 
 __all__ = [
     "COPY_OVERHEAD",
@@ -60,7 +61,8 @@ class PlanError(ValueError):
 
 
 def _align(n):
-    return -(-n // 8) * 8
+    """``n`` rounded up to whole 64-bit chunks (maps start on chunks, like images)."""
+    return -(-n // CHUNK_BYTES) * CHUNK_BYTES
 
 
 @dataclass(frozen=True)
