@@ -50,10 +50,12 @@ __all__ = [
     "stage_descriptors",
 ]
 
-#: Planning weights of a descriptor beyond its beats or bytes (pipeline fill and drain,
-#: the sequencer's start): they steer the planner between fewer and smaller chunks.
-LAYER_OVERHEAD = 64
-COPY_OVERHEAD = 8
+#: Planning weights of a descriptor beyond its beats or bytes, in cycles: a layer's
+#: pipeline fill and drain and the descriptor fetch (a rough figure; the board's counters
+#: have the exact ones), a copy's 2-cycle latency (``hw/copier.py``). They steer the
+#: planner between fewer, larger chunks and more, smaller ones.
+LAYER_OVERHEAD = 48
+COPY_OVERHEAD = 2
 
 
 class PlanError(ValueError):
