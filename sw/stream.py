@@ -22,11 +22,12 @@ The planner tries every placement of the maps (a chain, so a dynamic programme o
 stages) and per stage every pass size with the fewest bands that fit the block RAM left,
 and keeps the plan with the fewest estimated cycles (array beats + copied bytes + a
 planning overhead per descriptor, + the image's wire time when it is in the window: it
-then cannot arrive during the previous run) within ``config.max_layers`` descriptors. Block RAM:
-image slots at the top, resident maps alternately at the bottom (odd maps) and under the
-slots (even maps), a stage's band buffers between them. Window: the image slot at its top,
-then the even and the odd window maps (two regions: a map is alive for two stages), so the
-weights below may grow up to the lowest window byte used.
+then cannot arrive during the previous run) within ``config.max_layers`` descriptors.
+
+Block RAM: image slots at the top, resident maps alternately at the bottom (odd maps)
+and under the slots (even maps), a stage's band buffers between them. Window: the image
+slot at its top, then the even and the odd window maps (two regions: a map is alive for
+two stages), so the weights below may grow up to the lowest window byte used.
 
 Every descriptor of a stage is emitted so that the last one writes the first byte of the
 stage's output map: a program cut after any stage (taps) ends with its map's base.
@@ -43,7 +44,9 @@ __all__ = [
     "COPY_OVERHEAD",
     "LAYER_OVERHEAD",
     "Band",
+    "PlanError",
     "StageChoice",
+    "bands",
     "StreamPlan",
     "plan_stream",
     "stage_choices",
@@ -255,10 +258,12 @@ def _gap(i, resident, sizes, top):
     return hi - lo if hi >= lo else None
 
 
-def _search(stages, config, sizes, res0, limit):
-    """Dynamic programme over the stages for a given image placement: per stage and
-    residency of its output map, ``{descriptors: (cycles, back)}``; ``None`` if some
-    stage cannot run."""
+def _search(stages, config, sizes, res0):
+    """Dynamic programme over the stages for a given image placement.
+
+    Returns ``(tables, None)``: per stage (after a first entry for the image) and per
+    residency of its output map, ``{descriptors: (cycles, back)}``; or ``(None, i)`` if
+    stage ``i`` cannot run with any placement."""
     slot = _align(sizes[0])
     top = config.act_bytes - 2 * slot if res0 else config.act_bytes
     tables = [{res0: {0: (0, None)}}]
@@ -278,7 +283,7 @@ def _search(stages, config, sizes, res0, limit):
                     for o in options:
                         d, cy = d0 + o.descriptors, cy0 + o.cycles
                         entry = table.setdefault(res_out, {})
-                        if d <= limit and (d not in entry or entry[d][0] > cy):
+                        if d not in entry or entry[d][0] > cy:
                             entry[d] = (cy, (res_in, d0, o))
         if not table:
             return None, i
@@ -318,7 +323,7 @@ def plan_stream(network, stages, config):
     for res0 in (True, False):
         if res0 and 2 * _align(sizes[0]) > config.act_bytes:
             continue
-        tables, failed = _search(stages, config, sizes, res0, 1 << 30)
+        tables, failed = _search(stages, config, sizes, res0)
         if tables is None:
             stuck = failed
             continue
