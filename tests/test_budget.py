@@ -49,11 +49,18 @@ def test_describe_board_prints_the_budget(capsys):
     assert out.rstrip().endswith("lenet5 fits icebreaker")
 
 
+def describe_on(config, network, capsys, monkeypatch):
+    """``fpgacnn describe NETWORK --board icebreaker`` with the board's config ``config``:
+    ``(exit status, output)``."""
+    monkeypatch.setitem(CONFIGS, "icebreaker", config)
+    status = main(["describe", network, "--board", "icebreaker"])
+    return status, capsys.readouterr().out
+
+
 def test_describe_board_says_what_does_not_fit(capsys, monkeypatch):
     # Without the activation window (the iCEBreaker before it had one).
-    monkeypatch.setitem(CONFIGS, "icebreaker", ICEBREAKER)
-    assert main(["describe", "cifar-small", "--board", "icebreaker"]) == 1
-    out = capsys.readouterr().out
+    status, out = describe_on(ICEBREAKER, "cifar-small", capsys, monkeypatch)
+    assert status == 1
     assert "cifar-small does NOT fit icebreaker: activations (8,192 B missing)" in out
     assert "compiler: cifar-small does not fit the 4096-byte activation memory" in out
 
@@ -75,9 +82,8 @@ def test_budget_of_a_streamed_plan(make):
 
 
 def test_describe_board_shows_the_window(capsys, monkeypatch):
-    monkeypatch.setitem(CONFIGS, "icebreaker", WINDOW)
-    assert main(["describe", "cifar-small", "--board", "icebreaker"]) == 0
-    out = capsys.readouterr().out
+    status, out = describe_on(WINDOW, "cifar-small", capsys, monkeypatch)
+    assert status == 0
     assert "  window          61,440     7,168    54,272  B / top of the weight memory" in out
     assert "        3,072 B   image slot 0 = 1 (3072 B input)" in out
     assert "        4,096 B   stage 0 output" in out
