@@ -217,6 +217,8 @@ def limits_table(configs=None):
     rows = [
         ("activation memory (B)", lambda c: f"{c.act_bytes:,}"),
         ("activation window (B)", _window),
+        ("image slots", lambda c: "2 in the block RAM" + (
+            ", or 1 in the window (written between runs)" if c.act_window else "")),
         ("largest input C·H·W (B), 8-byte output", _largest_input),
         ("maps next to a 1×28×28 input (B)", lambda c: _maps_pair(c, (1, 28, 28))),
         ("maps next to a 3×32×32 input (B)", lambda c: _maps_pair(c, (3, 32, 32))),
