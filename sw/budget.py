@@ -66,15 +66,18 @@ def _act_contents(network, stages):
 
 
 def _stream_plan(network, stages, config):
-    """The streamed plan the compiler would use, or ``None`` (the block RAM plan fits, or
-    no streamed plan exists: the compiler's message says why)."""
+    """The streamed plan the compiler would use; if it needs more descriptors than the
+    program memory holds, the one with the fewest; ``None`` if the block-RAM plan fits
+    or no streamed plan exists (the compiler's message says why)."""
     if not config.act_window or compiler._fits_block_ram(network, stages, config):
         return None
     from . import stream
-    try:
-        return stream.plan_stream(network, stages, config)
-    except stream.PlanError:
-        return None
+    for fewest in (False, True):
+        try:
+            return stream.plan_stream(network, stages, config, fewest=fewest)
+        except stream.PlanError:
+            pass
+    return None
 
 
 def _stream_contents(plan, stages):

@@ -291,14 +291,14 @@ def _search(stages, config, sizes, res0):
     return tables, None
 
 
-def _backtrack(tables, limit):
-    """The cheapest final state within ``limit`` descriptors: (cycles, residency per map,
-    choice per stage), or None."""
+def _backtrack(tables, limit, fewest=False):
+    """The cheapest final state within ``limit`` descriptors (``fewest``: the one with
+    the fewest descriptors): (cycles, residency per map, choice per stage), or None."""
     finals = [(cy, d, res) for res, entry in tables[-1].items()
               for d, (cy, _) in entry.items() if d <= limit]
     if not finals:
         return None
-    cycles, d, res = min(finals)
+    cycles, d, res = min(finals, key=lambda f: (f[1], f[0]) if fewest else f[:2])
     resident, choices = [res], []
     for table in reversed(tables[1:]):
         res_in, d, choice = table[res][d][1]
@@ -308,8 +308,10 @@ def _backtrack(tables, limit):
     return cycles, tuple(reversed(resident)), tuple(reversed(choices))
 
 
-def plan_stream(network, stages, config):
-    """The cheapest :class:`StreamPlan` of ``network`` on ``config`` (``act_window``).
+def plan_stream(network, stages, config, *, fewest=False):
+    """The cheapest :class:`StreamPlan` of ``network`` on ``config`` (``act_window``), or
+    with ``fewest`` the one with the fewest descriptors, however many the program memory
+    holds (what :mod:`.budget` shows when it holds too few).
 
     Raises
     ------
@@ -319,7 +321,7 @@ def plan_stream(network, stages, config):
         message names the stage, the memory and the bytes.
     """
     sizes = [int(np.prod(network.input_shape))] + [int(np.prod(s.out_shape)) for s in stages]
-    plans, fewest, stuck = [], [], None
+    plans, least, stuck = [], [], None
     for res0 in (True, False):
         if res0 and 2 * _align(sizes[0]) > config.act_bytes:
             continue
@@ -327,19 +329,20 @@ def plan_stream(network, stages, config):
         if tables is None:
             stuck = failed
             continue
-        fewest.append(min(d for entry in tables[-1].values() for d in entry))
-        found = _backtrack(tables, config.max_layers)
+        least.append(min(d for entry in tables[-1].values() for d in entry))
+        found = _backtrack(tables, 1 << 30 if fewest else config.max_layers, fewest)
         if found is not None:
             # The link fills a window slot only while the core is idle: the image's wire
             # time no longer overlaps the previous image's run.
             wire = 0 if res0 else sizes[0] * 10 * config.clock_hz // config.baud
             plans.append((found[0] + wire,) + found[1:])
     if plans:
-        _, resident, choices = min(plans, key=lambda p: p[0])
+        _, resident, choices = min(plans, key=lambda p: (
+            sum(c.descriptors for c in p[2]), p[0]) if fewest else p[0])
         return _layout(network, config, sizes, resident, choices)
-    if not fewest:
+    if not least:
         raise PlanError(_no_room(stages[stuck], config))
-    raise PlanError(f"{network.name} needs at least {min(fewest)} descriptors to run in bands "
+    raise PlanError(f"{network.name} needs at least {min(least)} descriptors to run in bands "
                     f"through the {config.act_bytes}-byte block RAM, but the program memory "
                     f"of {config.name} holds {config.max_layers}")
 

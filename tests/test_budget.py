@@ -99,3 +99,13 @@ def test_limits_table_with_the_window():
     assert "| activation window (B) | 61,440 (weight bytes from 69,632) | none |" in table
     assert "| maps next to a 3×32×32 input (B) | none; window 58,368 | 26,624 |" in table
     assert "| descriptors (layers; bands and copies) | ≤ 32 | ≤ 16 |" in table
+
+
+def test_budget_of_a_streamed_plan_with_too_many_descriptors():
+    net = nets.cifar_small()
+    lines = format_budget(net, WINDOW.with_(max_layers=16))
+    # The plan with the fewest descriptors, as the compiler's refusal counts them.
+    with pytest.raises(compiler.CompileError, match="cifar-small needs at least 21 desc"):
+        compiler.compile_network(net, nets.random_params(net, 0), WINDOW.with_(max_layers=16))
+    assert "  program             16        21        -5  descriptors / block RAM" in lines
+    assert lines[-1] == "cifar-small does NOT fit icebreaker: program (5 descriptors missing)"
