@@ -217,7 +217,8 @@ class Accelerator:
     program : compiler.CompiledProgram or None
         Set by :meth:`load`.
     counters : ndarray of uint32, shape (N, 1 + layers)
-        Cycle counters of the last :meth:`infer` batch: total, then per layer.
+        Cycle counters of the last :meth:`infer` batch: total, then per layer (the sum
+        of its descriptors' cycles when a streamed plan runs it in bands and copies).
     bytes_sent, bytes_received : int
         Link traffic so far (frames, CRCs and the board's padding included).
     retries : int
@@ -699,7 +700,19 @@ class Accelerator:
     def _result_args(self, counters):
         return proto.encode_struct(proto.ResultArgs, {
             "n_logits": self.program.output_count,
-            "n_counters": 1 + len(self.program.stages) if counters else 0})
+            "n_counters": 1 + len(self.program.descriptors) if counters else 0})
+
+    def _stage_counters(self, counters):
+        """RESULT counters (total, then per descriptor) → ``(N, 1 + stages)``: the total,
+        then per stage the sum of its descriptors' cycles (bands, groups, copies)."""
+        program = self.program
+        raw = np.array(counters, dtype=np.uint32).reshape(
+            len(counters), 1 + len(program.descriptors))
+        out = np.zeros((len(raw), 1 + len(program.stages)), np.uint32)
+        out[:, 0] = raw[:, 0]
+        for i, stage in enumerate(program.descriptor_stages):
+            out[:, 1 + stage] += raw[:, 1 + i]
+        return out
 
     def infer(self, images, *, progress=True, all_counters=False, taps=None):
         """Classify ``images``; returns ``(classes (N,), logits int8 (N, K))``.
@@ -758,8 +771,7 @@ class Accelerator:
             self._retrying(lambda: self.pipeline(requests(len(logits))))
         if len(logits) != n:
             raise DriverError(f"got {len(logits)} results for {n} images")
-        self.counters = np.array(counters, dtype=np.uint32).reshape(
-            len(counters), 1 + len(self.program.stages))
+        self.counters = self._stage_counters(counters)
         logits = np.array(logits, dtype=np.int8).reshape(n, k)
         return logits.argmax(axis=1), logits
 
