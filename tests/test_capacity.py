@@ -126,3 +126,23 @@ def test_networks_on_ulx3s(ulx3s, make, seed):
     _, out, maps = ulx3s.infer(x, progress=False, taps=[0])
     assert_array_equal(maps[0], want[0])
     assert_array_equal(out, want[-1].reshape(len(x), -1))
+
+
+def test_bench_network_figures_count_copies_per_stage():
+    # bench --network: per-stage cycles next to the array's beats and the bytes the stage's
+    # copy descriptors move (streamed plans); stable JSON keys.
+    from fpgacnn.commands.bench_network import figures, format_figures
+    from fpgacnn.hw.config import get_config
+    from fpgacnn.sw import compiler
+    config = get_config("icebreaker").with_(act_window=True, max_layers=32)
+    net = nets.cifar_small()
+    program = compiler.compile_network(net, nets.random_params(net, 0), config)
+    counters = np.array([[1000, 400, 300, 200, 60, 40]] * 2)
+    f = figures(config, net, counters, program)
+    assert f["descriptors"] == len(program.descriptors) > len(net.stages())
+    copied = [layer["copy_bytes"] for layer in f["layers"]]
+    assert sum(copied) == program.copy_bytes() > 0 and copied[0] > 0
+    assert [layer["ideal_beats"] for layer in f["layers"]] == [
+        compiler.ideal_cycles(s, config) for s in net.stages()]
+    assert f["cycles_per_image"] == 1000 and f["layers"][2]["cycles"] == 200
+    assert f"{sum(copied):,}" in format_figures(f)

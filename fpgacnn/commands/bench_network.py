@@ -4,7 +4,8 @@ For the networks of ``fpgacnn describe`` (``cifar-small``, ``seeds-layer``, ``wi
 ...): seeded random int8 parameters (``network.random_params``) and images, run on the
 simulated board of ``--board``, checked bit-exact against the golden model, then the
 board's own cycle counters per layer next to the array's ideal (its operand beats,
-``out_h·k_blocks·ceil(out_w/cols)·D``) and the MAC bound (MACs / multipliers).
+``out_h·k_blocks·ceil(out_w/cols)·D``), the bytes its copy descriptors move through the
+block RAM (streamed plans, one cycle each) and the MAC bound (MACs / multipliers).
 """
 
 import json
@@ -28,34 +29,46 @@ def measure(config, net, params, images):
         return outputs, acc.counters.astype(np.int64)
 
 
-def figures(config, net, counters):
+def stage_copy_bytes(program):
+    """Per stage, the bytes its copy descriptors move per image (0 without the window)."""
+    out = [0] * len(program.stages)
+    for stage, d in zip(program.descriptor_stages, program.descriptors):
+        if d.get("copy"):
+            out[stage] += d["segments"] * d["length"]
+    return out
+
+
+def figures(config, net, counters, program):
     """Per-layer and total cycles against the ideal, under stable JSON keys."""
     from ..sw import compiler
     stages = net.stages()
     beats = [compiler.ideal_cycles(s, config) for s in stages]
+    copied = stage_copy_bytes(program)
     layers = counters[:, 1:].mean(axis=0)
     total = float(counters[:, 0].mean())
     return {
         "board": config.name, "network": net.name, "images": len(counters),
         "multipliers": config.multipliers, "macs": net.macs,
         "cycles_per_image": total, "mac_bound_cycles": net.macs / config.multipliers,
+        "descriptors": len(program.descriptors),
         "layers": [{"stage": s.index, "out_shape": list(s.out_shape), "cycles": float(c),
-                    "ideal_beats": b, "mac_bound": s.macs / config.multipliers}
-                   for s, c, b in zip(stages, layers, beats)],
+                    "ideal_beats": b, "copy_bytes": n, "mac_bound": s.macs / config.multipliers}
+                   for s, c, b, n in zip(stages, layers, beats, copied)],
         "images_per_s_compute": config.clock_hz / total,
     }
 
 
 def format_figures(f):
     lines = [(f"fpgacnn bench: {f['network']} on {f['board']} ({f['images']} random images, "
-              f"bit-exact vs golden)"),
-             f"{'':<26} {'cycles':>10} {'ideal beats':>12} {'MAC bound':>10}"]
+              f"bit-exact vs golden; {f['descriptors']} descriptors)"),
+             f"{'':<26} {'cycles':>10} {'ideal beats':>12} {'copied B':>9} {'MAC bound':>10}"]
     for layer in f["layers"]:
         lines.append(f"  layer {layer['stage']} -> {tuple(layer['out_shape'])!s:<14} "
                      f"{layer['cycles']:>10,.0f} {layer['ideal_beats']:>12,} "
-                     f"{layer['mac_bound']:>10,.0f}")
+                     f"{layer['copy_bytes']:>9,} {layer['mac_bound']:>10,.0f}")
     lines.append(f"{'cycles / image':<26} {f['cycles_per_image']:>10,.0f} "
                  f"{sum(x['ideal_beats'] for x in f['layers']):>12,} "
+                 f"{sum(x['copy_bytes'] for x in f['layers']):>9,} "
                  f"{f['mac_bound_cycles']:>10,.0f}  ({f['macs']:,} MACs / "
                  f"{f['multipliers']} multipliers)")
     lines.append(f"{'compute-bound images/s':<26} {f['images_per_s_compute']:>10,.1f}")
@@ -83,7 +96,7 @@ def run(args, config):
     net = NETWORKS[args.network]()
     params = nets.random_params(net, 0)
     try:
-        compiler.compile_network(net, params, config)
+        program = compiler.compile_network(net, params, config)
     except compiler.CompileError as e:
         print("\n".join(format_budget(net, config)), file=sys.stderr)
         print(f"error: {e}", file=sys.stderr)
@@ -97,7 +110,7 @@ def run(args, config):
         print(f"error: {bad} of {len(x)} images differ from the golden model",
               file=sys.stderr)
         return 1
-    f = figures(config, net, counters)
+    f = figures(config, net, counters, program)
     print(format_figures(f))
     write_json(args.json, f)
     return 0
