@@ -46,7 +46,7 @@ class Copier(wiring.Component):
     Latency and throughput: the reads of the source bytes are issued one per cycle from
     the cycle after ``start``; each byte is written in the cycle after its read (the
     read port's 1-cycle latency), so ``done`` pulses ``segments*length + 2`` cycles after
-    ``start`` (2 for a copy of zero bytes). The read of byte ``n + 1`` and the write of
+    ``start`` (1 for a copy of zero bytes). The read of byte ``n + 1`` and the write of
     byte ``n`` go out in the same cycle (a copy onto its own source is not defined).
 
     Attributes

@@ -228,10 +228,10 @@ class HostWrites(wiring.Component):
     """Host writes (``wr`` beats) into the core's memories.
 
     QPARAMS chunks go straight to their memory (one cycle per beat), WEIGHTS chunks too
-    without ``config.act_window``. A PROGRAM chunk is held and written as four halfwords
-    in the next four cycles; an IMAGE chunk is held and written one byte per cycle in
-    which the datapath (or the copier) does not write the activation memory (``act_in``
-    has priority; nothing is lost).
+    without ``config.act_window``. The other chunks are held (one register for all):
+    a PROGRAM chunk is written as four halfwords in the next four cycles, an IMAGE
+    chunk one byte per cycle in which the datapath (or the copier) does not write the
+    activation memory (``act_in`` has priority; nothing is lost).
 
     With ``config.act_window`` the weight memory is written one byte per cycle too
     (``weights.mask`` one-hot, the byte on every lane), like an IMAGE chunk from the same
@@ -239,12 +239,10 @@ class HostWrites(wiring.Component):
     window (chunk ``a >= act_bytes / 8``: window bytes ``8a … 8a + 7``, at weight-memory
     byte ``window_weight_byte + 8a - act_bytes``).
 
-    Latency and throughput: ``wr.ready`` is high when the beat can be taken: for
-    QPARAMS/PROGRAM while neither ``busy`` nor a PROGRAM chunk is pending (so one
-    PROGRAM chunk per 4 cycles), for a block-RAM IMAGE chunk while no IMAGE chunk is
-    pending (one per 8 free activation-write cycles, during a run too), for WEIGHTS
-    like QPARAMS (with the window: also no chunk pending, one per 8 cycles) and for a
-    window IMAGE chunk while idle and no chunk is pending.
+    Latency and throughput: ``wr.ready`` is high while no chunk is held and, except
+    for a block-RAM IMAGE chunk (accepted during a run too), while not ``busy``: one
+    PROGRAM chunk per 5 cycles, one held IMAGE (or, with the window, WEIGHTS) chunk per
+    9 cycles while the activation memory is free.
 
     Parameters
     ----------
@@ -283,75 +281,72 @@ class HostWrites(wiring.Component):
         cfg = self._config
         m = Module()
         window = cfg.act_window
-        img_valid = Signal()
-        img_addr = Signal(len(self.weights.addr) if window else
-                          range(cfg.act_bytes // 8 + 1))
-        img_data = Signal(64)
-        img_byte = Signal(3)
-        img_w = Signal()             # the held chunk goes to the weight memory
-        prog_addr = Signal(range(cfg.max_layers * program.DESCRIPTOR_WORDS))
-        prog_data = Signal(64)
-        prog_part = Signal(2)
-        prog_valid = Signal()
-        wr = self.wr.p
         Space = program.Space
-        to_window = Signal()         # an IMAGE chunk for the window
+        wr = self.wr.p
+        # One holding register for every chunk written over several cycles.
+        held = Signal()                      # a chunk is being written
+        kind = Signal(_Held)
+        addr = Signal(max(len(self.weights.addr) if window else 0, len(self.act.addr) - 3,
+                          len(self.program.addr) - 2))
+        chunk = Signal(64)
+        part = Signal(3)                     # byte (halfword for PROGRAM) being written
+        to_window = Signal()                 # an IMAGE chunk for the window
         if window:
             m.d.comb += to_window.eq(wr.addr >= cfg.act_bytes // 8)
-        model_ok = ~self.busy & ~prog_valid
-        if window:      # WEIGHTS chunks use the IMAGE holding register too
-            model_ok = model_ok & ~(img_valid & (wr.space == Space.WEIGHTS))
-        m.d.comb += self.wr.ready.eq(Mux(wr.space == Space.IMAGE,
-                                         ~img_valid & (~to_window | ~self.busy), model_ok))
+        m.d.comb += self.wr.ready.eq(~held & Mux(wr.space == Space.IMAGE,
+                                                 ~to_window | ~self.busy, ~self.busy))
         take = self.wr.valid & self.wr.ready
         m.d.comb += [
-            self.program_pending.eq(prog_valid | (img_valid & img_w)),
+            self.program_pending.eq(held & (kind != _Held.ACT)),
             self.qparams.addr.eq(wr.addr),
             self.qparams.data.eq(wr.data[:len(self.qparams.data.as_value())]),
             self.qparams.en.eq(take & (wr.space == Space.QPARAMS)),
         ]
-        with m.If(take & (wr.space == Space.PROGRAM)):
-            m.d.sync += [prog_valid.eq(1), prog_addr.eq(wr.addr), prog_data.eq(wr.data),
-                         prog_part.eq(0)]
-        with m.If(prog_valid):
-            m.d.comb += [self.program.addr.eq(Cat(prog_part, prog_addr)),
-                         self.program.data.eq(prog_data.word_select(prog_part, 16)),
-                         self.program.en.eq(1)]
-            m.d.sync += prog_part.eq(prog_part + 1)
-            with m.If(prog_part == 3):
-                m.d.sync += prog_valid.eq(0)
-        byte = img_data.word_select(img_byte, 8)
-        next_byte = Signal()         # the held chunk's byte is written this cycle
-        with m.If(next_byte):
-            m.d.sync += img_byte.eq(img_byte + 1)
-            with m.If(img_byte == 7):
-                m.d.sync += img_valid.eq(0)
+        with m.If(take):
+            m.d.sync += [chunk.eq(wr.data), addr.eq(wr.addr), part.eq(0)]
+            with m.Switch(wr.space):
+                with m.Case(Space.PROGRAM):
+                    m.d.sync += [held.eq(1), kind.eq(_Held.PROGRAM)]
+                with m.Case(Space.IMAGE):
+                    m.d.sync += [held.eq(1), kind.eq(Mux(to_window, _Held.WEIGHTS, _Held.ACT))]
+                    with m.If(to_window):
+                        # The window ends with the weight memory.
+                        m.d.sync += addr.eq(window_chunk(cfg, wr.addr))
+                if window:
+                    with m.Case(Space.WEIGHTS):
+                        m.d.sync += [held.eq(1), kind.eq(_Held.WEIGHTS)]
+        byte = chunk.word_select(part, 8)
+        step = Signal()                      # the held chunk's part is written this cycle
+        with m.If(step):
+            m.d.sync += part.eq(part + 1)
+            with m.If(part == Mux(kind == _Held.PROGRAM, 3, 7)):
+                m.d.sync += held.eq(0)
+        m.d.comb += [self.program.addr.eq(Cat(part[:2], addr)),
+                     self.program.data.eq(chunk.word_select(part[:2], 16)),
+                     self.program.en.eq(held & (kind == _Held.PROGRAM))]
         if window:
-            held = (wr.space == Space.IMAGE) | (wr.space == Space.WEIGHTS)
-            with m.If(take & held):
-                # A window chunk's weight-memory chunk: the window ends with the memory.
-                m.d.sync += [img_valid.eq(1), img_data.eq(wr.data), img_byte.eq(0),
-                             img_w.eq((wr.space == Space.WEIGHTS) | to_window),
-                             img_addr.eq(Mux((wr.space == Space.IMAGE) & to_window,
-                                             window_chunk(cfg, wr.addr), wr.addr))]
-            m.d.comb += [self.weights.addr.eq(img_addr), self.weights.data.eq(byte.replicate(8)),
-                         self.weights.mask.eq(1 << img_byte),
-                         self.weights.en.eq(img_valid & img_w)]
+            m.d.comb += [self.weights.addr.eq(addr), self.weights.data.eq(byte.replicate(8)),
+                         self.weights.mask.eq(1 << part),
+                         self.weights.en.eq(held & (kind == _Held.WEIGHTS))]
         else:
             m.d.comb += [self.weights.addr.eq(wr.addr), self.weights.data.eq(wr.data),
                          self.weights.en.eq(take & (wr.space == Space.WEIGHTS))]
-            with m.If(take & (wr.space == Space.IMAGE)):
-                m.d.sync += [img_valid.eq(1), img_addr.eq(wr.addr), img_data.eq(wr.data),
-                             img_byte.eq(0)]
         with m.If(self.act_in.en):
             m.d.comb += [self.act.addr.eq(self.act_in.addr), self.act.data.eq(self.act_in.data),
                          self.act.en.eq(1)]
-        with m.Elif(img_valid & ~img_w):
-            m.d.comb += [self.act.addr.eq(Cat(img_byte, img_addr)), self.act.data.eq(byte),
-                         self.act.en.eq(1), next_byte.eq(1)]
-        with m.If(img_valid & img_w):
-            m.d.comb += next_byte.eq(1)
+        with m.Elif(held & (kind == _Held.ACT)):
+            m.d.comb += [self.act.addr.eq(Cat(part, addr)), self.act.data.eq(byte),
+                         self.act.en.eq(1), step.eq(1)]
+        with m.If(held & (kind != _Held.ACT)):
+            m.d.comb += step.eq(1)
         return m
+
+
+class _Held(enum.Enum):
+    """Where :class:`HostWrites`' held chunk goes."""
+    ACT = 0          # activation block RAM, a byte per free cycle
+    WEIGHTS = 1      # weight memory (with the window), a byte per cycle
+    PROGRAM = 2      # program memory, a halfword per cycle
 
 
 def window_chunk(cfg, chunk):

@@ -75,7 +75,8 @@ class Im2col(wiring.Component):
     """Generate the operand addresses of one layer, one beat per cycle.
 
     A layer starts with a beat on ``start`` (a :class:`~fpgacnn.hw.program.LayerDescriptor`;
-    ``start.ready`` is high only while idle). The unit then spends 8 cycles (one per bit of
+    ``start.ready`` is high only while idle); the payload must stay unchanged until the
+    layer's last beat (the unit reads its plain fields from it, copying none). The unit then spends 8 cycles (one per bit of
     the descriptor's ``in_h``) computing per-layer constants by shift-and-add (no
     multipliers anywhere), and emits ``out_h * k_blocks * ceil(out_w / cols) * reduction``
     beats on ``o_stream``, one per cycle unless backpressured, the final one with ``end``.
@@ -188,9 +189,7 @@ class Im2col(wiring.Component):
                     m.d.sync += [
                         r.km1.eq(p.kernel - 1), r.cm1.eq(p.cin - 1),
                         r.kbm1.eq(p.k_blocks - 1), r.ohm1.eq(p.out_h - 1),
-                        r.out_w.eq(p.out_w), r.in_h.eq(p.in_h), r.in_w.eq(p.in_w),
-                        r.stride.eq(p.stride), r.pad.eq(p.pad), r.pad_top.eq(p.pad_top),
-                        r.iy0.eq(-p.pad_top), r.w_base.eq(p.w_base),
+                        r.iy0.eq(-p.pad_top),
                         n.eq(0), wsh.eq(p.in_w), hsh.eq(p.in_h),
                         r.step_y.eq(p.in_w - p.kernel + 1), r.step_c.eq(1 - p.kernel),
                         r.step_r.eq(0), r.row_a.eq(base),
@@ -294,13 +293,10 @@ class _Registers:
         self.cm1 = Signal.like(desc.cin)         # cin - 1
         self.kbm1 = Signal.like(desc.k_blocks)   # k_blocks - 1
         self.ohm1 = Signal.like(desc.out_h)      # out_h - 1
-        self.out_w = Signal.like(desc.out_w)
-        self.in_h = Signal.like(desc.in_h)
-        self.in_w = Signal.like(desc.in_w)
-        self.stride = Signal.like(desc.stride)
-        self.pad = Signal.like(desc.pad)
-        self.pad_top = Signal.like(desc.pad_top)
-        self.w_base = Signal(WA)
+        # Fields used as they are: read from the descriptor, which stays put (no copy).
+        self.out_w, self.in_h, self.in_w = desc.out_w, desc.in_h, desc.in_w
+        self.stride, self.pad, self.pad_top = desc.stride, desc.pad, desc.pad_top
+        self.w_base = Signal(WA) if column_blocks else desc.w_base[:w_addr_width]
         # Per-layer steps.
         # in_w - kernel + 1: next fy (may be <= 0 with padding).
         self.step_y = Signal(signed(len(desc.in_w) + 2))
