@@ -228,21 +228,22 @@ class HostWrites(wiring.Component):
     """Host writes (``wr`` beats) into the core's memories.
 
     QPARAMS chunks go straight to their memory (one cycle per beat), WEIGHTS chunks too
-    without ``config.act_window``. The other chunks are held (one register for all):
-    a PROGRAM chunk is written as four halfwords in the next four cycles, an IMAGE
-    chunk one byte per cycle in which the datapath (or the copier) does not write the
-    activation memory (``act_in`` has priority; nothing is lost).
+    without ``config.act_window``. The other chunks are written from the beat itself,
+    which is taken (``wr.ready``) in the cycle its last part is written: a PROGRAM chunk
+    as four halfwords in four cycles, an IMAGE chunk one byte per cycle in which the
+    datapath (or the copier) does not write the activation memory (``act_in`` has
+    priority; nothing is lost). ``wr``'s payload must stay put while it waits (the
+    stream rule).
 
     With ``config.act_window`` the weight memory is written one byte per cycle too
-    (``weights.mask`` one-hot, the byte on every lane), like an IMAGE chunk from the same
-    holding register: WEIGHTS chunks, and IMAGE chunks addressed to the activation
-    window (chunk ``a >= act_bytes / 8``: window bytes ``8a … 8a + 7``, at weight-memory
-    byte ``window_weight_byte + 8a - act_bytes``).
+    (``weights.mask`` one-hot, the byte on every lane): WEIGHTS chunks, and IMAGE chunks
+    addressed to the activation window (chunk ``a >= act_bytes / 8``: window bytes
+    ``8a … 8a + 7``, at weight-memory byte ``window_weight_byte + 8a - act_bytes``).
 
-    Latency and throughput: ``wr.ready`` is high while no chunk is held and, except
-    for a block-RAM IMAGE chunk (accepted during a run too), while not ``busy``: one
-    PROGRAM chunk per 5 cycles, one held IMAGE (or, with the window, WEIGHTS) chunk per
-    9 cycles while the activation memory is free.
+    Latency and throughput: a block-RAM IMAGE chunk is written during a run too, the
+    others only while not ``busy``; one QPARAMS chunk per cycle, a PROGRAM chunk per 4
+    cycles, an IMAGE (with the window, WEIGHTS) chunk per 8 cycles in which the
+    activation memory is free.
 
     Parameters
     ----------
@@ -255,9 +256,9 @@ class HostWrites(wiring.Component):
         A run is in progress: the weight (single-port SPRAM), qparam and program
         memories are in use.
     program_pending : Out(1)
-        A PROGRAM chunk, or a chunk for the weight memory, is still being written (the
-        sequencer must not start; with the window, the host must not read the weight
-        memory).
+        A chunk other than a block-RAM IMAGE chunk is offered: the sequencer must not
+        start (it would read a half-written program, or find the weight memory in use);
+        with the window, the host's reads of the weight memory wait.
     act_in : In(write port)
         The datapath's (and the copier's) activation writes.
     weights, qparams, program, act : Out(write port)
@@ -280,73 +281,56 @@ class HostWrites(wiring.Component):
     def elaborate(self, platform):
         cfg = self._config
         m = Module()
-        window = cfg.act_window
         Space = program.Space
         wr = self.wr.p
-        # One holding register for every chunk written over several cycles.
-        held = Signal()                      # a chunk is being written
-        kind = Signal(_Held)
-        addr = Signal(max(len(self.weights.addr) if window else 0, len(self.act.addr) - 3,
-                          len(self.program.addr) - 2))
-        chunk = Signal(64)
-        part = Signal(3)                     # byte (halfword for PROGRAM) being written
+        space = {s: Signal(name=f"is_{s.name.lower()}") for s in Space}
+        for s, sig in space.items():
+            m.d.comb += sig.eq(self.wr.valid & (wr.space == s))
         to_window = Signal()                 # an IMAGE chunk for the window
-        if window:
+        if cfg.act_window:
             m.d.comb += to_window.eq(wr.addr >= cfg.act_bytes // 8)
-        m.d.comb += self.wr.ready.eq(~held & Mux(wr.space == Space.IMAGE,
-                                                 ~to_window | ~self.busy, ~self.busy))
-        take = self.wr.valid & self.wr.ready
+        bram_image = space[Space.IMAGE] & ~to_window
+        # A beat that may be written now: a block-RAM image chunk always, others idle.
+        go = Signal()
+        m.d.comb += [go.eq(bram_image | (self.wr.valid & ~self.busy)),
+                     self.program_pending.eq(self.wr.valid & ~bram_image)]
+        part = Signal(3)                     # byte (halfword for PROGRAM) being written
+        step = Signal()                      # ... this cycle
+        last = Mux(space[Space.PROGRAM], part == 3, part == 7)
+        byte = wr.data.word_select(part, 8)
+        with m.If(step):
+            m.d.sync += part.eq(Mux(last, 0, part + 1))
         m.d.comb += [
-            self.program_pending.eq(held & (kind != _Held.ACT)),
             self.qparams.addr.eq(wr.addr),
             self.qparams.data.eq(wr.data[:len(self.qparams.data.as_value())]),
-            self.qparams.en.eq(take & (wr.space == Space.QPARAMS)),
+            self.qparams.en.eq(go & space[Space.QPARAMS]),
+            self.program.addr.eq(Cat(part[:2], wr.addr)),
+            self.program.data.eq(wr.data.word_select(part[:2], 16)),
+            self.program.en.eq(go & space[Space.PROGRAM]),
         ]
-        with m.If(take):
-            m.d.sync += [chunk.eq(wr.data), addr.eq(wr.addr), part.eq(0)]
-            with m.Switch(wr.space):
-                with m.Case(Space.PROGRAM):
-                    m.d.sync += [held.eq(1), kind.eq(_Held.PROGRAM)]
-                with m.Case(Space.IMAGE):
-                    m.d.sync += [held.eq(1), kind.eq(Mux(to_window, _Held.WEIGHTS, _Held.ACT))]
-                    with m.If(to_window):
-                        # The window ends with the weight memory.
-                        m.d.sync += addr.eq(window_chunk(cfg, wr.addr))
-                if window:
-                    with m.Case(Space.WEIGHTS):
-                        m.d.sync += [held.eq(1), kind.eq(_Held.WEIGHTS)]
-        byte = chunk.word_select(part, 8)
-        step = Signal()                      # the held chunk's part is written this cycle
-        with m.If(step):
-            m.d.sync += part.eq(part + 1)
-            with m.If(part == Mux(kind == _Held.PROGRAM, 3, 7)):
-                m.d.sync += held.eq(0)
-        m.d.comb += [self.program.addr.eq(Cat(part[:2], addr)),
-                     self.program.data.eq(chunk.word_select(part[:2], 16)),
-                     self.program.en.eq(held & (kind == _Held.PROGRAM))]
-        if window:
-            m.d.comb += [self.weights.addr.eq(addr), self.weights.data.eq(byte.replicate(8)),
+        in_place = space[Space.PROGRAM] | space[Space.IMAGE]
+        if cfg.act_window:
+            in_place = in_place | space[Space.WEIGHTS]
+            # The window ends with the weight memory.
+            m.d.comb += [self.weights.addr.eq(Mux(space[Space.WEIGHTS], wr.addr,
+                                                  window_chunk(cfg, wr.addr))),
+                         self.weights.data.eq(byte.replicate(8)),
                          self.weights.mask.eq(1 << part),
-                         self.weights.en.eq(held & (kind == _Held.WEIGHTS))]
+                         self.weights.en.eq(go & (space[Space.WEIGHTS] | (space[Space.IMAGE] &
+                                                                          to_window)))]
         else:
             m.d.comb += [self.weights.addr.eq(wr.addr), self.weights.data.eq(wr.data),
-                         self.weights.en.eq(take & (wr.space == Space.WEIGHTS))]
+                         self.weights.en.eq(go & space[Space.WEIGHTS])]
         with m.If(self.act_in.en):
             m.d.comb += [self.act.addr.eq(self.act_in.addr), self.act.data.eq(self.act_in.data),
                          self.act.en.eq(1)]
-        with m.Elif(held & (kind == _Held.ACT)):
-            m.d.comb += [self.act.addr.eq(Cat(part, addr)), self.act.data.eq(byte),
+        with m.Elif(bram_image):
+            m.d.comb += [self.act.addr.eq(Cat(part, wr.addr)), self.act.data.eq(byte),
                          self.act.en.eq(1), step.eq(1)]
-        with m.If(held & (kind != _Held.ACT)):
+        with m.If(go & in_place & ~bram_image):
             m.d.comb += step.eq(1)
+        m.d.comb += self.wr.ready.eq(Mux(in_place, step & last, go))
         return m
-
-
-class _Held(enum.Enum):
-    """Where :class:`HostWrites`' held chunk goes."""
-    ACT = 0          # activation block RAM, a byte per free cycle
-    WEIGHTS = 1      # weight memory (with the window), a byte per cycle
-    PROGRAM = 2      # program memory, a halfword per cycle
 
 
 def window_chunk(cfg, chunk):
@@ -449,7 +433,7 @@ class Sequencer(wiring.Component):
         with m.Switch(state):
             with m.Case(_State.IDLE):
                 m.d.comb += self.start.ready.eq(~self.program_pending)
-                with m.If(self.start.valid):
+                with m.If(self.start.valid & self.start.ready):
                     m.d.sync += [self.image_base.eq(self.start.p.image_base), pc.eq(0),
                                  layer.eq(0), fetch.eq(0), total.eq(1), state.eq(_State.FETCH)]
             with m.Case(_State.FETCH):

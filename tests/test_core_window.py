@@ -1,0 +1,192 @@
+# amaranth: UnusedElaboratable=no
+"""The core with the activation window, in Amaranth's simulator (generic memories).
+
+A hand-written program runs a layer as two horizontal bands: the image is written into
+the window, each band's input rows are copied into the block RAM, the band runs there
+(``pad_top``), and its pooled output rows are copied out to the window, where RESULT
+reads the whole map (the last descriptor, a copy of zero bytes, sets the result base).
+The output must equal ``network.run_network`` bit-exactly and the copies' counters their
+byte counts + 2. Also: IMAGE chunks for the window wait while the core is busy (block-RAM
+ones do not), and a copy descriptor on a board without the window ends as a no-op.
+"""
+
+import numpy as np
+import pytest
+
+from fpgacnn.hw import program as prog
+from fpgacnn.hw.config import AcceleratorConfig, Dataflow
+from fpgacnn.hw.core import Core
+from fpgacnn.sim.amaranth_sim import run_simulation
+from fpgacnn.sim.streams import stream_get, stream_put
+from fpgacnn.sw import network as nets
+from fpgacnn.sw.compiler import compile_network
+from fpgacnn.sw.network import Conv, MaxPool, Network, ReLU
+
+# iCEBreaker-like, small: weight_words 8192 puts the window at weight byte 4096 (window
+# address A = weight byte A); 16384 as on the iCEBreaker (A = weight byte 65536 + A).
+WIN = AcceleratorConfig(name="win-test", rows=8, cols=1, max_reduction=1024,
+                        weight_words=8192, act_bytes=4096, qparam_entries=32, max_layers=8,
+                        clock_hz=24_000_000, dataflow=Dataflow.BROADCAST, requant_interval=2,
+                        act_window=True)
+IMG, OUT = 8192, 30000          # window addresses of the image and of the output map
+BAND_IN, BAND_OUT = 0, 2048     # block-RAM addresses of a band's input and output
+
+NET = Network("band", (3, 12, 12), [Conv(10, 3, 1, 1), ReLU(), MaxPool(2, 2)])
+
+
+def copy(segments, length, src_base, dst_base, src_stride, dst_stride, **flags):
+    return {"copy": 1, "segments": segments, "length": length, "src_base": src_base,
+            "dst_base": dst_base, "src_stride": src_stride, "dst_stride": dst_stride, **flags}
+
+
+def band_program(layer):
+    """The layer ``layer`` (a compiled whole-layer descriptor) as two bands of six
+    convolution rows (three pooled rows) each; returns the encoded descriptors."""
+    c, h, w = NET.input_shape
+    k, ph, pw = layer["out_channels"], layer["pool_h"], layer["pool_w"]
+    rows_in, rows_out = 7, ph // 2           # input rows a band reads, pooled rows it makes
+    descs = []
+    for band, (first_in, pad_top) in enumerate(((0, 1), (5, 0))):
+        descs += [
+            copy(c, rows_in * w, IMG + first_in * w, BAND_IN, h * w, rows_in * w),
+            {**layer, "in_from_image": 0, "to_logits": 0, "in_base": BAND_IN,
+             "out_base": BAND_OUT, "in_h": rows_in, "pad_top": pad_top, "out_h": 6,
+             "pool_h": rows_out},
+            copy(k, rows_out * pw, BAND_OUT, OUT + band * rows_out * pw, rows_out * pw,
+                 ph * pw),
+        ]
+    descs[0]["src_base"] = 0xDEAD            # the first reads START's image base instead
+    descs[0]["in_from_image"] = 1
+    descs.append(copy(0, 0, 0, OUT, 0, 0, to_logits=1))
+    return [prog.encode_struct(prog.CopyDescriptor if d.get("copy") else
+                               prog.LayerDescriptor, d) for d in descs]
+
+
+def chunks_of(data):
+    data = bytes(data) + bytes(-len(data) % 8)
+    return [int.from_bytes(data[i:i + 8], "little") for i in range(0, len(data), 8)]
+
+
+async def write(ctx, dut, space, addr, value):
+    await stream_put(ctx, dut.wr, {"space": space, "addr": addr, "data": value})
+
+
+async def read(ctx, dut, space, addr):
+    await stream_put(ctx, dut.rd, {"space": space, "addr": addr})
+    return (await stream_get(ctx, dut.rd_data)).data
+
+
+async def run(ctx, dut, image_base):
+    await stream_put(ctx, dut.start, {"image_base": image_base})
+    await ctx.tick()
+    while ctx.get(dut.busy):
+        await ctx.tick()
+
+
+def load(ctx, dut, program, descriptors, image):
+    """The coroutine that writes the model, the program and ``image`` (into the window)."""
+    async def go():
+        for space, writes in program.model_writes().items():
+            if space != prog.Space.PROGRAM:
+                for a, v in writes:
+                    await write(ctx, dut, space, a, v)
+        for i, d in enumerate(descriptors):
+            for j in range(prog.DESCRIPTOR_WORDS):
+                await write(ctx, dut, prog.Space.PROGRAM, i * prog.DESCRIPTOR_WORDS + j,
+                            (d >> (64 * j)) & ((1 << 64) - 1))
+        for n, v in enumerate(chunks_of(image.tobytes())):
+            await write(ctx, dut, prog.Space.IMAGE, IMG // 8 + n, v)
+    return go()
+
+
+@pytest.mark.parametrize("weight_words", [8192, 16384])
+def test_bands_through_the_window(request, weight_words):
+    config = WIN.with_(weight_words=weight_words)
+    params = nets.random_params(NET, 13)
+    compiled = compile_network(NET, params, config)
+    descriptors = band_program(compiled.descriptors[0])
+    rng = np.random.default_rng(weight_words)
+    image = rng.integers(-128, 128, NET.input_shape, dtype=np.int8)
+    image[0, 0, :3] = (-128, 127, 0)
+    expected = nets.run_network(NET, params, image).reshape(-1)
+    dut = Core(config)
+    got, counters = [], []
+
+    async def bench(ctx):
+        await load(ctx, dut, compiled, descriptors, image)
+        await run(ctx, dut, IMG)
+        for k in range(expected.size):
+            got.append(await read(ctx, dut, prog.ReadSpace.LOGITS, k))
+        for i in range(1 + len(descriptors)):
+            counters.append(await read(ctx, dut, prog.ReadSpace.COUNTERS, i))
+
+    def check():
+        y = np.array(got, dtype=np.int64).astype(np.uint32).astype(np.int32)
+        np.testing.assert_array_equal(y, expected)
+        c, h, w = NET.input_shape
+        k = compiled.descriptors[0]["out_channels"]
+        for i in (0, 3):            # copies in and out: bytes + 2 cycles
+            assert counters[1 + i] == c * 7 * w + 2, f"copy in, descriptor {i}"
+            assert counters[3 + i] == k * 3 * 6 + 2, f"copy out, descriptor {i + 2}"
+        assert counters[7] == 1, "a copy of zero bytes"
+        assert counters[0] > sum(counters[1:])
+
+    run_simulation(dut, [bench], name=request.node.name, check=check, max_cycles=60_000)
+
+
+def test_window_image_writes_wait_for_idle(request):
+    """During a run, a block-RAM IMAGE chunk is taken and a window one is held off until
+    the core is idle; then both are where RESULT reads them."""
+    dut = Core(WIN)
+    # One long copy inside the block RAM keeps the core busy.
+    long_copy = prog.encode_struct(prog.CopyDescriptor,
+                                   copy(1, 600, 100, 1000, 0, 0, to_logits=1))
+    window_chunk, bram_chunk = 0x8001FF7F00112233, 0x0123456789ABCDEF
+    got = []
+
+    async def bench(ctx):
+        for j in range(prog.DESCRIPTOR_WORDS):
+            await write(ctx, dut, prog.Space.PROGRAM, j, (long_copy >> (64 * j)) & (2**64 - 1))
+        await stream_put(ctx, dut.start, {"image_base": 0})
+        await ctx.tick()
+        assert ctx.get(dut.busy)
+        await write(ctx, dut, prog.Space.IMAGE, 3, bram_chunk)     # block RAM: taken
+        ctx.set(dut.wr.payload, {"space": prog.Space.IMAGE, "addr": 5000, "data": window_chunk})
+        ctx.set(dut.wr.valid, 1)
+        while ctx.get(dut.busy):
+            assert not ctx.get(dut.wr.ready), "window IMAGE chunk taken during a run"
+            await ctx.tick()
+        await ctx.tick().until(dut.wr.ready)
+        ctx.set(dut.wr.valid, 0)
+        # Read both back: the result base is the copy's dst_base (1000).
+        for a in list(range(8 * 3, 8 * 3 + 8)) + list(range(8 * 5000, 8 * 5000 + 8)):
+            got.append(await read(ctx, dut, prog.ReadSpace.LOGITS, (a - 1000) % 65536))
+
+    def check():
+        expected = [b - 256 * (b > 127) for v in (bram_chunk, window_chunk)
+                    for b in v.to_bytes(8, "little")]
+        assert [v - (1 << 32) * (v >> 31) for v in got] == expected
+
+    run_simulation(dut, [bench], name=request.node.name, max_cycles=5_000)
+
+
+def test_copy_without_window_is_a_no_op(request):
+    """A board without the window has no copier: a copy descriptor ends at once."""
+    config = WIN.with_(act_window=False, weight_words=1024)
+    dut = Core(config)
+    desc = prog.encode_struct(prog.CopyDescriptor, copy(2, 50, 0, 100, 50, 50, to_logits=1))
+    got = []
+
+    async def bench(ctx):
+        await write(ctx, dut, prog.Space.IMAGE, 12, 0x0102030405060708)   # bytes 96..103
+        for j in range(prog.DESCRIPTOR_WORDS):
+            await write(ctx, dut, prog.Space.PROGRAM, j, (desc >> (64 * j)) & (2**64 - 1))
+        await run(ctx, dut, 0)
+        got.append(await read(ctx, dut, prog.ReadSpace.COUNTERS, 1))
+        got.extend([await read(ctx, dut, prog.ReadSpace.LOGITS, k) for k in range(4)])
+
+    def check():
+        # One cycle for the copy; nothing written at 100.. (the image bytes 100-103 stay).
+        assert got == [1, 4, 3, 2, 1]
+
+    run_simulation(dut, [bench], name=request.node.name, max_cycles=2_000)
