@@ -4,7 +4,9 @@ The link (``hw/link.py``) drives :class:`Core` through :class:`~.program.HostInt
 the host compiler (``fpgacnn.sw.compiler``) produces what goes through it. The core is
 three small units around the memories and the :class:`~.datapath.Datapath`:
 :class:`HostWrites` (``wr`` into the memories), :class:`Sequencer` (runs the layer
-program) and :class:`ResultReads` (``rd`` → ``rd_data``).
+program) and :class:`ResultReads` (``rd`` → ``rd_data``); with
+``AcceleratorConfig.act_window`` also the :class:`~.copier.Copier` and the mapping of
+activation addresses onto the block RAM and the weight memory (:meth:`Core._window`).
 """
 
 from amaranth.hdl import C, Cat, Module, Mux, ResetInserter, Signal, unsigned
@@ -44,15 +46,17 @@ class Core(wiring.Component):
         ``WEIGHTS`` (chunk ``a`` = rows ``8*(a % n)…+7`` of weight word ``a // n``,
         ``n = rows/8``), ``QPARAMS`` (one :class:`~fpgacnn.hw.program.QParam` per chunk),
         ``PROGRAM`` (``DESCRIPTOR_WORDS`` chunks per descriptor, LSBs first), ``IMAGE``
-        (activation bytes ``8*addr … 8*addr+7``). See :class:`HostWrites` for the timing:
-        WEIGHTS/QPARAMS/PROGRAM are held off (``ready`` low) while ``busy``; IMAGE writes
-        are accepted during a run too (into the other image slot). Addresses beyond a
+        (activation bytes ``8*addr … 8*addr+7``, block RAM or window). See
+        :class:`HostWrites` for the timing: WEIGHTS/QPARAMS/PROGRAM and window IMAGE
+        chunks are held off (``ready`` low) while ``busy``; block-RAM IMAGE writes are
+        accepted during a run too (into the other image slot). Addresses beyond a
         memory wrap; the link checks them.
     ``start`` : In(stream of ``StartCommand``)
-        Ready only when idle (and no PROGRAM write is pending). Runs the program from
-        descriptor 0 until the descriptor with ``to_logits`` (or ``max_layers``); the
-        layer with ``in_from_image`` reads its input from ``image_base`` (a byte
-        address).
+        Ready only when idle (and no write other than a block-RAM IMAGE chunk is
+        offered). Runs the program from descriptor 0 until the descriptor with
+        ``to_logits`` (or ``max_layers``): layers on the datapath, copies on the copier
+        (without the window a copy writes nothing and takes 1 cycle); a descriptor with
+        ``in_from_image`` reads its input from ``image_base`` (a byte address).
     ``busy`` : Out(1)
         High from the accepted start until the last output and counter are stored, or
         until the run is stopped.
@@ -64,17 +68,18 @@ class Core(wiring.Component):
         accepted start or ``abort``.
     ``rd``, ``rd_data`` : In(stream of ``ReadCommand``), Out(stream of ``ReadData``)
         One 32-bit answer per request, in order, latency 1 (with back-pressure):
-        ``LOGITS`` addr ``k`` → activation byte ``k``, sign-extended (the compiler puts
-        the last layer's output map at address 0: output ``k`` of the last run);
+        ``LOGITS`` addr ``k`` → activation byte ``out_base + k`` of the last descriptor
+        run (a copy's ``dst_base``), sign-extended: output ``k`` of the last run;
         ``COUNTERS`` addr 0 → cycles of the last run (start accepted → idle), addr
-        ``1 + i`` → cycles of layer ``i`` (datapath start → last output written);
+        ``1 + i`` → cycles of descriptor ``i`` (start → last output written);
         addresses beyond a memory wrap. Values are those of the last *finished* run only when
         read while idle (the activation memory's first read port serves the datapath
         while ``busy``, the host reads otherwise).
 
     Timing: a layer takes its array beats (``out_h·k_blocks·ceil(out_w/cols)·D``) plus
-    the datapath's pipeline fill and drain, plus the descriptor fetch
-    (:class:`Sequencer`); the counters report the exact figures of a run.
+    the datapath's pipeline fill and drain, a copy ``segments·length + 2`` cycles (1 if
+    it copies nothing), each plus the descriptor fetch and store (:class:`Sequencer`);
+    the counters report the exact figures of a run.
 
     Parameters
     ----------

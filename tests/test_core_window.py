@@ -7,15 +7,18 @@ the window, each band's input rows are copied into the block RAM, the band runs 
 reads the whole map (the last descriptor, a copy of zero bytes, sets the result base).
 The output must equal ``network.run_network`` bit-exactly and the copies' counters their
 byte counts + 2. Also: IMAGE chunks for the window wait while the core is busy (block-RAM
-ones do not), and a copy descriptor on a board without the window ends as a no-op.
+ones do not), a copy descriptor on a board without the window ends as a no-op, and the
+link's RUN and WRITE range checks span the window.
 """
 
 import numpy as np
 import pytest
 
 from fpgacnn.hw import program as prog
+from fpgacnn.hw import protocol as proto
 from fpgacnn.hw.config import AcceleratorConfig, Dataflow
 from fpgacnn.hw.core import Core
+from fpgacnn.hw.link_checker import FrameChecker
 from fpgacnn.sim.amaranth_sim import run_simulation
 from fpgacnn.sim.streams import stream_get, stream_put
 from fpgacnn.sw import network as nets
@@ -190,3 +193,45 @@ def test_copy_without_window_is_a_no_op(request):
         assert got == [1, 4, 3, 2, 1]
 
     run_simulation(dut, [bench], name=request.node.name, max_cycles=2_000)
+
+
+@pytest.mark.parametrize("window", [True, False])
+def test_link_checks_follow_the_activation_space(request, window):
+    """With the window, RUN takes any 16-bit image base and IMAGE writes reach chunk
+    65536/8 - 1; without it, both end at act_bytes."""
+    config = WIN.with_(act_window=window)
+    dut = FrameChecker(config)
+    end = config.act_space // 8
+    cases = [  # (opcode, args, expected status or None for executed)
+        (proto.Opcode.RUN, proto.encode_struct(proto.RunArgs, {"image_base": 4095}), None),
+        (proto.Opcode.RUN, proto.encode_struct(proto.RunArgs, {"image_base": 4096}),
+         None if window else proto.Status.BAD_ARGUMENT),
+        (proto.Opcode.RUN, proto.encode_struct(proto.RunArgs, {"image_base": 65535}),
+         None if window else proto.Status.BAD_ARGUMENT),
+        (proto.Opcode.WRITE, proto.encode_struct(proto.WriteArgs, {
+            "space": prog.Space.IMAGE, "addr": end - 2}) + bytes(16), None),
+        (proto.Opcode.WRITE, proto.encode_struct(proto.WriteArgs, {
+            "space": prog.Space.IMAGE, "addr": end - 1}) + bytes(16),
+         proto.Status.BAD_ARGUMENT),
+    ]
+    got = []
+
+    async def bench(ctx):
+        ctx.set(dut.loaded, 1)
+        ctx.set(dut.crc_ok, 1)
+        for opcode, payload, _ in cases:
+            ctx.set(dut.opcode, opcode.value)
+            ctx.set(dut.length, len(payload))
+            ctx.set(dut.args, int.from_bytes(payload[:proto.ARGS_BYTES], "little"))
+            await ctx.tick().repeat(4)            # the facts settle
+            ctx.set(dut.check, 1)
+            status = ctx.get(dut.status) if ctx.get(dut.respond) else None
+            got.append((status, ctx.get(dut.do_run) or ctx.get(dut.do_write)))
+            await ctx.tick()
+            ctx.set(dut.check, 0)
+
+    def check():
+        for (opcode, _, want), (status, executed) in zip(cases, got):
+            assert status == want and executed == (want is None), (opcode, want, status)
+
+    run_simulation(dut, [bench], name=request.node.name, max_cycles=200)
