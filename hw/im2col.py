@@ -76,10 +76,11 @@ class Im2col(wiring.Component):
 
     A layer starts with a beat on ``start`` (a :class:`~fpgacnn.hw.program.LayerDescriptor`;
     ``start.ready`` is high only while idle); the payload must stay unchanged until the
-    layer's last beat (the unit reads its plain fields from it, copying none). The unit then spends 8 cycles (one per bit of
-    the descriptor's ``in_h``) computing per-layer constants by shift-and-add (no
-    multipliers anywhere), and emits ``out_h * k_blocks * ceil(out_w / cols) * reduction``
-    beats on ``o_stream``, one per cycle unless backpressured, the final one with ``end``.
+    layer's last beat (the unit reads its plain fields from it, copying none). The unit
+    then spends 8 cycles (one per bit of the descriptor's ``in_h``) computing per-layer
+    constants by shift-and-add (no multipliers anywhere), and emits ``out_h * k_blocks *
+    ceil(out_w / cols) * reduction`` beats on ``o_stream``, one per cycle unless
+    backpressured, the final one with ``end``.
     Column ``j``'s byte address is ``in_base + (c*in_h + iy)*in_w + ix`` (CHW) with
     ``iy = y*stride + fy - pad_top`` and ``ix = x*stride + fx - pad``, its ``act_zero``
     flags a row outside ``[0, in_h)``, a column outside ``[0, in_w)`` or a pixel beyond

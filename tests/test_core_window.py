@@ -1,10 +1,11 @@
 # amaranth: UnusedElaboratable=no
 """The core with the activation window, in Amaranth's simulator (generic memories).
 
-A hand-written program runs a layer as two horizontal bands: the image is written into
-the window, each band's input rows are copied into the block RAM, the band runs there
-(``pad_top``), and its pooled output rows are copied out to the window, where RESULT
-reads the whole map (the last descriptor, a copy of zero bytes, sets the result base).
+A hand-written program (``fpgacnn.sim.window_job``) runs a layer as two horizontal
+bands: the image is written into the window, each band's input rows are copied into the
+block RAM, the band runs there (``pad_top``), and its pooled output rows are copied out
+to the window, where RESULT reads the whole map (the last descriptor, a copy of zero
+bytes, sets the result base).
 The output must equal ``network.run_network`` bit-exactly and the copies' counters their
 byte counts + 2. Also: IMAGE chunks for the window wait while the core is busy (block-RAM
 ones do not), a copy descriptor on a board without the window ends as a no-op, and the
@@ -21,9 +22,9 @@ from fpgacnn.hw.core import Core
 from fpgacnn.hw.link_checker import FrameChecker
 from fpgacnn.sim.amaranth_sim import run_simulation
 from fpgacnn.sim.streams import stream_get, stream_put
+from fpgacnn.sim.window_job import IMG, NET, band_program, copy
 from fpgacnn.sw import network as nets
 from fpgacnn.sw.compiler import compile_network
-from fpgacnn.sw.network import Conv, MaxPool, Network, ReLU
 
 # iCEBreaker-like, small: weight_words 8192 puts the window at weight byte 4096 (window
 # address A = weight byte A); 16384 as on the iCEBreaker (A = weight byte 65536 + A).
@@ -31,40 +32,6 @@ WIN = AcceleratorConfig(name="win-test", rows=8, cols=1, max_reduction=1024,
                         weight_words=8192, act_bytes=4096, qparam_entries=32, max_layers=8,
                         clock_hz=24_000_000, dataflow=Dataflow.BROADCAST, requant_interval=2,
                         act_window=True)
-IMG, OUT = 8192, 30000          # window addresses of the image and of the output map
-BAND_IN, BAND_OUT = 0, 2048     # block-RAM addresses of a band's input and output
-
-NET = Network("band", (3, 12, 12), [Conv(10, 3, 1, 1), ReLU(), MaxPool(2, 2)])
-
-
-def copy(segments, length, src_base, dst_base, src_stride, dst_stride, **flags):
-    return {"copy": 1, "segments": segments, "length": length, "src_base": src_base,
-            "dst_base": dst_base, "src_stride": src_stride, "dst_stride": dst_stride, **flags}
-
-
-def band_program(layer):
-    """The layer ``layer`` (a compiled whole-layer descriptor) as two bands of six
-    convolution rows (three pooled rows) each; returns the encoded descriptors."""
-    c, h, w = NET.input_shape
-    k, ph, pw = layer["out_channels"], layer["pool_h"], layer["pool_w"]
-    rows_in, rows_out = 7, ph // 2           # input rows a band reads, pooled rows it makes
-    descs = []
-    for band, (first_in, pad_top) in enumerate(((0, 1), (5, 0))):
-        descs += [
-            copy(c, rows_in * w, IMG + first_in * w, BAND_IN, h * w, rows_in * w),
-            {**layer, "in_from_image": 0, "to_logits": 0, "in_base": BAND_IN,
-             "out_base": BAND_OUT, "in_h": rows_in, "pad_top": pad_top, "out_h": 6,
-             "pool_h": rows_out},
-            copy(k, rows_out * pw, BAND_OUT, OUT + band * rows_out * pw, rows_out * pw,
-                 ph * pw),
-        ]
-    descs[0]["src_base"] = 0xDEAD            # the first reads START's image base instead
-    descs[0]["in_from_image"] = 1
-    descs.append(copy(0, 0, 0, OUT, 0, 0, to_logits=1))
-    return [prog.encode_struct(prog.CopyDescriptor if d.get("copy") else
-                               prog.LayerDescriptor, d) for d in descs]
-
-
 def chunks_of(data):
     data = bytes(data) + bytes(-len(data) % 8)
     return [int.from_bytes(data[i:i + 8], "little") for i in range(0, len(data), 8)]
@@ -126,7 +93,7 @@ def test_bands_through_the_window(request, weight_words):
     def check():
         y = np.array(got, dtype=np.int64).astype(np.uint32).astype(np.int32)
         np.testing.assert_array_equal(y, expected)
-        c, h, w = NET.input_shape
+        c, _, w = NET.input_shape
         k = compiled.descriptors[0]["out_channels"]
         for i in (0, 3):            # copies in and out: bytes + 2 cycles
             assert counters[1 + i] == c * 7 * w + 2, f"copy in, descriptor {i}"
