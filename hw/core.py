@@ -218,15 +218,9 @@ class Core(wiring.Component):
             writes.act_in.addr.eq(Mux(cp.wr.en, cp.wr.addr, dp.act_wr.addr)),
             writes.act_in.data.eq(Mux(cp.wr.en, cp.wr.data, dp.act_wr.data)),
         ]
-        with m.If(seq.busy):
-            m.d.comb += [wmem.wr.addr.eq(window_chunk(cfg, cp.wr.addr[3:])),
-                         wmem.wr.data.eq(cp.wr.data.replicate(8)),
-                         wmem.wr.mask.eq(1 << cp.wr.addr[:3]),
-                         wmem.wr.en.eq(cp.wr.en & dst_window)]
-        with m.Else():
-            w = writes.weights
-            m.d.comb += [wmem.wr.addr.eq(w.addr), wmem.wr.data.eq(w.data),
-                         wmem.wr.mask.eq(w.mask), wmem.wr.en.eq(w.en)]
+        m.d.comb += [writes.window_in.addr.eq(cp.wr.addr), writes.window_in.data.eq(cp.wr.data),
+                     writes.window_in.en.eq(cp.wr.en & dst_window)]
+        wiring.connect(m, writes.weights, wmem.wr)
 
 
 class HostWrites(wiring.Component):
@@ -235,7 +229,7 @@ class HostWrites(wiring.Component):
     QPARAMS chunks go straight to their memory (one cycle per beat), WEIGHTS chunks too
     without ``config.act_window``. The other chunks are written from the beat itself,
     which is taken (``wr.ready``) in the cycle its last part is written: a PROGRAM chunk
-    as four halfwords in four cycles, an IMAGE chunk one byte per cycle in which the
+    as four halfwords in eight cycles, an IMAGE chunk one byte per cycle in which the
     datapath (or the copier) does not write the activation memory (``act_in`` has
     priority; nothing is lost). ``wr``'s payload must stay put while it waits (the
     stream rule).
@@ -246,9 +240,9 @@ class HostWrites(wiring.Component):
     ``8a … 8a + 7``, at weight-memory byte ``window_weight_byte + 8a - act_bytes``).
 
     Latency and throughput: a block-RAM IMAGE chunk is written during a run too, the
-    others only while not ``busy``; one QPARAMS chunk per cycle, a PROGRAM chunk per 4
+    others only while not ``busy``; one QPARAMS chunk per cycle, a PROGRAM chunk per 8
     cycles, an IMAGE (with the window, WEIGHTS) chunk per 8 cycles in which the
-    activation memory is free.
+    activation memory is free (the link takes 17 cycles to prepare a chunk).
 
     Parameters
     ----------
@@ -266,6 +260,9 @@ class HostWrites(wiring.Component):
         with the window, the host's reads of the weight memory wait.
     act_in : In(write port)
         The datapath's (and the copier's) activation writes.
+    window_in : In(write port)
+        With the window: the copier's window bytes (16-bit activation addresses), written
+        in their cycle (the host's chunks wait: the copier runs only while ``busy``).
     weights, qparams, program, act : Out(write port)
         To the memories.
     """
@@ -277,6 +274,7 @@ class HostWrites(wiring.Component):
             "busy": In(1),
             "program_pending": Out(1),
             "act_in": In(write_port_signature(config.act_bytes, unsigned(8))),
+            "window_in": In(write_port_signature(ACT_SPACE, unsigned(8))),
             "weights": Out(weight_write_signature(config.weight_words * (config.rows // 8))),
             "qparams": Out(write_port_signature(config.qparam_entries, program.QParam)),
             "program": Out(write_port_signature(_program_halfwords(config), unsigned(16))),
@@ -299,30 +297,35 @@ class HostWrites(wiring.Component):
         go = Signal()
         m.d.comb += [go.eq(bram_image | (self.wr.valid & ~self.busy)),
                      self.program_pending.eq(self.wr.valid & ~bram_image)]
-        part = Signal(3)                     # byte (halfword for PROGRAM) being written
-        step = Signal()                      # ... this cycle
-        last = Mux(space[Space.PROGRAM], part == 3, part == 7)
-        byte = wr.data.word_select(part, 8)
+        part = Signal(3)                     # byte being written (this cycle if ``step``)
+        step = Signal()
+        # The byte is picked from the halfword (one multiplexer for both); a PROGRAM
+        # halfword is written in the first of its two bytes' cycles.
+        half = wr.data.word_select(part[1:], 16)
+        byte = half.word_select(part[0], 8)
         with m.If(step):
-            m.d.sync += part.eq(Mux(last, 0, part + 1))
+            m.d.sync += part.eq(part + 1)
         m.d.comb += [
             self.qparams.addr.eq(wr.addr),
             self.qparams.data.eq(wr.data[:len(self.qparams.data.as_value())]),
             self.qparams.en.eq(go & space[Space.QPARAMS]),
-            self.program.addr.eq(Cat(part[:2], wr.addr)),
-            self.program.data.eq(wr.data.word_select(part[:2], 16)),
-            self.program.en.eq(go & space[Space.PROGRAM]),
+            self.program.addr.eq(Cat(part[1:], wr.addr)),
+            self.program.data.eq(half),
+            self.program.en.eq(go & space[Space.PROGRAM] & ~part[0]),
         ]
         in_place = space[Space.PROGRAM] | space[Space.IMAGE]
         if cfg.act_window:
             in_place = in_place | space[Space.WEIGHTS]
-            # The window ends with the weight memory.
-            m.d.comb += [self.weights.addr.eq(Mux(space[Space.WEIGHTS], wr.addr,
-                                                  window_chunk(cfg, wr.addr))),
-                         self.weights.data.eq(byte.replicate(8)),
-                         self.weights.mask.eq(1 << part),
-                         self.weights.en.eq(go & (space[Space.WEIGHTS] | (space[Space.IMAGE] &
-                                                                          to_window)))]
+            # The window ends with the weight memory. One byte lane per cycle: the
+            # copier's (during a copy) or the offered chunk's (idle).
+            cp = self.window_in
+            window = window_chunk(cfg, Mux(cp.en, cp.addr[3:], wr.addr))
+            m.d.comb += [self.weights.addr.eq(Mux(space[Space.WEIGHTS] & ~cp.en, wr.addr,
+                                                  window)),
+                         self.weights.data.eq(Mux(cp.en, cp.data, byte).replicate(8)),
+                         self.weights.mask.eq(1 << Mux(cp.en, cp.addr[:3], part)),
+                         self.weights.en.eq(cp.en | (go & (space[Space.WEIGHTS] |
+                                                           (space[Space.IMAGE] & to_window))))]
         else:
             m.d.comb += [self.weights.addr.eq(wr.addr), self.weights.data.eq(wr.data),
                          self.weights.en.eq(go & space[Space.WEIGHTS])]
@@ -334,7 +337,7 @@ class HostWrites(wiring.Component):
                          self.act.en.eq(1), step.eq(1)]
         with m.If(go & in_place & ~bram_image):
             m.d.comb += step.eq(1)
-        m.d.comb += self.wr.ready.eq(Mux(in_place, step & last, go))
+        m.d.comb += self.wr.ready.eq(Mux(in_place, step & (part == 7), go))
         return m
 
 
