@@ -179,7 +179,7 @@ class Core(wiring.Component):
         or the weight memory (the window). The datapath has both memories during its
         layers; the copier during a copy; the host's reads and writes while idle."""
         cfg, dp = self._config, self.datapath
-        cp = self.copier = Copier()
+        cp = Copier()
         m.submodules.copier = ResetInserter({"sync": stop})(cp)
         copy = seq.desc.copy
         lane_bits = (cfg.rows - 1).bit_length()
