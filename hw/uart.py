@@ -53,6 +53,14 @@ class UARTReceiver(wiring.Component):
     sampled in the middle of their bit time. A byte whose stop bit is low (framing
     error, e.g. a break) is dropped and the receiver waits for the line to go high.
 
+    Sampling point: the edge is seen 0..1 cycle after it crosses the synchroniser (the
+    line is asynchronous), and bit ``k`` is sampled ``divisor // 2 + k * divisor``
+    cycles after that, so each sample lies 0..1 cycle after (odd divisor: within half a
+    cycle of) its bit's centre. The stop bit's sample (bit 9) is the one a baud mismatch
+    moves most: at 4 clocks per bit it stays inside its bit for a sender up to 1/39
+    (2.5 %) fast or 2/38 (5 %) slow, whatever the phase (``tests/test_uart.py`` drives
+    an asynchronous line at +-2 %).
+
     Latency: the byte is offered in the middle of its stop bit, about
     ``9.5 * divisor + 3`` cycles after the start edge. Throughput: one byte per
     ``10 * divisor`` cycles, the line rate. ``o`` is not held back: a byte not taken

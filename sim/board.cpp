@@ -30,7 +30,10 @@
 // must be over before the first byte arrives, as on a board configured before use.
 // With --stats, prints "stats k=v ..." on stderr per connection. On SIGUSR1 it prints a
 // "snapshot k=v ..." line of the running totals (simulated cycles, bytes each way, the
-// cycle of the last byte sent to the host, ...) for measurements in simulated time.
+// cycle of the last byte sent to the host, ...) for measurements in simulated time; it
+// also times a batch on the board's own pins: the first host byte's start bit after the
+// snapshot (first_rx_cycle) and the last byte other than padding off uart_tx
+// (last_data_cycle), so a measurement can tell the USB path's waits from the board's.
 
 #include <arpa/inet.h>
 #include <cerrno>
@@ -268,6 +271,9 @@ void refuse_extra_client(int server) {
 struct Totals {
     uint64_t to_board = 0, from_board = 0;   // bytes, all connections
     uint64_t last_tx_cycle = 0;              // cycle when the last byte reached the host side
+    uint64_t last_data_cycle = 0;            // ... left the board's UART (before the bridge)
+    uint64_t first_rx_cycle = 0;             // the first host byte after a snapshot started
+    bool first_rx_armed = true;              //   on the board's UART line
     uint64_t idle_waits = 0;                 // times simulated time stopped (idle board)
     uint64_t busy_cycles = 0;
     double busy_seconds = 0;
@@ -279,12 +285,14 @@ void print_snapshot(const Board &board, const Totals &t, const LineOut &lo,
     timespec cpu{};
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &cpu);
     fprintf(stderr, "snapshot cycles=%llu to_board=%llu from_board=%llu last_tx_cycle=%llu "
-            "idle_waits=%llu busy_cycles=%llu busy_seconds=%.6f cpu_seconds=%.6f\n",
+            "idle_waits=%llu busy_cycles=%llu busy_seconds=%.6f cpu_seconds=%.6f "
+            "last_data_cycle=%llu first_rx_cycle=%llu\n",
             (unsigned long long)board.cycles, (unsigned long long)(t.to_board + lo.sent),
             (unsigned long long)(t.from_board + li.received),
             (unsigned long long)t.last_tx_cycle, (unsigned long long)t.idle_waits,
             (unsigned long long)t.busy_cycles, t.busy_seconds,
-            cpu.tv_sec + cpu.tv_nsec * 1e-9);
+            cpu.tv_sec + cpu.tv_nsec * 1e-9, (unsigned long long)t.last_data_cycle,
+            (unsigned long long)t.first_rx_cycle);
     fflush(stderr);
 }
 
@@ -319,6 +327,7 @@ void serve(Board &board, int server, int client, int divisor, bool stats, Totals
             if (g_snapshot) {
                 g_snapshot = 0;
                 print_snapshot(board, totals, to_board, from_board);
+                totals.first_rx_armed = true;
             }
             pollfd p[2] = {{client, POLLIN, 0}, {server, POLLIN, 0}};
             if (poll(p, 2, 100) <= 0) continue;
@@ -333,11 +342,16 @@ void serve(Board &board, int server, int client, int divisor, bool stats, Totals
         auto *top = board.top.get();
         for (int i = 0; i < SERVICE_CYCLES; i++) {
             top->uart_rx = to_board.step();
+            if (totals.first_rx_armed && !top->uart_rx) {   // the first start bit
+                totals.first_rx_armed = false;
+                totals.first_rx_cycle = board.cycles;
+            }
             board.tick();
             from_board.step(top->uart_tx);
             if (from_board.got_byte) {
                 from_board.got_byte = false;
                 // The batch ends with the last byte other than padding (the fill byte 0).
+                if (from_board.out.back() != 0) totals.last_data_cycle = board.cycles;
                 if (!usb.on() && from_board.out.back() != 0)
                     totals.last_tx_cycle = board.cycles;
             }
@@ -413,6 +427,7 @@ int main(int argc, char **argv) {
         if (g_snapshot) {
             g_snapshot = 0;
             print_snapshot(board, totals, LineOut{divisor}, LineIn{divisor});
+            totals.first_rx_armed = true;
         }
         pollfd p{server, POLLIN, 0};
         if (poll(&p, 1, 200) <= 0) continue;

@@ -37,7 +37,7 @@ from ..hw.uart import baud_divisor
 from .toolchain import ice40_cells_sim, setup_verilator_env
 
 __all__ = ["build", "SimBoard", "SimBoardError", "BUILD_ROOT", "HARNESS", "batch_rate",
-           "link_ceiling", "harness_args", "USB_FRAME_MS", "measure_batch"]
+           "sustained_rate", "link_ceiling", "harness_args", "USB_FRAME_MS", "measure_batch"]
 
 HARNESS = Path(__file__).resolve().parent / "board.cpp"
 BUILD_ROOT = Path(__file__).resolve().parent.parent / "build" / "simboard"
@@ -287,8 +287,9 @@ class SimBoard:
 
     def snapshot(self, timeout=5.0):
         """The harness's running totals now (simulated ``cycles``, bytes ``to_board`` and
-        ``from_board``, ``last_tx_cycle``, ``idle_waits``, ``busy_cycles``,
-        ``busy_seconds``): take one before and one after a batch, see :func:`batch_rate`.
+        ``from_board``, ``last_tx_cycle``, ``last_data_cycle``, ``first_rx_cycle``,
+        ``idle_waits``, ``busy_cycles``, ``busy_seconds``): take one before and one after
+        a batch, see :func:`batch_rate`.
         """
         import signal
         if self.netlist is not None:
@@ -357,6 +358,12 @@ def batch_rate(config, before, after, images, image_bytes):
     and the simulator's speed: ``sim_rate`` (simulated cycles per wall-clock second
     spent simulating) and ``sim_cpu_rate`` (per second of the harness's CPU time, what a
     quiet machine gives).
+
+    Where the batch's time went: ``board_cycles`` from the first host byte's start bit
+    on the board's UART pin to the last answer byte (other than padding) off it;
+    ``usb_start_s``, the time the first bytes waited for their USB frame, and
+    ``usb_release_s``, the time the bridge held the last answer (both 0 without the USB
+    model). ``cycles`` is their sum.
     """
     from ..hw.uart import baud_divisor
     cycles = after["last_tx_cycle"] - before["cycles"]
@@ -377,30 +384,78 @@ def batch_rate(config, before, after, images, image_bytes):
         "sim_rate": (after["busy_cycles"] - before["busy_cycles"]) / busy_s if busy_s else 0.0,
         "sim_cpu_rate": (after["cycles"] - before["cycles"]) /
                         max(after["cpu_seconds"] - before["cpu_seconds"], 1e-9),
+        "board_cycles": int(after["last_data_cycle"] - after["first_rx_cycle"]),
+        "usb_start_s": (after["first_rx_cycle"] - before["cycles"]) / config.clock_hz,
+        "usb_release_s": (after["last_tx_cycle"] - after["last_data_cycle"]) / config.clock_hz,
     }
+
+
+def sustained_rate(config, single, batch):
+    """Steady-state images/s: the slope between a one-image batch and a longer one.
+
+    ``single`` and ``batch`` are :func:`batch_rate` results of two batches on the same
+    board. Both are timed on the board's own pins (``board_cycles``: first host byte in,
+    last answer byte out), so what every batch pays once cancels: the first image's
+    transfer with nothing to overlap it, the last image's compute and answer, and with
+    the USB model the first USB frame and the bridge's release of the last answer (the
+    latency of a batch, not its throughput). What the round trip does *inside* a batch
+    stays in: a credit window too small for it leaves the board's UART line idle, which
+    lengthens ``board_cycles`` of the longer batch.
+
+    Returns
+    -------
+    (images_per_s, efficiency)
+        At ``config.clock_hz``; efficiency against :func:`link_ceiling` (its ``ceiling``).
+
+    Raises
+    ------
+    ValueError
+        If ``batch`` has no more images than ``single`` or took no longer.
+    """
+    images = batch["images"] - single["images"]
+    cycles = batch["board_cycles"] - single["board_cycles"]
+    if images <= 0 or cycles <= 0:
+        raise ValueError(f"no slope between a {single['images']}-image and a "
+                         f"{batch['images']}-image batch ({cycles} cycles apart)")
+    ips = images * config.clock_hz / cycles
+    return ips, ips / batch["ceiling"]
 
 
 def measure_batch(config, net, params, images_u8, *, usb_latency_ms=0, progress=print):
     """Run a batch on a simulated board (``fpgacnn bench``): ``(classes, logits,
-    counters int64 (N, 1 + layers), rate)``, ``rate`` as :func:`batch_rate` plus
-    ``result_bytes`` (one RESULT answer), ``usb_latency_ms`` and the driver's ``retries``.
+    counters int64 (N, 1 + layers), rate)``.
+
+    One image runs first on its own (it also brings both image slots into use), then
+    the batch. ``rate`` is the batch's :func:`batch_rate`, except that ``images_per_s``
+    and ``efficiency`` are the steady state (:func:`sustained_rate` between the two; the
+    batch's own figure for a batch of one), plus ``batch_images_per_s`` and
+    ``batch_efficiency`` (the batch end to end, its latency included), ``single``
+    (the one image's :func:`batch_rate`: its ``cycles`` are the latency of one image),
+    ``result_bytes`` (one RESULT answer), ``usb_latency_ms`` and the driver's
+    ``retries``.
     """
     import numpy as np
 
     from ..hw import protocol as proto
     from ..sw.driver import Accelerator
+    image_bytes = int(np.prod(net.input_shape))
     with (SimBoard(config, progress=progress, usb_latency_ms=usb_latency_ms) as board,
           Accelerator.open(board.url, timeout=60) as acc):
         acc.load(net, params, progress=False)
-        acc.infer(images_u8[:1], progress=False)        # warm-up: both slots in use
+        before = board.snapshot()
+        acc.infer(images_u8[:1], progress=False, all_counters=True)
+        single = batch_rate(config, before, board.snapshot(), 1, image_bytes)
         before = board.snapshot()
         classes, logits = acc.infer(images_u8, all_counters=True)
         after = board.snapshot()
         counters = acc.counters.astype(np.int64)
-        image_bytes = int(np.prod(net.input_shape))
         rate = batch_rate(config, before, after, len(images_u8), image_bytes)
-        rate.update(result_bytes=proto.RESPONSE_HEADER_BYTES + logits.shape[1] + 2,
+        rate.update(batch_images_per_s=rate["images_per_s"],
+                    batch_efficiency=rate["efficiency"], single=single,
+                    result_bytes=proto.RESPONSE_HEADER_BYTES + logits.shape[1] + 2,
                     usb_latency_ms=usb_latency_ms, retries=acc.retries)
+        if len(images_u8) > 1:
+            rate["images_per_s"], rate["efficiency"] = sustained_rate(config, single, rate)
     return classes, logits, counters, rate
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..hw import program as prog
-from ..hw.config import CONFIGS
+from ..hw.config import ACT_SPACE, CONFIGS
 from . import compiler
 
 __all__ = ["MemoryUse", "format_budget", "limits_table", "memory_budget"]
@@ -65,14 +65,63 @@ def _act_contents(network, stages):
     return tuple((what, n) for what, n in out if n)
 
 
+def _stream_plan(network, stages, config):
+    """The streamed plan the compiler would use; if it needs more descriptors than the
+    program memory holds, the one with the fewest; ``None`` if the block-RAM plan fits
+    or no streamed plan exists (the compiler's message says why)."""
+    if not config.act_window or compiler._fits_block_ram(network, stages, config):
+        return None
+    from . import stream
+    for fewest in (False, True):
+        try:
+            return stream.plan_stream(network, stages, config, fewest=fewest)
+        except stream.PlanError:
+            pass
+    return None
+
+
+def _stream_contents(plan, stages):
+    """Block RAM during the plan's peak stage, and the window, as ``(what, bytes)``."""
+    i = plan.peak_stage
+    act = []
+    if plan.resident[0]:
+        slot = plan.image_slots[1] - plan.image_slots[0]
+        act += [(f"image slot {k} ({plan.image_bytes} B input)", slot) for k in (0, 1)]
+    for j in (i, i + 1):
+        if j >= 1 and plan.resident[j]:
+            act.append((f"stage {j - 1} output map",
+                        compiler._align(plan.maps[j][1])))
+    if plan.buffers[i][1]:
+        act.append((f"stage {i} band buffers (input and output rows; the busiest stage)",
+                    plan.buffers[i][1]))
+    window = []
+    if not plan.resident[0]:
+        window.append((f"image slot 0 = 1 ({plan.image_bytes} B input)",
+                       ACT_SPACE - plan.image_slots[0]))
+    bases = sorted({b for (b, _), r in zip(plan.maps[1:], plan.resident[1:]) if not r},
+                   reverse=True)
+    ends = [plan.image_slots[0] if not plan.resident[0] else ACT_SPACE] + bases
+    for base, end in zip(bases, ends):
+        who = [str(j - 1) for j, ((b, _), r) in enumerate(zip(plan.maps, plan.resident))
+               if j and not r and b == base]
+        window.append((f"stage {', '.join(who)} output{'s' * (len(who) > 1)}", end - base))
+    return tuple(act), tuple(window)
+
+
 def memory_budget(network, config):
     """Every memory of ``config`` with what ``network`` needs of it (never raises for a
     network that does not fit: a memory's ``headroom`` is then negative).
 
+    With ``config.act_window`` and a network whose maps do not fit the block RAM, the
+    streamed plan's (:mod:`.stream`): the block RAM of its busiest stage, the activation
+    window (which shares the weight memory: the weights' headroom is what lies between
+    them) and its descriptors.
+
     Returns
     -------
     list of MemoryUse
-        Weights (in bytes: ``rows`` bytes per word), activations, qparams, program.
+        Weights (in bytes: ``rows`` bytes per word), activations, window (with
+        ``act_window``), qparams, program.
     """
     stages = network.stages()
     rows = config.rows
@@ -80,14 +129,26 @@ def memory_budget(network, config):
                      -(-s.out_channels // rows) * s.reduction * rows) for s in stages)
     qparams = tuple((compiler._describe(s), s.out_channels) for s in stages)
     copies = f" x {config.cols} copies" if config.cols > 1 else ""
-    return [
+    plan = _stream_plan(network, stages, config)
+    act, descriptors = _act_contents(network, stages), len(stages)
+    window = None
+    if plan is not None:
+        act, window = _stream_contents(plan, stages)
+        weights += (("activation window (top of this memory)", plan.window_bytes),)
+        descriptors = sum(c.descriptors for c in plan.choices)
+    uses = [
         MemoryUse("weights", "B", config.weight_words * rows, weights,
                   "4 SPRAM" if config.ice40 else "block RAM"),
-        MemoryUse("activations", "B", config.act_bytes, _act_contents(network, stages),
-                  f"block RAM{copies}"),
+        MemoryUse("activations", "B", config.act_bytes, act, f"block RAM{copies}"),
+    ]
+    if config.act_window:
+        uses.append(MemoryUse("window", "B", ACT_SPACE - config.act_bytes,
+                              window or (), "top of the weight memory"))
+    kind = "layers, bands and copies" if plan else "layer descriptors"
+    return uses + [
         MemoryUse("qparams", "entries", config.qparam_entries, qparams, "block RAM"),
-        MemoryUse("program", "descriptors", config.max_layers,
-                  (("layer descriptors", len(stages)),), "block RAM"),
+        MemoryUse("program", "descriptors", config.max_layers, ((kind, descriptors),),
+                  "block RAM"),
     ]
 
 
@@ -112,9 +173,40 @@ def format_budget(network, config):
 
 
 def _maps_pair(config, shape):
-    """Bytes left for the two ping-pong buffers next to two slots of ``shape``."""
-    left = config.act_bytes - 2 * compiler._align(int(np.prod(shape)))
-    return f"{left:,}" if left > 0 else "none"
+    """Bytes left for the maps next to an input of ``shape``: the two ping-pong buffers
+    next to two block-RAM slots, and with the window the window next to one slot."""
+    image = compiler._align(int(np.prod(shape)))
+    left = config.act_bytes - 2 * image
+    text = f"{left:,}" if left > 0 else "none"
+    if config.act_window:
+        text += f"; window {ACT_SPACE - config.act_bytes - image:,}"
+    return text
+
+
+def _window(config):
+    if not config.act_window:
+        return "none"
+    return (f"{ACT_SPACE - config.act_bytes:,} (weight bytes from "
+            f"{config.window_weight_byte:,})")
+
+
+def _largest_input(config):
+    ebr = f"{(config.act_bytes - 8) // 2 // 8 * 8:,}"
+    if not config.act_window:
+        return ebr
+    return f"{ebr}; window {ACT_SPACE - config.act_bytes - 8:,} (in bands)"
+
+
+def _pool(config):
+    text = f"2/1, 2/2, 3/2; width ≤ {config.pool_width}, "
+    if config.act_window:
+        return text + f"channels in groups of ≤ {config.pool_blocks * config.rows}"
+    return text + f"≤ {config.pool_blocks * config.rows} channels"
+
+
+def _weight_bytes(config):
+    text = f"{config.weight_bytes:,}"
+    return text + "; a streamed plan's window maps take its top" if config.act_window else text
 
 
 def limits_table(configs=None):
@@ -127,19 +219,19 @@ def limits_table(configs=None):
     widths = prog.field_widths(prog.LayerDescriptor)
     rows = [
         ("activation memory (B)", lambda c: f"{c.act_bytes:,}"),
-        ("largest input C·H·W (B), 8-byte output",
-         lambda c: f"{(c.act_bytes - 8) // 2 // 8 * 8:,}"),
-        ("maps A+B next to a 1×28×28 input (B)", lambda c: _maps_pair(c, (1, 28, 28))),
-        ("maps A+B next to a 3×32×32 input (B)", lambda c: _maps_pair(c, (3, 32, 32))),
-        ("outputs of the last layer", lambda c: "its map fits buffer A "
-                                                f"(≤ {c.max_logits:,})"),
+        ("activation window (B)", _window),
+        ("image slots", lambda c: "2 in the block RAM" + (
+            ", or 1 in the window (written between runs)" if c.act_window else "")),
+        ("largest input C·H·W (B), 8-byte output", _largest_input),
+        ("maps next to a 1×28×28 input (B)", lambda c: _maps_pair(c, (1, 28, 28))),
+        ("maps next to a 3×32×32 input (B)", lambda c: _maps_pair(c, (3, 32, 32))),
+        ("outputs of the last layer", lambda c: f"its map fits (≤ {c.max_logits:,})"),
         ("reduction C·F·F", lambda c: f"≤ {c.max_reduction:,}"),
-        ("max-pool", lambda c: f"2/1, 2/2, 3/2; width ≤ {c.pool_width}, "
-                               f"≤ {c.pool_blocks * c.rows} channels"),
+        ("max-pool", _pool),
         ("map height / width", lambda c: f"≤ {(1 << widths['in_h']) - 1}"),
-        ("layers", lambda c: f"≤ {c.max_layers}"),
+        ("descriptors (layers; bands and copies)", lambda c: f"≤ {c.max_layers}"),
         ("output channels (all layers)", lambda c: f"≤ {c.qparam_entries:,}"),
-        ("weight bytes", lambda c: f"{c.weight_words * c.rows:,}"),
+        ("weight bytes", _weight_bytes),
     ]
     lines = ["| limit | " + " | ".join(c.name for c in configs) + " |",
              "|---|" + "---|" * len(configs)]

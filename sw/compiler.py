@@ -15,6 +15,14 @@ The result (:class:`CompiledProgram`) holds everything the board needs, in the f
   and two image slots (the input is double-buffered, the host may load one slot while
   the board computes from the other), every map in CHW layout.
 
+With ``config.act_window``, a network whose maps do not fit the block RAM that way (or
+that pools more k-blocks than the line buffer holds) gets a *streamed* plan instead
+(:mod:`.stream`): maps in the activation window, stages run as bands and channel groups,
+:class:`~fpgacnn.hw.program.CopyDescriptor` s moving rows between the window and the
+block RAM; then several descriptors belong to a stage
+(:attr:`CompiledProgram.descriptor_stages`) and the result is at
+:attr:`CompiledProgram.output_base`. Whenever the block-RAM plan fits, it is the one used.
+
 Everything that does not fit the board is rejected here, before a byte is sent, by a
 :class:`CompileError` that names the layer and the sizes.
 
@@ -126,7 +134,12 @@ class CompiledProgram:
     weight_words : ndarray of int8, shape (n_words, rows)
     qparams : list of dict
         Field values of each :class:`~fpgacnn.hw.program.QParam` (by index ``q_base + k``).
-    plan : MemoryPlan
+    plan : MemoryPlan or stream.StreamPlan
+        The activation plan: all maps in the block RAM (:class:`MemoryPlan`), or a
+        streamed plan (:class:`~fpgacnn.sw.stream.StreamPlan`, ``config.act_window``).
+    descriptor_stages : list of int
+        The stage each descriptor belongs to (one each in a :class:`MemoryPlan`; bands,
+        channel groups and copies in a streamed plan).
     """
     network: object
     config: AcceleratorConfig
@@ -134,16 +147,42 @@ class CompiledProgram:
     descriptors: list
     weight_words: np.ndarray
     qparams: list
-    plan: MemoryPlan
+    plan: object
+    descriptor_stages: list = None
+
+    def __post_init__(self):
+        if self.descriptor_stages is None:
+            self.descriptor_stages = list(range(len(self.descriptors)))
 
     @property
     def output_count(self):
-        """Values of the last stage's output map (``K·H·W``), at activation address 0."""
+        """Values of the last stage's output map (``K·H·W``), at :attr:`output_base`."""
         return int(np.prod(self.stages[-1].out_shape))
 
+    @property
+    def output_base(self):
+        """Activation address of the result (the last descriptor's output map base)."""
+        return self.plan.output_base
+
+    @property
+    def streamed(self):
+        """The plan uses copies (maps in the window or bands through the block RAM)."""
+        return not isinstance(self.plan, MemoryPlan)
+
     def encoded_descriptors(self):
-        """Each descriptor as one integer (``LayerDescriptor`` bit positions)."""
-        return [prog.encode_struct(prog.LayerDescriptor, d) for d in self.descriptors]
+        """Each descriptor as one integer (``LayerDescriptor`` or ``CopyDescriptor``
+        bit positions)."""
+        return [prog.encode_struct(prog.CopyDescriptor if d.get("copy") else
+                                   prog.LayerDescriptor, d) for d in self.descriptors]
+
+    def descriptor_cycles(self):
+        """Ideal cycles of each descriptor: a layer's array beats, a copy's bytes."""
+        from .executor import descriptor_cycles
+        return [descriptor_cycles(d, self.config) for d in self.descriptors]
+
+    def copy_bytes(self):
+        """Bytes the copy descriptors move per image (one cycle each)."""
+        return sum(d["segments"] * d["length"] for d in self.descriptors if d.get("copy"))
 
     def model_writes(self):
         """Chunk writes that load the model: ``{Space: [(addr, data64), ...]}``.
@@ -198,8 +237,12 @@ class CompiledProgram:
                 for i in range(len(raw) // CHUNK_BYTES)]
 
     def ideal_cycles(self):
-        """Per-stage operand beats of the array (a lower bound of the run time)."""
-        return [ideal_cycles(s, self.config) for s in self.stages]
+        """Per stage, the array's operand beats plus the bytes its copies move (a lower
+        bound of the run time; without copies :func:`ideal_cycles` of each stage)."""
+        out = [0] * len(self.stages)
+        for stage, cycles in zip(self.descriptor_stages, self.descriptor_cycles()):
+            out[stage] += cycles
+        return out
 
 
 def _buffer(stage, stages):
@@ -230,16 +273,20 @@ def plan_activations(network, stages, config=None):
     return MemoryPlan(slots, image_bytes, buffers, tuple(sizes), used)
 
 
-def _check_field(stage, name, value):
-    width = _DESC_WIDTHS[name]
+_COPY_WIDTHS = prog.field_widths(prog.CopyDescriptor)
+
+
+def _check_field(stage, name, value, widths=_DESC_WIDTHS):
+    width = widths[name]
     if not 0 <= value < 1 << width:
         raise CompileError(f"{_describe(stage)}: {name} = {value} does not fit the "
                            f"{width}-bit descriptor field (max {(1 << width) - 1})")
 
 
-def _check_stage(stage, config):
+def _check_stage(stage, config, *, groups=False):
     """Reject a stage the units cannot run: reduction beyond the accumulator, a pooling
-    window or line buffer the max-pool unit does not have."""
+    window or line buffer the max-pool unit does not have (``groups``: the stage runs in
+    channel groups of at most ``pool_blocks`` k-blocks, only the width counts)."""
     where = _describe(stage)
     if stage.reduction > config.max_reduction:
         raise CompileError(f"{where}: reduction C*F*F = {stage.reduction} exceeds "
@@ -254,7 +301,7 @@ def _check_stage(stage, config):
                            f"stride <= kernel <= stride + 1 (2/1, 2/2, 3/2)")
     k_blocks = -(-stage.out_channels // config.rows)
     width = stage.conv_shape[2]
-    if width > config.pool_width or k_blocks > config.pool_blocks:
+    if width > config.pool_width or (k_blocks > config.pool_blocks and not groups):
         raise CompileError(f"{where}: max-pool over {width} columns × {k_blocks} "
                            f"k-blocks exceeds the line buffer of {config.name} "
                            f"({config.pool_width} columns × {config.pool_blocks} "
@@ -358,34 +405,100 @@ def compile_network(network, params, config):
     if len(stages) > config.max_layers:
         raise CompileError(f"{network.name} has {len(stages)} layers but the program memory "
                            f"of {config.name} holds {config.max_layers} descriptors")
-    last = stages[-1]
+    if config.act_window and not _fits_block_ram(network, stages, config):
+        return _compile_streamed(network, params, config, stages)
     plan = plan_activations(network, stages, config)
-    rows = config.rows
-    descriptors, words, qparams = [], [], []
-    w_base = 0
-    for stage, p in zip(stages, params):
-        _check_stage(stage, config)
-        lanes = _lanes(stage, config)
-        if w_base % lanes:          # column mode reads whole memory words of `lanes`
-            words.append(np.zeros((lanes - w_base % lanes, rows), np.int8))
-            w_base += lanes - w_base % lanes
-        n_words = _check_capacity(stage, config, w_base, len(qparams))
-        descriptors.append(_descriptor(stage, plan, rows, final=stage is last,
-                                       out_buffer=_buffer(stage, stages),
-                                       w_base=w_base, q_base=len(qparams)))
-        words.append(_weight_words(stage, p, rows, lanes))
-        _check_bias(stage, p, config)
-        for ch in range(stage.out_channels):
-            qparams.append(dict(bias=int(p.bias[ch]), m=int(p.m[ch]), s=int(p.s[ch]), _pad=0))
-        w_base += n_words
+    descriptors = []
+
+    def describe(stage, w_base, q_base):
+        descriptors.append(_descriptor(stage, plan, config.rows, final=stage is stages[-1],
+                                       out_buffer=_buffer(stage, stages), w_base=w_base,
+                                       q_base=q_base))
+    _, weight_words, qparams = _place_parameters(stages, params, config, describe)
     base_bits = prog.field_widths(prog.StartCommand)["image_base"]
     if plan.image_slots[1] >> base_bits:
         raise CompileError(f"{network.name}: image slot 1 at byte {plan.image_slots[1]} does "
                            f"not fit the {base_bits}-bit image base of the START command "
                            f"(the activation memory is addressed up to {1 << base_bits} B)")
+    return CompiledProgram(network, config, stages, descriptors, weight_words, qparams, plan)
+
+
+def _fits_block_ram(network, stages, config):
+    """Today's plan fits: every map in the block RAM, every pooled stage in one layer."""
+    if plan_activations(network, stages).used_bytes > config.act_bytes:
+        return False
+    return all(-(-s.out_channels // config.rows) <= config.pool_blocks
+               for s in stages if s.pool is not None)
+
+
+def _place_parameters(stages, params, config, describe=None, *, groups=False):
+    """Check every stage and lay out its weights and qparams after the earlier stages'
+    (``describe(stage, w_base, q_base)``, if given, is called once a stage's place is
+    known, before its bias is checked).
+
+    Returns
+    -------
+    bases : list of (int, int)
+        ``(w_base, q_base)`` of each stage.
+    weight_words : ndarray of int8, shape (n_words, rows)
+    qparams : list of dict
+    """
+    rows = config.rows
+    bases, words, qparams = [], [], []
+    w_base = 0
+    for stage, p in zip(stages, params):
+        _check_stage(stage, config, groups=groups)
+        lanes = _lanes(stage, config)
+        if w_base % lanes:          # column mode reads whole memory words of `lanes`
+            words.append(np.zeros((lanes - w_base % lanes, rows), np.int8))
+            w_base += lanes - w_base % lanes
+        n_words = _check_capacity(stage, config, w_base, len(qparams))
+        bases.append((w_base, len(qparams)))
+        if describe is not None:
+            describe(stage, w_base, len(qparams))
+        words.append(_weight_words(stage, p, rows, lanes))
+        _check_bias(stage, p, config)
+        for ch in range(stage.out_channels):
+            qparams.append(dict(bias=int(p.bias[ch]), m=int(p.m[ch]), s=int(p.s[ch]), _pad=0))
+        w_base += n_words
     weight_words = np.ascontiguousarray(np.concatenate(words)) if words else \
         np.zeros((0, rows), np.int8)
-    return CompiledProgram(network, config, stages, descriptors, weight_words, qparams, plan)
+    return bases, weight_words, qparams
+
+
+def _compile_streamed(network, params, config, stages):
+    """:func:`compile_network` with a streamed plan (:mod:`.stream`): maps in the
+    activation window, stages in bands and channel groups with copy descriptors."""
+    from . import stream
+    bases, weight_words, qparams = _place_parameters(stages, params, config, groups=True)
+    outputs = int(np.prod(stages[-1].out_shape))
+    if outputs > config.max_logits:
+        raise CompileError(f"{_describe(stages[-1])}: its {outputs} outputs exceed the "
+                           f"{config.max_logits} one RESULT of {config.name} returns (the "
+                           f"response also carries 1 + max_layers counters)")
+    try:
+        plan = stream.plan_stream(network, stages, config)
+    except stream.PlanError as e:
+        raise CompileError(str(e)) from None
+    descriptors, owners = [], []
+    for stage, (w_base, q_base) in zip(stages, bases):
+        for d in stream.stage_descriptors(stage, plan, config.rows, w_base=w_base,
+                                          q_base=q_base):
+            widths = _COPY_WIDTHS if d["copy"] else _DESC_WIDTHS
+            for name, value in d.items():
+                _check_field(stage, name, value, widths)
+            descriptors.append(d)
+            owners.append(stage.index)
+    descriptors[-1]["to_logits"] = 1
+    used = weight_words.size
+    limit = config.window_weight_byte + plan.window_low - config.act_bytes
+    if used > limit:
+        raise CompileError(f"{network.name}: its weights take weight-memory bytes 0 to "
+                           f"{used - 1}, but its maps in the activation window start at "
+                           f"window address {plan.window_low} = weight byte {limit} of "
+                           f"{config.name} ({used - limit} B too many)")
+    return CompiledProgram(network, config, stages, descriptors, weight_words, qparams, plan,
+                           owners)
 
 
 def tap_program(program, index):
@@ -393,8 +506,10 @@ def tap_program(program, index):
 
     The weights and qparams stay where ``program`` put them (stages are laid out in
     order), so only the layer program (:attr:`~fpgacnn.hw.program.Space.PROGRAM`) needs
-    rewriting on a board that has ``program`` loaded; the activation plan is redone so
-    that stage ``index`` writes address 0 (it never needs more memory than the whole).
+    rewriting on a board that has ``program`` loaded. A block-RAM plan is redone so
+    that stage ``index`` writes address 0 (it never needs more memory than the whole); a
+    streamed plan keeps its addresses and ends after the last descriptor of stage
+    ``index`` (which writes the first byte of that stage's map: the result base).
 
     Raises
     ------
@@ -406,9 +521,19 @@ def tap_program(program, index):
         raise ValueError(f"tap {index!r} is not a stage of {program.network.name}: "
                          f"choose 0 to {n - 1}")
     stages = program.stages[:index + 1]
+    if program.streamed:
+        keep = sum(1 for s in program.descriptor_stages if s <= index)
+        descriptors = [dict(d, to_logits=int(i == keep - 1))
+                       for i, d in enumerate(program.descriptors[:keep])]
+        plan = replace(program.plan, maps=program.plan.maps[:index + 2],
+                       choices=program.plan.choices[:index + 1],
+                       buffers=program.plan.buffers[:index + 1])
+        return replace(program, stages=stages, descriptors=descriptors, plan=plan,
+                       descriptor_stages=program.descriptor_stages[:keep])
     plan = plan_activations(program.network, stages, program.config)
     descriptors = [_descriptor(s, plan, program.config.rows, final=s is stages[-1],
                                out_buffer=_buffer(s, stages), w_base=d["w_base"],
                                q_base=d["q_base"])
                    for s, d in zip(stages, program.descriptors)]
-    return replace(program, stages=stages, descriptors=descriptors, plan=plan)
+    return replace(program, stages=stages, descriptors=descriptors, plan=plan,
+                   descriptor_stages=list(range(len(stages))))

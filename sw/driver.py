@@ -35,7 +35,7 @@ from . import compiler, mnist
 
 __all__ = ["Accelerator", "BoardInfo", "DriverError", "BoardNotFound", "BoardTimeout",
            "BoardError", "BoardDisconnected", "BoardBusy", "LinkDamaged",
-           "ProtocolMismatch", "ModelDoesNotFit", "ImageError",
+           "ProtocolMismatch", "BaudMismatch", "ModelDoesNotFit", "ImageError",
            "prepare_images", "as_batch", "DEFAULT_BAUD", "BUSY_MARKER"]
 
 #: What the simulated board sends a second client before closing it (``board.cpp``).
@@ -82,6 +82,10 @@ class BoardError(DriverError):
 
 class ProtocolMismatch(DriverError):
     """The board was built for another version of the wire protocol."""
+
+
+class BaudMismatch(DriverError):
+    """The serial port was opened at another baud rate than the board was built for."""
 
 
 class ModelDoesNotFit(DriverError, ValueError):
@@ -213,12 +217,16 @@ class Accelerator:
     program : compiler.CompiledProgram or None
         Set by :meth:`load`.
     counters : ndarray of uint32, shape (N, 1 + layers)
-        Cycle counters of the last :meth:`infer` batch: total, then per layer.
+        Cycle counters of the last :meth:`infer` batch: total, then per layer (the sum
+        of its descriptors' cycles when a streamed plan runs it in bands and copies).
     bytes_sent, bytes_received : int
         Link traffic so far (frames, CRCs and the board's padding included).
     retries : int
         Requests repeated after a damaged frame or a lost answer (each after a
         :meth:`resync`); the work itself never fails silently.
+    baud : int or None
+        The serial port's baud rate, checked against the board's identity; None for a
+        URL (``socket://``: the simulated board has its own rate).
     """
 
     #: How often one :meth:`load` or :meth:`infer` is retried after a damaged frame.
@@ -236,6 +244,7 @@ class Accelerator:
         self.retries = 0
         self._dirty = False
         self._rx = bytearray()              # received, not parsed yet
+        self.baud = None                    # the serial port's rate (None: a socket)
 
     @classmethod
     def open(cls, url, *, timeout=5.0, baud=DEFAULT_BAUD, reset=True):
@@ -281,6 +290,7 @@ class Accelerator:
             import socket
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         acc = cls(port, url, timeout=timeout)
+        acc.baud = None if "://" in url else baud
         if reset:
             try:
                 acc.resync()
@@ -349,7 +359,13 @@ class Accelerator:
                 raise BoardTimeout(f"cannot resynchronise with the board at {self.url}: no "
                                    f"answer to ABORT within {3 * self.timeout:g} s; is it "
                                    f"programmed with this fpgacnn's bitstream (fpgacnn build "
-                                   f"--program) at the same baud rate? Else reset it")
+                                   f"--program){self._baud_hint()}? Else reset it")
+
+    def _baud_hint(self):
+        if self.baud is None:
+            return ""
+        return (f", and built for the {self.baud:,} baud this port was opened at (a "
+                f"bitstream built with --baud B needs --baud B here too)")
 
     def _drop_input(self):
         """Discard what was received and not read (stale answers, padding), looking for
@@ -488,8 +504,22 @@ class Accelerator:
     # -- commands --------------------------------------------------------------------------
 
     def identify(self):
-        """Ask the board what it is; returns (and caches) a :class:`BoardInfo`."""
-        self.info = BoardInfo.decode(self.transact(proto.Opcode.IDENTIFY))
+        """Ask the board what it is; returns (and caches) a :class:`BoardInfo`.
+
+        Raises
+        ------
+        ProtocolMismatch
+            See :meth:`BoardInfo.decode`.
+        BaudMismatch
+            A serial port opened at another rate than the identity's ``baud`` (the two
+            ends then understand each other only by chance; a socket has no rate).
+        """
+        info = BoardInfo.decode(self.transact(proto.Opcode.IDENTIFY))
+        if self.baud is not None and self.baud != info.config.baud:
+            raise BaudMismatch(f"the board at {self.url} was built for {info.config.baud:,} "
+                               f"baud, the port is open at {self.baud:,}; open it with baud="
+                               f"{info.config.baud} (fpgacnn infer --baud {info.config.baud})")
+        self.info = info
         return self.info
 
     @property
@@ -670,7 +700,19 @@ class Accelerator:
     def _result_args(self, counters):
         return proto.encode_struct(proto.ResultArgs, {
             "n_logits": self.program.output_count,
-            "n_counters": 1 + len(self.program.stages) if counters else 0})
+            "n_counters": 1 + len(self.program.descriptors) if counters else 0})
+
+    def _stage_counters(self, counters):
+        """RESULT counters (total, then per descriptor) → ``(N, 1 + stages)``: the total,
+        then per stage the sum of its descriptors' cycles (bands, groups, copies)."""
+        program = self.program
+        raw = np.array(counters, dtype=np.uint32).reshape(
+            len(counters), 1 + len(program.descriptors))
+        out = np.zeros((len(raw), 1 + len(program.stages)), np.uint32)
+        out[:, 0] = raw[:, 0]
+        for i, stage in enumerate(program.descriptor_stages):
+            out[:, 1 + stage] += raw[:, 1 + i]
+        return out
 
     def infer(self, images, *, progress=True, all_counters=False, taps=None):
         """Classify ``images``; returns ``(classes (N,), logits int8 (N, K))``.
@@ -729,8 +771,7 @@ class Accelerator:
             self._retrying(lambda: self.pipeline(requests(len(logits))))
         if len(logits) != n:
             raise DriverError(f"got {len(logits)} results for {n} images")
-        self.counters = np.array(counters, dtype=np.uint32).reshape(
-            len(counters), 1 + len(self.program.stages))
+        self.counters = self._stage_counters(counters)
         logits = np.array(logits, dtype=np.int8).reshape(n, k)
         return logits.argmax(axis=1), logits
 

@@ -6,6 +6,8 @@ exception, quickly, never a hang.
 """
 
 import contextlib
+import os
+import selectors
 import socket
 import threading
 import time
@@ -16,7 +18,8 @@ import pytest
 from fpgacnn.hw import protocol as proto
 from fpgacnn.hw.config import get_config
 from fpgacnn.sw import network as nets
-from fpgacnn.sw.driver import (Accelerator, BoardError, BoardNotFound, BoardTimeout,
+from fpgacnn.sw.driver import (Accelerator, BaudMismatch, BoardError, BoardNotFound,
+                               BoardTimeout,
                                DriverError, ImageError, ModelDoesNotFit, ProtocolMismatch,
                                prepare_images)
 
@@ -375,3 +378,56 @@ def test_transport_failures_are_driver_errors(server):
     for bad in (0, -1, float("nan"), float("inf")):
         with pytest.raises(DriverError, match="timeout"):
             Accelerator.open(srv.url, timeout=bad)
+
+
+@contextlib.contextmanager
+def serial_device(srv):
+    """A pseudo-terminal whose other end is wired to ``srv``: a device path that the
+    driver opens as a serial port (with a baud rate), as /dev/ttyUSB1."""
+    master, slave = os.openpty()
+    host, port = srv.url.removeprefix("socket://").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)))
+    stop = threading.Event()
+
+    def pump():
+        with selectors.DefaultSelector() as sel:
+            sel.register(master, selectors.EVENT_READ)
+            sel.register(sock, selectors.EVENT_READ)
+            while not stop.is_set():
+                for key, _ in sel.select(0.05):
+                    try:
+                        if key.fileobj is sock:
+                            os.write(master, sock.recv(4096))
+                        else:
+                            sock.sendall(os.read(master, 4096))
+                    except OSError:         # no process has the device open now
+                        time.sleep(0.01)
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    try:
+        yield os.ttyname(slave)
+    finally:
+        stop.set()
+        thread.join()
+        sock.close()
+        os.close(master)
+        os.close(slave)
+
+
+def test_serial_port_at_another_baud_is_refused(server):
+    """A serial port's rate must be the one the board was built for (its identity says
+    which); a socket has no rate, so the simulated board is not checked."""
+    six = get_config("icebreaker").with_(baud=6_000_000)
+    srv = server(lambda opcode, payload: proto.encode_response(
+        proto.Status.OK, opcode, identity(six)))
+    with serial_device(srv) as tty:
+        with Accelerator.open(tty, timeout=1, baud=3_000_000) as acc:
+            assert acc.baud == 3_000_000
+            with pytest.raises(BaudMismatch, match=r"built for 6,000,000 baud, the port is "
+                                                   r"open at 3,000,000; .*--baud 6000000"):
+                acc.identify()
+            assert acc.info is None
+        with Accelerator.open(tty, timeout=1, baud=6_000_000) as acc:
+            assert acc.identify().config.baud == 6_000_000
+    with Accelerator.open(srv.url, timeout=1, baud=3_000_000) as acc:
+        assert acc.baud is None and acc.identify().config.baud == 6_000_000

@@ -193,6 +193,23 @@ def test_cli_bad_clock_is_one_line_exit_2(tmp_path, capsys):
     assert capsys.readouterr().err == "error: --clock-mhz must be positive, not -5.0\n"
 
 
+def test_cli_bad_baud_is_one_line_exit_2(tmp_path, capsys):
+    """--baud is checked against the core clock (4 clocks per bit, 2 %) and the board's
+    USB-UART bridge before anything is built or simulated."""
+    cases = [(["build", "--baud", "7000000", "--build-dir", str(tmp_path / "o")],
+              "3.43 clocks per bit; the UART needs at least 4"),
+             (["sim-board", "--baud", "5000000", "--port", "0"], "(4.0% off, over 2%)"),
+             (["bench", "--board", "ulx3s-85f", "--baud", "6000000"],
+              "the ulx3s-85f's FT231X bridge does 1..3,000,000 baud"),
+             (["bench", "--baud", "0"], "FT2232H bridge does 1..12,000,000 baud"),
+             (["demo", "--baud", "-3"], "FT2232H bridge does 1..12,000,000 baud")]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and message in err, (argv, err)
+    assert not (tmp_path / "o").exists()
+
+
 def test_load_build_reuses_only_a_matching_complete_build(tmp_path):
     folder = tmp_path / "b"
     folder.mkdir()

@@ -12,7 +12,7 @@ import pytest
 
 from fpgacnn.hw import protocol as proto
 from fpgacnn.hw.program import Space
-from fpgacnn.sim.simboard import SimBoard, batch_rate
+from fpgacnn.sim.simboard import SimBoard, batch_rate, sustained_rate
 from fpgacnn.sw import mnist
 from fpgacnn.sw import network as nets
 from fpgacnn.sw.driver import Accelerator, BoardError
@@ -97,6 +97,41 @@ def test_pipelined_throughput(acc, board, digits):
     # Answers (2 x 9 + 7 + 17 B) plus the board's padding between them.
     assert r["from_board_per_image"] >= 2 * 9 + 7 + 17
     assert r["efficiency"] >= 0.85, r
+
+
+def _snapshots(start, first_rx, last_data, last_tx, to_board):
+    """A harness snapshot before a batch (idle at ``start``) and one after it."""
+    zero = {"cycles": start, "to_board": 0, "from_board": 0, "last_tx_cycle": 0,
+            "last_data_cycle": 0, "first_rx_cycle": 0, "idle_waits": 0, "busy_cycles": 0,
+            "busy_seconds": 0.0, "cpu_seconds": 0.0}
+    return zero, {**zero, "cycles": last_tx, "to_board": to_board, "from_board": 41,
+                  "last_tx_cycle": last_tx, "last_data_cycle": last_data,
+                  "first_rx_cycle": first_rx, "idle_waits": 1}
+
+
+def test_sustained_rate_is_the_slope_on_the_board_pins():
+    """The batch's time splits into the USB frame wait, the board's own time and the
+    bridge's hold on the last answer; the sustained rate is the slope between a short
+    and a long batch on the board's pins, so the once-per-batch waits cancel."""
+    from fpgacnn.hw.config import get_config
+    config = get_config("icebreaker")
+    ms = config.clock_hz // 1000
+    one, period = 126_600, 66_000                   # board cycles: one image, per image
+    start = 1000                                    # one image: USB frame 0.5 ms, held 1 ms
+    single = batch_rate(config, *_snapshots(start, start + ms // 2, start + ms // 2 + one,
+                                            start + ms // 2 + one + ms, 824), 1, 784)
+    assert single["board_cycles"] == one
+    assert single["usb_start_s"] == pytest.approx(0.5e-3)
+    assert single["usb_release_s"] == pytest.approx(1e-3)
+    assert single["cycles"] == one + ms // 2 + ms
+    end = 7 + one + 19 * period                     # 20 images, no USB waits
+    batch = batch_rate(config, *_snapshots(0, 7, end, end, 20 * 824), 20, 784)
+    ips, efficiency = sustained_rate(config, single, batch)
+    assert ips == pytest.approx(config.clock_hz / period)
+    assert efficiency == pytest.approx(ips / batch["ceiling"])
+    assert batch["images_per_s"] < ips              # end to end: the latency included
+    with pytest.raises(ValueError, match="no slope between a 1-image and a 1-image batch"):
+        sustained_rate(config, single, single)
 
 
 def _raw(acc, frame, *, wait_truncated=False):

@@ -88,3 +88,65 @@ def test_baud_divisor():
         baud_divisor(12_000_000, 12_000_000)
     with pytest.raises(ValueError, match="off"):
         baud_divisor(36_000_000, 2_500_000)
+
+
+def _line_waveform(data, period, rng):
+    """``[(time, level), ...]`` in clock periods: ``data`` sent 8N1 with bits of
+    ``period`` clocks (a sender at another baud rate: any real number), each start bit at
+    a random phase of the board's clock, back to back or after a random idle time."""
+    t, events = 3.0 + rng.random(), []
+    for byte in data:
+        bits = [0] + [(byte >> i) & 1 for i in range(8)] + [1]
+        events += [(t + k * period, level) for k, level in enumerate(bits)]
+        t += 10 * period
+        if rng.random() < 0.5:                  # else the next start bit follows at once
+            t += rng.random() * 3 * period
+    return events, t
+
+
+def _receive_async(request, divisor, period, seed, count=48):
+    """Bytes the receiver takes from an asynchronous line (``_line_waveform``)."""
+    rng = random.Random(seed)
+    sent = [0x00, 0xFF, 0x55, 0xAA, 0x01, 0x80, 0xFE, 0x7F] + \
+        [rng.randrange(256) for _ in range(count - 8)]
+    events, end = _line_waveform(sent, period, rng)
+    clock = 1e-8
+    dut = UARTReceiver(divisor)
+    got = []
+
+    async def line(ctx):
+        now = 0.0
+        for when, level in events:          # set between clock edges, as a wire changes
+            await ctx.delay((when - now) * clock)
+            now = when
+            ctx.set(dut.rx, level)
+
+    async def consumer(ctx):
+        ctx.set(dut.o.ready, 1)
+        for _ in range(int(end + 4 * divisor)):
+            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
+            if valid:
+                got.append(payload)
+
+    run_simulation(dut, [line, consumer], name=request.node.name, clock=clock,
+                   max_cycles=int(end) + 100 * divisor)
+    return sent, got
+
+
+@pytest.mark.parametrize("divisor", [4, 5, 8])
+@pytest.mark.parametrize("mismatch", [-0.02, 0.0, 0.02])
+def test_receiver_baud_mismatch_any_phase(request, divisor, mismatch):
+    """The sender's rate off by ``mismatch`` (the host's bridge and the board's clock
+    together), every byte starting at another phase of the clock: each byte is sampled
+    inside its bits, down to 4 clocks per bit (6 Mbaud at 24 MHz)."""
+    seed = 100 * divisor + round(mismatch * 100)
+    sent, got = _receive_async(request, divisor, divisor / (1 + mismatch), seed)
+    assert got == sent
+
+
+@pytest.mark.parametrize("mismatch", [-0.08, 0.08])
+def test_receiver_fails_beyond_tolerance(request, mismatch):
+    """The test above can fail: at 4 clocks per bit, an 8 % mismatch puts the stop bit's
+    sample into a neighbouring bit."""
+    sent, got = _receive_async(request, 4, 4 / (1 + mismatch), 7)
+    assert got != sent

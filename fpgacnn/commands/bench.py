@@ -7,7 +7,9 @@ Everything in the table is measured, not assumed:
 * sustained images/s and latency of a board at the build's clock and baud rate,
   measured in *simulated* time on the same run (the UART is simulated bit by bit, so
   link time and compute time overlap exactly as on the board; ``--usb-latency-ms``
-  adds the FT2232H's USB path);
+  adds the FT2232H's USB path): sustained is the steady state, the slope between one
+  image and the batch on the board's pins, and the batch's end-to-end rate (one
+  image's latency included) is printed next to it (``sim.simboard.sustained_rate``);
 * Fmax and utilisation from the board's nextpnr report (a build is re-used when its
   netlist matches the current gateware, otherwise built);
 * the limits those follow from: the multipliers' peak MAC/s at Fmax and the link ceiling
@@ -22,14 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..hw.boards import BOARDS
 from ..sim.benchmark import build_figures, collect_figures, format_table, golden
-from . import add_board_argument
+from . import add_baud_argument, add_board_argument, checked_link_config
 from .bench_network import NETWORK_HELP, write_json
 
 
 def configure(parser):
     add_board_argument(parser, "measure")
+    add_baud_argument(parser, "the simulated board and the build measured")
     parser.add_argument("--images", type=int, default=20,
                         help="held-out digits streamed through the simulated board (default 20)")
     parser.add_argument("--network", default="lenet5", help=NETWORK_HELP)
@@ -56,11 +58,9 @@ def run(args):
         print(f"error: --images {args.images} --post-synthesis {args.post_synthesis}: "
               f"choose 1..1000 images, 0..images of them on the netlist", file=sys.stderr)
         return 2
-    if not 0 <= args.usb_latency_ms <= 255:
-        print(f"error: --usb-latency-ms {args.usb_latency_ms:g}: choose 0..255",
-              file=sys.stderr)
+    config = checked_link_config(args)
+    if config is None:
         return 2
-    config = BOARDS[args.board].config
     if args.network != "lenet5":        # random parameters and images (bench_network)
         from . import bench_network
         return bench_network.run(args, config)

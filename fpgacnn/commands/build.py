@@ -9,8 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..hw.boards import BOARDS, DESIGNS
-from . import add_board_argument
+from ..hw.boards import DESIGNS
+from . import add_baud_argument, add_board_argument, board_config
 
 
 def configure(parser):
@@ -34,6 +34,7 @@ def configure(parser):
     parser.add_argument("--clock-mhz", type=float, metavar="MHZ",
                         help="core clock instead of the board configuration's (the PLL "
                              "must be able to make it exactly)")
+    add_baud_argument(parser, "the bitstream's link (the host must use the same)")
     parser.add_argument("--breakdown", action="store_true",
                         help="also synthesise without flattening and print LUT/FF/DSP/RAM "
                              "per unit (automatic when the design does not fit)")
@@ -77,7 +78,10 @@ def _verdict(report):
 
 def run(args):
     from ..hw.flow import build_board
-    config = BOARDS[args.board].config
+    try:
+        config = board_config(args.board, args.baud)
+    except ValueError as e:
+        return _error(e, 2)
     if args.clock_mhz is not None:
         if not args.clock_mhz > 0:
             return _error(f"--clock-mhz must be positive, not {args.clock_mhz}", 2)

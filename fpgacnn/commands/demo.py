@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import add_baud_argument, board_config
+
 
 def configure(parser):
     parser.add_argument("--images", type=int, default=100,
@@ -20,6 +22,7 @@ def configure(parser):
                         help="also write the results as JSON to PATH")
     parser.add_argument("--model", type=Path, default=None,
                         help="model file (default: the shipped LeNet-5)")
+    add_baud_argument(parser, "the simulated iCEBreaker")
 
 
 def link_bytes_per_image(acc, n):
@@ -38,6 +41,20 @@ def real_board_estimate(cfg, cycles, sent_bytes):
     return 1 / max(link_s, compute_s), bound, link_s, compute_s
 
 
+def _checked_config(args):
+    """The simulated iCEBreaker's configuration for ``--baud`` once ``--images`` and
+    ``--baud`` are checked; None after printing the one-line error."""
+    if not 1 <= args.images <= 1000:
+        print(f"error: --images {args.images}: choose 1..1000 (the held-out set has 1000)",
+              file=sys.stderr)
+        return None
+    try:
+        return board_config("icebreaker", args.baud)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+
+
 def run(args):
     from ..sim.simboard import SimBoard, SimBoardError, batch_rate
     from ..sw import mnist
@@ -45,9 +62,8 @@ def run(args):
     from ..sw.network import run_network
     from .infer import load_model_file
 
-    if not 1 <= args.images <= 1000:
-        print(f"error: --images {args.images}: choose 1..1000 (the held-out set has 1000)",
-              file=sys.stderr)
+    config = _checked_config(args)
+    if config is None:
         return 2
     net, params, meta, what = load_model_file(args.model)
     quant = mnist.InputQuant.from_dict(meta.get("input"))      # an imported model's own
@@ -57,7 +73,7 @@ def run(args):
     golden = np.stack([run_network(net, params, img) for img in x]).reshape(len(x), -1)
 
     try:
-        with SimBoard("icebreaker") as board:
+        with SimBoard(config) as board:
             t0 = time.monotonic()
             with Accelerator.open(board.url, timeout=30) as acc:
                 info = acc.identify()
@@ -95,8 +111,8 @@ def run(args):
           f"{measured['efficiency']:.1%} of the link ceiling {measured['ceiling']:,.1f} "
           f"(baud/10/{x[0].size} B)")
     print(f"{'link':<28} {wire:,.0f} B/image both ways, host->board wire busy "
-          f"{measured['wire_busy']:.1%}; compute {compute_s * 1e3:.2f} ms/image hidden "
-          f"behind the transfer ({bound}-bound: {link_s * 1e3:.2f} ms on the wire)")
+          f"{measured['wire_busy']:.1%}; {bound}-bound: {compute_s * 1e3:.2f} ms/image of "
+          f"compute and {link_s * 1e3:.2f} ms on the wire overlap")
     if measured["starved"]:
         print(f"{'':<28} note: the host left the wire idle {measured['starved']} time(s) "
               f"(a loaded machine); the figure includes those gaps")

@@ -48,8 +48,15 @@ def run(args):
     print()
     print("\n".join(format_budget(net, config)))
     try:        # the limits the budget does not show (reduction, pooling, fields)
-        compiler.compile_network(net, nets.random_params(net, 0), config)
+        program = compiler.compile_network(net, nets.random_params(net, 0), config)
     except compiler.CompileError as e:
         print(f"compiler: {e}")
         return 1
+    if program.streamed:
+        per_stage = ", ".join(str(program.descriptor_stages.count(i))
+                              for i in range(len(program.stages)))
+        print(f"streamed plan: {len(program.descriptors)} descriptors (per stage: "
+              f"{per_stage}), {program.copy_bytes():,} B copied per image, "
+              f"{sum(program.ideal_cycles()):,} ideal cycles (array beats + copied bytes); "
+              f"result at activation address {program.output_base}")
     return 0

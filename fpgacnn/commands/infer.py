@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
+from . import add_baud_argument, board_config
+
 
 #: Outputs printed per image (a network may end in a whole map; --json has all of them).
 _SHOWN = 16
 
 
 def configure(parser):
-    from ..hw.config import DEFAULT_BAUD
     parser.add_argument("--port", default=None,
                         help="serial port of the board (/dev/ttyUSB1) or the simulated "
                              "board's URL (socket://127.0.0.1:9000, see `fpgacnn sim-board`); "
@@ -28,8 +29,8 @@ def configure(parser):
                         help='also write {"model", "classes", "logits"} as JSON to PATH')
     parser.add_argument("--timeout", type=float, default=5.0,
                         help="seconds to wait for any one answer of the board (default 5)")
-    parser.add_argument("--baud", type=int, default=DEFAULT_BAUD,
-                        help=f"serial baud rate of the board's build (default {DEFAULT_BAUD})")
+    add_baud_argument(parser, "the board's build: the serial port opens at it, the "
+                              "embedded simulated board runs at it")
     parser.add_argument("--taps", nargs="*", type=int, default=None, metavar="STAGE",
                         help="also read the output map of these stages (default with no "
                              "number: every stage) and print where the board and the golden "
@@ -121,10 +122,11 @@ def _classify(args, net, params, quant, batch, what):
     from ..sw.driver import Accelerator
     with contextlib.ExitStack() as stack:
         url, timeout = args.port, args.timeout
+        config = board_config(args.board, args.baud)
         if url is None:         # no hardware: the embedded simulated board
             from ..sim.simboard import SimBoard
-            url, timeout = stack.enter_context(SimBoard(args.board)).url, max(timeout, 30)
-        acc = stack.enter_context(Accelerator.open(url, timeout=timeout, baud=args.baud))
+            url, timeout = stack.enter_context(SimBoard(config)).url, max(timeout, 30)
+        acc = stack.enter_context(Accelerator.open(url, timeout=timeout, baud=config.baud))
         info = acc.identify()
         where = "simulated board" if args.port is None else "board"
         print(f"{where}: {info.describe()}; model: {what}")

@@ -6,13 +6,14 @@ board cannot be built or started.
 
 import sys
 
-from . import add_board_argument
+from . import add_baud_argument, add_board_argument, checked_link_config
 
 
 def configure(parser):
     parser.add_argument("--port", type=int, default=9000,
                         help="TCP port on 127.0.0.1 (default 9000; 0 picks a free one)")
     add_board_argument(parser, "simulate")
+    add_baud_argument(parser, "the simulated board (clients on the socket need not know it)")
     parser.add_argument("--usb-latency-ms", type=float, default=0, metavar="MS",
                         help="model a real board's FT2232H USB path in simulated time: 1 ms "
                              "USB frames to the board, answers held until 510 bytes wait or "
@@ -25,12 +26,11 @@ def run(args):
     if not 0 <= args.port < 65536:
         print(f"error: --port {args.port} is not a TCP port (0..65535)", file=sys.stderr)
         return 2
-    if not 0 <= args.usb_latency_ms <= 255:
-        print(f"error: --usb-latency-ms {args.usb_latency_ms:g}: choose 0..255 ms (the "
-              f"FT2232H latency timer's range)", file=sys.stderr)
+    config = checked_link_config(args)
+    if config is None:
         return 2
     try:
-        return serve_forever(args.board, port=args.port, usb_latency_ms=args.usb_latency_ms)
+        return serve_forever(config, port=args.port, usb_latency_ms=args.usb_latency_ms)
     except (SimBoardError, OSError) as e:
         # A failed Verilator build appends its log's tail; the first line names the log.
         print(f"error: {(str(e).splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
