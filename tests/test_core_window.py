@@ -17,7 +17,7 @@ import pytest
 
 from fpgacnn.hw import program as prog
 from fpgacnn.hw import protocol as proto
-from fpgacnn.hw.config import AcceleratorConfig, Dataflow
+from fpgacnn.hw.config import AcceleratorConfig, Dataflow, get_config
 from fpgacnn.hw.core import Core
 from fpgacnn.hw.link_checker import FrameChecker
 from fpgacnn.sim.amaranth_sim import run_simulation
@@ -25,6 +25,7 @@ from fpgacnn.sim.streams import stream_get, stream_put
 from fpgacnn.sim.window_job import IMG, NET, band_program, copy
 from fpgacnn.sw import network as nets
 from fpgacnn.sw.compiler import compile_network
+from fpgacnn.sw.network import Conv, MaxPool, Network, ReLU
 
 # iCEBreaker-like, small: weight_words 8192 puts the window at weight byte 4096 (window
 # address A = weight byte A); 16384 as on the iCEBreaker (A = weight byte 65536 + A).
@@ -202,3 +203,42 @@ def test_link_checks_follow_the_activation_space(request, window):
             assert status == want and executed == (want is None), (opcode, want, status)
 
     run_simulation(dut, [bench], name=request.node.name, max_cycles=200)
+
+
+def test_compiled_streamed_plan_on_the_core(request):
+    """A plan from the compiler (``compile_network`` streams maps that do not fit the
+    block RAM through the window) on the iCEBreaker core with generic memories: RESULT
+    from the plan's output base equals ``network.run_network``, bit-exact."""
+    config = get_config("icebreaker").with_(ice40=False)
+    # 10x32x32 after the first convolution: bands through the block RAM.
+    net = Network("streamed", (3, 32, 32), [Conv(10, 3, 1, 1), ReLU(), MaxPool(2, 2),
+                                            Conv(6, 3, 1, 1), ReLU()])
+    params = nets.random_params(net, 31)
+    compiled = compile_network(net, params, config)
+    layers = [d for d in compiled.descriptors if not d.get("copy")]
+    assert len(layers) > 2 and any(d["pad_top"] != d["pad"] for d in layers), \
+        "the test needs a plan with bands"
+    image = np.random.default_rng(31).integers(-128, 128, net.input_shape, dtype=np.int8)
+    image[:, 0, :4] = (-128, 127, 0, -1)
+    images = [image]
+    expected = [nets.run_network(net, params, x).reshape(-1) for x in images]
+    dut = Core(config)
+    got = []
+
+    async def bench(ctx):
+        for space, writes in compiled.model_writes().items():
+            for a, v in writes:
+                await write(ctx, dut, space, a, v)
+        for x in images:
+            for a, v in compiled.image_writes(x, 0):
+                await write(ctx, dut, prog.Space.IMAGE, a, v)
+            await run(ctx, dut, compiled.image_base(0))
+            got.append([await read(ctx, dut, prog.ReadSpace.LOGITS, k)
+                        for k in range(compiled.output_count)])
+
+    def check():
+        for g, e in zip(got, expected):
+            y = np.array(g, dtype=np.int64).astype(np.uint32).astype(np.int32)
+            np.testing.assert_array_equal(y, e)
+
+    run_simulation(dut, [bench], name=request.node.name, check=check, max_cycles=400_000)
