@@ -260,13 +260,15 @@ CONFIGS = {
     # while every tile has reduction >= rows * cols * 2 = 16 (LeNet-5's smallest is 25),
     # and the array broadcasts its operands (no pipeline registers between PEs) to save
     # logic cells. The clock is the PLL frequency below the Fmax nextpnr reaches; README
-    # ("Build", "Throughput") has the measured cells, Fmax and cycles per image.
+    # ("Build", "Throughput") has the measured cells, Fmax and cycles per image. The 4 KB
+    # of activation block RAM is too small for a 3x32x32 input: the top 60 KB of the SPRAM
+    # are the activation window (copies, bands), and the program holds 32 descriptors.
     "icebreaker": AcceleratorConfig(
         name="icebreaker", rows=8, cols=1, max_reduction=1024,
-        weight_words=16384, act_bytes=4096, qparam_entries=256, max_layers=8,
+        weight_words=16384, act_bytes=4096, qparam_entries=256, max_layers=32,
         clock_hz=24_000_000, ice40=True,
         dataflow=Dataflow.BROADCAST, requant_interval=2, rx_fifo_bytes=2048,
-        watchdog_log2=24),
+        watchdog_log2=24, act_window=True),
     # ECP5-85F: 156 18×18 multipliers and 3.7 Mbit of EBR; a 16×4 array (16×8 fits on
     # paper but nextpnr does not finish routing it; README, "Build"). 32 KB of activations
     # (one copy per array column: 128 KB of EBR) hold a 3×32×32 input's two slots and the

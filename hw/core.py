@@ -4,17 +4,21 @@ The link (``hw/link.py``) drives :class:`Core` through :class:`~.program.HostInt
 the host compiler (``fpgacnn.sw.compiler``) produces what goes through it. The core is
 three small units around the memories and the :class:`~.datapath.Datapath`:
 :class:`HostWrites` (``wr`` into the memories), :class:`Sequencer` (runs the layer
-program) and :class:`ResultReads` (``rd`` → ``rd_data``).
+program) and :class:`ResultReads` (``rd`` → ``rd_data``); with
+``AcceleratorConfig.act_window`` also the :class:`~.copier.Copier` and the mapping of
+activation addresses onto the block RAM and the weight memory (:meth:`Core._window`).
 """
 
-from amaranth.hdl import Cat, Module, Mux, ResetInserter, Signal, unsigned
+from amaranth.hdl import C, Cat, Module, Mux, ResetInserter, Signal, unsigned
 from amaranth.lib import enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from . import program
-from .config import AcceleratorConfig
+from .config import ACT_SPACE, AcceleratorConfig
+from .copier import Copier
 from .datapath import Datapath
-from .memories import Ram, WeightMemory, read_port_signature, write_port_signature
+from .memories import (Ram, WeightMemory, read_port_signature, weight_write_signature,
+                       write_port_signature)
 from .program import HostInterface, ReadCommand, ReadData, StartCommand, WriteCommand
 
 __all__ = ["Core", "HostWrites", "Sequencer", "ResultReads",
@@ -42,15 +46,17 @@ class Core(wiring.Component):
         ``WEIGHTS`` (chunk ``a`` = rows ``8*(a % n)…+7`` of weight word ``a // n``,
         ``n = rows/8``), ``QPARAMS`` (one :class:`~fpgacnn.hw.program.QParam` per chunk),
         ``PROGRAM`` (``DESCRIPTOR_WORDS`` chunks per descriptor, LSBs first), ``IMAGE``
-        (activation bytes ``8*addr … 8*addr+7``). See :class:`HostWrites` for the timing:
-        WEIGHTS/QPARAMS/PROGRAM are held off (``ready`` low) while ``busy``; IMAGE writes
-        are accepted during a run too (into the other image slot). Addresses beyond a
+        (activation bytes ``8*addr … 8*addr+7``, block RAM or window). See
+        :class:`HostWrites` for the timing: WEIGHTS/QPARAMS/PROGRAM and window IMAGE
+        chunks are held off (``ready`` low) while ``busy``; block-RAM IMAGE writes are
+        accepted during a run too (into the other image slot). Addresses beyond a
         memory wrap; the link checks them.
     ``start`` : In(stream of ``StartCommand``)
-        Ready only when idle (and no PROGRAM write is pending). Runs the program from
-        descriptor 0 until the descriptor with ``to_logits`` (or ``max_layers``); the
-        layer with ``in_from_image`` reads its input from ``image_base`` (a byte
-        address).
+        Ready only when idle (and no write other than a block-RAM IMAGE chunk is
+        offered). Runs the program from descriptor 0 until the descriptor with
+        ``to_logits`` (or ``max_layers``): layers on the datapath, copies on the copier
+        (without the window a copy writes nothing and takes 1 cycle); a descriptor with
+        ``in_from_image`` reads its input from ``image_base`` (a byte address).
     ``busy`` : Out(1)
         High from the accepted start until the last output and counter are stored, or
         until the run is stopped.
@@ -62,17 +68,18 @@ class Core(wiring.Component):
         accepted start or ``abort``.
     ``rd``, ``rd_data`` : In(stream of ``ReadCommand``), Out(stream of ``ReadData``)
         One 32-bit answer per request, in order, latency 1 (with back-pressure):
-        ``LOGITS`` addr ``k`` → activation byte ``k``, sign-extended (the compiler puts
-        the last layer's output map at address 0: output ``k`` of the last run);
+        ``LOGITS`` addr ``k`` → activation byte ``out_base + k`` of the last descriptor
+        run (a copy's ``dst_base``), sign-extended: output ``k`` of the last run;
         ``COUNTERS`` addr 0 → cycles of the last run (start accepted → idle), addr
-        ``1 + i`` → cycles of layer ``i`` (datapath start → last output written);
+        ``1 + i`` → cycles of descriptor ``i`` (start → last output written);
         addresses beyond a memory wrap. Values are those of the last *finished* run only when
         read while idle (the activation memory's first read port serves the datapath
         while ``busy``, the host reads otherwise).
 
     Timing: a layer takes its array beats (``out_h·k_blocks·ceil(out_w/cols)·D``) plus
-    the datapath's pipeline fill and drain, plus the descriptor fetch
-    (:class:`Sequencer`); the counters report the exact figures of a run.
+    the datapath's pipeline fill and drain, a copy ``segments·length + 2`` cycles (1 if
+    it copies nothing), each plus the descriptor fetch and store (:class:`Sequencer`);
+    the counters report the exact figures of a run.
 
     Parameters
     ----------
@@ -123,20 +130,11 @@ class Core(wiring.Component):
 
         for i in range(1, cfg.cols):
             wiring.connect(m, dp.act_rd[i], act.rd[i])
-        # Port 0 serves the datapath during a run and the host's output reads otherwise.
-        m.d.comb += [act.rd[0].addr.eq(Mux(seq.busy, dp.act_rd[0].addr, reads.act.addr)),
-                     act.rd[0].en.eq(Mux(seq.busy, dp.act_rd[0].en, reads.act.en)),
-                     dp.act_rd[0].data.eq(act.rd[0].data), reads.act.data.eq(act.rd[0].data)]
-        wiring.connect(m, dp.w_rd, wmem.rd)
         wiring.connect(m, dp.q_rd, qmem.rd[0])
-
         wiring.connect(m, wiring.flipped(self.wr), writes.wr)
-        wiring.connect(m, writes.weights, wmem.wr)
         wiring.connect(m, writes.qparams, qmem.wr)
         wiring.connect(m, writes.program, pmem.wr)
-        wiring.connect(m, dp.act_wr, writes.act_in)
         wiring.connect(m, writes.act, act.wr)
-
         wiring.connect(m, wiring.flipped(self.start), seq.start)
         wiring.connect(m, seq.program, pmem.rd[0])
         wiring.connect(m, seq.results, rmem.wr)
@@ -145,31 +143,106 @@ class Core(wiring.Component):
             m.d.sync += self.fault.eq(1)
         with m.If(self.abort | (self.start.valid & self.start.ready)):
             m.d.sync += self.fault.eq(0)
+        copy = seq.desc.copy
         m.d.comb += [
             self.busy.eq(seq.busy), writes.busy.eq(seq.busy),
             seq.program_pending.eq(writes.program_pending),
-            dp.desc.eq(seq.desc), dp.image_base.eq(seq.image_base), dp.start.eq(seq.launch),
-            seq.layer_done.eq(dp.done), seq.layer_cycles.eq(dp.cycles),
+            dp.desc.eq(seq.desc), dp.image_base.eq(seq.image_base),
+            dp.start.eq(seq.launch & ~copy),
+            # Output k is activation byte out_base + k of the last descriptor run.
+            reads.base.eq(seq.desc.out_base),
         ]
+        if cfg.act_window:
+            self._window(m, stop, seq, act, wmem, writes, reads)
+        else:
+            # Port 0 serves the datapath during a run and the host's output reads otherwise.
+            m.d.comb += [act.rd[0].addr.eq(Mux(seq.busy, dp.act_rd[0].addr, reads.act.addr)),
+                         act.rd[0].en.eq(Mux(seq.busy, dp.act_rd[0].en, reads.act.en)),
+                         dp.act_rd[0].data.eq(act.rd[0].data),
+                         reads.act.data.eq(act.rd[0].data)]
+            wiring.connect(m, dp.w_rd, wmem.rd)
+            wiring.connect(m, writes.weights, wmem.wr)
+            wiring.connect(m, dp.act_wr, writes.act_in)
+            # No copier on this board: a copy descriptor ends at once, writing nothing.
+            noop_done = Signal()
+            m.d.sync += noop_done.eq(seq.launch & copy)
+            m.d.comb += seq.layer_done.eq(dp.done | noop_done)
 
         wiring.connect(m, wiring.flipped(self.rd), reads.rd)
         wiring.connect(m, reads.rd_data, wiring.flipped(self.rd_data))
         wiring.connect(m, reads.results, rmem.rd[0])
         return m
 
+    def _window(self, m, stop, seq, act, wmem, writes, reads):
+        """The activation window: the copier, and the 16-bit activation addresses of the
+        copier and of the host's output reads mapped onto the block RAM (``< act_bytes``)
+        or the weight memory (the window). The datapath has both memories during its
+        layers; the copier during a copy; the host's reads and writes while idle."""
+        cfg, dp = self._config, self.datapath
+        cp = Copier()
+        m.submodules.copier = ResetInserter({"sync": stop})(cp)
+        copy = seq.desc.copy
+        lane_bits = (cfg.rows - 1).bit_length()
+        m.d.comb += [
+            cp.desc.eq(seq.desc), cp.image_base.eq(seq.image_base),
+            cp.start.eq(seq.launch & copy), seq.layer_done.eq(dp.done | cp.done),
+            reads.hold.eq(writes.program_pending),
+        ]
+        # Reads: the copier's while it runs, the host's otherwise; one byte a cycle.
+        use_dp = seq.busy & ~copy
+        src = Signal(16)
+        src_en = Signal()
+        m.d.comb += [src.eq(Mux(seq.busy, cp.rd.addr, reads.act.addr)),
+                     src_en.eq(Mux(seq.busy, cp.rd.en, reads.act.en))]
+        in_window, lane = Signal(), Signal(lane_bits)
+        with m.If(src_en):
+            m.d.sync += [in_window.eq(src >= cfg.act_bytes), lane.eq(src[:lane_bits])]
+        word = window_chunk(cfg, src[3:]) >> (lane_bits - 3)
+        m.d.comb += [
+            act.rd[0].addr.eq(Mux(use_dp, dp.act_rd[0].addr, src)),
+            act.rd[0].en.eq(Mux(use_dp, dp.act_rd[0].en, src_en)),
+            wmem.rd.addr.eq(Mux(use_dp, dp.w_rd.addr, word)),
+            wmem.rd.en.eq(Mux(use_dp, dp.w_rd.en, src_en)),
+            dp.act_rd[0].data.eq(act.rd[0].data), dp.w_rd.data.eq(wmem.rd.data),
+        ]
+        byte = Signal(8)
+        m.d.comb += [byte.eq(Mux(in_window, wmem.rd.data.word_select(lane, 8),
+                                 act.rd[0].data)),
+                     cp.rd.data.eq(byte), reads.act.data.eq(byte)]
+        # Writes: the datapath's and the copier's block-RAM bytes through the host-write
+        # path; the copier's window bytes (during a copy) or the host's chunks (idle)
+        # into the weight memory, one byte lane each.
+        dst_window = cp.wr.addr >= cfg.act_bytes
+        m.d.comb += [
+            writes.act_in.en.eq(dp.act_wr.en | (cp.wr.en & ~dst_window)),
+            writes.act_in.addr.eq(Mux(cp.wr.en, cp.wr.addr, dp.act_wr.addr)),
+            writes.act_in.data.eq(Mux(cp.wr.en, cp.wr.data, dp.act_wr.data)),
+        ]
+        m.d.comb += [writes.window_in.addr.eq(cp.wr.addr), writes.window_in.data.eq(cp.wr.data),
+                     writes.window_in.en.eq(cp.wr.en & dst_window)]
+        wiring.connect(m, writes.weights, wmem.wr)
+
 
 class HostWrites(wiring.Component):
     """Host writes (``wr`` beats) into the core's memories.
 
-    WEIGHTS and QPARAMS chunks go straight to their memory (one cycle per beat). A
-    PROGRAM chunk is held and written as four halfwords in the next four cycles; an
-    IMAGE chunk is held and written one byte per cycle in which the datapath does not
-    write the activation memory (``act_in`` has priority; nothing is lost).
+    QPARAMS chunks go straight to their memory (one cycle per beat), WEIGHTS chunks too
+    without ``config.act_window``. The other chunks are written from the beat itself,
+    which is taken (``wr.ready``) in the cycle its last part is written: a PROGRAM chunk
+    as four halfwords in eight cycles, an IMAGE chunk one byte per cycle in which the
+    datapath (or the copier) does not write the activation memory (``act_in`` has
+    priority; nothing is lost). ``wr``'s payload must stay put while it waits (the
+    stream rule).
 
-    Latency and throughput: ``wr.ready`` is high when the beat can be taken: for
-    WEIGHTS/QPARAMS/PROGRAM while neither ``busy`` nor a PROGRAM chunk is pending (so
-    one PROGRAM chunk per 4 cycles), for IMAGE while no IMAGE chunk is pending (one per
-    8 free activation-write cycles, during a run too).
+    With ``config.act_window`` the weight memory is written one byte per cycle too
+    (``weights.mask`` one-hot, the byte on every lane): WEIGHTS chunks, and IMAGE chunks
+    addressed to the activation window (chunk ``a >= act_bytes / 8``: window bytes
+    ``8a … 8a + 7``, at weight-memory byte ``window_weight_byte + 8a - act_bytes``).
+
+    Latency and throughput: a block-RAM IMAGE chunk is written during a run too, the
+    others only while not ``busy``; one QPARAMS chunk per cycle, a PROGRAM chunk per 8
+    cycles, an IMAGE (with the window, WEIGHTS) chunk per 8 cycles in which the
+    activation memory is free (the link takes 17 cycles to prepare a chunk).
 
     Parameters
     ----------
@@ -182,9 +255,14 @@ class HostWrites(wiring.Component):
         A run is in progress: the weight (single-port SPRAM), qparam and program
         memories are in use.
     program_pending : Out(1)
-        A PROGRAM chunk is still being written (the sequencer must not start).
+        A chunk other than a block-RAM IMAGE chunk is offered: the sequencer must not
+        start (it would read a half-written program, or find the weight memory in use);
+        with the window, the host's reads of the weight memory wait.
     act_in : In(write port)
-        The datapath's activation writes.
+        The datapath's (and the copier's) activation writes.
+    window_in : In(write port)
+        With the window: the copier's window bytes (16-bit activation addresses), written
+        in their cycle (the host's chunks wait: the copier runs only while ``busy``).
     weights, qparams, program, act : Out(write port)
         To the memories.
     """
@@ -196,8 +274,8 @@ class HostWrites(wiring.Component):
             "busy": In(1),
             "program_pending": Out(1),
             "act_in": In(write_port_signature(config.act_bytes, unsigned(8))),
-            "weights": Out(write_port_signature(config.weight_words * (config.rows // 8),
-                                                unsigned(64))),
+            "window_in": In(write_port_signature(ACT_SPACE, unsigned(8))),
+            "weights": Out(weight_write_signature(config.weight_words * (config.rows // 8))),
             "qparams": Out(write_port_signature(config.qparam_entries, program.QParam)),
             "program": Out(write_port_signature(_program_halfwords(config), unsigned(16))),
             "act": Out(write_port_signature(config.act_bytes, unsigned(8))),
@@ -206,50 +284,73 @@ class HostWrites(wiring.Component):
     def elaborate(self, platform):
         cfg = self._config
         m = Module()
-        img_valid = Signal()
-        img_addr = Signal(range(cfg.act_bytes // 8 + 1))
-        img_data = Signal(64)
-        img_byte = Signal(3)
-        prog_addr = Signal(range(cfg.max_layers * program.DESCRIPTOR_WORDS))
-        prog_data = Signal(64)
-        prog_part = Signal(2)
-        prog_valid = self.program_pending
-        wr = self.wr.p
         Space = program.Space
-        m.d.comb += self.wr.ready.eq(Mux(wr.space == Space.IMAGE, ~img_valid,
-                                         ~self.busy & ~prog_valid))
-        take = self.wr.valid & self.wr.ready
+        wr = self.wr.p
+        space = {s: Signal(name=f"is_{s.name.lower()}") for s in Space}
+        for s, sig in space.items():
+            m.d.comb += sig.eq(self.wr.valid & (wr.space == s))
+        to_window = Signal()                 # an IMAGE chunk for the window
+        if cfg.act_window:
+            m.d.comb += to_window.eq(wr.addr >= cfg.act_bytes // 8)
+        bram_image = space[Space.IMAGE] & ~to_window
+        # A beat that may be written now: a block-RAM image chunk always, others idle.
+        go = Signal()
+        m.d.comb += [go.eq(bram_image | (self.wr.valid & ~self.busy)),
+                     self.program_pending.eq(self.wr.valid & ~bram_image)]
+        part = Signal(3)                     # byte being written (this cycle if ``step``)
+        step = Signal()
+        # The byte is picked from the halfword (one multiplexer for both); a PROGRAM
+        # halfword is written in the first of its two bytes' cycles.
+        half = wr.data.word_select(part[1:], 16)
+        byte = half.word_select(part[0], 8)
+        with m.If(step):
+            m.d.sync += part.eq(part + 1)
         m.d.comb += [
-            self.weights.addr.eq(wr.addr), self.weights.data.eq(wr.data),
-            self.weights.en.eq(take & (wr.space == Space.WEIGHTS)),
             self.qparams.addr.eq(wr.addr),
             self.qparams.data.eq(wr.data[:len(self.qparams.data.as_value())]),
-            self.qparams.en.eq(take & (wr.space == Space.QPARAMS)),
+            self.qparams.en.eq(go & space[Space.QPARAMS]),
+            self.program.addr.eq(Cat(part[1:], wr.addr)),
+            self.program.data.eq(half),
+            self.program.en.eq(go & space[Space.PROGRAM] & ~part[0]),
         ]
-        with m.If(take & (wr.space == Space.PROGRAM)):
-            m.d.sync += [prog_valid.eq(1), prog_addr.eq(wr.addr), prog_data.eq(wr.data),
-                         prog_part.eq(0)]
-        with m.If(prog_valid):
-            m.d.comb += [self.program.addr.eq(Cat(prog_part, prog_addr)),
-                         self.program.data.eq(prog_data.word_select(prog_part, 16)),
-                         self.program.en.eq(1)]
-            m.d.sync += prog_part.eq(prog_part + 1)
-            with m.If(prog_part == 3):
-                m.d.sync += prog_valid.eq(0)
-        with m.If(take & (wr.space == Space.IMAGE)):
-            m.d.sync += [img_valid.eq(1), img_addr.eq(wr.addr), img_data.eq(wr.data),
-                         img_byte.eq(0)]
+        in_place = space[Space.PROGRAM] | space[Space.IMAGE]
+        if cfg.act_window:
+            in_place = in_place | space[Space.WEIGHTS]
+            # The window ends with the weight memory. One byte lane per cycle: the
+            # copier's (during a copy) or the offered chunk's (idle).
+            cp = self.window_in
+            window = window_chunk(cfg, Mux(cp.en, cp.addr[3:], wr.addr))
+            m.d.comb += [self.weights.addr.eq(Mux(space[Space.WEIGHTS] & ~cp.en, wr.addr,
+                                                  window)),
+                         self.weights.data.eq(Mux(cp.en, cp.data, byte).replicate(8)),
+                         self.weights.mask.eq(1 << Mux(cp.en, cp.addr[:3], part)),
+                         self.weights.en.eq(cp.en | (go & (space[Space.WEIGHTS] |
+                                                           (space[Space.IMAGE] & to_window))))]
+        else:
+            m.d.comb += [self.weights.addr.eq(wr.addr), self.weights.data.eq(wr.data),
+                         self.weights.en.eq(go & space[Space.WEIGHTS])]
         with m.If(self.act_in.en):
             m.d.comb += [self.act.addr.eq(self.act_in.addr), self.act.data.eq(self.act_in.data),
                          self.act.en.eq(1)]
-        with m.Elif(img_valid):
-            m.d.comb += [self.act.addr.eq((img_addr << 3) | img_byte),
-                         self.act.data.eq(img_data.word_select(img_byte, 8)),
-                         self.act.en.eq(1)]
-            m.d.sync += img_byte.eq(img_byte + 1)
-            with m.If(img_byte == 7):
-                m.d.sync += img_valid.eq(0)
+        with m.Elif(bram_image):
+            m.d.comb += [self.act.addr.eq(Cat(part, wr.addr)), self.act.data.eq(byte),
+                         self.act.en.eq(1), step.eq(1)]
+        with m.If(go & in_place & ~bram_image):
+            m.d.comb += step.eq(1)
+        m.d.comb += self.wr.ready.eq(Mux(in_place, step & (part == 7), go))
         return m
+
+
+def window_chunk(cfg, chunk):
+    """The weight-memory chunk (64 bits) of activation-window chunk ``chunk`` (bytes
+    ``8*chunk … +7``, ``8*chunk >= act_bytes``): ``window_weight_byte - act_bytes`` on
+    (a multiple of 8); no adder when that is a multiple of the window (iCEBreaker)."""
+    offset = (cfg.window_weight_byte - cfg.act_bytes) // 8
+    width = (cfg.weight_bytes // 8 - 1).bit_length()
+    low = (ACT_SPACE // 8 - 1).bit_length()
+    if offset >= 0 and offset % (1 << low) == 0 and width >= low:
+        return Cat(chunk[:low], C(offset >> low, width - low))
+    return (chunk + offset)[:width]
 
 
 class _State(enum.Enum):
@@ -261,13 +362,16 @@ class _State(enum.Enum):
 
 
 class Sequencer(wiring.Component):
-    """Runs the layer program: fetch a descriptor, run the datapath on it, store counters.
+    """Runs the layer program: fetch a descriptor, run it, store its cycle count.
 
-    Per layer: the descriptor is read from the program memory as halfwords (one per
-    cycle, ``ceil(LayerDescriptor bits / 16) + 1`` cycles), the datapath runs it
-    (``launch`` pulses, ``layer_done`` ends it), and its cycle count is stored in the
-    results memory (1 cycle). The run ends after the descriptor with ``to_logits`` (or
-    the ``max_layers``-th) with the total cycle count stored (1 cycle).
+    Per descriptor: it is read from the program memory as halfwords (one per cycle,
+    ``ceil(LayerDescriptor bits / 16) + 1`` cycles), the unit that runs it (the
+    datapath, or the copier for a :class:`~.program.CopyDescriptor`; the core decodes
+    ``desc.copy``) is started by ``launch`` and ends it with ``layer_done``, and the
+    cycles from ``launch`` to ``layer_done`` are stored in the results memory (1
+    cycle). The run ends after the descriptor with ``to_logits`` (or the
+    ``max_layers``-th) with the total cycle count stored (1 cycle). ``desc`` keeps the
+    last descriptor until the next run (its ``out_base`` is where the result is).
 
     Latency: ``busy`` rises the cycle after ``start`` is taken; one run at a time
     (``start.ready`` only while idle and no ``program_pending``). ``overrun`` rises when a
@@ -288,9 +392,10 @@ class Sequencer(wiring.Component):
     program : Out(read port)
         The program memory (16-bit halfwords).
     desc : Out(LayerDescriptor), image_base : Out(16), launch : Out(1)
-        To the datapath: the current layer, the image slot, its start strobe.
-    layer_done : In(1), layer_cycles : In(32)
-        From the datapath: end strobe and cycle count of the layer.
+        To the datapath and the copier: the current descriptor, the image slot, the
+        start strobe.
+    layer_done : In(1)
+        From the datapath or the copier: the descriptor's end strobe.
     results : Out(write port)
         To the results memory: the counters.
     """
@@ -307,7 +412,6 @@ class Sequencer(wiring.Component):
             "image_base": Out(16),
             "launch": Out(1),
             "layer_done": In(1),
-            "layer_cycles": In(32),
             "results": Out(write_port_signature(_result_words(config), unsigned(32))),
         })
 
@@ -323,7 +427,9 @@ class Sequencer(wiring.Component):
         layer = Signal(range(cfg.max_layers + 1))
         fetch = Signal(range(halves + 1))
         launch = Signal()
-        total = Signal(32)
+        # No count reaches 2 ** watchdog_log2 + 1: the watchdog stops the run first.
+        total = Signal(cfg.watchdog_log2 + 1)
+        cycles = Signal(cfg.watchdog_log2 + 1)              # of the current descriptor
         m.d.comb += [self.busy.eq(state != _State.IDLE), self.desc.eq(desc_bits[:desc_size]),
                      self.overrun.eq(total[cfg.watchdog_log2])]
         with m.If(self.busy):
@@ -335,7 +441,7 @@ class Sequencer(wiring.Component):
         with m.Switch(state):
             with m.Case(_State.IDLE):
                 m.d.comb += self.start.ready.eq(~self.program_pending)
-                with m.If(self.start.valid):
+                with m.If(self.start.valid & self.start.ready):
                     m.d.sync += [self.image_base.eq(self.start.p.image_base), pc.eq(0),
                                  layer.eq(0), fetch.eq(0), total.eq(1), state.eq(_State.FETCH)]
             with m.Case(_State.FETCH):
@@ -347,15 +453,18 @@ class Sequencer(wiring.Component):
                         with m.Case(j + 1):
                             m.d.sync += desc_bits[16 * j:16 * (j + 1)].eq(self.program.data)
                 with m.If(fetch == halves):
-                    m.d.sync += [state.eq(_State.RUN), launch.eq(1), fetch.eq(0)]
+                    m.d.sync += [state.eq(_State.RUN), launch.eq(1), fetch.eq(0),
+                                 cycles.eq(0)]
             with m.Case(_State.RUN):
+                # Counted like the units' own cycles: launch to the done strobe.
                 m.d.comb += self.launch.eq(launch)
                 m.d.sync += launch.eq(0)
                 with m.If(~launch & self.layer_done):
                     m.d.sync += state.eq(_State.STORE)
+                with m.Else():
+                    m.d.sync += cycles.eq(cycles + 1)
             with m.Case(_State.STORE):
-                m.d.comb += [res.addr.eq(1 + layer),
-                             res.data.eq(self.layer_cycles), res.en.eq(1)]
+                m.d.comb += [res.addr.eq(1 + layer), res.data.eq(cycles), res.en.eq(1)]
                 with m.If(self.desc.to_logits | (layer == cfg.max_layers - 1)):
                     m.d.sync += state.eq(_State.FINISH)
                 with m.Else():
@@ -370,7 +479,8 @@ class ResultReads(wiring.Component):
     """Host reads of the outputs and counters: ``rd`` → ``rd_data``.
 
     Latency 1 cycle, one read per cycle; ``rd`` is ready whenever ``rd_data`` is empty or
-    being taken. ``LOGITS`` addr ``k`` reads activation byte ``k`` (sign-extended),
+    being taken and ``hold`` is low. ``LOGITS`` addr ``k`` reads activation byte ``base +
+    k`` (sign-extended; ``act`` spans the activation addresses, block RAM and window),
     ``COUNTERS`` addr ``i`` results word ``i``; addresses wrap like the memories (the
     link never reads beyond ``1 + max_layers`` counters: its checker refuses it, so no
     logic is spent on zeroing them).
@@ -383,10 +493,14 @@ class ResultReads(wiring.Component):
     ----------
     rd : In(stream.Signature(ReadCommand))
     rd_data : Out(stream.Signature(ReadData))
+    base : In(16)
+        Activation byte address of output 0 (the last descriptor's ``out_base``).
+    hold : In(1)
+        The activation read port is not free this cycle (a weight-memory write).
     results : Out(read port)
         The results memory.
     act : Out(read port)
-        The activation memory (only used while the core is idle).
+        Activation bytes (only used while the core is idle).
     """
 
     def __init__(self, config):
@@ -394,19 +508,23 @@ class ResultReads(wiring.Component):
         super().__init__({
             "rd": In(stream.Signature(ReadCommand)),
             "rd_data": Out(stream.Signature(ReadData)),
+            "base": In(16),
+            "hold": In(1),
             "results": Out(read_port_signature(_result_words(config), unsigned(32))),
-            "act": Out(read_port_signature(config.act_bytes, unsigned(8))),
+            "act": Out(read_port_signature(config.act_space, unsigned(8))),
         })
 
     def elaborate(self, platform):
         m = Module()
         rd = self.rd.p
         output_r = Signal()
-        with m.If(~self.rd_data.valid | self.rd_data.ready):
+        with m.If((~self.rd_data.valid | self.rd_data.ready) & ~self.hold):
             m.d.comb += [self.rd.ready.eq(1), self.results.en.eq(1), self.act.en.eq(1)]
             m.d.sync += [self.rd_data.valid.eq(self.rd.valid),
                          output_r.eq(rd.space == program.ReadSpace.LOGITS)]
-        m.d.comb += [self.results.addr.eq(rd.addr), self.act.addr.eq(rd.addr)]
+        with m.Elif(self.rd_data.ready):
+            m.d.sync += self.rd_data.valid.eq(0)
+        m.d.comb += [self.results.addr.eq(rd.addr), self.act.addr.eq(self.base + rd.addr)]
         with m.If(output_r):
             m.d.comb += self.rd_data.p.data.eq(self.act.data.as_signed())
         with m.Else():

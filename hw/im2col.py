@@ -33,13 +33,15 @@ def im2col_reference(desc, cols, act_addr_width=_ACT_ADDR, w_addr_width=_W_ADDR,
     """Pure-Python model of :class:`Im2col`: yields one dict per beat (test scaffolding).
 
     ``desc`` is a dict with the LayerDescriptor fields used here (``cin, in_h, in_w,
-    kernel, stride, pad, out_h, out_w, k_blocks, reduction, in_base, w_base``).
+    kernel, stride, pad, out_h, out_w, k_blocks, reduction, in_base, w_base``, and
+    ``pad_top``, which defaults to ``pad``).
     Addresses wrap modulo ``2**act_addr_width`` / ``2**w_addr_width`` like the unit's.
     ``column_blocks`` as in :class:`Im2col`.
     """
     a_mask, w_mask = (1 << act_addr_width) - 1, (1 << w_addr_width) - 1
     c_n, h, w = desc["cin"], desc["in_h"], desc["in_w"]
     f, s, p = desc["kernel"], desc["stride"], desc["pad"]
+    p_top = desc.get("pad_top", p)
     out_h, out_w, kbs, red = desc["out_h"], desc["out_w"], desc["k_blocks"], desc["reduction"]
     tiles = -(-out_w // cols)
     colmode = column_blocks and out_w == 1 and kbs > 1
@@ -53,7 +55,7 @@ def im2col_reference(desc, cols, act_addr_width=_ACT_ADDR, w_addr_width=_W_ADDR,
                     for fy in range(f):
                         for fx in range(f):
                             addr, zero = [], []
-                            iy = y * s + fy - p
+                            iy = y * s + fy - p_top
                             for j in range(cols):
                                 ox = 0 if colmode else xt * cols + j
                                 ix = ox * s + fx - p
@@ -73,20 +75,26 @@ class Im2col(wiring.Component):
     """Generate the operand addresses of one layer, one beat per cycle.
 
     A layer starts with a beat on ``start`` (a :class:`~fpgacnn.hw.program.LayerDescriptor`;
-    ``start.ready`` is high only while idle). The unit then spends 8 cycles (one per bit of
-    the descriptor's ``in_h``) computing per-layer constants by shift-and-add (no
-    multipliers anywhere), and emits ``out_h * k_blocks * ceil(out_w / cols) * reduction``
-    beats on ``o_stream``, one per cycle unless backpressured, the final one with ``end``.
-    Column ``j``'s byte address is ``in_base + (c*in_h + iy)*in_w + ix`` (CHW), its
-    ``act_zero`` flags padding or a pixel beyond ``out_w``; the weight word is
-    ``w_base + kb*reduction + d``. Addresses of zeroed operands are unspecified (they are
-    never read).
+    ``start.ready`` is high only while idle); the payload must stay unchanged until the
+    layer's last beat (the unit reads its plain fields from it, copying none). The unit
+    then spends 8 cycles (one per bit of the descriptor's ``in_h``) computing per-layer
+    constants by shift-and-add (no multipliers anywhere), and emits ``out_h * k_blocks *
+    ceil(out_w / cols) * reduction`` beats on ``o_stream``, one per cycle unless
+    backpressured, the final one with ``end``.
+    Column ``j``'s byte address is ``in_base + (c*in_h + iy)*in_w + ix`` (CHW) with
+    ``iy = y*stride + fy - pad_top`` and ``ix = x*stride + fx - pad``, its ``act_zero``
+    flags a row outside ``[0, in_h)``, a column outside ``[0, in_w)`` or a pixel beyond
+    ``out_w``; the weight word is ``w_base + kb*reduction + d``. Addresses of zeroed
+    operands are unspecified (they are never read).
 
-    Only ``cin, in_h, in_w, kernel, stride, pad, out_h, out_w, k_blocks, reduction,
-    in_base, w_base`` are used. The geometry must be a consistent convolution:
-    ``reduction = cin*kernel**2`` and ``out = (in - kernel + 2*pad)/stride + 1`` on both
-    axes (the host compiler guarantees it; :func:`im2col_reference` is the exact model).
-    A descriptor with any of those counts zero emits nothing and returns to idle.
+    Only ``cin, in_h, in_w, kernel, stride, pad, pad_top, out_h, out_w, k_blocks,
+    reduction, in_base, w_base`` are used. The geometry must be a consistent convolution
+    across: ``reduction = cin*kernel**2`` and ``out_w = (in_w - kernel + 2*pad)/stride +
+    1`` (the host compiler guarantees it; :func:`im2col_reference` is the exact model).
+    Down, ``out_h`` is free (a horizontal band of a layer, ``pad_top`` zero rows above
+    its ``in_h`` input rows, any rows below them zero) as long as the last row's input
+    rows stay below ``in_h + 256``. A whole layer has ``pad_top = pad``. A descriptor
+    with any of those counts zero emits nothing and returns to idle.
 
     How it stays small: the payload is driven by the loop state itself (no output copy);
     addresses are registers stepped by one addition as the loops advance (``+1`` per
@@ -170,7 +178,7 @@ class Im2col(wiring.Component):
         # many cycles as the widest multiplier (in_h) has bits.
         wsh = Signal.like(r.row_a)      # in_w << n
         hsh = Signal.like(r.in_h)       # in_h, shifted right each cycle
-        init_cycles = max(len(hsh), len(r.km1), len(r.stride), len(r.pad))
+        init_cycles = max(len(hsh), len(r.km1), len(r.stride), len(r.pad_top))
         n = Signal(range(init_cycles))
         o = self.o_stream
         with m.FSM():
@@ -182,8 +190,7 @@ class Im2col(wiring.Component):
                     m.d.sync += [
                         r.km1.eq(p.kernel - 1), r.cm1.eq(p.cin - 1),
                         r.kbm1.eq(p.k_blocks - 1), r.ohm1.eq(p.out_h - 1),
-                        r.out_w.eq(p.out_w), r.in_h.eq(p.in_h), r.in_w.eq(p.in_w),
-                        r.stride.eq(p.stride), r.pad.eq(p.pad), r.w_base.eq(p.w_base),
+                        r.iy0.eq(-p.pad_top),
                         n.eq(0), wsh.eq(p.in_w), hsh.eq(p.in_h),
                         r.step_y.eq(p.in_w - p.kernel + 1), r.step_c.eq(1 - p.kernel),
                         r.step_r.eq(0), r.row_a.eq(base),
@@ -201,7 +208,7 @@ class Im2col(wiring.Component):
             with m.State("INIT"):
                 # step_c += (in_h - (kernel-1))*in_w (the factor may be negative with
                 # padding, so its two terms go in separately), step_r += stride*in_w,
-                # row_a -= pad*in_w.
+                # row_a -= pad_top*in_w.
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += [wsh.eq(wsh << 1), hsh.eq(hsh >> 1), n.eq(n + 1)]
                 k_bit = r.km1.bit_select(n, 1) & (n < len(r.km1))
@@ -211,13 +218,13 @@ class Im2col(wiring.Component):
                     m.d.sync += r.step_c.eq(r.step_c - wsh)
                 with m.If(r.stride.bit_select(n, 1) & (n < len(r.stride))):
                     m.d.sync += r.step_r.eq(r.step_r + wsh)
-                with m.If(r.pad.bit_select(n, 1) & (n < len(r.pad))):
+                with m.If(r.pad_top.bit_select(n, 1) & (n < len(r.pad_top))):
                     m.d.sync += r.row_a.eq(r.row_a - wsh)
                 with m.If(n == init_cycles - 1):
                     m.next = "RUN"
                     m.d.sync += [
                         n.eq(0), r.fx.eq(0), r.fy.eq(0), r.c.eq(0), r.kb.eq(0), r.y.eq(0),
-                        r.rem.eq(r.out_w), r.tile_x.eq(-r.pad), r.iy0.eq(-r.pad),
+                        r.rem.eq(r.out_w), r.tile_x.eq(-r.pad),
                         r.wa.eq(r.w_base), r.w_row.eq(r.w_base),
                     ]
             with m.State("RUN"):
@@ -275,8 +282,9 @@ class _Registers:
     def __init__(self, desc, cols, act_addr_width, w_addr_width, column_blocks=False):
         A, WA = unsigned(act_addr_width), unsigned(w_addr_width)
         # Pixel coordinates that decide padding. For a consistent geometry a real pixel's
-        # input x/y lies in [-pad, in + pad); a pixel beyond out_w (zeroed anyway) adds at
-        # most (cols-1)*stride.
+        # input x lies in [-pad, in_w + pad), y in [-pad_top, in_h + 256) (a band's rows
+        # below its input); a pixel beyond out_w (zeroed anyway) adds at most
+        # (cols-1)*stride.
         max_in = (1 << max(len(desc.in_h), len(desc.in_w))) - 1
         max_pad, max_stride = (1 << len(desc.pad)) - 1, (1 << len(desc.stride)) - 1
         self.P = signed((max_in + max_pad + max_stride * (cols - 1)).bit_length() + 1)
@@ -286,12 +294,10 @@ class _Registers:
         self.cm1 = Signal.like(desc.cin)         # cin - 1
         self.kbm1 = Signal.like(desc.k_blocks)   # k_blocks - 1
         self.ohm1 = Signal.like(desc.out_h)      # out_h - 1
-        self.out_w = Signal.like(desc.out_w)
-        self.in_h = Signal.like(desc.in_h)
-        self.in_w = Signal.like(desc.in_w)
-        self.stride = Signal.like(desc.stride)
-        self.pad = Signal.like(desc.pad)
-        self.w_base = Signal(WA)
+        # Fields used as they are: read from the descriptor, which stays put (no copy).
+        self.out_w, self.in_h, self.in_w = desc.out_w, desc.in_h, desc.in_w
+        self.stride, self.pad, self.pad_top = desc.stride, desc.pad, desc.pad_top
+        self.w_base = Signal(WA) if column_blocks else desc.w_base[:w_addr_width]
         # Per-layer steps.
         # in_w - kernel + 1: next fy (may be <= 0 with padding).
         self.step_y = Signal(signed(len(desc.in_w) + 2))

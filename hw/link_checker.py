@@ -162,9 +162,9 @@ class _Facts:
             write_end.eq(wargs.addr[:addr_bits] + self.n_chunks),
             addr_high.eq(wargs.addr[addr_bits:] != 0),
             self.bad_range.eq(bad_range_now),
-            # The image must start inside the activation memory (its end depends on the
+            # The image must start inside the activation addresses (its end depends on the
             # program: the datapath's addresses wrap, never leave the memory).
-            self.bad_base.eq(above(proto.RunArgs(ports.args).image_base, cfg.act_bytes - 1)),
+            self.bad_base.eq(above(proto.RunArgs(ports.args).image_base, cfg.act_space - 1)),
             self.bad_result.eq(above(res_args.n_logits, cfg.max_logits) |
                                above(res_args.n_counters, 1 + cfg.max_layers)),
             *(self.is_op[op].eq(ports.opcode == op) for op in proto.Opcode),

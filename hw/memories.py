@@ -9,12 +9,12 @@ the previous cycle in which ``en`` was high, and holds while ``en`` is low (a 1-
 synchronous read with a clock enable, which both iCE40 EBR/SPRAM and ECP5 EBR provide).
 """
 
-from amaranth.hdl import C, ClockSignal, Instance, Module, Mux, Signal, unsigned
+from amaranth.hdl import C, Cat, ClockSignal, Instance, Module, Mux, Signal, unsigned
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["read_port_signature", "write_port_signature", "Ram", "WeightMemory",
-           "SPRAM_DEPTH", "SPRAM_WIDTH"]
+__all__ = ["read_port_signature", "write_port_signature", "weight_write_signature", "Ram",
+           "WeightMemory", "SPRAM_DEPTH", "SPRAM_WIDTH"]
 
 #: SB_SPRAM256KA: 16K words of 16 bits.
 SPRAM_DEPTH, SPRAM_WIDTH = 16384, 16
@@ -32,6 +32,13 @@ def read_port_signature(depth, shape):
 def write_port_signature(depth, shape):
     """A write port seen from its user: ``addr``, ``data``, ``en`` out (written on the edge)."""
     return wiring.Signature({"addr": Out(_bits(depth)), "data": Out(shape), "en": Out(1)})
+
+
+def weight_write_signature(chunks):
+    """:class:`WeightMemory`'s write port: :func:`write_port_signature` of ``chunks``
+    64-bit chunks plus ``mask``, one enable per byte (all set unless driven)."""
+    return wiring.Signature({**dict(write_port_signature(chunks, unsigned(64)).members),
+                             "mask": Out(8, init=0xFF)})
 
 
 class Ram(wiring.Component):
@@ -82,7 +89,9 @@ class WeightMemory(wiring.Component):
     """Weight memory: ``depth`` words of ``rows`` int8 weights, written in 64-bit chunks.
 
     Host chunk ``a`` is part ``a % n`` (bytes ``8*(a % n)`` … ``+7``, i.e. rows
-    ``8*(a%n)`` … ``+7``) of word ``a // n``, ``n = rows / 8`` (a power of two).
+    ``8*(a%n)`` … ``+7``) of word ``a // n``, ``n = rows / 8`` (a power of two). A write
+    stores byte ``b`` of the chunk only where ``wr.mask`` bit ``b`` is set (``0xFF``: the
+    whole chunk; one bit: a single byte, e.g. an activation byte in the window).
 
     With ``ice40=True`` the storage is four SB_SPRAM256KA side by side (16K × 64 bits,
     ``rows == 8``), hand-instantiated so the iCE40UP5K's 128 KB single-port RAMs hold
@@ -104,7 +113,7 @@ class WeightMemory(wiring.Component):
         self._parts = rows // 8
         super().__init__({
             "rd": In(read_port_signature(depth, unsigned(rows * 8))),
-            "wr": In(write_port_signature(depth * self._parts, unsigned(64))),
+            "wr": In(weight_write_signature(depth * self._parts)),
         })
 
     def elaborate(self, platform):
@@ -119,7 +128,10 @@ class WeightMemory(wiring.Component):
                 m.submodules[f"spram{i}"] = Instance(
                     "SB_SPRAM256KA",
                     i_ADDRESS=addr, i_DATAIN=self.wr.data[16 * i:16 * (i + 1)],
-                    i_MASKWREN=C(0b1111, 4), i_WREN=self.wr.en,
+                    # One mask bit per nibble: bytes 2i (low) and 2i + 1 of the chunk.
+                    i_MASKWREN=Cat(self.wr.mask[2 * i], self.wr.mask[2 * i],
+                                   self.wr.mask[2 * i + 1], self.wr.mask[2 * i + 1]),
+                    i_WREN=self.wr.en,
                     i_CHIPSELECT=self.wr.en | self.rd.en, i_CLOCK=ClockSignal(),
                     i_STANDBY=C(0, 1), i_SLEEP=C(0, 1), i_POWEROFF=C(1, 1),
                     o_DATAOUT=dout[16 * i:16 * (i + 1)])
@@ -127,19 +139,14 @@ class WeightMemory(wiring.Component):
         else:
             mem = m.submodules.mem = memory.Memory(
                 shape=unsigned(self._rows * 8), depth=self._depth, init=self._init)
-            granularity = 64 if self._parts > 1 else None
-            wp = mem.write_port(granularity=granularity)
+            wp = mem.write_port(granularity=8)
             rp = mem.read_port()
             m.d.comb += [
                 wp.addr.eq(word), rp.addr.eq(self.rd.addr), rp.en.eq(self.rd.en),
                 self.rd.data.eq(rp.data),
             ]
-            if self._parts > 1:
-                for p in range(self._parts):
-                    m.d.comb += [
-                        wp.data[64 * p:64 * (p + 1)].eq(self.wr.data),
-                        wp.en[p].eq(self.wr.en & (self.wr.addr[:part_bits] == p)),
-                    ]
-            else:
-                m.d.comb += [wp.data.eq(self.wr.data), wp.en.eq(self.wr.en)]
+            for p in range(self._parts):
+                part = self.wr.en & (self.wr.addr[:part_bits] == p if part_bits else 1)
+                m.d.comb += [wp.data[64 * p:64 * (p + 1)].eq(self.wr.data),
+                             wp.en[8 * p:8 * (p + 1)].eq(Mux(part, self.wr.mask, 0))]
         return m

@@ -43,13 +43,15 @@ Commands (``payload`` → response payload on :attr:`Status.OK`):
 ``WRITE``     :class:`WriteArgs` + ``n`` 8-byte chunks (1 ≤ ``n`` ≤ :data:`MAX_CHUNKS`)
               → 2-byte CRC-16 of the chunk bytes as the board committed them.
               Writes to anything but ``IMAGE`` are refused with ``BUSY`` while a run is
-              in progress (image slots are double-buffered by the host).
+              in progress (image slots are double-buffered by the host); ``IMAGE``
+              chunks for the activation window wait for the run's end.
 ``RUN``       :class:`RunArgs` → ``-``; returns at once (``BUSY`` if a run is in
               progress, ``NOT_LOADED`` before any layer program was written).
-``RUN``       also ``BAD_ARGUMENT`` if ``image_base`` is outside the activation memory.
+``RUN``       also ``BAD_ARGUMENT`` if ``image_base`` is outside the activation
+              addresses (``act_space``).
 ``RESULT``    :class:`ResultArgs` → waits for the run to finish, then ``n_logits``
-              int8 outputs (activation bytes ``0 … n_logits-1``: the compiler places
-              the last layer's output map there, CHW) followed by ``n_counters`` uint32
+              int8 outputs (activation bytes ``out_base … out_base + n_logits - 1`` of
+              the last descriptor run: its output map, CHW) followed by ``n_counters`` uint32
               cycle counters (total, then one per layer); ``NO_RESULT`` if nothing was
               run (or since ABORT); ``WATCHDOG`` if the run took
               ``2 ** Identity.watchdog_log2`` cycles and was stopped (a layer program
@@ -115,8 +117,10 @@ CRC = crc.catalog.CRC16_CCITT(data_width=8)
 #: ``Identity.flags`` bit: built with hand-instantiated iCE40 primitives.
 IDENTITY_FLAG_ICE40 = 1
 #: ``Identity.flags`` bits of the boolean config options that are not ``ice40`` (the host
-#: must compile for them: ``fc_columns`` changes the weight layout).
-IDENTITY_FLAGS = {"ice40": IDENTITY_FLAG_ICE40, "compact_drain": 2, "fc_columns": 4}
+#: must compile for them: ``fc_columns`` changes the weight layout, ``act_window`` the
+#: activation addresses).
+IDENTITY_FLAGS = {"ice40": IDENTITY_FLAG_ICE40, "compact_drain": 2, "fc_columns": 4,
+                  "act_window": 8}
 #: ``Identity.dataflow``: the code of each :class:`~.config.Dataflow`.
 DATAFLOW_CODES = {Dataflow.SYSTOLIC: 0, Dataflow.BROADCAST: 1}
 
@@ -329,7 +333,7 @@ def space_chunks(config, space):
         Space.WEIGHTS: config.weight_words * config.rows // CHUNK_BYTES,
         Space.QPARAMS: config.qparam_entries,
         Space.PROGRAM: config.max_layers * DESCRIPTOR_WORDS,
-        Space.IMAGE: config.act_bytes // CHUNK_BYTES,
+        Space.IMAGE: config.act_space // CHUNK_BYTES,
     }[Space(space)]
 
 

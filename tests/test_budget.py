@@ -30,7 +30,8 @@ def test_budget_matches_the_compiled_program(make, board):
 
 
 def test_budget_names_the_short_memories():
-    config = get_config("icebreaker").with_(weight_words=1000, qparam_entries=100)
+    config = get_config("icebreaker").with_(weight_words=1000, qparam_entries=100,
+                                            act_window=False)
     lines = format_budget(nets.seeds_layer(), config)
     # weights 2 k-blocks x 75 words x 8 B = 1,200 of 8,000 B; qparams 10 of 100: fit.
     assert lines[-1] == ("seeds-layer does NOT fit icebreaker: activations "

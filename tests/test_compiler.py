@@ -123,7 +123,7 @@ def _net(layers, shape=(1, 8, 8)):
 
 
 @pytest.mark.parametrize("net, config, message", [
-    (nets.lenet5(), ICEBREAKER.with_(weight_words=7000),
+    (nets.lenet5(), ICEBREAKER.with_(weight_words=7000, act_window=False),
      r"layer 3 \(fc 120->84\): needs 1320 weight words \(11 k-blocks × D = 120\), 7645 in "
      r"total, but the weight memory of icebreaker holds 7000 words of 8 weights"),
     (nets.seeds_cifar_example(), BLOCK_RAM,
@@ -169,7 +169,7 @@ def test_params_must_match_network():
 
 def test_address_field_overflow_is_rejected():
     # A 1 MiB activation memory lets a plan run past the 16-bit address fields.
-    big = ICEBREAKER.with_(act_bytes=1 << 20)
+    big = ICEBREAKER.with_(act_bytes=1 << 20, act_window=False)
     net = _net([Conv(1, 1), ReLU(), Conv(1, 1), FC(2)], (1, 200, 200))
     with pytest.raises(CompileError, match=r"layer 0 \(conv 1@1x1\): in_base = 80000 does "
                                            r"not fit the 16-bit descriptor field"):

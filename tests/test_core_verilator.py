@@ -6,6 +6,8 @@
   held-out MNIST digits, logits equal to ``network.run_network`` exactly; images back to
   back (the next one loading during the run) and one at a time after a reset agree;
   cycles per inference reported and written to ``build/core_cycles.json``.
+* The activation window on the iCEBreaker core: a layer run as bands copied between the
+  window (SPRAM) and the block RAM, bit-exact.
 * The seeds' CIFAR-sized network on the ULX3S-85F array (16×8, 128-bit weight words
   written as two chunks, with smaller memories), bit-exact.
 
@@ -19,7 +21,9 @@ import pytest
 
 from fpgacnn.hw.config import get_config
 from fpgacnn.hw.core import Core
+from fpgacnn.hw.program import DESCRIPTOR_WORDS, Space
 from fpgacnn.sim.cocotb_runner import BUILD_DIR, build_verilator, write_verilog
+from fpgacnn.sim import window_job as win
 from fpgacnn.sim.toolchain import ice40_cells_sim
 from fpgacnn.sw import mnist, modelfile
 from fpgacnn.sw import network as nets
@@ -105,6 +109,37 @@ def test_lenet5_mnist_icebreaker(request, icebreaker_core):
          "config": config.name, "weights": source}, indent=1))
     assert sum(per_layer) <= total
     assert total <= 1.3 * ideal, f"{total} cycles is more than 1.3x the ideal {ideal:.0f}"
+
+
+def test_bands_through_the_window_icebreaker(request, icebreaker_core):
+    """The activation window on the iCEBreaker core as built (SPRAM model): the image in
+    the window, a layer run as two bands copied in and out (tests/test_core_window.py),
+    the output copied back to block-RAM address 0; bit-exact, runs one at a time."""
+    config = get_config("icebreaker")
+    params = nets.random_params(win.NET, 21)
+    compiled = compile_network(win.NET, params, config)
+    descriptors = win.band_program(compiled.descriptors[0], result_in_bram=True)
+    rng = np.random.default_rng(21)
+    images = [rng.integers(-128, 128, win.NET.input_shape, dtype=np.int8) for _ in range(2)]
+    images[1][:] = -128
+    writes = [(space.value, a, v) for space, chunks in compiled.model_writes().items()
+              if space != Space.PROGRAM for a, v in chunks]
+    writes += [(Space.PROGRAM.value, i * DESCRIPTOR_WORDS + j, (d >> (64 * j)) & (2**64 - 1))
+               for i, d in enumerate(descriptors) for j in range(DESCRIPTOR_WORDS)]
+    folder = BUILD_DIR / "core_jobs"
+    folder.mkdir(parents=True, exist_ok=True)
+    job, out = folder / f"{request.node.name}.json", folder / f"{request.node.name}.out.json"
+    out.unlink(missing_ok=True)
+    expected = [nets.run_network(win.NET, params, x).reshape(-1).tolist() for x in images]
+    job.write_text(json.dumps({
+        "writes": writes, "images": [x.tobytes().hex() for x in images],
+        "slots": [win.IMG, win.IMG], "expected": expected, "n_out": len(expected[0]),
+        "n_layers": len(descriptors)}))
+    icebreaker_core.run("fpgacnn.sim.benches.core_bench", name=request.node.name,
+                        params={"job": str(job), "out": str(out), "again": [0], "seed": 2,
+                                "overlap": False})
+    result = json.loads(out.read_text())
+    np.testing.assert_array_equal(np.array(result["logits"]), np.array(expected))
 
 
 def test_seeds_network_ulx3s(request):

@@ -19,7 +19,7 @@ from fpgacnn.sw.network import FC, Conv, MaxPool, Network, ReLU
 # Small memories keep the simulator quick; the datapath only sees port widths.
 SMALL = get_config("icebreaker").with_(weight_words=4096, act_bytes=16384, qparam_entries=64,
                                       max_reduction=4096,
-                                      ice40=False)
+                                      ice40=False, act_window=False)
 # A 16x4 array for the largest layer: also covers rows = 16 (two chunks per weight word).
 WIDE = SMALL.with_(rows=16, cols=4)
 

@@ -201,7 +201,7 @@ def test_error_status_is_raised(server):
 
 
 def test_model_too_large_for_board(server):
-    tiny = get_config("icebreaker").with_(weight_words=1024)
+    tiny = get_config("icebreaker").with_(weight_words=1024, act_window=False)
     srv = server(lambda opcode, payload: proto.encode_response(
         proto.Status.OK, opcode, identity(tiny)))
     net = nets.lenet5()

@@ -16,9 +16,19 @@ def descriptor(cin, h, w, kernel, stride, pad, out_channels, rows, *, in_base=0,
     out_h = golden.conv_output_size(h, kernel, stride, pad)
     out_w = golden.conv_output_size(w, kernel, stride, pad)
     return {"cin": cin, "in_h": h, "in_w": w, "kernel": kernel, "stride": stride, "pad": pad,
-            "out_h": out_h, "out_w": out_w, "out_channels": out_channels,
+            "pad_top": pad, "out_h": out_h, "out_w": out_w, "out_channels": out_channels,
             "k_blocks": -(-out_channels // rows), "reduction": cin * kernel * kernel,
             "in_base": in_base, "w_base": w_base}
+
+
+def band(desc, first_row, n_rows):
+    """Output rows ``first_row … +n_rows-1`` of the whole layer ``desc`` as a band: only
+    the input rows they read (clipped to the map), ``pad_top`` the zero rows above them.
+    Returns the band's descriptor and the first input row it holds."""
+    s, f, p = desc["stride"], desc["kernel"], desc["pad"]
+    top = first_row * s - p
+    r0, r1 = max(0, top), min(desc["in_h"], (first_row + n_rows - 1) * s + f - p)
+    return {**desc, "in_h": r1 - r0, "pad_top": r0 - top, "out_h": n_rows}, r0
 
 
 def fc_descriptor(d, k, rows, **bases):
@@ -35,6 +45,11 @@ GEOMETRIES = {  # name: (descriptor, cols)
     # kernel > in_h + 1 (only padding makes it fit): negative per-channel row count.
     "kernel_beyond_input": (descriptor(2, 3, 4, 5, 1, 2, 3, 2, in_base=40, w_base=9), 2),
     "stride3_wide_cols": (descriptor(1, 10, 13, 4, 3, 0, 9, 8, in_base=77), 4),
+    # Bands: pad_top 0 with zero rows below the input, pad_top < pad, out_h < the layer's.
+    "band_rows_below": (band(descriptor(2, 9, 9, 3, 1, 1, 5, 4, in_base=300), 6, 3)[0], 2),
+    "band_pad_top_1": (band(descriptor(1, 12, 8, 5, 1, 2, 6, 8, in_base=9), 1, 4)[0], 2),
+    "band_middle": (band(descriptor(3, 11, 7, 3, 2, 1, 3, 2, w_base=5), 2, 2)[0], 3),
+    "band_stride2_bottom": (band(descriptor(1, 9, 9, 3, 2, 1, 9, 8), 3, 2)[0], 1),
 }
 
 
@@ -156,17 +171,10 @@ def test_im2col_back_to_back_layers(request):
     run_simulation(dut, [bench], name=request.node.name, check=check)
 
 
-@pytest.mark.parametrize("geometry", ["c1_like", "c3_like", "stride2_pad1", "fc", "one_col"])
-def test_reference_computes_the_convolution(geometry):
-    """Operands fetched at the reference's addresses give golden.conv2d (tile by tile)."""
-    desc, cols = GEOMETRIES[geometry]
-    rows = 8 if geometry in ("c1_like", "c3_like", "fc") else (4 if geometry.startswith("s")
-                                                                else 2)
-    rng = np.random.default_rng(0)
+def conv_by_reference(desc, cols, rows, x, wt):
+    """The layer computed from operands fetched at the reference's addresses (tile by
+    tile), as ``(out_channels, out_h, out_w)``."""
     k = desc["out_channels"]
-    x = rng.integers(-128, 128, (desc["cin"], desc["in_h"], desc["in_w"]), dtype=np.int8)
-    wt = rng.integers(-128, 128, (k, desc["cin"], desc["kernel"], desc["kernel"]),
-                      dtype=np.int8)
     act = np.zeros(1 << 16, dtype=np.int64)
     flat = x.reshape(-1).astype(np.int64)
     act[(desc["in_base"] + np.arange(flat.size)) & 0xFFFF] = flat
@@ -191,8 +199,48 @@ def test_reference_computes_the_convolution(geometry):
             out[kb * rows:(kb + 1) * rows, y, xt * cols:(xt + 1) * cols] = acc
             acc[:] = 0
             tile += 1
+    return out[:k, :, :desc["out_w"]]
+
+
+def random_layer(desc, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-128, 128, (desc["cin"], desc["in_h"], desc["in_w"]), dtype=np.int8)
+    x.reshape(-1)[:2] = (-128, 127)
+    wt = rng.integers(-128, 128, (desc["out_channels"], desc["cin"], desc["kernel"],
+                                  desc["kernel"]), dtype=np.int8)
+    return x, wt
+
+
+@pytest.mark.parametrize("geometry", ["c1_like", "c3_like", "stride2_pad1", "fc", "one_col"])
+def test_reference_computes_the_convolution(geometry):
+    """Operands fetched at the reference's addresses give golden.conv2d (tile by tile)."""
+    desc, cols = GEOMETRIES[geometry]
+    rows = 8 if geometry in ("c1_like", "c3_like", "fc") else (4 if geometry.startswith("s")
+                                                                else 2)
+    x, wt = random_layer(desc, 0)
     expected = golden.conv2d(x, wt, stride=desc["stride"], pad=desc["pad"])
-    np.testing.assert_array_equal(out[:k, :, :desc["out_w"]], expected)
+    np.testing.assert_array_equal(conv_by_reference(desc, cols, rows, x, wt), expected)
+
+
+@pytest.mark.parametrize("layer,bands", [
+    ((2, 9, 9, 3, 1, 1, 5, 4), [(0, 3), (3, 3), (6, 3)]),
+    ((1, 12, 8, 5, 1, 2, 6, 8), [(0, 1), (1, 4), (5, 6), (11, 1)]),
+    ((3, 11, 7, 3, 2, 1, 3, 2), [(0, 2), (2, 2), (4, 2)]),
+    ((1, 9, 9, 3, 2, 1, 9, 8), [(0, 3), (3, 2)]),
+    ((2, 6, 5, 5, 1, 0, 3, 2), [(0, 1), (1, 1)]),
+])
+def test_bands_compute_the_layer(layer, bands):
+    """A layer run as horizontal bands (each holding only its input rows, pad_top the zero
+    rows above them) gives the whole layer's output rows, bit-exact."""
+    whole = descriptor(*layer)
+    x, wt = random_layer(whole, sum(layer))
+    expected = golden.conv2d(x, wt, stride=whole["stride"], pad=whole["pad"])
+    assert sum(n for _, n in bands) == whole["out_h"]
+    for first, n in bands:
+        desc, r0 = band(whole, first, n)
+        got = conv_by_reference(desc, 2, layer[-1], x[:, r0:r0 + desc["in_h"]], wt)
+        np.testing.assert_array_equal(got, expected[:, first:first + n],
+                                      err_msg=f"band {first}+{n} of {layer}")
 
 
 def test_empty_descriptor_returns_to_idle(request):

@@ -21,13 +21,18 @@ def test_generic_weight_memory_chunks(request, rows):
     model = [0] * depth
 
     async def bench(ctx):
-        for _ in range(300):
+        for n in range(300):
             a, v = rng.randrange(depth * parts), rng.getrandbits(64)
+            # Whole chunks first (the mask's default), then byte masks (window bytes).
+            mask = 0xFF if n < 150 else rng.choice([1 << rng.randrange(8), rng.getrandbits(8)])
             ctx.set(dut.wr.addr, a)
             ctx.set(dut.wr.data, v)
+            if n >= 150:
+                ctx.set(dut.wr.mask, mask)
             ctx.set(dut.wr.en, 1)
             word, part = divmod(a, parts)
-            model[word] = (model[word] & ~(((1 << 64) - 1) << (64 * part))) | (v << (64 * part))
+            keep = sum(0xFF << (64 * part + 8 * b) for b in range(8) if mask >> b & 1)
+            model[word] = (model[word] & ~keep) | ((v << (64 * part)) & keep)
             await ctx.tick()
         ctx.set(dut.wr.en, 0)
         held = None

@@ -166,8 +166,9 @@ def test_faults_keep_the_loaded_model(acc, digits):
     assert _raw(acc, proto.encode_request(proto.Opcode.WRITE, bytes(
         proto.MAX_PAYLOAD + 8))) in (S.BAD_CRC, S.BAD_LENGTH)
     acc.resync()
-    assert _raw(acc, proto.encode_request(proto.Opcode.RUN, proto.encode_struct(
-        proto.RunArgs, {"image_base": acc.info.config.act_bytes}))) == S.BAD_ARGUMENT
+    if acc.info.config.act_space < 1 << 16:     # with the window any 16-bit base is valid
+        assert _raw(acc, proto.encode_request(proto.Opcode.RUN, proto.encode_struct(
+            proto.RunArgs, {"image_base": acc.info.config.act_space}))) == S.BAD_ARGUMENT
     qparams_end = proto.space_chunks(acc.info.config, Space.QPARAMS)
     assert _raw(acc, proto.encode_request(proto.Opcode.WRITE, proto.write_payload(
         Space.QPARAMS, qparams_end, [0]))) == S.BAD_ARGUMENT

@@ -1,7 +1,8 @@
 """cocotb bench: the weight memory (4 × SB_SPRAM256KA via ``cells_sim.v``) vs a dict model.
 
 Random 64-bit chunk writes across the whole 16K-word range (first, last and random
-addresses), then reads with a random read enable: ``rd.data`` must show the word at the
+addresses; a word's first write whole, later ones with a random byte mask, often a
+single byte as the activation window writes), then reads with a random read enable: ``rd.data`` must show the word at the
 address presented in the last cycle with ``en`` high, and hold while ``en`` is low — the
 timing every ``hw/memories.py`` read port promises.
 
@@ -33,9 +34,13 @@ async def weight_memory_matches_model(dut):
         v = edge[n % 4] if n < 8 else rng.getrandbits(64)
         await FallingEdge(dut.clk)
         dut.wr__addr.value = a
+        mask = 0xFF if a not in model else rng.choice([1 << rng.randrange(8),
+                                                       rng.getrandbits(8)])
         dut.wr__data.value = v
+        dut.wr__mask.value = mask
         dut.wr__en.value = 1
-        model[a] = v
+        keep = sum(0xFF << 8 * b for b in range(8) if not mask >> b & 1)
+        model[a] = (model.get(a, 0) & keep) | (v & ~keep)
     await FallingEdge(dut.clk)
     dut.wr__en.value = 0
     written = sorted(model)
