@@ -146,3 +146,30 @@ def test_bench_network_figures_count_copies_per_stage():
         compiler.ideal_cycles(s, config) for s in net.stages()]
     assert f["cycles_per_image"] == 1000 and f["layers"][2]["cycles"] == 200
     assert f"{sum(copied):,}" in format_figures(f)
+
+
+@pytest.mark.parametrize("make, seed", [(nets.seeds_layer, 21), (nets.cifar_small, 22),
+                                        (nets.wide64, 23)])
+def test_networks_beyond_block_ram_on_icebreaker(icebreaker, make, seed):
+    # Maps and image slots in the activation window of the SPRAMs, layers run in bands
+    # through the 4 KB block RAM; every output and the first stage's map bit-exact.
+    net = make()
+    params = nets.random_params(net, seed)
+    icebreaker.load(net, params, progress=False)
+    x = edge_images(net.input_shape, seed, 2)
+    want = golden_maps(net, params, x)
+    _, out, maps = icebreaker.infer(x, progress=False, taps=[0])
+    assert out.shape == (len(x), int(np.prod(net.stages()[-1].out_shape)))
+    assert_array_equal(maps[0], want[0])
+    assert_array_equal(out, want[-1].reshape(len(x), -1))
+    assert icebreaker.counters.shape[1] == 1 + len(net.stages())
+
+
+def test_lenet5_after_a_streamed_network(icebreaker):
+    # A LeNet-5 load after a windowed network runs from the block RAM again, bit-exact.
+    net = nets.lenet5()
+    params = nets.random_params(net, 24)
+    icebreaker.load(net, params, progress=False)
+    x = edge_images(net.input_shape, 24, 2)
+    _, out = icebreaker.infer(x, progress=False)
+    assert_array_equal(out, golden_maps(net, params, x)[-1].reshape(len(x), -1))
