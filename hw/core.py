@@ -121,8 +121,7 @@ class Core(wiring.Component):
         # product of the stopped run, which the (restarted) accumulators would add into
         # the next run's first tile; in the second they latch the reset operands (zero).
         dp_stop = Signal()
-        m.d.sync += dp_stop.eq(stop)
-        m.submodules.datapath = ResetInserter({"sync": stop | dp_stop})(dp)
+        m.submodules.datapath = ResetInserter({"sync": dp_stop})(dp)
         m.submodules.act = act = Ram(unsigned(8), cfg.act_bytes, copies=cfg.cols)
         m.submodules.weights = wmem = WeightMemory(rows=cfg.rows * cfg.weight_lanes,
                                                    depth=cfg.weight_words // cfg.weight_lanes,
@@ -145,7 +144,8 @@ class Core(wiring.Component):
         wiring.connect(m, wiring.flipped(self.start), seq.start)
         wiring.connect(m, seq.program, pmem.rd[0])
         wiring.connect(m, seq.results, rmem.wr)
-        m.d.sync += stop.eq(self.abort | seq.overrun)
+        m.d.sync += [stop.eq(self.abort | seq.overrun),
+                     dp_stop.eq(self.abort | seq.overrun | stop)]
         with m.If(seq.overrun):
             m.d.sync += self.fault.eq(1)
         with m.If(self.abort | (self.start.valid & self.start.ready)):
