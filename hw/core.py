@@ -62,7 +62,8 @@ class Core(wiring.Component):
         until the run is stopped.
     ``abort`` : In(1), ``fault`` : Out(1)
         A pulse on ``abort`` stops a run: the sequencer and the datapath are reset (2
-        cycles later ``busy`` is low); the memories keep the model. A run that reaches
+        cycles later ``busy`` is low; the datapath 1 cycle longer, for the multipliers'
+        product registers); the memories keep the model. A run that reaches
         ``2 ** config.watchdog_log2`` cycles (a layer program that never ends, e.g. a
         descriptor of zeros) is stopped the same way and raises ``fault`` until the next
         accepted start or ``abort``.
@@ -115,7 +116,12 @@ class Core(wiring.Component):
         # Abort and watchdog reset the run's state only (registered: the reset net is
         # large); the memories and the host-write path keep going.
         stop = Signal()
-        m.submodules.datapath = ResetInserter({"sync": stop})(dp)
+        # The datapath stays in reset one cycle longer: the iCE40 DSPs' product registers
+        # take only the domain's own reset, so the first cycle of ``stop`` still latches a
+        # product of the stopped run, which the (restarted) accumulators would add into
+        # the next run's first tile; in the second they latch the reset operands (zero).
+        dp_stop = Signal()
+        m.submodules.datapath = ResetInserter({"sync": dp_stop})(dp)
         m.submodules.act = act = Ram(unsigned(8), cfg.act_bytes, copies=cfg.cols)
         m.submodules.weights = wmem = WeightMemory(rows=cfg.rows * cfg.weight_lanes,
                                                    depth=cfg.weight_words // cfg.weight_lanes,
@@ -138,7 +144,8 @@ class Core(wiring.Component):
         wiring.connect(m, wiring.flipped(self.start), seq.start)
         wiring.connect(m, seq.program, pmem.rd[0])
         wiring.connect(m, seq.results, rmem.wr)
-        m.d.sync += stop.eq(self.abort | seq.overrun)
+        m.d.sync += [stop.eq(self.abort | seq.overrun),
+                     dp_stop.eq(self.abort | seq.overrun | stop)]
         with m.If(seq.overrun):
             m.d.sync += self.fault.eq(1)
         with m.If(self.abort | (self.start.valid & self.start.ready)):

@@ -424,8 +424,12 @@ def compile_network(network, params, config):
 
 
 def _fits_block_ram(network, stages, config):
-    """Today's plan fits: every map in the block RAM, every pooled stage in one layer."""
+    """Today's plan fits: every map in the block RAM, every pooled stage in one layer,
+    every map's rows in a descriptor (taller ones run in bands)."""
     if plan_activations(network, stages).used_bytes > config.act_bytes:
+        return False
+    if any(s.in_shape[1] >> _DESC_WIDTHS["in_h"] or s.conv_shape[1] >> _DESC_WIDTHS["out_h"]
+           for s in stages):
         return False
     return all(-(-s.out_channels // config.rows) <= config.pool_blocks
                for s in stages if s.pool is not None)

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..hw.config import ACT_SPACE
+from ..hw.program import LayerDescriptor, field_widths
 from ..hw.protocol import CHUNK_BYTES
 
 __all__ = [
@@ -59,6 +60,12 @@ __all__ = [
 #: planner between fewer, larger chunks and more, smaller ones.
 LAYER_OVERHEAD = 48
 COPY_OVERHEAD = 2
+
+
+#: Most rows a layer descriptor holds: input (``in_h``), convolution (``out_h``) and pooled
+#: (``pool_h``) rows of a chunk; taller maps run in bands.
+_MAX_ROWS = {name: (1 << width) - 1 for name, width in field_widths(LayerDescriptor).items()
+             if name in ("in_h", "out_h", "pool_h")}
 
 
 class PlanError(ValueError):
@@ -165,7 +172,7 @@ def stage_choices(stage, config, *, in_resident, out_resident, gap, from_image):
 
         def fits(n, passes=passes):
             bs = bands(stage, n)
-            if from_image and not (n == 1 and in_resident):
+            if from_image and not (n == 1 and in_resident) or not _rows_fit(bs):
                 return None
             option = _choice(stage, config, bs, passes, group, not (n == 1 and in_resident),
                              not (n == 1 and out_resident))
@@ -180,6 +187,12 @@ def stage_choices(stage, config, *, in_resident, out_resident, gap, from_image):
         if not best or o.cycles < best[-1].cycles:
             best.append(o)
     return best
+
+
+def _rows_fit(bs):
+    """Every band's input, convolution and pooled rows fit their descriptor fields."""
+    return all(b.r1 - b.r0 <= _MAX_ROWS["in_h"] and b.c1 - b.c0 <= _MAX_ROWS["out_h"] and
+               b.p1 - b.p0 <= _MAX_ROWS["pool_h"] for b in bs)
 
 
 def _fewest(fits, most):

@@ -253,3 +253,19 @@ def test_sim_board_failure_is_one_line_exit_1(monkeypatch, capsys):
     out, err = capsys.readouterr()
     assert out == "" and err == ("error: Verilator build of the simulated board failed "
                                  "(log: b/build.log):\n")
+
+
+def test_cli_bench_few_images_default_post_synthesis(monkeypatch, capsys):
+    # The netlist digits default to 3, or --images if fewer: `bench --network` (which runs
+    # no netlist) with 2 images used to stop at "--post-synthesis 3" the user never gave.
+    from fpgacnn.commands import bench_network
+    seen = []
+    monkeypatch.setattr(bench_network, "run",
+                        lambda args, config: seen.append((args.images, args.post_synthesis)))
+    argv = ["bench", "--board", "icebreaker", "--network", "seeds-layer", "--images", "2",
+            "--no-build"]
+    assert main(argv) == 0 and seen == [(2, 2)]
+    assert main(["bench", "--images", "2", "--post-synthesis", "3"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == ("error: --images 2 --post-synthesis 3: choose 1..1000 "
+                                 "images, 0..images of them on the netlist\n")

@@ -278,3 +278,22 @@ def test_driver_sums_descriptor_counters_per_stage():
     assert counters[1].tolist() == [999_999] + [2 * w for w in want]
     args = proto.decode_struct(proto.ResultArgs, acc._result_args(True))
     assert (args["n_logits"], args["n_counters"]) == (10, 1 + n)
+
+
+@pytest.mark.parametrize("net", [
+    # 1,200 B maps fit the block RAM, but 300 rows do not fit a descriptor's in_h/out_h
+    Network("tall", (1, 300, 4), [Conv(1, 3, pad=1)]),
+    # two bands of 520 input rows would be 261 rows each: the planner takes more bands
+    Network("tall-pool", (1, 520, 6), [Conv(2, 3, pad=1), ReLU(), MaxPool(2, 2),
+                                       Conv(3, 3, pad=1)]),
+], ids=lambda n: n.name)
+def test_maps_taller_than_a_descriptor_run_in_bands(net, bit_exact):
+    program = bit_exact(net, nets.random_params(net, 6), WINDOW, 6, n_random=1)
+    assert program.streamed
+    for d in program.descriptors:
+        if not d["copy"]:
+            assert max(d["in_h"], d["out_h"], d["pool_h"]) <= 255
+    # Without the window such a map is refused (a whole-layer descriptor only).
+    tall = Network("tall", (1, 300, 4), [Conv(1, 3, pad=1)])
+    with pytest.raises(CompileError, match=r"in_h = 300 does not fit the 8-bit descriptor "):
+        compile_network(tall, nets.random_params(tall, 6), ICEBREAKER)

@@ -45,15 +45,18 @@ def configure(parser):
                        help="build the bitstream even if a matching build exists")
     build.add_argument("--no-build", action="store_true",
                        help="skip the bitstream figures (Fmax, utilisation)")
-    parser.add_argument("--post-synthesis", type=int, default=3, metavar="N",
+    parser.add_argument("--post-synthesis", type=int, default=None, metavar="N",
                         help="digits run on the synthesized netlist (gate level, slow: "
-                             "minutes); 0 skips it (default 3)")
+                             "minutes); 0 skips it (default 3, or --images if fewer; "
+                             "lenet5 only)")
 
 
 def run(args):
     from ..sim.netlist import post_synthesis_figures
     from ..sim.simboard import measure_batch
     from ..sw import mnist, modelfile
+    if args.post_synthesis is None:     # the default never exceeds --images
+        args.post_synthesis = min(3, args.images)
     if not 1 <= args.images <= 1000 or not 0 <= args.post_synthesis <= args.images:
         print(f"error: --images {args.images} --post-synthesis {args.post_synthesis}: "
               f"choose 1..1000 images, 0..images of them on the netlist", file=sys.stderr)
