@@ -228,7 +228,10 @@ def limits_table(configs=None):
         ("outputs of the last layer", lambda c: f"its map fits (≤ {c.max_logits:,})"),
         ("reduction C·F·F", lambda c: f"≤ {c.max_reduction:,}"),
         ("max-pool", _pool),
-        ("map height / width", lambda c: f"≤ {(1 << widths['in_h']) - 1}"),
+        ("map height / width", lambda c: (
+            f"height: what fits the window, in bands of ≤ {(1 << widths['in_h']) - 1} rows; width "
+            f"≤ {(1 << widths['in_w']) - 1}" if c.act_window
+            else f"≤ {(1 << widths['in_h']) - 1}")),
         ("descriptors (layers; bands and copies)", lambda c: f"≤ {c.max_layers}"),
         ("output channels (all layers)", lambda c: f"≤ {c.qparam_entries:,}"),
         ("weight bytes", _weight_bytes),
