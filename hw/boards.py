@@ -376,6 +376,10 @@ class Board:
     loader_board : str
         The board's name in openFPGALoader (``-b``), which programs it
         (:mod:`~fpgacnn.hw.programmer`).
+    seed : int
+        nextpnr placement seed of a build that does not name one: one at which the
+        board's design meets its clock (Fmax varies by about ±1 MHz with the seed;
+        README, "Build", has the measured seeds).
     """
     name: str
     family: str
@@ -383,6 +387,7 @@ class Board:
     wrapper: type
     config_name: str
     loader_board: str
+    seed: int = 1
 
     @property
     def config(self):
@@ -429,7 +434,7 @@ class Board:
 #: Board name -> :class:`Board`.
 BOARDS = {board.name: board for board in (
     Board("icebreaker", "ice40", _icebreaker_platform, ICEBreakerBoard, "icebreaker",
-          "ice40_generic"),
+          "ice40_generic", seed=2),
     Board("ulx3s-85f", "ecp5", _ulx3s_85f_platform, ULX3SBoard, "ulx3s-85f",
           "ulx3s"),
 )}

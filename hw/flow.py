@@ -91,7 +91,7 @@ def design_digest(board, *, design="full", config=None):
     return _digest(plan)
 
 
-def load_build(board, *, design="full", config=None, build_dir=None, seed=1):
+def load_build(board, *, design="full", config=None, build_dir=None, seed=None):
     """The report of an earlier complete build of exactly this design, or None.
 
     Parameters are those of :func:`build_board`. A build is re-used when its folder
@@ -104,6 +104,7 @@ def load_build(board, *, design="full", config=None, build_dir=None, seed=1):
         With ``reused = True``.
     """
     build_dir = Path(build_dir or default_build_dir(board, design))
+    seed = get_board(board).seed if seed is None else seed
     try:
         report = BuildReport.from_record(json.loads((build_dir / RECORD_NAME).read_text()))
     except (OSError, ValueError, TypeError, KeyError):
@@ -117,7 +118,7 @@ def load_build(board, *, design="full", config=None, build_dir=None, seed=1):
     return report
 
 
-def build_board(board="icebreaker", *, design="full", config=None, build_dir=None, seed=1,
+def build_board(board="icebreaker", *, design="full", config=None, build_dir=None, seed=None,
                 progress=True):
     """Build the bitstream for ``board``; a design that misses is reported, not raised.
 
@@ -133,8 +134,8 @@ def build_board(board="icebreaker", *, design="full", config=None, build_dir=Non
         Default: the board's configuration from :mod:`fpgacnn.hw.config`.
     build_dir : path, optional
         Default :func:`default_build_dir`.
-    seed : int
-        nextpnr placement seed.
+    seed : int, optional
+        nextpnr placement seed; default the board's (:attr:`~fpgacnn.hw.boards.Board.seed`).
     progress : bool
         Show per-step status on stderr.
 
@@ -152,6 +153,8 @@ def build_board(board="icebreaker", *, design="full", config=None, build_dir=Non
     env = setup_yowasp_env(dict(os.environ))
     status = Status(progress)
     started = time.monotonic()
+    if seed is None:
+        seed = get_board(board).seed        # refuses an unknown board too
     plan, config = _plan(board, design, config, seed)   # refuses bad arguments first
     build_dir = Path(build_dir or default_build_dir(board, design)).resolve()
     build_dir.mkdir(parents=True, exist_ok=True)

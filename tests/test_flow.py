@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from fpgacnn.cli import main
-from fpgacnn.hw.boards import BOARDS
+from fpgacnn.hw.boards import BOARDS, get_board
 from fpgacnn.hw.build_report import (BuildError, BuildReport, breakdown_from_netlist,
                                      check_hand_dsps, format_breakdown, read_nextpnr)
 from fpgacnn.hw.flow import (RECORD_NAME, build_board, default_build_dir, design_digest,
@@ -215,8 +215,9 @@ def test_load_build_reuses_only_a_matching_complete_build(tmp_path):
     folder.mkdir()
     (folder / "top.bin").write_bytes(b"\0")
     digest = design_digest("icebreaker", design="array")
+    seed = get_board("icebreaker").seed          # a build without --seed uses the board's
     report = make_report(build_dir=folder, design="array", bitstream=folder / "top.bin",
-                         rtlil_sha256=digest)
+                         rtlil_sha256=digest, seed=seed)
 
     def load(**changes):
         record = {**report.to_record(), **changes}
@@ -226,7 +227,7 @@ def test_load_build_reuses_only_a_matching_complete_build(tmp_path):
     reused = load()
     assert reused.reused and reused.fmax_mhz == 27.0 and reused.rtlil_sha256 == digest
     assert load(rtlil_sha256="0" * 64) is None         # the gateware changed since
-    assert load(seed=2) is None
+    assert load(seed=seed + 1) is None
     assert load(fmax_mhz=20.0) is None                 # that build missed timing
     (folder / "top.bin").unlink()
     assert load() is None

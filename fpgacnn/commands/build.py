@@ -23,8 +23,9 @@ def configure(parser):
     parser.add_argument("--flash", action="store_true",
                         help="with --program: write the board's SPI flash instead, so the "
                              "design survives a power cycle")
-    parser.add_argument("--seed", type=int, default=1,
-                        help="nextpnr placement seed (default: 1); try others on a near miss")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="nextpnr placement seed (default: the board's, one that meets "
+                             "its clock); try others on a near miss")
     parser.add_argument("--design", choices=list(DESIGNS), default="full",
                         help="full: the accelerator (default); array: only the systolic "
                              "array behind the UART, a quick check of the toolchain")
