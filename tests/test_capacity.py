@@ -118,14 +118,21 @@ def test_large_output_on_icebreaker(icebreaker):
 @pytest.mark.parametrize("make, seed", [(nets.seeds_layer, 11), (nets.cifar_small, 12),
                                         (nets.wide64, 13)])
 def test_networks_on_ulx3s(ulx3s, make, seed):
-    net = make()
+    check_network(ulx3s, make(), seed, n_random=1)
+
+
+def check_network(acc, net, seed, n_random):
+    """``net`` with seeded random parameters on ``acc``: ``n_random`` random images and the
+    three edge images, the first stage's map (a tap) and the output bit-exact."""
     params = nets.random_params(net, seed)
-    ulx3s.load(net, params, progress=False)
-    x = edge_images(net.input_shape, seed, 2)[:3]
+    acc.load(net, params, progress=False)
+    x = edge_images(net.input_shape, seed, n_random)
     want = golden_maps(net, params, x)
-    _, out, maps = ulx3s.infer(x, progress=False, taps=[0])
+    _, out, maps = acc.infer(x, progress=False, taps=[0])
+    assert out.shape == (len(x), int(np.prod(net.stages()[-1].out_shape)))
     assert_array_equal(maps[0], want[0])
     assert_array_equal(out, want[-1].reshape(len(x), -1))
+    assert acc.counters.shape[1] == 1 + len(net.stages())
 
 
 def test_bench_network_figures_count_copies_per_stage():
@@ -153,16 +160,7 @@ def test_bench_network_figures_count_copies_per_stage():
 def test_networks_beyond_block_ram_on_icebreaker(icebreaker, make, seed):
     # Maps and image slots in the activation window of the SPRAMs, layers run in bands
     # through the 4 KB block RAM; every output and the first stage's map bit-exact.
-    net = make()
-    params = nets.random_params(net, seed)
-    icebreaker.load(net, params, progress=False)
-    x = edge_images(net.input_shape, seed, 2)
-    want = golden_maps(net, params, x)
-    _, out, maps = icebreaker.infer(x, progress=False, taps=[0])
-    assert out.shape == (len(x), int(np.prod(net.stages()[-1].out_shape)))
-    assert_array_equal(maps[0], want[0])
-    assert_array_equal(out, want[-1].reshape(len(x), -1))
-    assert icebreaker.counters.shape[1] == 1 + len(net.stages())
+    check_network(icebreaker, make(), seed, n_random=2)
 
 
 def test_lenet5_after_a_streamed_network(icebreaker):
