@@ -17,10 +17,12 @@ Only what cannot be simulated as it is gets replaced, by the board's family:
   one-way stand-ins chosen by ``PIN_TYPE``: the model's unregistered input or output
   path (an output with its driver off reads as its pull-up); other modes are refused;
 * an ``SB_MAC16`` clock enable left unconnected is tied to 1, as the silicon reads it
-  (the model has no default and would hold every product at 0).
-
-The ECP5 (ULX3S) netlist is refused: yosys ships no simulation model for its
-``MULT18X18D`` multipliers and ``EHXPLLL`` PLL, only blackboxes (``cells_bb.v``).
+  (the model has no default and would hold every product at 0);
+* on the ECP5, yosys ships only blackboxes (``cells_bb.v``) for ``MULT18X18D`` and
+  ``EHXPLLL``: the multiplier becomes a behavioural model of the mode synthesis uses
+  (every ``REG_*_CLK = "NONE"``: ``P = A × B``, each operand signed when its
+  ``SIGNEDA``/``SIGNEDB`` input is high; other modes are refused, never guessed), the PLL
+  a pass-through like the iCE40's, ``TRELLIS_IO`` one-way stand-ins by ``DIR``.
 
 A wrapper module ``board_top`` gives the netlist the harness's ports (``clk``,
 ``uart_rx``, ``uart_tx``, ``idle``). The netlist has no ``idle`` output (the bitstream's
@@ -34,6 +36,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +106,228 @@ def _ice40_cells():
     return [ice40_cells_sim()]
 
 
+# ECP5: TRELLIS_IO's paths (common_sim.vh) by DIR, without the inout pad; an output whose
+# driver is off (T high) reads as 1, the idle UART line.
+_ECP5_IO = """
+module fpgacnn_TRELLIS_IO_{name} #(parameter DIR = "{name}") (
+    {pin_dir} B, input I, input T, output O
+);
+{body}endmodule
+"""
+_ECP5_PLL = """
+module fpgacnn_EHXPLLL (
+    input CLKI, input CLKFB, input PHASESEL1, input PHASESEL0, input PHASEDIR,
+    input PHASESTEP, input PHASELOADREG, input STDBY, input PLLWAKESYNC, input RST,
+    input ENCLKOP, input ENCLKOS, input ENCLKOS2, input ENCLKOS3,
+    output CLKOP, output CLKOS, output CLKOS2, output CLKOS3, output LOCK,
+    output INTLOCK, output REFCLK, output CLKINTFB
+);
+    assign CLKOP = CLKI, CLKOS = CLKI, CLKOS2 = CLKI, CLKOS3 = CLKI;
+    assign REFCLK = CLKI, CLKINTFB = CLKI, LOCK = ~RST, INTLOCK = ~RST;
+endmodule
+"""
+#: MULT18X18D parameters that add a register stage unless "NONE" (the stand-in has none).
+MULT18X18D_REGISTERS = ("REG_INPUTA_CLK", "REG_INPUTB_CLK", "REG_INPUTC_CLK",
+                        "REG_PIPELINE_CLK", "REG_OUTPUT_CLK")
+
+
+def _bus(name, width):
+    return [f"{name}{i}" for i in range(width)]
+
+
+def _ecp5_mult():
+    # cells_bb.v's ports, one bit each; the combinational mode only (see _ecp5_standin).
+    ins = (_bus("A", 18) + _bus("B", 18) + _bus("C", 18)
+           + ["SIGNEDA", "SIGNEDB", "SOURCEA", "SOURCEB"]
+           + _bus("CLK", 4) + _bus("CE", 4) + _bus("RST", 4) + _bus("SRIA", 18)
+           + _bus("SRIB", 18))
+    outs = (_bus("SROA", 18) + _bus("SROB", 18) + _bus("ROA", 18) + _bus("ROB", 18)
+            + _bus("ROC", 18) + _bus("P", 36) + ["SIGNEDP"])
+
+    def cat(name, width):
+        return "{" + ", ".join(reversed(_bus(name, width))) + "}"
+    ports = ",\n    ".join("\n    ".join(textwrap.wrap(f"{d} {', '.join(names)}", 84))
+                            for d, names in (("input", ins), ("output", outs)))
+    return f"""
+module fpgacnn_MULT18X18D (
+    {ports}
+);
+    wire [17:0] a = {cat("A", 18)}, b = {cat("B", 18)}, c = {cat("C", 18)};
+    // 19-bit operands: bit 18 copies bit 17 when the operand is signed, else 0.
+    wire signed [18:0] sa = {{SIGNEDA & a[17], a}}, sb = {{SIGNEDB & b[17], b}};
+    wire signed [37:0] p = sa * sb;
+    assign {cat("P", 36)} = p[35:0];
+    assign {cat("ROA", 18)} = a, {cat("ROB", 18)} = b, {cat("ROC", 18)} = c;
+    assign {cat("SROA", 18)} = a, {cat("SROB", 18)} = b;
+    assign SIGNEDP = SIGNEDA | SIGNEDB;
+endmodule
+"""
+
+
+#: DP16KD data widths the stand-in models (every width of the true dual-port mode).
+DP16KD_WIDTHS = (1, 2, 4, 9, 18)
+_DP16KD_WRITEMODES = ("NORMAL", "WRITETHROUGH", "READBEFOREWRITE")
+
+
+def _ecp5_dp16kd():
+    # cells_sim.v's DP16KD is an empty module. This one: 1,024 words of 18 bits (two
+    # 9-bit lanes, each 8 data bits and a parity bit); x18 reads a word, writes the
+    # lanes ADx0/ADx1 enable; x9 is lane ADx3 of word ADx[13:4]; x1/x2/x4 address the
+    # 16 data bits (parity skipped) in order, from ADx[3:0]. Unregistered outputs,
+    # which keep their value while CEx is low and follow WRITEMODE on a write.
+    def port(p):
+        return (f"input {', '.join(_bus(f'DI{p}', 18))},\n"
+                f"    input {', '.join(_bus(f'AD{p}', 14))},\n"
+                f"    input CE{p}, OCE{p}, CLK{p}, WE{p}, RST{p}, CS{p}2, CS{p}1, CS{p}0,\n"
+                f"    output {', '.join(_bus(f'DO{p}', 18))}")
+
+    def cat(name, width):
+        return "{" + ", ".join(reversed(_bus(name, width))) + "}"
+    initvals = [f"INITVAL_{i:02X}" for i in range(64)]
+    lines = []
+    for p in "AB":
+        lines.append(f"""
+    wire [13:0] ad{p.lower()} = {cat(f"AD{p}", 14)};
+    wire [17:0] di{p.lower()} = {cat(f"DI{p}", 18)};
+    reg [17:0] do{p.lower()} = 18'd0;
+    assign {cat(f"DO{p}", 18)} = do{p.lower()};
+    always @(posedge CLK{p}) if (CE{p}) begin
+        if (WE{p}) begin
+            mem[ad{p.lower()}[13:4]] <= store(mem[ad{p.lower()}[13:4]], ad{p.lower()}, DATA_WIDTH_{p}, di{p.lower()});
+            if (WRITEMODE_{p} == "WRITETHROUGH")
+                do{p.lower()} <= fetch(store(mem[ad{p.lower()}[13:4]], ad{p.lower()}, DATA_WIDTH_{p}, di{p.lower()}), ad{p.lower()}, DATA_WIDTH_{p});
+            else if (WRITEMODE_{p} == "READBEFOREWRITE")
+                do{p.lower()} <= fetch(mem[ad{p.lower()}[13:4]], ad{p.lower()}, DATA_WIDTH_{p});
+        end else
+            do{p.lower()} <= fetch(mem[ad{p.lower()}[13:4]], ad{p.lower()}, DATA_WIDTH_{p});
+    end""")
+    init = "\n".join(f"            mem[{i} * 16 + i] = {name}[i * 20 +: 18];"
+                      for i, name in enumerate(initvals))
+    params = ",\n    ".join(
+        ["parameter integer DATA_WIDTH_A = 18", "parameter integer DATA_WIDTH_B = 18",
+         'parameter WRITEMODE_A = "NORMAL"', 'parameter WRITEMODE_B = "NORMAL"']
+        + [f"parameter [319:0] {name} = 320'h0" for name in initvals])
+    return f"""
+module fpgacnn_DP16KD #(
+    {params}
+) (
+    {port("A")},
+    {port("B")}
+);
+    /* verilator lint_off MULTIDRIVEN */      // both ports write; one clock in practice
+    reg [17:0] mem [0:1023];
+    /* verilator lint_on MULTIDRIVEN */
+    integer i;
+    initial begin
+        for (i = 0; i < 16; i = i + 1) begin
+{init}
+        end
+    end
+    // Data bit d (0..15) of a word is physical bit d + (d >= 8): bit 8 is lane 0's parity.
+    function [17:0] fetch(input [17:0] word, input [13:0] ad, input integer width);
+        integer j, d;
+        begin
+            fetch = 18'd0;
+            if (width == 18) fetch = word;
+            else if (width == 9) fetch[8:0] = ad[3] ? word[17:9] : word[8:0];
+            else for (j = 0; j < width; j = j + 1) begin
+                d = (ad[3:0] & ~(width - 1)) + j;
+                fetch[j] = word[d + (d >= 8)];
+            end
+        end
+    endfunction
+    function [17:0] store(input [17:0] word, input [13:0] ad, input integer width,
+                          input [17:0] data);
+        integer j, d;
+        begin
+            store = word;
+            if (width == 18) begin
+                if (ad[0]) store[8:0] = data[8:0];
+                if (ad[1]) store[17:9] = data[17:9];
+            end else if (width == 9) begin
+                if (ad[3]) store[17:9] = data[8:0]; else store[8:0] = data[8:0];
+            end else for (j = 0; j < width; j = j + 1) begin
+                d = (ad[3:0] & ~(width - 1)) + j;
+                store[d + (d >= 8)] = data[j];
+            end
+        end
+    endfunction
+{"".join(lines)}
+endmodule
+"""
+
+
+def _dp16kd_refusal(params, conns):
+    # What the DP16KD stand-in does not model, or None.
+    def param(key, default):
+        return str(params.get(key, default)).strip()
+    for p in "AB":
+        width = param(f"DATA_WIDTH_{p}", "18")      # yosys JSON: 32 binary digits
+        width = int(width, 2) if len(width) == 32 else int(width)
+        checks = {f"DATA_WIDTH_{p}": (width in DP16KD_WIDTHS, width),
+                  f"REGMODE_{p}": (param(f"REGMODE_{p}", "NOREG") == "NOREG", None),
+                  f"WRITEMODE_{p}": (param(f"WRITEMODE_{p}", "NORMAL") in _DP16KD_WRITEMODES,
+                                     None),
+                  f"CSDECODE_{p}": (param(f"CSDECODE_{p}", "0b000") == "0b000", None),
+                  f"CLK{p}MUX": (param(f"CLK{p}MUX", f"CLK{p}") == f"CLK{p}", None)}
+        for pin in (f"RST{p}", f"CS{p}0", f"CS{p}1", f"CS{p}2"):
+            checks[pin] = (conns.get(pin, ["0"]) == ["0"], None)
+        for key, (ok, value) in checks.items():
+            if not ok:
+                shown = value if value is not None else params.get(key, conns.get(key))
+                return f"{key} = {shown}"
+    muxes = [k for k in params if k.endswith("MUX") and not k.startswith("CLK")
+             and param(k, k[:-3]) != k[:-3]]
+    return f"{muxes[0]} = {param(muxes[0], '')}" if muxes else None
+
+
+def _ecp5_standin(name, cell):
+    """New (type, pad direction) for a cell the models cannot simulate, else None."""
+    kind, params, conns = cell["type"], cell["parameters"], cell["connections"]
+    if kind == "MULT18X18D":
+        registered = {k: params[k] for k in MULT18X18D_REGISTERS
+                      if str(params.get(k, "NONE")).strip() != "NONE"}
+        bypass = str(params.get("MULT_BYPASS", "DISABLED")).strip()
+        source = {k: conns[k] for k in ("SOURCEA", "SOURCEB") if conns.get(k, ["0"]) != ["0"]}
+        if registered or bypass != "DISABLED" or source:
+            raise NotImplementedError(
+                f"MULT18X18D {name}: {registered or source or {'MULT_BYPASS': bypass}} has "
+                f"no stand-in (only the combinational multiplier: REG_*_CLK = NONE, "
+                f"MULT_BYPASS = DISABLED, SOURCEA = SOURCEB = 0)")
+        cell["parameters"] = {}
+        return "fpgacnn_MULT18X18D", None
+    if kind == "TRELLIS_IO":
+        direction = str(params.get("DIR", "INPUT")).strip()
+        if direction == "INPUT":
+            return "fpgacnn_TRELLIS_IO_INPUT", "input"
+        if direction == "OUTPUT":
+            conns.setdefault("T", ["0"])        # T unconnected: the model reads it as 0
+            return "fpgacnn_TRELLIS_IO_OUTPUT", "output"
+        raise NotImplementedError(f"TRELLIS_IO {name}: DIR {direction} has no stand-in (only "
+                                  f"INPUT and OUTPUT)")
+    if kind == "DP16KD":
+        refusal = _dp16kd_refusal(params, conns)
+        if refusal:
+            raise NotImplementedError(
+                f"DP16KD {name}: {refusal} has no stand-in (only unregistered outputs, "
+                f"widths {', '.join(map(str, DP16KD_WIDTHS))}, no chip select or reset, "
+                f"clocks not inverted)")
+        keep = ("DATA_WIDTH_A", "DATA_WIDTH_B", "WRITEMODE_A", "WRITEMODE_B")
+        cell["parameters"] = {k: v for k, v in params.items()
+                              if k in keep or k.startswith("INITVAL_")}
+        return "fpgacnn_DP16KD", None
+    if kind == "EHXPLLL":
+        cell["parameters"] = {}                 # dividers: the harness makes the clock
+        conns.setdefault("RST", ["0"])
+        return "fpgacnn_EHXPLLL", None
+    return None
+
+
+def _ecp5_cells():
+    from .toolchain import ecp5_cells_sim
+    return [ecp5_cells_sim()]
+
+
 @dataclass(frozen=True)
 class Family:
     """What a device family's netlist needs under Verilator.
@@ -119,14 +344,11 @@ class Family:
         stand-in does not take, inputs the silicon ties when left unconnected).
     pad_port : str
         The stand-ins' port that is a package pin.
-    unsupported : str or None
-        Why this family's netlist cannot be simulated, if it cannot.
     """
     cells: object
     standins: str
     standin: object
     pad_port: str = "PACKAGE_PIN"
-    unsupported: str = None
 
 
 #: Device family → :class:`Family`.
@@ -137,9 +359,11 @@ FAMILIES = {
                   + _ICE40_IO.format(name="OUT", pin_dir="output", drive=_ICE40_DRIVE)
                   + _ICE40_PLL)),
     "ecp5": Family(
-        cells=list, standins="", standin=lambda name, cell: None,
-        unsupported="yosys ships no simulation model for the ECP5 MULT18X18D and EHXPLLL "
-                    "(share/ecp5/cells_bb.v declares them as blackboxes)"),
+        cells=_ecp5_cells, standin=_ecp5_standin, pad_port="B",
+        standins=(_ECP5_IO.format(name="INPUT", pin_dir="input", body="    assign O = B;\n")
+                  + _ECP5_IO.format(name="OUTPUT", pin_dir="output",
+                                    body="    assign B = T ? 1'b1 : I, O = 1'b0;\n")
+                  + _ECP5_PLL + _ecp5_mult() + _ecp5_dp16kd())),
 }
 
 
@@ -221,7 +445,7 @@ def netlist_verilog(board="icebreaker", *, config=None, build_dir=None, progress
     Raises
     ------
     NotImplementedError
-        For a family whose netlist cannot be simulated (the message says why).
+        For a cell in a mode no stand-in models (the message names the cell and mode).
     fpgacnn.hw.build_report.BuildError
         If synthesis fails.
     """
@@ -229,9 +453,6 @@ def netlist_verilog(board="icebreaker", *, config=None, build_dir=None, progress
     from ..hw.flow import synthesize
     spec = get_board(board)
     family = FAMILIES[spec.family]
-    if family.unsupported:
-        raise NotImplementedError(f"post-synthesis simulation of {board}: "
-                                  f"{family.unsupported}")
     path = synthesize(board, config=config, build_dir=build_dir, progress=progress)
     netlist = json.loads(path.read_text())
     ports = _rewrite(netlist, family)
@@ -316,16 +537,17 @@ def bit_exact(logits, counters, expected, rtl_counters=None):
 
 def post_synthesis_figures(board, net, params, images, expected, rtl_counters, **kwargs):
     """``fpgacnn bench``'s ``post_synthesis`` entry: :func:`post_synthesis_check` without
-    the per-image data, ``None`` for no images, and for a board whose netlist cannot be
-    simulated ``{"bit_exact": None, "images": 0, "error": why}``."""
-    from ..hw.boards import get_board
+    the per-image data, ``None`` for no images, and for a netlist that cannot be built for
+    simulation (a cell mode without a stand-in, a failed synthesis or Verilator build)
+    ``{"bit_exact": None, "images": 0, "error": why}``."""
+    from .simboard import SimBoardError
     if len(images) == 0:
         return None
-    unsupported = FAMILIES[get_board(board).family].unsupported
-    if unsupported:
-        return {"bit_exact": None, "images": 0, "error": unsupported}
-    result = post_synthesis_check(board, net, params, images, expected, rtl_counters,
-                                  **kwargs)
+    try:
+        result = post_synthesis_check(board, net, params, images, expected, rtl_counters,
+                                      **kwargs)
+    except SimBoardError as e:
+        return {"bit_exact": None, "images": 0, "error": str(e)}
     return {k: v for k, v in result.items() if k not in ("logits", "counters", "build")}
 
 

@@ -199,6 +199,8 @@ def _compile(text, cells, flags, what, progress):
         vfile.write_text(text)
         cmd = ["verilator", "--cc", "--exe", "--build", "-j", "2", *flags,
                "--top-module", TOPLEVEL, "--Mdir", str(folder / "obj"), "-o", f"V{TOPLEVEL}",
+               # A model file's own `include`s (the ECP5 models') come from its folder.
+               *sorted({f"-I{path.parent}" for path in cells}),
                str(HARNESS), str(vfile), *(str(path) for path in cells)]
         if progress is not None:
             progress(f"building {what} with Verilator in {folder}...")
@@ -470,7 +472,8 @@ def serve_forever(config="icebreaker", *, port=0, usb_latency_ms=0):
     import signal
     cfg = _config(config)
     args = harness_args(cfg, port, usb_latency_ms)
-    exe = build(config)
+    # Build messages go to stderr: stdout is the listening banner (scripts read its URL).
+    exe = build(config, progress=lambda text: print(text, file=sys.stderr, flush=True))
     proc = subprocess.Popen([str(exe), *args], stdout=subprocess.PIPE, text=True)
 
     def stop(signum, frame):

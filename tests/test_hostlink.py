@@ -342,8 +342,12 @@ def test_sim_board_ends_its_simulator_on_sigterm():
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            proc.terminate()        # lets it end its simulator; kill only if that hangs
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         proc.stdout.close()
 
 

