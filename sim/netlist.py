@@ -18,11 +18,14 @@ Only what cannot be simulated as it is gets replaced, by the board's family:
   path (an output with its driver off reads as its pull-up); other modes are refused;
 * an ``SB_MAC16`` clock enable left unconnected is tied to 1, as the silicon reads it
   (the model has no default and would hold every product at 0);
-* on the ECP5, yosys ships only blackboxes (``cells_bb.v``) for ``MULT18X18D`` and
-  ``EHXPLLL``: the multiplier becomes a behavioural model of the mode synthesis uses
-  (every ``REG_*_CLK = "NONE"``: ``P = A × B``, each operand signed when its
-  ``SIGNEDA``/``SIGNEDB`` input is high; other modes are refused, never guessed), the PLL
-  a pass-through like the iCE40's, ``TRELLIS_IO`` one-way stand-ins by ``DIR``.
+* on the ECP5, yosys ships ``MULT18X18D`` and ``EHXPLLL`` as blackboxes (``cells_bb.v``)
+  and ``DP16KD`` as an empty module (``cells_sim.v``): the multiplier becomes a
+  behavioural model of the mode synthesis uses (no registers: ``P = A × B``, each
+  operand signed when its ``SIGNEDA``/``SIGNEDB`` input is high), the block RAM one of
+  its modes (widths 1…18 per port, ``READBEFOREWRITE``, one write port, ``INITVAL``),
+  the PLL a pass-through like the iCE40's (``CLKOP`` only), ``TRELLIS_IO`` one-way
+  stand-ins by ``DIR``. Other modes, and any other blackbox primitive, are refused by
+  name, never guessed.
 
 A wrapper module ``board_top`` gives the netlist the harness's ports (``clk``,
 ``uart_rx``, ``uart_tx``, ``idle``). The netlist has no ``idle`` output (the bitstream's
@@ -31,8 +34,10 @@ time a client is connected, and stops only between connections. The harness hold
 UART line idle for :func:`warmup_cycles` before it accepts a client, past the reset.
 """
 
+import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -40,6 +45,8 @@ import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from .toolchain import ecp5_cells_sim
 
 __all__ = ["FAMILIES", "Family", "bit_exact", "netlist_verilog", "post_synthesis_check",
            "post_synthesis_figures", "post_synthesis_row", "warmup_cycles"]
@@ -126,9 +133,14 @@ module fpgacnn_EHXPLLL (
     assign REFCLK = CLKI, CLKINTFB = CLKI, LOCK = ~RST, INTLOCK = ~RST;
 endmodule
 """
-#: MULT18X18D parameters that add a register stage unless "NONE" (the stand-in has none).
-MULT18X18D_REGISTERS = ("REG_INPUTA_CLK", "REG_INPUTB_CLK", "REG_INPUTC_CLK",
-                        "REG_PIPELINE_CLK", "REG_OUTPUT_CLK")
+#: MULT18X18D parameters the stand-in needs at these values (cells_bb.v's defaults: no
+#: register stage, no bypass, no cascade or shift source). The others (register clock
+#: enables, resets, clock dividers, GSR) only act on registers, which are all off.
+MULT18X18D_FIXED = {"REG_INPUTA_CLK": "NONE", "REG_INPUTB_CLK": "NONE",
+                    "REG_INPUTC_CLK": "NONE", "REG_PIPELINE_CLK": "NONE",
+                    "REG_OUTPUT_CLK": "NONE", "MULT_BYPASS": "DISABLED",
+                    "CAS_MATCH_REG": "FALSE", "SOURCEB_MODE": "B_SHIFT",
+                    "HIGHSPEED_CLK": "NONE"}
 
 
 def _bus(name, width):
@@ -166,15 +178,15 @@ endmodule
 
 #: DP16KD data widths the stand-in models (every width of the true dual-port mode).
 DP16KD_WIDTHS = (1, 2, 4, 9, 18)
-_DP16KD_WRITEMODES = ("NORMAL", "WRITETHROUGH", "READBEFOREWRITE")
 
 
 def _ecp5_dp16kd():
     # cells_sim.v's DP16KD is an empty module. This one: 1,024 words of 18 bits (two
     # 9-bit lanes, each 8 data bits and a parity bit); x18 reads a word, writes the
     # lanes ADx0/ADx1 enable; x9 is lane ADx3 of word ADx[13:4]; x1/x2/x4 address the
-    # 16 data bits (parity skipped) in order, from ADx[3:0]. Unregistered outputs,
-    # which keep their value while CEx is low and follow WRITEMODE on a write.
+    # 16 data bits (parity skipped) in order, from ADx[3:0]. Unregistered outputs, which
+    # keep their value while CEx is low and read the old contents on a write
+    # (READBEFOREWRITE, the mode synth_ecp5 uses; the others are refused).
     def port(p):
         return (f"input {', '.join(_bus(f'DI{p}', 18))},\n"
                 f"    input {', '.join(_bus(f'AD{p}', 14))},\n"
@@ -192,20 +204,14 @@ def _ecp5_dp16kd():
     reg [17:0] do{p.lower()} = 18'd0;
     assign {cat(f"DO{p}", 18)} = do{p.lower()};
     always @(posedge CLK{p}) if (CE{p}) begin
-        if (WE{p}) begin
+        if (WE{p})
             mem[ad{p.lower()}[13:4]] <= store(mem[ad{p.lower()}[13:4]], ad{p.lower()}, DATA_WIDTH_{p}, di{p.lower()});
-            if (WRITEMODE_{p} == "WRITETHROUGH")
-                do{p.lower()} <= fetch(store(mem[ad{p.lower()}[13:4]], ad{p.lower()}, DATA_WIDTH_{p}, di{p.lower()}), ad{p.lower()}, DATA_WIDTH_{p});
-            else if (WRITEMODE_{p} == "READBEFOREWRITE")
-                do{p.lower()} <= fetch(mem[ad{p.lower()}[13:4]], ad{p.lower()}, DATA_WIDTH_{p});
-        end else
-            do{p.lower()} <= fetch(mem[ad{p.lower()}[13:4]], ad{p.lower()}, DATA_WIDTH_{p});
+        do{p.lower()} <= fetch(mem[ad{p.lower()}[13:4]], ad{p.lower()}, DATA_WIDTH_{p});
     end""")
     init = "\n".join(f"            mem[{i} * 16 + i] = {name}[i * 20 +: 18];"
                       for i, name in enumerate(initvals))
     params = ",\n    ".join(
-        ["parameter integer DATA_WIDTH_A = 18", "parameter integer DATA_WIDTH_B = 18",
-         'parameter WRITEMODE_A = "NORMAL"', 'parameter WRITEMODE_B = "NORMAL"']
+        ["parameter integer DATA_WIDTH_A = 18", "parameter integer DATA_WIDTH_B = 18"]
         + [f"parameter [319:0] {name} = 320'h0" for name in initvals])
     return f"""
 module fpgacnn_DP16KD #(
@@ -214,7 +220,7 @@ module fpgacnn_DP16KD #(
     {port("A")},
     {port("B")}
 );
-    /* verilator lint_off MULTIDRIVEN */      // both ports write; one clock in practice
+    /* verilator lint_off MULTIDRIVEN */      // one of the ports writes (checked in Python)
     reg [17:0] mem [0:1023];
     /* verilator lint_on MULTIDRIVEN */
     integer i;
@@ -257,16 +263,26 @@ endmodule
 """
 
 
+def _int_param(value):
+    # yosys JSON writes integer parameters as binary digits (32 of them, usually).
+    text = str(value).strip()
+    try:
+        return int(text, 2) if text and set(text) <= {"0", "1"} else int(text)
+    except ValueError:
+        return text
+
+
 def _dp16kd_refusal(params, conns):
     # What the DP16KD stand-in does not model, or None.
     def param(key, default):
         return str(params.get(key, default)).strip()
+    if conns.get("WEA", ["0"]) != ["0"] and conns.get("WEB", ["0"]) != ["0"]:
+        return "a write on both ports (WEA and WEB)"
     for p in "AB":
-        width = param(f"DATA_WIDTH_{p}", "18")      # yosys JSON: 32 binary digits
-        width = int(width, 2) if len(width) == 32 else int(width)
+        width = _int_param(params.get(f"DATA_WIDTH_{p}", 18))
         checks = {f"DATA_WIDTH_{p}": (width in DP16KD_WIDTHS, width),
                   f"REGMODE_{p}": (param(f"REGMODE_{p}", "NOREG") == "NOREG", None),
-                  f"WRITEMODE_{p}": (param(f"WRITEMODE_{p}", "NORMAL") in _DP16KD_WRITEMODES,
+                  f"WRITEMODE_{p}": (param(f"WRITEMODE_{p}", "NORMAL") == "READBEFOREWRITE",
                                      None),
                   f"CSDECODE_{p}": (param(f"CSDECODE_{p}", "0b000") == "0b000", None),
                   f"CLK{p}MUX": (param(f"CLK{p}MUX", f"CLK{p}") == f"CLK{p}", None)}
@@ -285,15 +301,15 @@ def _ecp5_standin(name, cell):
     """New (type, pad direction) for a cell the models cannot simulate, else None."""
     kind, params, conns = cell["type"], cell["parameters"], cell["connections"]
     if kind == "MULT18X18D":
-        registered = {k: params[k] for k in MULT18X18D_REGISTERS
-                      if str(params.get(k, "NONE")).strip() != "NONE"}
-        bypass = str(params.get("MULT_BYPASS", "DISABLED")).strip()
-        source = {k: conns[k] for k in ("SOURCEA", "SOURCEB") if conns.get(k, ["0"]) != ["0"]}
-        if registered or bypass != "DISABLED" or source:
+        other = {k: params[k] for k, v in MULT18X18D_FIXED.items()
+                 if str(params.get(k, v)).strip() != v}
+        other.update({k: conns[k] for k in ("SOURCEA", "SOURCEB")
+                      if conns.get(k, ["0"]) != ["0"]})
+        if other:
             raise NotImplementedError(
-                f"MULT18X18D {name}: {registered or source or {'MULT_BYPASS': bypass}} has "
-                f"no stand-in (only the combinational multiplier: REG_*_CLK = NONE, "
-                f"MULT_BYPASS = DISABLED, SOURCEA = SOURCEB = 0)")
+                f"MULT18X18D {name}: {other} has no stand-in (only the combinational "
+                f"multiplier: REG_*_CLK = NONE, MULT_BYPASS = DISABLED, SOURCEA = SOURCEB "
+                f"= 0, cascade and high-speed modes off)")
         cell["parameters"] = {}
         return "fpgacnn_MULT18X18D", None
     if kind == "TRELLIS_IO":
@@ -310,21 +326,36 @@ def _ecp5_standin(name, cell):
         if refusal:
             raise NotImplementedError(
                 f"DP16KD {name}: {refusal} has no stand-in (only unregistered outputs, "
-                f"widths {', '.join(map(str, DP16KD_WIDTHS))}, no chip select or reset, "
-                f"clocks not inverted)")
-        keep = ("DATA_WIDTH_A", "DATA_WIDTH_B", "WRITEMODE_A", "WRITEMODE_B")
+                f"widths {', '.join(map(str, DP16KD_WIDTHS))}, WRITEMODE READBEFOREWRITE, "
+                f"one write port, no chip select or reset, clocks not inverted)")
+        keep = ("DATA_WIDTH_A", "DATA_WIDTH_B")
         cell["parameters"] = {k: v for k, v in params.items()
                               if k in keep or k.startswith("INITVAL_")}
         return "fpgacnn_DP16KD", None
     if kind == "EHXPLLL":
+        # The harness makes the one clock: a second output at its own divider would run
+        # at the wrong frequency, so it is refused.
+        used = [k for k in ("CLKOS", "CLKOS2", "CLKOS3") if k in conns]
+        if used:
+            raise NotImplementedError(f"EHXPLLL {name}: {', '.join(used)} has no stand-in "
+                                      f"(only CLKOP, at the harness's clock)")
         cell["parameters"] = {}                 # dividers: the harness makes the clock
         conns.setdefault("RST", ["0"])
         return "fpgacnn_EHXPLLL", None
+    if kind in _ecp5_blackboxes():
+        raise NotImplementedError(f"{kind} {name}: no simulation model (yosys ships "
+                                  f"{kind} as a blackbox) and no stand-in")
     return None
 
 
+@functools.cache
+def _ecp5_blackboxes():
+    # Primitives yosys declares without a behaviour (cells_bb.v): PDPW16KD, ALU54B, ...
+    text = (ecp5_cells_sim().parent / "cells_bb.v").read_text()
+    return frozenset(re.findall(r"^module (\w+)", text, re.M))
+
+
 def _ecp5_cells():
-    from .toolchain import ecp5_cells_sim
     return [ecp5_cells_sim()]
 
 
