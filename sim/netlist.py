@@ -578,7 +578,9 @@ def post_synthesis_figures(board, net, params, images, expected, rtl_counters, *
         result = post_synthesis_check(board, net, params, images, expected, rtl_counters,
                                       **kwargs)
     except SimBoardError as e:
-        return {"bit_exact": None, "images": 0, "error": str(e)}
+        # One line for the bench's table: a failed build's log tail stays in its log.
+        return {"bit_exact": None, "images": 0,
+                "error": (str(e).splitlines() or [type(e).__name__])[0]}
     return {k: v for k, v in result.items() if k not in ("logits", "counters", "build")}
 
 
