@@ -147,6 +147,11 @@ def _bus(name, width):
     return [f"{name}{i}" for i in range(width)]
 
 
+def _cat(name, width):
+    # The bus as one Verilog vector, MSB first: {N17, ..., N0}.
+    return "{" + ", ".join(reversed(_bus(name, width))) + "}"
+
+
 def _ecp5_mult():
     # cells_bb.v's ports, one bit each; the combinational mode only (see _ecp5_standin).
     ins = (_bus("A", 18) + _bus("B", 18) + _bus("C", 18)
@@ -155,22 +160,19 @@ def _ecp5_mult():
            + _bus("SRIB", 18))
     outs = (_bus("SROA", 18) + _bus("SROB", 18) + _bus("ROA", 18) + _bus("ROB", 18)
             + _bus("ROC", 18) + _bus("P", 36) + ["SIGNEDP"])
-
-    def cat(name, width):
-        return "{" + ", ".join(reversed(_bus(name, width))) + "}"
     ports = ",\n    ".join("\n    ".join(textwrap.wrap(f"{d} {', '.join(names)}", 84))
                             for d, names in (("input", ins), ("output", outs)))
     return f"""
 module fpgacnn_MULT18X18D (
     {ports}
 );
-    wire [17:0] a = {cat("A", 18)}, b = {cat("B", 18)}, c = {cat("C", 18)};
+    wire [17:0] a = {_cat("A", 18)}, b = {_cat("B", 18)}, c = {_cat("C", 18)};
     // 19-bit operands: bit 18 copies bit 17 when the operand is signed, else 0.
     wire signed [18:0] sa = {{SIGNEDA & a[17], a}}, sb = {{SIGNEDB & b[17], b}};
     wire signed [37:0] p = sa * sb;
-    assign {cat("P", 36)} = p[35:0];
-    assign {cat("ROA", 18)} = a, {cat("ROB", 18)} = b, {cat("ROC", 18)} = c;
-    assign {cat("SROA", 18)} = a, {cat("SROB", 18)} = b;
+    assign {_cat("P", 36)} = p[35:0];
+    assign {_cat("ROA", 18)} = a, {_cat("ROB", 18)} = b, {_cat("ROC", 18)} = c;
+    assign {_cat("SROA", 18)} = a, {_cat("SROB", 18)} = b;
     assign SIGNEDP = SIGNEDA | SIGNEDB;
 endmodule
 """
@@ -193,16 +195,14 @@ def _ecp5_dp16kd():
                 f"    input CE{p}, OCE{p}, CLK{p}, WE{p}, RST{p}, CS{p}2, CS{p}1, CS{p}0,\n"
                 f"    output {', '.join(_bus(f'DO{p}', 18))}")
 
-    def cat(name, width):
-        return "{" + ", ".join(reversed(_bus(name, width))) + "}"
     initvals = [f"INITVAL_{i:02X}" for i in range(64)]
     lines = []
     for p in "AB":
         lines.append(f"""
-    wire [13:0] ad{p.lower()} = {cat(f"AD{p}", 14)};
-    wire [17:0] di{p.lower()} = {cat(f"DI{p}", 18)};
+    wire [13:0] ad{p.lower()} = {_cat(f"AD{p}", 14)};
+    wire [17:0] di{p.lower()} = {_cat(f"DI{p}", 18)};
     reg [17:0] do{p.lower()} = 18'd0;
-    assign {cat(f"DO{p}", 18)} = do{p.lower()};
+    assign {_cat(f"DO{p}", 18)} = do{p.lower()};
     always @(posedge CLK{p}) if (CE{p}) begin
         if (WE{p})
             mem[ad{p.lower()}[13:4]] <= store(mem[ad{p.lower()}[13:4]], ad{p.lower()}, DATA_WIDTH_{p}, di{p.lower()});
