@@ -269,18 +269,18 @@ CONFIGS = {
         clock_hz=24_000_000, ice40=True,
         dataflow=Dataflow.BROADCAST, requant_interval=2, rx_fifo_bytes=2048,
         watchdog_log2=24, act_window=True),
-    # ECP5-85F: 156 18×18 multipliers and 3.7 Mbit of EBR; a 16×4 array (16×8 fits on
-    # paper but nextpnr does not finish routing it; README, "Build"). 32 KB of activations
-    # (one copy per array column: 128 KB of EBR) hold a 3×32×32 input's two slots and the
-    # 64×16×16 output of 64 3×3 filters with pool 2/2, or 32×32×10 after 10 5×5 filters.
-    # Layers with few output channels (LeNet-5's C1: 6 of 16 rows) are bound by the
-    # array's one result per cycle, so tiles drain only the PEs they use. fc_columns (FC
-    # layers 4× fewer beats) needs the broadcast dataflow, with which nextpnr did not
-    # finish routing this array either (README, "Build"); the systolic array stays.
+    # ECP5-85F: 156 18×18 multipliers and 3.7 Mbit of EBR; a 16×4 array. 32 KB of
+    # activations (one copy per array column: 128 KB of EBR) hold a 3×32×32 input's two
+    # slots and the 64×16×16 output of 64 3×3 filters with pool 2/2, or 32×32×10 after 10
+    # 5×5 filters. Layers with few output channels (LeNet-5's C1: 6 of 16 rows) are bound
+    # by the array's one result per cycle, so tiles drain only the PEs they use;
+    # fully connected layers put a k-block on each column (fc_columns, which needs the
+    # broadcast dataflow), 4× fewer beats. README ("Build", "Throughput") has the
+    # measured Fmax and cycles per image.
     "ulx3s-85f": AcceleratorConfig(
         name="ulx3s-85f", rows=16, cols=4, max_reduction=4096,
         weight_words=8192, act_bytes=32768, qparam_entries=1024, max_layers=16,
-        clock_hz=50_000_000, ice40=False,
+        clock_hz=50_000_000, ice40=False, dataflow=Dataflow.BROADCAST, fc_columns=True,
         pool_width=64, pool_blocks=4, rx_fifo_bytes=8192, compact_drain=True),
 }
 

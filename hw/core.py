@@ -203,7 +203,7 @@ class Core(wiring.Component):
                      src_en.eq(Mux(seq.busy, cp.rd.en, reads.act.en))]
         in_window, lane = Signal(), Signal(lane_bits)
         with m.If(src_en):
-            m.d.sync += [in_window.eq(src >= cfg.act_bytes), lane.eq(src[:lane_bits])]
+            m.d.sync += [in_window.eq(_at_least(src, cfg.act_bytes)), lane.eq(src[:lane_bits])]
         word = window_chunk(cfg, src[3:]) >> (lane_bits - 3)
         m.d.comb += [
             act.rd[0].addr.eq(Mux(use_dp, dp.act_rd[0].addr, src)),
@@ -219,7 +219,7 @@ class Core(wiring.Component):
         # Writes: the datapath's and the copier's block-RAM bytes through the host-write
         # path; the copier's window bytes (during a copy) or the host's chunks (idle)
         # into the weight memory, one byte lane each.
-        dst_window = cp.wr.addr >= cfg.act_bytes
+        dst_window = _at_least(cp.wr.addr, cfg.act_bytes)
         m.d.comb += [
             writes.act_in.en.eq(dp.act_wr.en | (cp.wr.en & ~dst_window)),
             writes.act_in.addr.eq(Mux(cp.wr.en, cp.wr.addr, dp.act_wr.addr)),
@@ -298,7 +298,7 @@ class HostWrites(wiring.Component):
             m.d.comb += sig.eq(self.wr.valid & (wr.space == s))
         to_window = Signal()                 # an IMAGE chunk for the window
         if cfg.act_window:
-            m.d.comb += to_window.eq(wr.addr >= cfg.act_bytes // 8)
+            m.d.comb += to_window.eq(_at_least(wr.addr, cfg.act_bytes // 8))
         bram_image = space[Space.IMAGE] & ~to_window
         # A beat that may be written now: a block-RAM image chunk always, others idle.
         go = Signal()
@@ -346,6 +346,15 @@ class HostWrites(wiring.Component):
             m.d.comb += step.eq(1)
         m.d.comb += self.wr.ready.eq(Mux(in_place, step & (part == 7), go))
         return m
+
+
+def _at_least(value, bound):
+    """``value >= bound`` for a constant ``bound``: the OR of ``value``'s bits from
+    ``log2(bound)`` up when ``bound`` is a power of two (no carry chain; these compares
+    sit on the host-write handshake, the iCEBreaker's critical path), else ``>=``."""
+    if bound > 0 and bound & (bound - 1) == 0:
+        return value[bound.bit_length() - 1:].any()
+    return value >= bound
 
 
 def window_chunk(cfg, chunk):

@@ -28,12 +28,14 @@ class CommandHandler(wiring.Component):
     offers ``start`` until the core takes it; ``do_result`` waits until the core is
     idle; ``do_abort`` pulses the core's ``abort`` (registered) and waits until it is
     idle. ``done`` then pulses with the response's ``status`` (``OK``, or ``WATCHDOG`` for
-    a RESULT of a run the core stopped) and payload ``length``.
+    a RESULT of a run the core stopped) and payload ``length``, registered: the core's
+    handshake (``wr.ready``, ``start.ready``, ``busy``) never reaches the response
+    encoder in the same cycle (on the iCEBreaker that path was the critical one).
 
     Latency and throughput: a WRITE commits one chunk per 17 cycles (8 buffer reads of 2
-    cycles, plus the ``wr`` transfer, more if the core stalls); RUN is done in the cycle
-    the core takes ``start``, RESULT in the cycle ``busy`` is low. ``data`` takes one
-    byte per cycle.
+    cycles, plus the ``wr`` transfer, more if the core stalls); ``done`` comes 1 cycle after
+    the last chunk's transfer, the cycle the core takes ``start`` (RUN), or the cycle
+    ``busy`` is low (RESULT). ``data`` takes one byte per cycle.
 
     Parameters
     ----------
@@ -105,6 +107,9 @@ class CommandHandler(wiring.Component):
         with m.Elif(self.data.valid):
             m.d.sync += ptr.eq(ptr + 1)
 
+        # The command's end, registered into ``done``/``status``/``length``.
+        finish, status, length = Signal(), Signal(proto.Status), Signal(16)
+        m.d.sync += [self.done.eq(finish), self.status.eq(status), self.length.eq(length)]
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.do_write):
@@ -136,27 +141,27 @@ class CommandHandler(wiring.Component):
                     with m.If(ptr[3:] == self.n_chunks[:len(ptr) - 3]):
                         with m.If(wargs.space == Space.PROGRAM):
                             m.d.sync += self.loaded.eq(1)
-                        m.d.comb += [self.done.eq(1), self.length.eq(2)]
+                        m.d.comb += [finish.eq(1), length.eq(2)]
                         m.next = "IDLE"
             with m.State("START"):
                 m.d.comb += self.start.valid.eq(1)
                 with m.If(self.start.ready):
                     m.d.sync += self.has_run.eq(1)
-                    m.d.comb += self.done.eq(1)
+                    m.d.comb += finish.eq(1)
                     m.next = "IDLE"
             with m.State("WAIT"):
                 with m.If(~self.busy):
-                    m.d.comb += self.done.eq(1)
+                    m.d.comb += finish.eq(1)
                     with m.If(self.fault):
-                        m.d.comb += self.status.eq(proto.Status.WATCHDOG)
+                        m.d.comb += status.eq(proto.Status.WATCHDOG)
                     with m.Else():
-                        m.d.comb += self.length.eq(res_args.n_logits + 4 * res_args.n_counters)
+                        m.d.comb += length.eq(res_args.n_logits + 4 * res_args.n_counters)
                     m.next = "IDLE"
             with m.State("ABORT"):                  # ``abort`` is high for this cycle
                 m.d.sync += self.abort.eq(0)
                 m.next = "WAIT_IDLE"
             with m.State("WAIT_IDLE"):
                 with m.If(~self.busy):
-                    m.d.comb += self.done.eq(1)
+                    m.d.comb += finish.eq(1)
                     m.next = "IDLE"
         return m

@@ -266,11 +266,12 @@ class SystolicArray(wiring.Component):
 
         flat = Signal(range(R * C))
         m.d.comb += flat.eq(idx_c * R + idx_r)
+        # A binary multiplexer tree on the index bits, not a case per PE: one-hot case
+        # selects (a decoder whose R*C outputs each reach every bit of the result) made
+        # the ULX3S-85F's 16×4 array too congested for nextpnr to route.
         selected = Signal(signed(self.acc_width))
-        with m.Switch(flat):
-            for (r, c), value in shadow.items():
-                with m.Case(c * R + r):
-                    m.d.comb += selected.eq(value)
+        ordered = Cat(shadow[(r, c)] for c in range(C) for r in range(R))
+        m.d.comb += selected.eq(ordered.word_select(flat, self.acc_width))
 
         with m.If(o.ready | ~o.valid):
             m.d.sync += o.valid.eq(0)

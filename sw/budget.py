@@ -108,6 +108,24 @@ def _stream_contents(plan, stages):
     return tuple(act), tuple(window)
 
 
+def _weight_contents(stages, config):
+    """Weight memory contents in the compiler's order: each stage's k-blocks × D words;
+    a stage in column mode (``fc_columns``) has a multiple of ``cols`` k-blocks and
+    starts at a multiple of ``cols`` words (the words skipped are listed as padding)."""
+    rows, contents, w_base = config.rows, [], 0
+    for s in stages:
+        lanes = compiler._lanes(s, config)
+        if w_base % lanes:
+            pad = lanes - w_base % lanes
+            contents.append((f"padding to a word of {lanes} k-blocks", pad * rows))
+            w_base += pad
+        k_blocks = -(-s.out_channels // (rows * lanes)) * lanes
+        contents.append((f"{compiler._describe(s)}: {k_blocks} x {s.reduction} words",
+                         k_blocks * s.reduction * rows))
+        w_base += k_blocks * s.reduction
+    return tuple(contents)
+
+
 def memory_budget(network, config):
     """Every memory of ``config`` with what ``network`` needs of it (never raises for a
     network that does not fit: a memory's ``headroom`` is then negative).
@@ -125,8 +143,7 @@ def memory_budget(network, config):
     """
     stages = network.stages()
     rows = config.rows
-    weights = tuple((f"{compiler._describe(s)}: {-(-s.out_channels // rows)} x {s.reduction} words",
-                     -(-s.out_channels // rows) * s.reduction * rows) for s in stages)
+    weights = _weight_contents(stages, config)
     qparams = tuple((compiler._describe(s), s.out_channels) for s in stages)
     copies = f" x {config.cols} copies" if config.cols > 1 else ""
     plan = _stream_plan(network, stages, config)

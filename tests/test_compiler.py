@@ -47,7 +47,9 @@ def test_lenet5_plan_and_descriptors():
     assert p.ideal_cycles() == [19600, 30000, 6000, 1320, 168]
 
 
-@pytest.mark.parametrize("config", [ICEBREAKER, ULX3S], ids=lambda c: c.name)
+@pytest.mark.parametrize("config", [ICEBREAKER, ULX3S,
+                                    ULX3S.with_(name="ulx3s-rows", dataflow="systolic",
+                                                fc_columns=False)], ids=lambda c: c.name)
 @pytest.mark.parametrize("seed", range(2))
 def test_weight_words_layout(config, seed):
     net = nets.lenet5()
@@ -57,8 +59,15 @@ def test_weight_words_layout(config, seed):
     for stage, qp, desc in zip(p.stages, params, p.descriptors):
         w = qp.weight.reshape(stage.out_channels, -1)
         d_red = w.shape[1]
+        # Column mode (fc_columns: output width 1, several k-blocks): k-block kg*C + c
+        # is word w_base + (kg*D + d)*C + c; otherwise k-block kb is words w_base + kb*D + d.
+        lanes = (config.cols if config.fc_columns and stage.conv_shape[2] == 1
+                 and desc["k_blocks"] > 1 else 1)
+        assert desc["w_base"] % lanes == 0
         for kb in range(desc["k_blocks"]):
-            block = p.weight_words[desc["w_base"] + kb * d_red:][:d_red]   # (D, R)
+            kg, c = divmod(kb, lanes)
+            words = desc["w_base"] + (kg * d_red + np.arange(d_red)) * lanes + c
+            block = p.weight_words[words]                                   # (D, R)
             for row in range(r):
                 k = kb * r + row
                 expect = w[k] if k < stage.out_channels else np.zeros(d_red, np.int8)
