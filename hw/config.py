@@ -275,12 +275,13 @@ CONFIGS = {
     # 5×5 filters. Layers with few output channels (LeNet-5's C1: 6 of 16 rows) are bound
     # by the array's one result per cycle, so tiles drain only the PEs they use;
     # fully connected layers put a k-block on each column (fc_columns, which needs the
-    # broadcast dataflow), 4× fewer beats. README ("Build", "Throughput") has the
-    # measured Fmax and cycles per image.
+    # broadcast dataflow), 4× fewer beats. 60 MHz divides into the 3 Mbaud UART exactly
+    # (20 clocks per bit). README ("Build", "Throughput") has the measured Fmax and
+    # cycles per image.
     "ulx3s-85f": AcceleratorConfig(
         name="ulx3s-85f", rows=16, cols=4, max_reduction=4096,
         weight_words=8192, act_bytes=32768, qparam_entries=1024, max_layers=16,
-        clock_hz=50_000_000, ice40=False, dataflow=Dataflow.BROADCAST, fc_columns=True,
+        clock_hz=60_000_000, ice40=False, dataflow=Dataflow.BROADCAST, fc_columns=True,
         pool_width=64, pool_blocks=4, rx_fifo_bytes=8192, compact_drain=True),
 }
 

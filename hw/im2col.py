@@ -101,7 +101,8 @@ class Im2col(wiring.Component):
     ``fx``, one precomputed step per ``fy`` and per channel, reloads from per-tile and
     per-row origins) instead of being recomputed from the loop indices; the padding
     coordinates are a tile/row origin plus ``fx``/``fy``. Column ``j > 0`` is column 0
-    shifted by ``j*stride`` (one adder each).
+    shifted by ``j*stride`` (one adder each; the products are latched with the
+    descriptor).
 
     Latency: first beat valid 10 cycles after the ``start`` transfer; throughput one
     beat per cycle. The payload is combinational from registers (one adder deep).
@@ -160,9 +161,9 @@ class Im2col(wiring.Component):
                      o.payload.end.eq(r.end)]
         for j in range(self.cols):
             ix = Signal(r.P, name=f"ix_{j}")
-            m.d.comb += ix.eq(r.tile_x + (r.fx + r.stride * j if j else r.fx))
+            m.d.comb += ix.eq(r.tile_x + (r.fx + r.stride_x[j] if j else r.fx))
             ok = row_ok & ~ix[-1] & (ix < r.in_w) & (r.rem > j)
-            addr = r.a0 + r.stride * j if j else r.a0
+            addr = r.a0 + r.stride_x[j] if j else r.a0
             if j and self.column_blocks:     # column mode: every column reads pixel 0
                 addr, ok = Mux(r.colmode, r.a0, addr), Mux(r.colmode, ~o.payload.act_zero[0], ok)
             m.d.comb += [o.payload.act_addr[j].eq(addr), o.payload.act_zero[j].eq(~ok)]
@@ -195,6 +196,7 @@ class Im2col(wiring.Component):
                         r.step_y.eq(p.in_w - p.kernel + 1), r.step_c.eq(1 - p.kernel),
                         r.step_r.eq(0), r.row_a.eq(base),
                     ]
+                    m.d.sync += [r.stride_x[j].eq(p.stride * j) for j in range(1, self.cols)]
                     if self.column_blocks:
                         log_c = (self.cols - 1).bit_length()
                         colmode = (p.out_w == 1) & (p.k_blocks > 1)
@@ -305,6 +307,10 @@ class _Registers:
         self.step_c = Signal(A)
         self.step_r = Signal(A)                         # stride*in_w: next output row
         self.cs = Signal(range(max_stride * cols + 1))  # cols*stride: next x-tile
+        # j*stride: column j's input x and address offset from column 0's, latched with
+        # the descriptor so no multiplier sits between the loop state and the beat.
+        self.stride_x = [None] + [Signal(range(max_stride * j + 1), name=f"stride_x{j}")
+                                  for j in range(1, cols)]
 
         # Loop state = the beat on o_stream.
         self.fx = Signal.like(desc.kernel)
