@@ -33,9 +33,9 @@ class CommandHandler(wiring.Component):
     encoder in the same cycle (on the iCEBreaker that path was the critical one).
 
     Latency and throughput: a WRITE commits one chunk per 17 cycles (8 buffer reads of 2
-    cycles, plus the ``wr`` transfer, more if the core stalls); ``done`` comes 1 cycle after
-    the last chunk's transfer, the cycle the core takes ``start`` (RUN), or the cycle
-    ``busy`` is low (RESULT). ``data`` takes one byte per cycle.
+    cycles, plus the ``wr`` transfer, more if the core stalls). ``done`` comes 1 cycle
+    after the command's end: the last chunk's transfer (WRITE), the core taking ``start``
+    (RUN), ``busy`` low (RESULT, ABORT). ``data`` takes one byte per cycle.
 
     Parameters
     ----------

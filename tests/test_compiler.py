@@ -53,9 +53,20 @@ def test_lenet5_plan_and_descriptors():
 @pytest.mark.parametrize("seed", range(2))
 def test_weight_words_layout(config, seed):
     net = nets.lenet5()
-    params = nets.random_params(net, seed)
+    _check_weight_layout(net, nets.random_params(net, seed), config)
+
+
+def test_weight_words_layout_with_column_padding():
+    # cifar-small's FC 1024->32 has 2 k-blocks: column mode rounds them up to 4 and starts
+    # them at a multiple of 4 words (the convolutions before end at word 1,467).
+    net = nets.cifar_small()
+    _check_weight_layout(net, nets.random_params(net, 0), ULX3S)
+
+
+def _check_weight_layout(net, params, config):
     p = compile_network(net, params, config)
     r = config.rows
+    covered = np.zeros(len(p.weight_words), bool)
     for stage, qp, desc in zip(p.stages, params, p.descriptors):
         w = qp.weight.reshape(stage.out_channels, -1)
         d_red = w.shape[1]
@@ -68,10 +79,14 @@ def test_weight_words_layout(config, seed):
             kg, c = divmod(kb, lanes)
             words = desc["w_base"] + (kg * d_red + np.arange(d_red)) * lanes + c
             block = p.weight_words[words]                                   # (D, R)
+            assert not covered[words].any(), f"stage {stage.index} k-block {kb} overlaps"
+            covered[words] = True
             for row in range(r):
                 k = kb * r + row
                 expect = w[k] if k < stage.out_channels else np.zeros(d_red, np.int8)
                 assert_array_equal(block[:, row], expect, err_msg=f"stage {stage.index} k {k}")
+    # Padding k-blocks (column mode rounds up to cols) and alignment words hold zeros.
+    assert not p.weight_words[~covered].any()
 
 
 @pytest.mark.parametrize("config", [ICEBREAKER, ULX3S], ids=lambda c: c.name)

@@ -8,8 +8,9 @@
   cycles per inference reported and written to ``build/core_cycles.json``.
 * The activation window on the iCEBreaker core: a layer run as bands copied between the
   window (SPRAM) and the block RAM, bit-exact.
-* The seeds' CIFAR-sized network on the ULX3S-85F array (16×8, 128-bit weight words
-  written as two chunks, with smaller memories), bit-exact.
+* The seeds' CIFAR-sized network on the ULX3S-85F configuration (16×4 broadcast array,
+  FC layers in column mode, 128-bit weight words written as two chunks, with smaller
+  memories), bit-exact.
 
 One Verilator build per configuration, cached by the Verilog's hash under ``build/``.
 """
@@ -143,9 +144,9 @@ def test_bands_through_the_window_icebreaker(request, icebreaker_core):
 
 
 def test_seeds_network_ulx3s(request):
-    # The ULX3S array (16x8, 128-bit weight words) with memories cut to what the network
-    # needs: the Verilog initialises every memory word, and Verilator's build time grows
-    # with it (the full 8 x 16 KiB activation copies double the test's time).
+    # The ULX3S configuration (16x4, column-mode FC layers) with memories cut to what the
+    # network needs: the Verilog initialises every memory word, and Verilator's build
+    # time grows with it (the full 4 x 32 KiB activation copies would dominate the test).
     config = get_config("ulx3s-85f").with_(weight_words=1024, act_bytes=10240,
                                            qparam_entries=64, max_layers=4)
     net = nets.seeds_cifar_example()

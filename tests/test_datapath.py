@@ -184,7 +184,7 @@ def test_layers_back_to_back(request, cols):
 # unused columns, strides 1-2, pads 0-2, kernels 1-5 and FC layers.
 
 NARROW = SMALL.with_(rows=8, cols=3, compact_drain=True)    # cols not a power of two
-WIDE_COMPACT = WIDE.with_(compact_drain=True)               # the ULX3S-85F's shape
+WIDE_COMPACT = WIDE.with_(compact_drain=True)               # the ULX3S-85F's shape, systolic
 
 CASES = {
     # (network, config, extra Datapath arguments)
