@@ -434,7 +434,7 @@ class Board:
 #: Board name -> :class:`Board`.
 BOARDS = {board.name: board for board in (
     Board("icebreaker", "ice40", _icebreaker_platform, ICEBreakerBoard, "icebreaker",
-          "ice40_generic", seed=2),
+          "ice40_generic"),
     Board("ulx3s-85f", "ecp5", _ulx3s_85f_platform, ULX3SBoard, "ulx3s-85f",
           "ulx3s"),
 )}
