@@ -109,20 +109,14 @@ def _stream_contents(plan, stages):
 
 
 def _weight_contents(stages, config):
-    """Weight memory contents in the compiler's order: each stage's k-blocks × D words;
-    a stage in column mode (``fc_columns``) has a multiple of ``cols`` k-blocks and
-    starts at a multiple of ``cols`` words (the words skipped are listed as padding)."""
-    rows, contents, w_base = config.rows, [], 0
-    for s in stages:
-        lanes = compiler._lanes(s, config)
-        if w_base % lanes:
-            pad = lanes - w_base % lanes
-            contents.append((f"padding to a word of {lanes} k-blocks", pad * rows))
-            w_base += pad
-        k_blocks = -(-s.out_channels // (rows * lanes)) * lanes
+    """Weight memory contents in the compiler's order (:func:`compiler.weight_placement`):
+    each stage's k-blocks × D words, after the padding column mode needs."""
+    rows, contents = config.rows, []
+    for s, (pad, _, k_blocks) in zip(stages, compiler.weight_placement(stages, config)):
+        if pad:
+            contents.append((f"padding to a word of {config.cols} k-blocks", pad * rows))
         contents.append((f"{compiler._describe(s)}: {k_blocks} x {s.reduction} words",
                          k_blocks * s.reduction * rows))
-        w_base += k_blocks * s.reduction
     return tuple(contents)
 
 

@@ -115,6 +115,21 @@ def ideal_cycles(stage, config):
     return h * k_blocks * -(-w // config.cols) * stage.reduction
 
 
+def weight_placement(stages, config):
+    """The weight memory's layout, stage by stage: yields ``(pad, w_base, k_blocks)``,
+    the zero words before the stage, its first word and its k-blocks (``k_blocks * D``
+    words). Column mode (:func:`_lanes` > 1) rounds the k-blocks up to a multiple of
+    ``cols`` and starts at a multiple of ``cols`` words (it reads whole memory words)."""
+    w_base = 0
+    for stage in stages:
+        lanes = _lanes(stage, config)
+        pad = -w_base % lanes
+        w_base += pad
+        k_blocks = -(-stage.out_channels // (config.rows * lanes)) * lanes
+        yield pad, w_base, k_blocks
+        w_base += k_blocks * stage.reduction
+
+
 def _lanes(stage, config):
     """k-blocks side by side in the array for ``stage``: ``cols`` in column mode, else 1."""
     k_blocks = -(-stage.out_channels // config.rows)
@@ -308,12 +323,10 @@ def _check_stage(stage, config, *, groups=False):
                            f"k-blocks of {config.rows} channels)")
 
 
-def _check_capacity(stage, config, w_base, q_base):
-    """Weight words of ``stage``; raises if they or its qparams, placed after the earlier
-    stages' (at ``w_base``, ``q_base``), overflow the memories."""
+def _check_capacity(stage, config, w_base, q_base, k_blocks):
+    """Raises if ``stage``'s ``k_blocks`` weight blocks or its qparams, placed after the
+    earlier stages' (at ``w_base``, ``q_base``), overflow the memories."""
     where = _describe(stage)
-    lanes = _lanes(stage, config)
-    k_blocks = -(-stage.out_channels // (config.rows * lanes)) * lanes
     n_words = k_blocks * stage.reduction
     if w_base + n_words > config.weight_words:
         raise CompileError(f"{where}: needs {n_words} weight words ({k_blocks} k-blocks × "
@@ -324,7 +337,6 @@ def _check_capacity(stage, config, w_base, q_base):
     if q_base + k > config.qparam_entries:
         raise CompileError(f"{where}: needs {k} qparam entries, {q_base + k} in total, "
                            f"but {config.name} holds {config.qparam_entries}")
-    return n_words
 
 
 def _descriptor(stage, plan, rows, *, final, out_buffer, w_base, q_base):
@@ -449,22 +461,19 @@ def _place_parameters(stages, params, config, describe=None, *, groups=False):
     """
     rows = config.rows
     bases, words, qparams = [], [], []
-    w_base = 0
-    for stage, p in zip(stages, params):
+    for stage, p, (pad, w_base, k_blocks) in zip(stages, params,
+                                                 weight_placement(stages, config)):
         _check_stage(stage, config, groups=groups)
-        lanes = _lanes(stage, config)
-        if w_base % lanes:          # column mode reads whole memory words of `lanes`
-            words.append(np.zeros((lanes - w_base % lanes, rows), np.int8))
-            w_base += lanes - w_base % lanes
-        n_words = _check_capacity(stage, config, w_base, len(qparams))
+        if pad:
+            words.append(np.zeros((pad, rows), np.int8))
+        _check_capacity(stage, config, w_base, len(qparams), k_blocks)
         bases.append((w_base, len(qparams)))
         if describe is not None:
             describe(stage, w_base, len(qparams))
-        words.append(_weight_words(stage, p, rows, lanes))
+        words.append(_weight_words(stage, p, rows, _lanes(stage, config)))
         _check_bias(stage, p, config)
         for ch in range(stage.out_channels):
             qparams.append(dict(bias=int(p.bias[ch]), m=int(p.m[ch]), s=int(p.s[ch]), _pad=0))
-        w_base += n_words
     weight_words = np.ascontiguousarray(np.concatenate(words)) if words else \
         np.zeros((0, rows), np.int8)
     return bases, weight_words, qparams
