@@ -66,7 +66,9 @@ class AcceleratorConfig:
         Cycles per requantised value, a power of two dividing the width of
         :class:`~fpgacnn.hw.program.QParam` ``.m``; more than 1 trades requantiser area
         for speed, free while ``reduction >= rows * cols * requant_interval`` for every
-        layer.
+        layer. With ``ice40`` and interval 1 the product is on SB_MAC16 blocks instead
+        (:func:`~fpgacnn.hw.datapath.requant_multiplier`: two for a 26-bit accumulator,
+        beside the array's ``rows * cols / 2``).
     compact_drain : bool
         Drain only the PEs a tile uses (its layer's channels in the last k-block, its
         pixels in the last x-tile) instead of all ``rows * cols``: layers with few output
@@ -256,18 +258,18 @@ CONFIGS = {
     # iCE40UP5K: an 8×1 array on 4 SB_MAC16 (two 8×8 products per block); 4 SPRAMs give one
     # 64-bit word (8 weights) per cycle, which is also what FC layers need. An 8×2 array
     # (all 8 SB_MAC16) does not fit the logic cells next to the link, and the UART link
-    # bounds the image rate either way. The requantiser takes 2 cycles per value, free
-    # while every tile has reduction >= rows * cols * 2 = 16 (LeNet-5's smallest is 25),
-    # and the array broadcasts its operands (no pipeline registers between PEs) to save
-    # logic cells. The clock is the PLL frequency below the Fmax nextpnr reaches; README
+    # bounds the image rate either way. The requantiser's 27×8-bit product runs at full
+    # rate on two of the four other SB_MAC16 (16×16 mode) instead of logic cells, and the
+    # array broadcasts its operands (no pipeline registers between PEs) to save logic
+    # cells. The clock is the PLL frequency below the Fmax nextpnr reaches; README
     # ("Build", "Throughput") has the measured cells, Fmax and cycles per image. The 4 KB
     # of activation block RAM is too small for a 3x32x32 input: the top 60 KB of the SPRAM
     # are the activation window (copies, bands), and the program holds 32 descriptors.
     "icebreaker": AcceleratorConfig(
         name="icebreaker", rows=8, cols=1, max_reduction=1024,
         weight_words=16384, act_bytes=4096, qparam_entries=256, max_layers=32,
-        clock_hz=24_000_000, ice40=True,
-        dataflow=Dataflow.BROADCAST, requant_interval=2, rx_fifo_bytes=2048,
+        clock_hz=30_000_000, ice40=True,
+        dataflow=Dataflow.BROADCAST, requant_interval=1, rx_fifo_bytes=2048,
         watchdog_log2=24, act_window=True),
     # ECP5-85F: 156 18×18 multipliers and 3.7 Mbit of EBR; a 16×4 array. 32 KB of
     # activations (one copy per array column: 128 KB of EBR) hold a 3×32×32 input's two

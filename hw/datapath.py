@@ -17,7 +17,21 @@ from .memories import read_port_signature, write_port_signature
 from .requant import Requantizer
 from .systolic import SystolicArray
 
-__all__ = ["Datapath"]
+__all__ = ["Datapath", "requant_multiplier"]
+
+
+def requant_multiplier(mac, interval):
+    """The requantiser's ``mul16`` block class for the array's ``mac``, or None.
+
+    An iCE40 build (``mac="ice40"``) at full rate (``interval`` 1) puts the product on
+    SB_MAC16 blocks in 16×16 mode; otherwise it stays plain ``*`` (logic cells on iCE40,
+    DSP blocks wherever synthesis infers them).
+    """
+    if mac == "ice40" and interval == 1:
+        # Imported lazily, like the array's iCE40 multiplier: only iCE40 builds need it.
+        from .ice40 import Ice40Mul16
+        return Ice40Mul16
+    return None
 
 
 class Datapath(wiring.Component):
@@ -67,6 +81,8 @@ class Datapath(wiring.Component):
     requant_interval : int
         Cycles per value of the Requantizer (1: full rate; 2, 4, …: a smaller
         multiplier, but tiles with fewer than ``interval × kept results`` beats stall).
+        With ``mac="ice40"`` and interval 1 the requantiser's product is on SB_MAC16
+        blocks (:func:`requant_multiplier`).
     """
     def __init__(self, config, *, mac="generic", dataflow="systolic", requant_interval=1):
         if not isinstance(config, AcceleratorConfig):
@@ -80,7 +96,8 @@ class Datapath(wiring.Component):
         self.array = SystolicArray(rows, cols, config.acc_width, mac=mac, dataflow=dataflow,
                                    compact=compact, column_weights=config.fc_columns)
         self.requant = Requantizer(config.acc_width, interval=requant_interval,
-                                   bias_width=config.bias_width)
+                                   bias_width=config.bias_width,
+                                   mul16=requant_multiplier(mac, requant_interval))
         self.pool = MaxPool(config.pool_width, config.pool_blocks, rows,
                             variable_block=compact)
         super().__init__({

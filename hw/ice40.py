@@ -1,4 +1,4 @@
-"""Hand-instantiated iCE40 primitives: two signed 8×8 products per SB_MAC16.
+"""Hand-instantiated iCE40 primitives: SB_MAC16 as two signed 8×8 products, or as 16×16.
 
 yosys' ``ice40_dsp`` pass maps only the 16×16 mode of the UltraPlus DSP block, so a
 plain ``a * b`` on int8 operands spends a whole SB_MAC16 per product (the UP5K has 8).
@@ -33,14 +33,20 @@ keeps the block unchanged. Never synthesise these blocks with ``synth_ice40 -dsp
 ``ice40_dsp`` pass rewrites *every* SB_MAC16, hand-instantiated ones included, into a
 16×16 multiplier (``MODE_8x8 = 0``); the build refuses such a netlist
 (``fpgacnn.hw.build_report.check_hand_dsps``).
+
+Since the build cannot use ``-dsp``, the requantiser's wide multiplier is hand-made too:
+:class:`Ice40Mul16` is one SB_MAC16 in 16×16 mode (``SB_MAC16_16X16_SU_PARAMS``), a
+signed × unsigned product with the settings ``ice40_dsp`` would give a multiplier with
+one register.
 """
 
 from amaranth.hdl import C, Cat, ClockSignal, Instance, Module, ResetSignal, Signal
 from amaranth.lib import wiring
 
-from .multiplier import dual_mul8_signature
+from .multiplier import dual_mul8_signature, mul16_signature
 
-__all__ = ["Ice40DualMul8", "SB_MAC16_8X8_SIGNED_PARAMS"]
+__all__ = ["Ice40DualMul8", "Ice40Mul16", "SB_MAC16_8X8_SIGNED_PARAMS",
+           "SB_MAC16_16X16_SU_PARAMS"]
 
 #: Parameters of an SB_MAC16 computing two registered signed 8×8 products (see above).
 #: Values are width-exact constants, as declared in ``cells_sim.v``.
@@ -55,6 +61,42 @@ SB_MAC16_8X8_SIGNED_PARAMS = {
     "BOTADDSUB_UPPERINPUT": C(0, 1), "BOTADDSUB_CARRYSELECT": C(0, 2),
     "MODE_8x8": C(1, 1), "A_SIGNED": C(1, 1), "B_SIGNED": C(1, 1),
 }
+
+
+#: Parameters of an SB_MAC16 computing one signed × unsigned 16×16 product with the four
+#: 8×8 partial products registered (F, J, K, G: what yosys' ``ice40_dsp`` sets for a
+#: multiplier register) and O = the 32-bit sum L, unregistered (``OUTPUT_SELECT = 3``
+#: with ``PIPELINE_16x16_MULT_REG2 = 0``). With ``A_SIGNED = 1, B_SIGNED = 0`` the model
+#: sign-extends the top byte of A and the K partial product, and zero-extends B's: the
+#: 32-bit sum is the exact two's-complement product.
+SB_MAC16_16X16_SU_PARAMS = {
+    **SB_MAC16_8X8_SIGNED_PARAMS,
+    "PIPELINE_16x16_MULT_REG1": C(1, 1),
+    "TOPOUTPUT_SELECT": C(3, 2), "BOTOUTPUT_SELECT": C(3, 2),
+    "MODE_8x8": C(0, 1), "A_SIGNED": C(1, 1), "B_SIGNED": C(0, 1),
+}
+
+
+def _sb_mac16(params, domain, *, a, b, ce, o):
+    """An SB_MAC16 with ``params``; C, D, the accumulators and the holds unused."""
+    rst = ResetSignal(domain)
+    return Instance(
+        "SB_MAC16",
+        **{f"p_{k}": v for k, v in params.items()},
+        i_CLK=ClockSignal(domain), i_CE=ce,
+        i_A=a, i_B=b, i_C=C(0, 16), i_D=C(0, 16),
+        i_AHOLD=C(0, 1), i_BHOLD=C(0, 1), i_CHOLD=C(0, 1), i_DHOLD=C(0, 1),
+        i_IRSTTOP=rst, i_IRSTBOT=rst, i_ORSTTOP=C(0, 1), i_ORSTBOT=C(0, 1),
+        i_OLOADTOP=C(0, 1), i_OLOADBOT=C(0, 1), i_ADDSUBTOP=C(0, 1),
+        i_ADDSUBBOT=C(0, 1), i_OHOLDTOP=C(0, 1), i_OHOLDBOT=C(0, 1),
+        i_CI=C(0, 1), i_ACCUMCI=C(0, 1), i_SIGNEXTIN=C(0, 1),
+        o_O=o)
+
+
+def _check_domain(domain):
+    if not isinstance(domain, str):
+        raise TypeError(f"Clock domain must be a domain name (str), not {domain!r}")
+    return domain
 
 
 class Ice40DualMul8(wiring.Component):
@@ -80,30 +122,49 @@ class Ice40DualMul8(wiring.Component):
     LATENCY = 1
 
     def __init__(self, *, domain="sync"):
-        if not isinstance(domain, str):
-            raise TypeError(f"Clock domain must be a domain name (str), not {domain!r}")
-        self._domain = domain
+        self._domain = _check_domain(domain)
         super().__init__(dual_mul8_signature())
 
     def elaborate(self, platform):
         m = Module()
         o = Signal(32)
-        rst = ResetSignal(self._domain)
-        m.submodules.mac = Instance(
-            "SB_MAC16",
-            **{f"p_{k}": v for k, v in SB_MAC16_8X8_SIGNED_PARAMS.items()},
-            i_CLK=ClockSignal(self._domain), i_CE=C(1, 1),
-            # A and B carry the two pairs: byte 0 → bottom multiplier, byte 1 → top.
-            i_A=Cat(self.a[0], self.a[1]), i_B=Cat(self.b[0], self.b[1]),
-            i_C=C(0, 16), i_D=C(0, 16),
-            i_AHOLD=C(0, 1), i_BHOLD=C(0, 1), i_CHOLD=C(0, 1), i_DHOLD=C(0, 1),
-            i_IRSTTOP=rst, i_IRSTBOT=rst, i_ORSTTOP=C(0, 1), i_ORSTBOT=C(0, 1),
-            i_OLOADTOP=C(0, 1), i_OLOADBOT=C(0, 1), i_ADDSUBTOP=C(0, 1),
-            i_ADDSUBBOT=C(0, 1), i_OHOLDTOP=C(0, 1), i_OHOLDBOT=C(0, 1),
-            i_CI=C(0, 1), i_ACCUMCI=C(0, 1), i_SIGNEXTIN=C(0, 1),
-            o_O=o)
+        # A and B carry the two pairs: byte 0 → bottom multiplier, byte 1 → top.
+        m.submodules.mac = _sb_mac16(SB_MAC16_8X8_SIGNED_PARAMS, self._domain,
+                                     a=Cat(self.a[0], self.a[1]),
+                                     b=Cat(self.b[0], self.b[1]), ce=C(1, 1), o=o)
         m.d.comb += [
             self.p[0].eq(o[0:16]),
             self.p[1].eq(o[16:32]),
         ]
+        return m
+
+
+class Ice40Mul16(wiring.Component):
+    """``p = a * b`` (signed × unsigned 16-bit) on one iCE40 SB_MAC16 in 16×16 mode.
+
+    Drop-in replacement for :class:`~fpgacnn.hw.multiplier.Mul16`: same signature and
+    latency, no fabric logic. The register is the DSP's own partial-product register
+    (clock enable ``en``); the 32-bit sum of the four partial products is the block's
+    unregistered output, so ``p`` has the block's internal adder delay behind the register.
+
+    Parameters
+    ----------
+    domain : str
+        Clock domain of the register (default ``sync``); its reset clears it (``p = 0``).
+
+    Attributes
+    ----------
+    LATENCY : int
+        1: an enabled clock edge takes the operands, ``p`` shows their product after it.
+    """
+    LATENCY = 1
+
+    def __init__(self, *, domain="sync"):
+        self._domain = _check_domain(domain)
+        super().__init__(mul16_signature())
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.mac = _sb_mac16(SB_MAC16_16X16_SU_PARAMS, self._domain,
+                                     a=self.a, b=self.b, ce=self.en, o=self.p)
         return m

@@ -1,16 +1,17 @@
-"""Two int8 × int8 multipliers with a registered output: the systolic array's MAC datapath.
+"""Multiplier blocks with registered outputs: int8 pairs (the array), 16×16 (requantiser).
 
 The array pairs its processing elements two per multiplier block because an iCE40
 SB_MAC16 can compute two independent 8×8 products (``hw/ice40.py: Ice40DualMul8``, same
-signature and latency). This file is the portable version: plain ``*`` that any
-synthesis tool maps to its DSPs or LUTs.
+signature and latency); the requantiser builds its wide product from 16×16 blocks, one
+SB_MAC16 each in 16×16 mode (``Ice40Mul16``). This file holds the portable versions:
+plain ``*`` that any synthesis tool maps to its DSPs or LUTs.
 """
 
-from amaranth.hdl import Module, signed
+from amaranth.hdl import Module, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["DualMul8", "dual_mul8_signature"]
+__all__ = ["DualMul8", "Mul16", "dual_mul8_signature", "mul16_signature"]
 
 
 def dual_mul8_signature():
@@ -43,4 +44,42 @@ class DualMul8(wiring.Component):
         for i in range(2):
             # (-128)*(-128) = 2**14 fits signed(16): the product never wraps.
             m.d.sync += self.p[i].eq(self.a[i] * self.b[i])
+        return m
+
+
+def mul16_signature():
+    """``a: In(signed(16))``, ``b: In(unsigned(16))``, ``en: In(1)``, ``p: Out(signed(32))``."""
+    return wiring.Signature({
+        "a": In(signed(16)),
+        "b": In(unsigned(16)),
+        "en": In(1),
+        "p": Out(signed(32)),
+    })
+
+
+class Mul16(wiring.Component):
+    """``p = a * b`` for a signed and an unsigned 16-bit operand, registered when ``en``.
+
+    The requantiser's wide multiplier block (:class:`~fpgacnn.hw.requant.Requantizer`
+    builds its ``v * M`` from several). ``p`` is the product of the operands present at
+    the last clock edge with ``en`` high (0 after reset); the product always fits:
+    ``-2**15 * (2**16 - 1) <= a * b < 2**31``.
+
+    This is the portable version (plain ``*``);
+    :class:`~fpgacnn.hw.ice40.Ice40Mul16` is the same block on one iCE40 SB_MAC16.
+
+    Attributes
+    ----------
+    LATENCY : int
+        1: an enabled clock edge takes the operands, ``p`` shows their product after it.
+    """
+    LATENCY = 1
+
+    def __init__(self):
+        super().__init__(mul16_signature())
+
+    def elaborate(self, platform):
+        m = Module()
+        with m.If(self.en):
+            m.d.sync += self.p.eq(self.a * self.b)
         return m

@@ -11,7 +11,24 @@ from amaranth.lib.wiring import In, Out
 
 from .program import BIAS_BITS, M_BITS, S_BITS
 
-__all__ = ["Requantizer", "lane_layout"]
+__all__ = ["Requantizer", "lane_layout", "mul16_blocks"]
+
+#: Bits of ``v`` per 16×16 block below the top one: an unsigned chunk must be a
+#: non-negative signed 16-bit operand.
+_CHUNK_BITS = 15
+
+
+def mul16_blocks(acc_width, bias_width=BIAS_BITS):
+    """16×16 multiplier blocks per lane when ``v * M`` is built from them (``mul16``).
+
+    ``v = acc + bias`` has ``max(acc_width, bias_width) + 1`` bits: the top block takes
+    its highest (up to) 16 bits, signed, every other block 15 bits, unsigned.
+    """
+    return _blocks(max(acc_width, bias_width) + 1)
+
+
+def _blocks(value_bits):
+    return 1 + max(0, -(-(value_bits - 16) // _CHUNK_BITS))
 
 
 def lane_layout(acc_width, bias_width=BIAS_BITS):
@@ -49,7 +66,9 @@ class Requantizer(wiring.Component):
 
     Cost: the exact product ``v * M`` dominates, one ``(max(acc_width, bias_width) + 1)
     × (M_BITS / interval)`` multiplier per lane; keep ``bias_width`` as small as the
-    biases allow (the compiler checks them).
+    biases allow (the compiler checks them). With ``mul16`` it takes
+    :func:`mul16_blocks` 16×16 blocks per lane instead (two for a 27-bit ``v``) and only
+    the adder of their shifted products stays in logic.
     Backpressure stalls the whole pipeline (``i_stream.ready`` follows
     ``o_stream.ready`` combinationally while the output register is full).
 
@@ -67,6 +86,10 @@ class Requantizer(wiring.Component):
         ``v × (M_BITS/k)`` multiplier; the stream interface is the same.
     bias_width : int
         Width of the signed bias (at most ``BIAS_BITS``, the model file's int32).
+    mul16 : class or None
+        With ``interval = 1``: a :class:`~fpgacnn.hw.multiplier.Mul16`-like block (e.g.
+        :class:`~fpgacnn.hw.ice40.Ice40Mul16`, an SB_MAC16) that stage 2 uses for ``v × M``
+        in chunks of ``v``, its register being stage 2's. None: plain ``*`` in logic.
 
     Attributes
     ----------
@@ -76,7 +99,8 @@ class Requantizer(wiring.Component):
     """
     LATENCY = 6
 
-    def __init__(self, acc_width, lanes=1, tag=None, interval=1, bias_width=BIAS_BITS):
+    def __init__(self, acc_width, lanes=1, tag=None, interval=1, bias_width=BIAS_BITS,
+                 mul16=None):
         if not isinstance(acc_width, int) or not 1 <= acc_width <= 64:
             raise ValueError(f"acc_width must be an integer in 1..64, not {acc_width!r}")
         intervals = [k for k in (1, 2, 4, 8, 16) if k <= M_BITS and M_BITS % k == 0]
@@ -86,8 +110,12 @@ class Requantizer(wiring.Component):
         if not isinstance(bias_width, int) or not 1 <= bias_width <= BIAS_BITS:
             raise ValueError(f"bias_width must be an integer in 1..{BIAS_BITS}, not "
                              f"{bias_width!r}")
+        if mul16 is not None and (interval != 1 or getattr(mul16, "LATENCY", None) != 1):
+            raise ValueError(f"mul16 must be a Mul16-like class with LATENCY 1 and needs "
+                             f"interval 1, not {mul16!r} with interval {interval}")
         self.bias_width = bias_width
         self.interval = interval
+        self.mul16 = mul16
         if not isinstance(lanes, int) or lanes < 1:
             raise TypeError(f"lanes must be a positive integer, not {lanes!r}")
         self.acc_width, self.lanes, self.tag = acc_width, lanes, tag
@@ -157,7 +185,7 @@ class Requantizer(wiring.Component):
         # S - 1 (mod 2**S_BITS): S = 0 is illegal, it just wraps to a shift of 63.
         sh1 = reg(unsigned(S_BITS), "sh1", x.s - 1)
         # 2 and 3: the exact product v * M.
-        p = self._product(m, reg, phase, v, m1, f"l{lane}_")
+        p = self._product(m, reg, en, phase, v, m1, f"l{lane}_")
         sh3 = reg(unsigned(S_BITS), "sh3", reg(unsigned(S_BITS), "sh2", sh1))
         # 4: c = p >> 8k kept to 18 bits + "did not fit" flag (saturates either way).
         coarse, over = self._coarse_shift(m, p, sh3[3:], f"l{lane}_")
@@ -183,9 +211,24 @@ class Requantizer(wiring.Component):
             return s
         return reg
 
-    def _product(self, m, reg, phase, v, m1, name):
+    def _product(self, m, reg, en, phase, v, m1, name):
         """Stages 2 and 3: the exact signed product ``v * m1``, registered twice."""
         pw = len(v) + M_BITS                   # v * M, M unsigned: exact
+        if self.mul16 is not None:
+            # 2: v in chunks (15 unsigned bits each, the top one signed) times M, one
+            # block each (their registers are this stage's); 3: the shifted sum.
+            parts = []
+            for k in range(_blocks(len(v))):
+                chunk = v[_CHUNK_BITS * k:]
+                if len(chunk) > 16:
+                    chunk = chunk[:_CHUNK_BITS]
+                else:
+                    chunk = chunk.as_signed()
+                block = self.mul16()
+                m.submodules[f"{name}mul{k}"] = block
+                m.d.comb += [block.a.eq(chunk), block.b.eq(m1), block.en.eq(en)]
+                parts.append(block.p << (_CHUNK_BITS * k))
+            return reg(signed(pw), "p", sum(parts))
         if self.interval == 1:
             # 2: 8-bit partial products; 3: their sum.
             parts = [reg(signed(len(v) + 9), f"pp{k}", v * m1[8 * k:8 * k + 8])

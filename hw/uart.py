@@ -145,7 +145,8 @@ class UARTTransmitter(wiring.Component):
     """8N1 transmitter.
 
     Latency: the start bit begins the cycle after a byte is taken. Throughput: one byte
-    per ``10 * divisor`` cycles; ``i.ready`` is high only between bytes.
+    per ``10 * divisor`` cycles: ``i.ready`` is high between bytes and in the last cycle
+    of a stop bit, so back-to-back bytes leave no idle cycle between them.
 
     Parameters
     ----------
@@ -179,7 +180,7 @@ class UARTTransmitter(wiring.Component):
         shreg = Signal(10, init=1)   # bit 0 is on the line
 
         m.d.comb += [self.tx.eq(shreg[0]), self.busy.eq(bits != 0),
-                     self.i.ready.eq(bits == 0)]
+                     self.i.ready.eq((bits == 0) | ((bits == 1) & (timer == 0)))]
         with m.If(self.i.valid & self.i.ready):
             m.d.sync += [shreg.eq(self.i.payload.shift_left(1) | (1 << 9)),
                          bits.eq(10), timer.eq(div - 1)]

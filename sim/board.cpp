@@ -32,8 +32,10 @@
 // "snapshot k=v ..." line of the running totals (simulated cycles, bytes each way, the
 // cycle of the last byte sent to the host, ...) for measurements in simulated time; it
 // also times a batch on the board's own pins: the first host byte's start bit after the
-// snapshot (first_rx_cycle) and the last byte other than padding off uart_tx
+// snapshot (first_rx_cycle) and the last byte of a response frame off uart_tx
 // (last_data_cycle), so a measurement can tell the USB path's waits from the board's.
+// Response bytes are told from the fill bytes between frames by following the framing
+// (ResponseFrames), not by value: a frame's CRC byte may be 0 like the fill.
 
 #include <arpa/inet.h>
 #include <cerrno>
@@ -75,6 +77,32 @@ constexpr int ACCEPT_ROUNDS = 64;
 // What a second client gets (no 'Z' = 0x5A, the response sync byte); the driver looks for
 // it (fpgacnn.sw.driver.BUSY_MARKER).
 const char BUSY_MESSAGE[] = "fpgacnn sim-board busy: another client is connected\n";
+
+// Follows the board's response framing (fpgacnn.hw.protocol: sync 0x5A, status, opcode,
+// 16-bit little-endian payload length, payload, CRC-16) to tell frame bytes from the fill
+// bytes (0) the board sends between frames.
+struct ResponseFrames {
+    static constexpr uint8_t SYNC = 0x5A;
+    static constexpr int HEADER = 5;
+    int header = 0;            // header bytes seen of the current frame; 0 between frames
+    uint32_t remaining = 0;    // payload and CRC bytes still to come
+    uint32_t length = 0;
+
+    // Whether `b`, the next byte off uart_tx, belongs to a frame. Between frames only the
+    // sync byte starts one; any other byte but the fill counts as data (never expected).
+    bool data(uint8_t b) {
+        if (remaining) { remaining--; return true; }
+        if (header == 0) {
+            if (b != SYNC) return b != 0;
+            header = 1;
+            return true;
+        }
+        if (header == 3) length = b;
+        if (header == 4) length |= uint32_t(b) << 8;
+        if (++header == HEADER) { header = 0; remaining = length + 2; }
+        return true;
+    }
+};
 
 struct Board {
     std::unique_ptr<VerilatedContext> ctx;
@@ -214,7 +242,7 @@ struct Usb {
     uint64_t down_due = 0;                  // cycle of the frame that carries `down`
     std::vector<uint8_t> up;                // board→host, in the bridge's buffer
     uint64_t up_due = 0;                    // latency timer expiry
-    bool up_data = false;                   // `up` holds a byte other than padding
+    bool up_data = false;                   // `up` holds a response byte (set by the caller)
 
     bool on() const { return latency != 0; }
     // Client bytes arrive; false when the client went away.
@@ -237,7 +265,6 @@ struct Usb {
             line.queue.insert(line.queue.end(), down.begin(), down.end());
             down.clear();
         }
-        for (uint8_t b : in.out) up_data |= b != 0;
         up.insert(up.end(), in.out.begin(), in.out.end());
         in.out.clear();
         if (up.size() >= USB_PACKET || now >= up_due) {
@@ -300,6 +327,7 @@ void serve(Board &board, int server, int client, int divisor, bool stats, Totals
            Usb &usb) {
     LineOut to_board{divisor};
     LineIn from_board{divisor};
+    ResponseFrames frames;
     auto t0 = std::chrono::steady_clock::now();
     uint64_t c0 = board.cycles, busy_cycles = 0;
     double busy_seconds = 0;
@@ -350,10 +378,12 @@ void serve(Board &board, int server, int client, int divisor, bool stats, Totals
             from_board.step(top->uart_tx);
             if (from_board.got_byte) {
                 from_board.got_byte = false;
-                // The batch ends with the last byte other than padding (the fill byte 0).
-                if (from_board.out.back() != 0) totals.last_data_cycle = board.cycles;
-                if (!usb.on() && from_board.out.back() != 0)
-                    totals.last_tx_cycle = board.cycles;
+                // The batch ends with the last byte of a response (not the fill after it).
+                if (frames.data(from_board.out.back())) {
+                    totals.last_data_cycle = board.cycles;
+                    usb.up_data = true;
+                    if (!usb.on()) totals.last_tx_cycle = board.cycles;
+                }
             }
         }
         // Every completed byte goes out at once (not only when the line pauses): a

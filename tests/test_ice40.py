@@ -9,7 +9,8 @@ from amaranth.back import rtlil
 
 from fpgacnn.hw.build_report import BuildError, check_hand_dsps
 from fpgacnn.hw.toolchain import YOSYS_WORKAROUND
-from fpgacnn.hw.ice40 import SB_MAC16_8X8_SIGNED_PARAMS, Ice40DualMul8
+from fpgacnn.hw.ice40 import (SB_MAC16_8X8_SIGNED_PARAMS, SB_MAC16_16X16_SU_PARAMS,
+                               Ice40DualMul8, Ice40Mul16)
 from fpgacnn.sim.cocotb_runner import run_cocotb
 from fpgacnn.sim.toolchain import ice40_cells_sim, setup_yowasp_env
 
@@ -21,10 +22,19 @@ def test_ice40_dualmul8_exhaustive(request):
                extra_sources=[ice40_cells_sim()], params={"latency": Ice40DualMul8.LATENCY})
 
 
-def synthesise(tmp_path, synth_opts=""):
+@pytest.mark.parametrize("seed", range(2))
+def test_ice40_mul16_matches_products(request, seed):
+    # Signed x unsigned 16x16 with enable and reset, against the cells_sim.v model.
+    run_cocotb(Ice40Mul16(), "fpgacnn.sim.benches.ice40_mul16", name=request.node.name,
+               toplevel="ice40_mul16", extra_sources=[ice40_cells_sim()],
+               params={"seed": seed, "n": 4000})
+
+
+def synthesise(tmp_path, synth_opts="", dut=None):
     """Amaranth RTLIL → synth_ice40 as the build runs it; the netlist's cells of ``top``."""
     env = setup_yowasp_env(dict(os.environ))
-    (tmp_path / "top.il").write_text(rtlil.convert(Ice40DualMul8(), name="top"))
+    dut = Ice40DualMul8() if dut is None else dut
+    (tmp_path / "top.il").write_text(rtlil.convert(dut, name="top"))
     # YoWASP tools see only the working directory: relative paths.
     script = f"read_rtlil top.il; {YOSYS_WORKAROUND}; synth_ice40 {synth_opts} -top top; " \
              f"write_json top.json"
@@ -44,6 +54,15 @@ def test_ice40_dualmul8_survives_synthesis(tmp_path):
     for name, value in SB_MAC16_8X8_SIGNED_PARAMS.items():
         assert int(params[name], 2) == value.value, f"{name} = {params[name]} after synthesis"
     assert check_hand_dsps(tmp_path) == 1
+
+
+def test_ice40_mul16_survives_synthesis(tmp_path):
+    cells = synthesise(tmp_path, dut=Ice40Mul16())
+    types = sorted(c["type"] for c in cells)
+    assert types == ["SB_MAC16"], f"expected exactly one SB_MAC16, synthesis gave {types}"
+    params = cells[0]["parameters"]
+    for name, value in SB_MAC16_16X16_SU_PARAMS.items():
+        assert int(params[name], 2) == value.value, f"{name} = {params[name]} after synthesis"
 
 
 def test_dsp_option_rewrite_is_caught(tmp_path):

@@ -116,8 +116,9 @@ def test_a_wrong_answer_is_not_bit_exact(netlist_run, rtl_counters, digits, dama
 
 def test_netlist_is_the_bitstream_flows(netlist_run, board):
     # The simulated netlist is synthesis' output for this gateware, fully mapped to vendor
-    # cells: no generic yosys cell survived; the iCE40's hand-made 8x8 DSPs are intact,
-    # the ECP5's products are in its MULT18X18D blocks.
+    # cells: no generic yosys cell survived; the iCE40's hand-made DSPs are intact (the
+    # array's 8x8 pairs, the requantiser's 16x16 blocks), the ECP5's products are in its
+    # MULT18X18D blocks.
     from fpgacnn.hw.flow import design_digest
     folder = netlist_run["synth_dir"]
     records = [json.loads((folder / name).read_text())
@@ -128,8 +129,17 @@ def test_netlist_is_the_bitstream_flows(netlist_run, board):
     types = {cell["type"] for cell in cells.values()}
     assert not [t for t in types if t.startswith("$") and t != "$scopeinfo"], types
     if board == "icebreaker":
-        macs = [c for c in cells.values() if c["type"] == "SB_MAC16"]
-        assert macs and all(int(c["parameters"]["MODE_8x8"], 2) == 1 for c in macs)
+        from fpgacnn.hw.boards import BOARDS
+        from fpgacnn.hw.ice40 import SB_MAC16_8X8_SIGNED_PARAMS, SB_MAC16_16X16_SU_PARAMS
+        from fpgacnn.hw.requant import mul16_blocks
+        config = BOARDS[board].config
+        modes = [{k: int(c["parameters"][k], 2) for k in SB_MAC16_8X8_SIGNED_PARAMS}
+                 for c in cells.values() if c["type"] == "SB_MAC16"]
+        pairs = {k: v.value for k, v in SB_MAC16_8X8_SIGNED_PARAMS.items()}
+        wide = {k: v.value for k, v in SB_MAC16_16X16_SU_PARAMS.items()}
+        assert modes.count(pairs) == config.multipliers // 2
+        assert modes.count(wide) == mul16_blocks(config.acc_width, config.bias_width)
+        assert len(modes) == modes.count(pairs) + modes.count(wide)
     else:
         assert {"MULT18X18D", "DP16KD", "EHXPLLL"} <= types
 

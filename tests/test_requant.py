@@ -6,7 +6,9 @@ import random
 import numpy as np
 import pytest
 from amaranth.hdl import unsigned
-from fpgacnn.hw.requant import Requantizer
+from fpgacnn.hw.multiplier import Mul16
+from fpgacnn.hw.program import M_BITS
+from fpgacnn.hw.requant import Requantizer, mul16_blocks
 from fpgacnn.sim.amaranth_sim import run_simulation
 from fpgacnn.sim.streams import stream_get, stream_put
 from fpgacnn.sim.vectors import requant_expected, requant_inputs
@@ -73,6 +75,29 @@ def test_requant_narrow_bias_matches_golden(request, seed):
                 name=request.node.name)
 
 
+@pytest.mark.parametrize("acc_width, bias_width, blocks", [
+    (26, 26, 2),       # the iCEBreaker's: v has 27 bits
+    (15, 15, 1),       # v fits one signed 16-bit operand
+    (16, 16, 2),       # a 2-bit top chunk
+    (26, 32, 3),       # full int32 bias
+])
+@pytest.mark.parametrize("seed", range(2))
+def test_requant_mul16_matches_golden(request, acc_width, bias_width, blocks, seed):
+    """``v * M`` from 16×16 blocks (the SB_MAC16 path's chunking), extremes included."""
+    assert mul16_blocks(acc_width, bias_width) == blocks
+    acc, bias, m, s, relu = requant_inputs(300, acc_width, seed + 30)
+    lo, hi = -(1 << (bias_width - 1)), (1 << (bias_width - 1)) - 1
+    a_lo, a_hi = -(1 << (acc_width - 1)), (1 << (acc_width - 1)) - 1
+    bias = np.clip(bias, lo, hi)
+    bias[:6] = [hi, lo, hi, lo, 0, -1]
+    acc[:6] = [a_hi, a_lo, a_lo, a_hi, -1, a_lo]
+    m_max = (1 << M_BITS) - 1
+    m[:6] = [m_max, m_max, 1, 1, m_max, m_max]
+    s[:6] = [63, 63, 1, 1, 1, 63]
+    run_requant(Requantizer(acc_width, bias_width=bias_width, mul16=Mul16),
+                (acc, bias, m, s, relu), seed=seed, name=request.node.name)
+
+
 @pytest.mark.parametrize("interval", [2, 4, 8])
 def test_requant_interval_matches_golden(request, interval):
     inputs = requant_inputs(200, 26, interval + 10)
@@ -121,3 +146,5 @@ def test_requant_bad_arguments():
         Requantizer(0)
     with pytest.raises(ValueError, match="interval"):
         Requantizer(26, interval=3)
+    with pytest.raises(ValueError, match="mul16.*interval 2"):
+        Requantizer(26, interval=2, mul16=Mul16)

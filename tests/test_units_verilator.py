@@ -11,6 +11,7 @@ import pytest
 from amaranth.hdl import unsigned
 
 from fpgacnn.hw.config import get_config
+from fpgacnn.hw.ice40 import Ice40Mul16
 from fpgacnn.hw.maxpool import MaxPool
 from fpgacnn.hw.multiplier import DualMul8
 from fpgacnn.hw.requant import Requantizer
@@ -75,6 +76,16 @@ def test_requant_verilator(request, lanes, tag_width, interval):
                name=request.node.name,
                params={"acc_width": ICE.acc_width, "lanes": lanes, "tag_width": tag_width,
                        "n": 400, "seed": lanes, "idle": 0.3, "stall": 0.3})
+
+
+def test_requant_ice40_mul16_verilator(request):
+    """The iCEBreaker's requantiser: its product on SB_MAC16 blocks (cells_sim.v models)."""
+    dut = Requantizer(ICE.acc_width, bias_width=ICE.bias_width, mul16=Ice40Mul16)
+    run_cocotb(dut, "fpgacnn.sim.benches.bench_requant", toplevel="requant_ice40",
+               name=request.node.name, extra_sources=[ice40_cells_sim()],
+               params={"acc_width": ICE.acc_width, "bias_width": ICE.bias_width,
+                       "lanes": 1, "tag_width": 0, "n": 600, "seed": 9, "idle": 0.3,
+                       "stall": 0.3})
 
 
 def test_maxpool_verilator(request):
