@@ -15,6 +15,13 @@ __all__ = ["LINK_BRIDGES", "golden", "build_figures", "collect_figures", "format
 #: Each board's USB-UART bridge and its highest UART rate: the physical link ceiling.
 LINK_BRIDGES = {"icebreaker": ("FT2232H", 12_000_000), "ulx3s-85f": ("FT231X", 3_000_000)}
 
+#: The compute goals each board's table quotes (issue 15): the multiplier count and core
+#: clock for the iCEBreaker, MAC utilisation and compute-bound images/s for the ULX3S-85F.
+GOALS = {
+    "icebreaker": {"macs": "goal peak >= 16", "clock": "goal >= 36 MHz", "compute": ""},
+    "ulx3s-85f": {"macs": "goal utilisation >= 80%", "clock": "", "compute": "goal >= 20,000"},
+}
+
 
 def golden(net, params, images):
     """Golden-model logits of ``images`` (one row each) and its images/s on this machine."""
@@ -107,11 +114,17 @@ def format_table(f, net):
         stage = net.stages()[i]
         row(f"  layer {i} ({stage.kind} -> {stage.out_shape[0]})", f"{c:,.0f}",
             f"ideal {stage.macs / f['multipliers']:,.0f}")
+    goals = GOALS.get(f["board"], {"macs": "", "clock": "", "compute": ""})
+
+    def goal(key):
+        return f"; {goals[key]}" if goals[key] else ""
+
     row("MACs per cycle (average)", f"{f['macs_per_cycle']:.1f}",
-        f"peak {f['multipliers']} (utilisation {f['mac_utilisation']:.0%}; goal peak >= 16)")
+        f"peak {f['multipliers']} (utilisation {f['mac_utilisation']:.0%}{goal('macs')})")
     if f["fmax_mhz"]:
         row("Fmax (nextpnr)", f"{f['fmax_mhz']:.1f} MHz",
-            f"core clock {f['clock_mhz']:.0f} MHz (goal >= 36)")
+            f"core clock {f['clock_mhz']:.0f} MHz" +
+            (f" ({goals['clock']})" if goals["clock"] else ""))
         row("peak MAC/s at Fmax", f"{f['peak_macs_per_s_at_fmax'] / 1e6:,.0f} M",
             f"{f['multipliers']} multipliers")
     for cell, (used, avail) in (f["utilisation"] or {}).items():
@@ -120,7 +133,9 @@ def format_table(f, net):
     row("link time per image", f"{f['link_s_per_image'] * 1e3:.2f} ms",
         f"{f['link_image_bytes']} bytes at {f['baud'] / 1e6:g} Mbaud 8N1")
     row("compute time per image", f"{f['link_compute_s_per_image'] * 1e3:.2f} ms",
-        f"at {f['clock_mhz']:.0f} MHz; bound: {f['link_bound']}")
+        f"at {f['clock_mhz']:.0f} MHz; bound: {f['link_bound']}" +
+        (f"; {f['link_compute_ceiling_images_per_s']:,.0f} images/s compute-bound "
+         f"({goals['compute']})" if goals["compute"] else ""))
     usb = f", USB latency {f['usb_latency_ms']:g} ms" if f["usb_latency_ms"] else ""
     bound = ("" if f["link_bound"] == "link" else
              f"; {f['sustained_images_per_s'] * f['link_compute_s_per_image']:.0%} of the "
@@ -145,5 +160,5 @@ def format_table(f, net):
     w1 = max(len(r[1]) for r in rows)
     title = (f"fpgacnn bench: {f['network']} on {f['board']} ({f['images']} held-out "
              f"digits, bit-exact vs golden)")
-    lines = [title, *(f"{a:<{w0}}  {b:>{w1}}  {c}" for a, b, c in rows)]
+    lines = [title, *(f"{a:<{w0}}  {b:>{w1}}  {c}".rstrip() for a, b, c in rows)]
     return "\n".join(lines)
