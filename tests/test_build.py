@@ -16,6 +16,7 @@ from fpgacnn.cli import main
 from fpgacnn.hw.boards import ecp5_pll, ice40_pll
 from fpgacnn.hw.config import get_config
 from fpgacnn.hw.flow import build_board
+from fpgacnn.hw.requant import mul16_blocks
 from fpgacnn.sim.toolchain import setup_yowasp_env
 
 pytestmark = pytest.mark.slow
@@ -63,14 +64,17 @@ def icebreaker_full(build_dir):
 
 
 def test_icebreaker_full_build_reports(icebreaker_full):
-    # The real BoardTop goes through synthesis with its hand-made 8x8 SB_MAC16 intact
+    # The real BoardTop goes through synthesis with its hand-made SB_MAC16 intact
     # (check_hand_dsps ran after yosys) and nextpnr reports every resource of the UP5K.
     r, config = icebreaker_full, get_config("icebreaker")
     assert r.error is None or "nextpnr" in r.error, r.summary()
     for cell, total in [("ICESTORM_LC", 5280), ("ICESTORM_DSP", 8), ("ICESTORM_RAM", 30),
                         ("ICESTORM_SPRAM", 4)]:
         assert r.utilisation[cell][1] == total, r.utilisation
-    assert r.utilisation["ICESTORM_DSP"][0] == config.multipliers // 2, r.summary()
+    # The array's 8x8 pairs and the full-rate requantiser's 16x16 blocks.
+    requant = mul16_blocks(config.acc_width, config.bias_width)
+    assert config.requant_interval == 1
+    assert r.utilisation["ICESTORM_DSP"][0] == config.multipliers // 2 + requant, r.summary()
     assert r.target_mhz == config.clock_hz / 1e6
 
 
