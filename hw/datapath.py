@@ -98,8 +98,10 @@ class Datapath(wiring.Component):
         self.requant = Requantizer(config.acc_width, interval=requant_interval,
                                    bias_width=config.bias_width,
                                    mul16=requant_multiplier(mac, requant_interval))
+        # An ECP5's block RAM read data is late in the cycle; an iCE40's is not, and the
+        # UP5K has no logic cells to spare for the extra stage.
         self.pool = MaxPool(config.pool_width, config.pool_blocks, rows,
-                            variable_block=compact)
+                            variable_block=compact, registered_read=not config.ice40)
         super().__init__({
             "desc": In(program.LayerDescriptor),
             "image_base": In(program.field_widths(program.LayerDescriptor)["in_base"]),

@@ -89,8 +89,9 @@ class MaxPool(wiring.Component):
     supported (see :func:`check_pool_geometry`); outputs are then meaningless, but
     every input beat is still consumed.
 
-    Latency 2 cycles; throughput one input beat per cycle (``i_stream.ready`` follows
-    ``o_stream.ready`` combinationally while the output register is full).
+    Latency 2 cycles (3 with ``registered_read``); throughput one input beat per cycle
+    (``i_stream.ready`` follows ``o_stream.ready`` combinationally while the output
+    register is full).
 
     Parameters
     ----------
@@ -103,10 +104,15 @@ class MaxPool(wiring.Component):
         last k-block has ``last_block + 1 <= block`` channels instead of ``block`` (the
         stream of an array that drains only the channels a layer has). Costs a 2:1 mux
         per ring register.
+    registered_read : bool
+        Register the line buffer's read data (and stage A) before the vertical compare
+        and write-back: the compare starts from a flip-flop instead of the block RAM's
+        output (an ECP5 DP16KD's read data arrives 5.8 ns after the clock edge).
+        Latency 3 cycles instead of 2; about 30 more flip-flops.
     """
 
     def __init__(self, max_width, max_blocks, block, max_kernel=3, max_stride=2,
-                 variable_block=False):
+                 variable_block=False, registered_read=False):
         for name, value in (("max_width", max_width), ("max_blocks", max_blocks),
                             ("block", block), ("max_kernel", max_kernel),
                             ("max_stride", max_stride)):
@@ -120,6 +126,7 @@ class MaxPool(wiring.Component):
         self.max_width, self.max_blocks, self.block = max_width, max_blocks, block
         self.max_kernel, self.max_stride = max_kernel, max_stride
         self.variable_block = bool(variable_block)
+        self.registered_read = bool(registered_read)
         self.depth = max_blocks * max_width * block
         ports = {"last_block": In(range(block))} if variable_block else {}
         super().__init__({
@@ -155,17 +162,29 @@ class MaxPool(wiring.Component):
         rd = lb.read_port(transparent_for=(wr,))
         m.d.comb += [rd.addr.eq(pos.addr), rd.en.eq(en)]
         a = self._horizontal(m, g, pos, en, accept)
+        b, above = a, rd.data
+        if self.registered_read:
+            # Stage B': the read and stage A one cycle later. The entry stage B writes in
+            # that cycle is never the one stage A read: two results in a row share an
+            # entry only in a one-pixel-wide, one-channel map, whose kernel is then 1
+            # and whose results never use the entry's old value.
+            b = SimpleNamespace(**{k: Signal.like(v, name=f"b_{k}")
+                                   for k, v in vars(a).items()})
+            above = Signal(signed(8), name="b_above")
+            with m.If(en):
+                m.d.sync += [getattr(b, k).eq(v) for k, v in vars(a).items()]
+                m.d.sync += above.eq(rd.data)
 
         # Vertical (stage B): combine with the line buffer, write back, emit row ends.
-        column = Mux(rd.data > a.val, rd.data, a.val)
+        column = Mux(above > b.val, above, b.val)
         m.d.comb += [
-            wr.addr.eq(a.addr),
-            wr.data.eq(Mux(a.start, a.val, column)),
-            wr.en.eq(en & a.valid),
+            wr.addr.eq(b.addr),
+            wr.data.eq(Mux(b.start, b.val, column)),
+            wr.en.eq(en & b.valid),
         ]
         with m.If(en):
-            m.d.sync += [o.valid.eq(a.valid & a.end),
-                         o.payload.eq(Mux(a.start & ~g.over, a.val, column))]
+            m.d.sync += [o.valid.eq(b.valid & b.end),
+                         o.payload.eq(Mux(b.start & ~g.over, b.val, column))]
         return m
 
     def _latch_geometry(self, m):

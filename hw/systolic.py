@@ -67,7 +67,12 @@ class SystolicArray(wiring.Component):
     tile is done; only 8-bit operands travel between PEs. At the end of a tile (the beat
     with ``last``) every PE moves its sum into a shadow register and starts the next
     tile at once, while the shadows drain through ``o_stream`` in the order
-    ``for col: for row``.
+    ``for col: for row``. With the systolic dataflow PE (r, c) captures ``r + c`` cycles
+    after PE (0, 0) and the drain reads each shadow through a ``rows*cols``-way
+    multiplexer just after its capture. With the broadcast dataflow every PE captures in
+    the same cycle, so each column's shadows form a shift chain towards row 0 instead
+    (the shadow flip-flop's own logic cell does the shift) and only a ``cols``-way
+    multiplexer is left.
 
     The array itself never stalls: a bubble on ``i_stream`` (``valid`` low) enters as
     zero operands, which add nothing. Backpressure on ``o_stream`` only holds back the
@@ -252,8 +257,9 @@ class SystolicArray(wiring.Component):
         """Stream the shadows ``(r <= last_r, c <= last_c)`` out ``for col: for row``, from
         the cycle after ``captured``.
 
-        PE (r, c) captures in cycle A + 1 + lat + r + c; reading index j = c*R + r from
-        cycle A + 2 + lat on, one per cycle at most, is never early.
+        Systolic: PE (r, c) captures in cycle A + 1 + lat + r + c; reading index j = c*R + r
+        from cycle A + 2 + lat on, one per cycle at most, is never early. Broadcast: every
+        PE has captured by then; draining a column shifts its chain once per result.
         """
         R, C, o = self.rows, self.cols, self.o_stream
         draining = Signal()
@@ -264,14 +270,23 @@ class SystolicArray(wiring.Component):
         with m.If(captured):
             m.d.sync += [draining.eq(1), idx_r.eq(0), idx_c.eq(0)]
 
-        flat = Signal(range(R * C))
-        m.d.comb += flat.eq(idx_c * R + idx_r)
-        # A binary multiplexer tree on the index bits, not a case per PE: one-hot case
-        # selects (a decoder whose R*C outputs each reach every bit of the result) made
-        # the ULX3S-85F's 16×4 array too congested for nextpnr to route.
+        # Binary multiplexer trees on the index bits, not a case per PE: one-hot case
+        # selects (a decoder whose outputs each reach every bit of the result) made the
+        # ULX3S-85F's 16×4 array too congested for nextpnr to route.
         selected = Signal(signed(self.acc_width))
-        ordered = Cat(shadow[(r, c)] for c in range(C) for r in range(R))
-        m.d.comb += selected.eq(ordered.word_select(flat, self.acc_width))
+        if self.dataflow == "broadcast":
+            with m.If(draining & (o.ready | ~o.valid)):
+                for c in range(C):
+                    with m.If(idx_c == c):
+                        m.d.sync += [shadow[(r, c)].eq(shadow[(r + 1, c)])
+                                     for r in range(R - 1)]
+            m.d.comb += selected.eq(Cat(shadow[(0, c)] for c in range(C)).word_select(
+                idx_c, self.acc_width))
+        else:
+            flat = Signal(range(R * C))
+            m.d.comb += flat.eq(idx_c * R + idx_r)
+            ordered = Cat(shadow[(r, c)] for c in range(C) for r in range(R))
+            m.d.comb += selected.eq(ordered.word_select(flat, self.acc_width))
 
         with m.If(o.ready | ~o.valid):
             m.d.sync += o.valid.eq(0)

@@ -74,18 +74,20 @@ CASES = [  # (channels, h, w, kernel, stride, block)
 ]
 
 
+@pytest.mark.parametrize("registered_read", [False, True], ids=["", "registered"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "c{}h{}w{}k{}s{}b{}".format(*c))
 @pytest.mark.parametrize("seed", range(2))
-def test_maxpool_matches_golden(request, case, seed):
+def test_maxpool_matches_golden(request, case, seed, registered_read):
     c, h, w, kernel, stride, block = case
-    dut = MaxPool(max_width=12, max_blocks=4, block=block)
+    dut = MaxPool(max_width=12, max_blocks=4, block=block, registered_read=registered_read)
     frames = [make_map(c, h, w, seed), make_map(c, h, w, seed + 100)]
     run_pool(dut, frames, kernel, stride, seed=seed, name=request.node.name)
 
 
-def test_maxpool_line_buffer_of_one_entry(request):
+@pytest.mark.parametrize("registered_read", [False, True], ids=["", "registered"])
+def test_maxpool_line_buffer_of_one_entry(request, registered_read):
     """block 1, one k-block, pooled width 1: read and write hit the same entry each row."""
-    dut = MaxPool(max_width=3, max_blocks=1, block=1)
+    dut = MaxPool(max_width=3, max_blocks=1, block=1, registered_read=registered_read)
     run_pool(dut, [make_map(1, 7, 3, 4)], 3, 2, seed=4, name=request.node.name, idle=0, stall=0)
 
 

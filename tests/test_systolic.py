@@ -89,8 +89,11 @@ def test_broadcast_dataflow_matches_golden(request, rows, cols):
     run_array(dut, systolic_tiles(rows, cols, depths, 9), seed=9, name=request.node.name)
 
 
-def test_heavy_backpressure(request):
-    dut = SystolicArray(4, 2, acc_width=24)
+@pytest.mark.parametrize("dataflow", ["systolic", "broadcast"])
+def test_heavy_backpressure(request, dataflow):
+    """The drain under a consumer that stalls 80 % of the time (the broadcast array's
+    shift chains move only when a result is taken)."""
+    dut = SystolicArray(4, 2, acc_width=24, dataflow=dataflow)
     tiles = systolic_tiles(4, 2, [9, 1, 12, 2, 30], seed=7)
     run_array(dut, tiles, seed=7, name=request.node.name, idle=0.1, stall=0.8)
 
@@ -144,11 +147,13 @@ def test_bad_arguments():
         SystolicArray(2, 2, acc_width=24, dataflow="weight-stationary")
 
 
+@pytest.mark.parametrize("dataflow", ["systolic", "broadcast"])
 @pytest.mark.parametrize("rows,cols", [(3, 2), (4, 4), (1, 5)])
-def test_array_compact_drains_used_pes(request, rows, cols):
+def test_array_compact_drains_used_pes(request, rows, cols, dataflow):
     """The array alone: tiles with every (last_row, last_col) emit exactly those PEs'
-    sums, ``for col: for row``, under random bubbles and back-pressure."""
-    dut = SystolicArray(rows, cols, 24, compact=True)
+    sums, ``for col: for row``, under random bubbles and back-pressure (a partly drained
+    broadcast chain is overwritten by the next capture)."""
+    dut = SystolicArray(rows, cols, 24, compact=True, dataflow=dataflow)
     shapes = [(r, c) for r in range(rows) for c in range(cols)]
     shapes += shapes[::-1]
     tiles = systolic_tiles(rows, cols, [(1, 2, 7, 30)[n % 4] for n in range(len(shapes))],
