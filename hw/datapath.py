@@ -39,13 +39,14 @@ class Datapath(wiring.Component):
 
     Stages, all valid/ready pipelines that never lose a beat:
 
-    1. :class:`~fpgacnn.hw.im2col.Im2col` walks ``for y: for kb: for xt: for d`` and
+    1. :class:`~fpgacnn.hw.im2col.Im2col` walks ``for y: for kb: for xt: for d`` (tiles
+       that run on into the next row when :func:`~fpgacnn.hw.program.wraps_rows`) and
        gives per beat ``cols`` activation addresses (+ padding flags), the weight word
        address and ``last``;
     2. fetch: one read per array column from the activation memory copies and one
        ``rows``-byte word from the weight memory (1-cycle reads), padded operands
        zeroed → :class:`~fpgacnn.hw.systolic.SystolicArray`;
-    3. the array's results (``for col: for row`` per tile): pixels ``>= out_w`` dropped,
+    3. the array's results (``for col: for row`` per tile): pixels past the map dropped,
        the channel's :class:`~fpgacnn.hw.program.QParam` read at ``q_base + kb*R + row``
        (1-cycle read) → :class:`~fpgacnn.hw.requant.Requantizer` (``relu`` from the
        descriptor);
@@ -54,10 +55,11 @@ class Datapath(wiring.Component):
        ``out_base + (k*H + y)*W + x`` (CHW), channels ``k >= out_channels`` dropped (the
        ``to_logits`` layer too: the host reads the network's output from there).
 
-    Throughput: one operand beat per cycle (``out_h·k_blocks·x_tiles·D`` cycles per
-    layer) as long as ``D >= array.min_tile``, plus the pipeline's fill and drain once per
-    layer: Im2col's start latency, the array's ``result_latency`` and the last tile's
-    ``rows·cols`` results, and the requantiser's and max-pool's latencies. With
+    Throughput: one operand beat per cycle (``array_tiles·D`` cycles per layer,
+    :func:`~fpgacnn.hw.program.array_tiles`) as long as ``D >= array.min_tile``, plus the
+    pipeline's fill and drain once per layer: Im2col's start latency, the array's
+    ``result_latency`` and the last tile's ``rows·cols`` results, and the requantiser's
+    and max-pool's latencies. With
     ``config.compact_drain`` a tile drains only its real channels and pixels (the array's
     ``compact`` option): ``max(D, n + 3 + mac.LATENCY)`` cycles for a tile of ``n``
     results, and no results past ``out_channels`` reach the requantiser or the writer.
@@ -140,6 +142,10 @@ class Datapath(wiring.Component):
         self.colmode = Signal()
         if self._config.fc_columns:
             m.d.comb += self.colmode.eq((desc.out_w == 1) & (desc.k_blocks > 1))
+        # Tiles that run on into the next output row (as Im2col's).
+        self.wrap = Signal()
+        m.d.comb += self.wrap.eq(program.wraps_rows(self._config.cols, desc.out_w,
+                                                    desc.k_blocks))
         self._fetch(m)
         tiles_done = self._drop_and_read_qparam(m)
         out_valid, out_value, out_ready = self._optional_pool(m)
@@ -174,12 +180,15 @@ class Datapath(wiring.Component):
                 desc, cfg = self.desc, self._config
                 # Column mode: every row (the drop stage drops channels >= K), a column
                 # per k-block left.
+                # A wrapping tile uses every column unless it runs past the last row.
                 m.d.sync += [
                     ops.p.last_row.eq(Mux(self.colmode, cfg.rows - 1, self._last_index(
                         tile.kbase, desc.out_channels, cfg.rows))),
-                    ops.p.last_col.eq(self._last_index(
-                        Mux(self.colmode, tile.kb, tile.xbase),
-                        Mux(self.colmode, desc.k_blocks, desc.out_w), cfg.cols))]
+                    ops.p.last_col.eq(Mux(
+                        self.wrap & (tile.y + 1 != desc.out_h), cfg.cols - 1,
+                        self._last_index(Mux(self.colmode, tile.kb, tile.xbase),
+                                         Mux(self.colmode, desc.k_blocks, desc.out_w),
+                                         cfg.cols)))]
 
     def _fetch_wide_weights(self, m, advance):
         """Weight words of ``cols`` k-blocks: column mode uses all of a word (Im2col's
@@ -199,8 +208,10 @@ class Datapath(wiring.Component):
     def _tile_walk(self, m, step):
         """The tile order ``for y: for kb: for xt``, advanced by one tile when ``step``
         and reset on ``start``: ``xbase`` (first pixel), ``kb`` and ``kbase`` (``kb *
-        rows``), ``done`` (every tile stepped past). In column mode a tile is ``cols``
-        k-blocks."""
+        rows``), ``y`` (the first pixel's row), ``done`` (every tile stepped past). In
+        column mode a tile is ``cols`` k-blocks; when tiles wrap rows
+        (:func:`~.program.wraps_rows`, ``self.wrap``), a row's last tile ends in the next
+        row and the next tile starts where it ended."""
         desc, rows, cols = self.desc, self._config.rows, self._config.cols
         t = SimpleNamespace(xbase=Signal.like(desc.out_w), kbase=Signal.like(desc.q_base),
                             kb=Signal.like(desc.k_blocks), y=Signal.like(desc.out_h),
@@ -211,7 +222,7 @@ class Datapath(wiring.Component):
             last_kb = t.kb + kb_step >= desc.k_blocks
         with m.If(step):
             with m.If(t.xbase + cols >= desc.out_w):
-                m.d.sync += t.xbase.eq(0)
+                m.d.sync += t.xbase.eq(Mux(self.wrap, t.xbase + cols - desc.out_w, 0))
                 with m.If(last_kb):
                     m.d.sync += [t.kb.eq(0), t.kbase.eq(0), t.y.eq(t.y + 1)]
                     with m.If(t.y + 1 == desc.out_h):
@@ -242,7 +253,10 @@ class Datapath(wiring.Component):
         xbase, kbase = tile.xbase, tile.kbase
         keep = Signal()
         channel = Signal.like(desc.q_base)      # kb*R + row (+ col*R in column mode)
-        m.d.comb += [keep.eq(xbase + res.p.col < desc.out_w), channel.eq(kbase + res.p.row)]
+        # A wrapping tile's columns past the row are the next row's, if it has one.
+        m.d.comb += [keep.eq((xbase + res.p.col < desc.out_w) |
+                             (self.wrap & (tile.y + 1 != desc.out_h))),
+                     channel.eq(kbase + res.p.row)]
         if self._config.fc_columns:
             # Column mode: column c is k-block kb + c; with compact_drain the writer
             # expects only the channels the layer has.

@@ -1,14 +1,16 @@
 """Im2col address generator: the operand order of one layer, as memory addresses.
 
 Loop order (docs/architecture.md): ``for y in out_h: for kb in k_blocks: for xt in
-x-tiles: for d = (c, fy, fx)``. Column ``j`` of a beat is output pixel ``xt*cols + j``.
+x-tiles: for d = (c, fy, fx)``. Column ``j`` of a beat is output pixel ``xt*cols + j``,
+or, when the layer's tiles wrap rows (:func:`~.program.wraps_rows`), pixel ``t*cols + j``
+of the map read row-major (tile ``t``).
 """
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import C, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .program import LayerDescriptor, field_widths
+from .program import LayerDescriptor, field_widths, wraps_rows
 
 __all__ = ["Im2col", "beat_layout", "im2col_reference"]
 
@@ -43,32 +45,36 @@ def im2col_reference(desc, cols, act_addr_width=_ACT_ADDR, w_addr_width=_W_ADDR,
     f, s, p = desc["kernel"], desc["stride"], desc["pad"]
     p_top = desc.get("pad_top", p)
     out_h, out_w, kbs, red = desc["out_h"], desc["out_w"], desc["k_blocks"], desc["reduction"]
-    tiles = -(-out_w // cols)
     colmode = column_blocks and out_w == 1 and kbs > 1
     kb_starts = list(range(0, kbs, cols if colmode else 1))
     w_base = desc["w_base"] // cols if colmode else desc["w_base"]
-    for y in range(out_h):
-        for n_kb, kb in enumerate(kb_starts):
-            for xt in range(tiles):
-                d = 0
-                for c in range(c_n):
-                    for fy in range(f):
-                        for fx in range(f):
-                            addr, zero = [], []
-                            iy = y * s + fy - p_top
-                            for j in range(cols):
-                                ox = 0 if colmode else xt * cols + j
-                                ix = ox * s + fx - p
-                                pad = not (0 <= iy < h and 0 <= ix < w) or ox >= out_w
-                                zero.append(int(pad))
-                                addr.append((desc["in_base"] + (c * h + iy) * w + ix) & a_mask)
-                            last = d == red - 1
-                            yield {"act_addr": addr, "act_zero": zero,
-                                   "w_addr": (w_base + n_kb * red + d) & w_mask,
-                                   "last": int(last),
-                                   "end": int(last and y == out_h - 1 and kb == kb_starts[-1]
-                                              and xt == tiles - 1)}
-                            d += 1
+    # Each tile: (k-block index, its columns' output pixels (y, x), y = out_h: none).
+    if colmode:
+        tiles = [(n, [(y, 0)] * cols) for y in range(out_h) for n in range(len(kb_starts))]
+    elif wraps_rows(cols, out_w, kbs):
+        tiles = [(0, [divmod(t * cols + j, out_w) for j in range(cols)])
+                 for t in range(-(-out_h * out_w // cols))]
+    else:
+        x_tiles = -(-out_w // cols)
+        tiles = [(n, [(y, xt * cols + j) for j in range(cols)])
+                 for y in range(out_h) for n in range(kbs) for xt in range(x_tiles)]
+    for t, (n_kb, pixels) in enumerate(tiles):
+        d = 0
+        for c in range(c_n):
+            for fy in range(f):
+                for fx in range(f):
+                    addr, zero = [], []
+                    for oy, ox in pixels:
+                        iy, ix = oy * s + fy - p_top, ox * s + fx - p
+                        pad = (not (0 <= iy < h and 0 <= ix < w) or ox >= out_w
+                               or oy >= out_h)
+                        zero.append(int(pad))
+                        addr.append((desc["in_base"] + (c * h + iy) * w + ix) & a_mask)
+                    last = d == red - 1
+                    yield {"act_addr": addr, "act_zero": zero,
+                           "w_addr": (w_base + n_kb * red + d) & w_mask,
+                           "last": int(last), "end": int(last and t == len(tiles) - 1)}
+                    d += 1
 
 
 class Im2col(wiring.Component):
@@ -159,11 +165,25 @@ class Im2col(wiring.Component):
         row_ok = ~iy[-1] & (iy < r.in_h)
         m.d.comb += [o.payload.w_addr.eq(r.wa), o.payload.last.eq(r.wrap_c),
                      o.payload.end.eq(r.end)]
+        if self.cols > 1:
+            # Columns past the row's end: the next output row (the last row has none).
+            iy_next = Signal(r.P)
+            m.d.comb += iy_next.eq(iy + r.stride)
+            next_row_ok = r.wrap & ~iy_next[-1] & (iy_next < r.in_h) & (r.y != r.ohm1)
         for j in range(self.cols):
             ix = Signal(r.P, name=f"ix_{j}")
-            m.d.comb += ix.eq(r.tile_x + (r.fx + r.stride_x[j] if j else r.fx))
-            ok = row_ok & ~ix[-1] & (ix < r.in_w) & (r.rem > j)
-            addr = r.a0 + r.stride_x[j] if j else r.a0
+            ok = row_ok & (r.rem > j)
+            addr = r.a0
+            if j:
+                # Column j is column 0 shifted by j*stride, or by j*stride - out_w*stride
+                # (x) and that plus stride*in_w (address) in the next row.
+                wrapped = r.rem <= j
+                ok = Mux(wrapped, next_row_ok, row_ok)
+                m.d.comb += ix.eq(r.tile_x + r.fx + Mux(wrapped, r.next_x[j], r.stride_x[j]))
+                addr = r.a0 + Mux(wrapped, r.next_a[j], r.stride_x[j])
+            else:
+                m.d.comb += ix.eq(r.tile_x + r.fx)
+            ok = ok & ~ix[-1] & (ix < r.in_w)
             if j and self.column_blocks:     # column mode: every column reads pixel 0
                 addr, ok = Mux(r.colmode, r.a0, addr), Mux(r.colmode, ~o.payload.act_zero[0], ok)
             m.d.comb += [o.payload.act_addr[j].eq(addr), o.payload.act_zero[j].eq(~ok)]
@@ -182,6 +202,9 @@ class Im2col(wiring.Component):
         init_cycles = max(len(hsh), len(r.km1), len(r.stride), len(r.pad_top))
         n = Signal(range(init_cycles))
         o = self.o_stream
+        if self.cols > 1:
+            osh = Signal.like(r.ows)                    # out_w << n
+            dsh = Signal.like(r.wrap_step)              # (in_w - out_w) << n
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.start.ready.eq(1)
@@ -197,6 +220,10 @@ class Im2col(wiring.Component):
                         r.step_r.eq(0), r.row_a.eq(base),
                     ]
                     m.d.sync += [r.stride_x[j].eq(p.stride * j) for j in range(1, self.cols)]
+                    if self.cols > 1:
+                        m.d.sync += [r.wrap.eq(wraps_rows(self.cols, p.out_w, p.k_blocks)),
+                                     osh.eq(p.out_w), dsh.eq(p.in_w - p.out_w),
+                                     r.ows.eq(0), r.wrap_step.eq(0)]
                     if self.column_blocks:
                         log_c = (self.cols - 1).bit_length()
                         colmode = (p.out_w == 1) & (p.k_blocks > 1)
@@ -220,6 +247,12 @@ class Im2col(wiring.Component):
                     m.d.sync += r.step_c.eq(r.step_c - wsh)
                 with m.If(r.stride.bit_select(n, 1) & (n < len(r.stride))):
                     m.d.sync += r.step_r.eq(r.step_r + wsh)
+                    if self.cols > 1:
+                        # ows = out_w*stride; wrap_step = (in_w - out_w)*stride.
+                        m.d.sync += [r.ows.eq(r.ows + osh),
+                                     r.wrap_step.eq(r.wrap_step + dsh)]
+                if self.cols > 1:
+                    m.d.sync += [osh.eq(osh << 1), dsh.eq(dsh << 1)]
                 with m.If(r.pad_top.bit_select(n, 1) & (n < len(r.pad_top))):
                     m.d.sync += r.row_a.eq(r.row_a - wsh)
                 with m.If(n == init_cycles - 1):
@@ -234,6 +267,15 @@ class Im2col(wiring.Component):
                 with m.If(n == 0):
                     # First RUN cycle: row_a is final now (the INIT sum landed).
                     m.d.sync += [r.a0.eq(r.row_a), r.tile_a.eq(r.row_a), n.eq(1)]
+                    if self.cols > 1:
+                        # The wrapping tiles' column offsets and tile steps.
+                        m.d.sync += [r.next_x[j].eq(r.stride_x[j] - r.ows)
+                                     for j in range(1, self.cols)]
+                        m.d.sync += [r.next_a[j].eq(r.stride_x[j] + r.wrap_step)
+                                     for j in range(1, self.cols)]
+                        m.d.sync += [r.cs_wrap_x.eq(r.cs - r.ows),
+                                     r.cs_wrap_a.eq(r.cs + r.wrap_step),
+                                     r.rem_wrap.eq(r.out_w - self.cols)]
                 with m.If(step & r.end):
                     m.next = "IDLE"
 
@@ -244,11 +286,19 @@ class Im2col(wiring.Component):
         row_next = Signal.like(r.row_a)
         tile_a_next = Signal.like(r.row_a)
         a0_inc = Signal.like(r.row_a)
+        # A row's last tile: the next starts a row (or the k-block's row) afresh, or
+        # with wrapping tiles where this one ends in the next row.
+        new_row = r.last_tile & ~r.wrap
+        tile_a_step, tile_x_step, rem_next = r.cs, r.cs, r.rem - C
+        if C > 1:
+            tile_a_step = Mux(r.last_tile, r.cs_wrap_a, r.cs)
+            tile_x_step = Mux(r.last_tile, r.cs_wrap_x, r.cs)
+            rem_next = Mux(r.last_tile, r.rem + r.rem_wrap, r.rem - C)
         m.d.comb += [
             r.cs.eq(r.stride * C),
             row_next.eq(r.row_a + r.step_r),
-            tile_a_next.eq(Mux(r.last_tile, Mux(r.last_kb, row_next, r.row_a),
-                               r.tile_a + r.cs)),
+            tile_a_next.eq(Mux(new_row, Mux(r.last_kb, row_next, r.row_a),
+                               r.tile_a + tile_a_step)),
             a0_inc.eq(Mux(~r.wrap_x, 1, Mux(~r.wrap_y, r.step_y, r.step_c))),
         ]
         with m.If(step):
@@ -263,8 +313,8 @@ class Im2col(wiring.Component):
             with m.If(r.wrap_y):
                 m.d.sync += r.c.eq(Mux(r.wrap_c, 0, r.c + 1))
             with m.If(r.wrap_c):
-                m.d.sync += [r.rem.eq(Mux(r.last_tile, r.out_w, r.rem - C)),
-                             r.tile_x.eq(Mux(r.last_tile, -r.pad, r.tile_x + r.cs)),
+                m.d.sync += [r.rem.eq(Mux(new_row, r.out_w, rem_next)),
+                             r.tile_x.eq(Mux(new_row, -r.pad, r.tile_x + tile_x_step)),
                              r.tile_a.eq(tile_a_next)]
             with m.If(r.wrap_t):
                 m.d.sync += [r.kb.eq(Mux(r.last_kb, 0, r.kb + r.kb_step)),
@@ -311,6 +361,18 @@ class _Registers:
         # the descriptor so no multiplier sits between the loop state and the beat.
         self.stride_x = [None] + [Signal(range(max_stride * j + 1), name=f"stride_x{j}")
                                   for j in range(1, cols)]
+        # Wrapping tiles (program.wraps_rows; never with one column): out_w*stride,
+        # (in_w - out_w)*stride, column j's x and address offsets in the next row, the
+        # step from a row's last tile to the next tile, and rem's (out_w - cols).
+        self.wrap = Signal() if cols > 1 else C(0, 1)
+        if cols > 1:
+            self.ows = Signal(range((1 << len(desc.out_w)) * max_stride))
+            self.wrap_step = Signal(A)
+            self.next_x = [None] + [Signal(self.P, name=f"next_x{j}") for j in range(1, cols)]
+            self.next_a = [None] + [Signal(A, name=f"next_a{j}") for j in range(1, cols)]
+            self.cs_wrap_x = Signal(self.P)
+            self.cs_wrap_a = Signal(A)
+            self.rem_wrap = Signal.like(desc.out_w)
 
         # Loop state = the beat on o_stream.
         self.fx = Signal.like(desc.kernel)

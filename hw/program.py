@@ -21,7 +21,8 @@ __all__ = ["Space", "ReadSpace", "LayerDescriptor", "CopyDescriptor", "QParam",
            "WriteCommand", "StartCommand", "ReadCommand", "ReadData", "HostInterface",
            "DESCRIPTOR_WORDS", "CHUNK_BITS", "encode_struct", "decode_struct", "field_widths",
            "ACT_BITS", "WEIGHT_BITS", "BIAS_BITS", "M_BITS", "S_MIN", "S_MAX", "S_BITS",
-           "GeometryError", "conv_output_size", "pool_output_size"]
+           "GeometryError", "conv_output_size", "pool_output_size", "wraps_rows",
+           "array_tiles"]
 
 #: Host writes move 64-bit chunks.
 CHUNK_BITS = 64
@@ -190,6 +191,28 @@ def conv_output_size(size, kernel, stride=1, pad=0):
 def pool_output_size(size, kernel, stride):
     """Output size of an unpadded ``kernel``/``stride`` pooling window (see conv_output_size)."""
     return conv_output_size(size, kernel, stride, 0)
+
+
+def wraps_rows(cols, out_w, k_blocks):
+    """Whether a layer's tiles of ``cols`` output pixels run on into the next output row.
+
+    Tiles then walk the output map row-major as one sequence of pixels (tile ``t`` is
+    pixels ``t*cols … t*cols + cols - 1``), so rows whose width is not a multiple of
+    ``cols`` leave no column idle. That needs one k-block (the stream order ``for y: for
+    kb: for x`` stays ``for y: for x``) and rows of at least ``cols`` pixels (a tile
+    spans at most two rows); otherwise each row starts a new tile. Works on ints and on
+    Amaranth values alike.
+    """
+    if cols == 1:
+        return False
+    return (k_blocks == 1) & (out_w >= cols)
+
+
+def array_tiles(cols, out_h, out_w, k_blocks):
+    """Tiles (of ``D`` operand beats each) the array runs for one layer (not column mode)."""
+    if wraps_rows(cols, out_w, k_blocks):
+        return -(-out_h * out_w // cols)
+    return out_h * k_blocks * -(-out_w // cols)
 
 
 def field_widths(layout):

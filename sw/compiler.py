@@ -105,14 +105,15 @@ class MemoryPlan:
 
 
 def ideal_cycles(stage, config):
-    """Operand beats the array needs for ``stage``: ``out_h·k_blocks·x_tiles·D`` (in
-    column mode ``out_h·ceil(k_blocks/cols)·D``)."""
+    """Operand beats the array needs for ``stage``: its tiles times ``D``
+    (:func:`~fpgacnn.hw.program.array_tiles`; in column mode ``out_h·ceil(k_blocks/cols)``
+    tiles)."""
     _, h, w = stage.conv_shape
     k_blocks = -(-stage.out_channels // config.rows)
     lanes = _lanes(stage, config)
     if lanes > 1:
         return h * -(-k_blocks // lanes) * stage.reduction
-    return h * k_blocks * -(-w // config.cols) * stage.reduction
+    return prog.array_tiles(config.cols, h, w, k_blocks) * stage.reduction
 
 
 def weight_placement(stages, config):

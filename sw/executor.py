@@ -24,6 +24,7 @@ against ``network.run_network`` with it in milliseconds, no simulator.
 
 import numpy as np
 
+from ..hw.program import array_tiles
 from . import golden
 
 __all__ = ["ExecutionError", "Machine", "descriptor_cycles", "run_program"]
@@ -36,15 +37,15 @@ class ExecutionError(ValueError):
 
 
 def descriptor_cycles(desc, config):
-    """Ideal cycles of one descriptor: a layer's operand beats
-    (``out_h·k_blocks·ceil(out_w/cols)·D``, column mode as :func:`compiler.ideal_cycles`),
+    """Ideal cycles of one descriptor: a layer's operand beats (its tiles times ``D``,
+    :func:`~fpgacnn.hw.program.array_tiles`, column mode as :func:`compiler.ideal_cycles`),
     a copy's bytes (one per cycle)."""
     if desc.get("copy"):
         return desc["segments"] * desc["length"]
     kb, lanes = desc["k_blocks"], _lanes(desc, config)
     if lanes > 1:
         return desc["out_h"] * -(-kb // lanes) * desc["reduction"]
-    return desc["out_h"] * kb * -(-desc["out_w"] // config.cols) * desc["reduction"]
+    return array_tiles(config.cols, desc["out_h"], desc["out_w"], kb) * desc["reduction"]
 
 
 def _lanes(desc, config):

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..hw.config import ACT_SPACE
-from ..hw.program import LayerDescriptor, field_widths
+from ..hw.program import LayerDescriptor, array_tiles, field_widths
 from ..hw.protocol import CHUNK_BYTES
 
 __all__ = [
@@ -135,13 +135,14 @@ def _choice(stage, config, bs, passes, group, copy_in, copy_out):
     c, _, w = stage.in_shape
     k, _, conv_w = stage.conv_shape
     _, out_h, out_w = stage.out_shape
-    rows, x_tiles = config.rows, -(-conv_w // config.cols)
+    rows = config.rows
     layers = beats = copied = 0
     for k0, k1 in passes:
         for g0 in range(k0, k1, group):
             layers += len(bs)
             kb = -(-(min(k1, g0 + group) - g0) // rows)
-            beats += sum(b.c1 - b.c0 for b in bs) * kb * x_tiles * stage.reduction
+            beats += sum(array_tiles(config.cols, b.c1 - b.c0, conv_w, kb)
+                         for b in bs) * stage.reduction
         if copy_in:
             copied += sum(c * (b.r1 - b.r0) * w for b in bs)
     copies = len(passes) * len(bs) * (copy_in + copy_out)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fpgacnn.hw.im2col import Im2col, im2col_reference
+from fpgacnn.hw.program import array_tiles, wraps_rows
 from fpgacnn.sim.amaranth_sim import run_simulation
 from fpgacnn.sim.streams import stream_get
 from fpgacnn.sw import golden
@@ -50,6 +51,15 @@ GEOMETRIES = {  # name: (descriptor, cols)
     "band_pad_top_1": (band(descriptor(1, 12, 8, 5, 1, 2, 6, 8, in_base=9), 1, 4)[0], 2),
     "band_middle": (band(descriptor(3, 11, 7, 3, 2, 1, 3, 2, w_base=5), 2, 2)[0], 3),
     "band_stride2_bottom": (band(descriptor(1, 9, 9, 3, 2, 1, 9, 8), 3, 2)[0], 1),
+    # Tiles that wrap rows (one k-block, out_w >= cols, out_w % cols != 0): a 12-pixel
+    # row on 5 columns; stride 2 with padding on both edges of both rows of a tile; a
+    # last tile that runs past the map (15 pixels on 4 columns); a band whose last row
+    # wraps into the rows below it; LeNet-5's C3 on the ULX3S-85F's 4 columns.
+    "wrap_rows": (descriptor(2, 9, 12, 3, 1, 1, 5, 8, in_base=33, w_base=4), 5),
+    "wrap_stride2_pad": (descriptor(3, 11, 11, 3, 2, 1, 4, 4, in_base=700), 4),
+    "wrap_past_the_map": (descriptor(1, 5, 7, 3, 1, 0, 2, 2, in_base=65500), 4),
+    "wrap_band": (band(descriptor(1, 12, 9, 3, 1, 1, 4, 8, in_base=90), 2, 5)[0], 4),
+    "wrap_lenet_c3": (descriptor(6, 14, 14, 5, 1, 0, 16, 16, w_base=150), 4),
 }
 
 
@@ -185,21 +195,27 @@ def conv_by_reference(desc, cols, rows, x, wt):
         for d in range(desc["reduction"]):
             words[(desc["w_base"] + kb * desc["reduction"] + d) & 0xFFFF] = \
                 wmat[kb * rows:(kb + 1) * rows, d]
-    out = np.zeros((desc["k_blocks"] * rows, desc["out_h"], -(-desc["out_w"] // cols) * cols),
-                   dtype=np.int64)
+    out_h, out_w, k_blocks = desc["out_h"], desc["out_w"], desc["k_blocks"]
+    out = np.zeros((k_blocks * rows, out_h + 1, -(-out_w // cols) * cols), dtype=np.int64)
     acc = np.zeros((rows, cols), dtype=np.int64)
     tile = 0
-    tiles_per_row = -(-desc["out_w"] // cols)
+    tiles_per_row = -(-out_w // cols)
     for beat in im2col_reference(desc, cols):
         xs = np.array([0 if z else act[a] for a, z in zip(beat["act_addr"], beat["act_zero"])])
         acc += np.outer(words[beat["w_addr"]], xs)
         if beat["last"]:
-            y, rest = divmod(tile, desc["k_blocks"] * tiles_per_row)
-            kb, xt = divmod(rest, tiles_per_row)
-            out[kb * rows:(kb + 1) * rows, y, xt * cols:(xt + 1) * cols] = acc
+            if wraps_rows(cols, out_w, k_blocks):   # pixel tile*cols + j, row-major
+                for j in range(cols):
+                    y, x = divmod(tile * cols + j, out_w)
+                    out[:rows, y, x] = acc[:, j]
+            else:
+                y, rest = divmod(tile, k_blocks * tiles_per_row)
+                kb, xt = divmod(rest, tiles_per_row)
+                out[kb * rows:(kb + 1) * rows, y, xt * cols:(xt + 1) * cols] = acc
             acc[:] = 0
             tile += 1
-    return out[:k, :, :desc["out_w"]]
+    assert tile == array_tiles(cols, out_h, out_w, k_blocks)
+    return out[:k, :out_h, :out_w]
 
 
 def random_layer(desc, seed):
@@ -211,12 +227,13 @@ def random_layer(desc, seed):
     return x, wt
 
 
-@pytest.mark.parametrize("geometry", ["c1_like", "c3_like", "stride2_pad1", "fc", "one_col"])
+@pytest.mark.parametrize("geometry", ["c1_like", "c3_like", "stride2_pad1", "fc", "one_col",
+                                      "wrap_rows", "wrap_stride2_pad", "wrap_past_the_map",
+                                      "wrap_lenet_c3"])
 def test_reference_computes_the_convolution(geometry):
     """Operands fetched at the reference's addresses give golden.conv2d (tile by tile)."""
     desc, cols = GEOMETRIES[geometry]
-    rows = 8 if geometry in ("c1_like", "c3_like", "fc") else (4 if geometry.startswith("s")
-                                                                else 2)
+    rows = -(-desc["out_channels"] // desc["k_blocks"])     # the descriptor's k-block size
     x, wt = random_layer(desc, 0)
     expected = golden.conv2d(x, wt, stride=desc["stride"], pad=desc["pad"])
     np.testing.assert_array_equal(conv_by_reference(desc, cols, rows, x, wt), expected)
@@ -228,6 +245,7 @@ def test_reference_computes_the_convolution(geometry):
     ((3, 11, 7, 3, 2, 1, 3, 2), [(0, 2), (2, 2), (4, 2)]),
     ((1, 9, 9, 3, 2, 1, 9, 8), [(0, 3), (3, 2)]),
     ((2, 6, 5, 5, 1, 0, 3, 2), [(0, 1), (1, 1)]),
+    ((1, 12, 9, 3, 1, 1, 4, 8), [(0, 2), (2, 5), (7, 5)]),     # tiles wrap rows (4 columns)
 ])
 def test_bands_compute_the_layer(layer, bands):
     """A layer run as horizontal bands (each holding only its input rows, pad_top the zero
@@ -238,7 +256,8 @@ def test_bands_compute_the_layer(layer, bands):
     assert sum(n for _, n in bands) == whole["out_h"]
     for first, n in bands:
         desc, r0 = band(whole, first, n)
-        got = conv_by_reference(desc, 2, layer[-1], x[:, r0:r0 + desc["in_h"]], wt)
+        got = conv_by_reference(desc, 2 if layer[-1] < 8 else 4, layer[-1],
+                                x[:, r0:r0 + desc["in_h"]], wt)
         np.testing.assert_array_equal(got, expected[:, first:first + n],
                                       err_msg=f"band {first}+{n} of {layer}")
 
