@@ -95,8 +95,11 @@ class Datapath(wiring.Component):
                              w_addr_width=config.weight_addr_width,
                              column_blocks=config.fc_columns)
         compact = config.compact_drain
+        # iCE40: the shadows' flip-flops take their cells' LUTs anyway, so the drain's
+        # shift chains cost nothing there (on an ECP5, a LUT per bit).
         self.array = SystolicArray(rows, cols, config.acc_width, mac=mac, dataflow=dataflow,
-                                   compact=compact, column_weights=config.fc_columns)
+                                   compact=compact, column_weights=config.fc_columns,
+                                   shift_drain=config.ice40 and dataflow == "broadcast")
         self.requant = Requantizer(config.acc_width, interval=requant_interval,
                                    bias_width=config.bias_width,
                                    mul16=requant_multiplier(mac, requant_interval))

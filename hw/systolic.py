@@ -67,12 +67,8 @@ class SystolicArray(wiring.Component):
     tile is done; only 8-bit operands travel between PEs. At the end of a tile (the beat
     with ``last``) every PE moves its sum into a shadow register and starts the next
     tile at once, while the shadows drain through ``o_stream`` in the order
-    ``for col: for row``. With the systolic dataflow PE (r, c) captures ``r + c`` cycles
-    after PE (0, 0) and the drain reads each shadow through a ``rows*cols``-way
-    multiplexer just after its capture. With the broadcast dataflow every PE captures in
-    the same cycle, so each column's shadows form a shift chain towards row 0 instead
-    (the shadow flip-flop's own logic cell does the shift) and only a ``cols``-way
-    multiplexer is left.
+    ``for col: for row``, read through a ``rows*cols``-way multiplexer (``shift_drain``:
+    through shift chains, see below).
 
     The array itself never stalls: a bubble on ``i_stream`` (``valid`` low) enters as
     zero operands, which add nothing. Backpressure on ``o_stream`` only holds back the
@@ -115,6 +111,13 @@ class SystolicArray(wiring.Component):
         Beats carry ``rows * cols`` weights; on a beat with ``per_col`` PE (r, c) takes
         weight ``c*rows + r`` (a different matrix per column, as fully connected layers
         need), otherwise weight ``r`` as usual. Broadcast dataflow only.
+    shift_drain : bool
+        Each column's shadows form a shift chain towards row 0, shifted once per result
+        drained from that column, and only a ``cols``-way multiplexer is left (same
+        order and timing). Broadcast dataflow only (there every PE captures in the same
+        cycle). Costs a 2:1 multiplexer per shadow bit, which on an iCE40 sits in the
+        logic cell the shadow's flip-flop takes anyway (its input passes through the
+        cell's LUT), so there it saves the whole ``rows*cols``-way multiplexer.
 
     Attributes
     ----------
@@ -123,7 +126,7 @@ class SystolicArray(wiring.Component):
     """
 
     def __init__(self, rows, cols, acc_width, mac="generic", dataflow="systolic",
-                 compact=False, column_weights=False):
+                 compact=False, column_weights=False, shift_drain=False):
         for name, value in (("rows", rows), ("cols", cols)):
             if not isinstance(value, int) or value < 1:
                 raise TypeError(f"{name} must be a positive integer, not {value!r}")
@@ -135,6 +138,10 @@ class SystolicArray(wiring.Component):
         if column_weights and dataflow != "broadcast":
             raise ValueError("column_weights needs the broadcast dataflow (per-PE weights "
                              "would need a skew register chain each in a systolic array)")
+        if shift_drain and dataflow != "broadcast":
+            raise ValueError("shift_drain needs the broadcast dataflow (a systolic array's "
+                             "PEs capture their sums one skew step apart)")
+        self.shift_drain = bool(shift_drain)
         self._mac = resolve_mac(mac)
         self.column_weights = bool(column_weights)
         self.dataflow, self.compact = dataflow, bool(compact)
@@ -257,9 +264,10 @@ class SystolicArray(wiring.Component):
         """Stream the shadows ``(r <= last_r, c <= last_c)`` out ``for col: for row``, from
         the cycle after ``captured``.
 
-        Systolic: PE (r, c) captures in cycle A + 1 + lat + r + c; reading index j = c*R + r
-        from cycle A + 2 + lat on, one per cycle at most, is never early. Broadcast: every
-        PE has captured by then; draining a column shifts its chain once per result.
+        PE (r, c) captures in cycle A + 1 + lat + r + c (+ 0 when broadcast); reading index
+        j = c*R + r from cycle A + 2 + lat on, one per cycle at most, is never early. With
+        ``shift_drain`` every PE has captured by then; draining a column shifts its chain
+        once per result.
         """
         R, C, o = self.rows, self.cols, self.o_stream
         draining = Signal()
@@ -274,7 +282,7 @@ class SystolicArray(wiring.Component):
         # selects (a decoder whose outputs each reach every bit of the result) made the
         # ULX3S-85F's 16×4 array too congested for nextpnr to route.
         selected = Signal(signed(self.acc_width))
-        if self.dataflow == "broadcast":
+        if self.shift_drain:
             with m.If(draining & (o.ready | ~o.valid)):
                 for c in range(C):
                     with m.If(idx_c == c):

@@ -80,20 +80,25 @@ def test_array_matches_golden(request, rows, cols, seed):
     run_array(dut, systolic_tiles(rows, cols, depths, seed), seed=seed, name=request.node.name)
 
 
+@pytest.mark.parametrize("shift_drain", [False, True], ids=["mux", "shift"])
 @pytest.mark.parametrize("rows,cols", [(1, 1), (4, 4), (8, 2), (2, 8)])
-def test_broadcast_dataflow_matches_golden(request, rows, cols):
+def test_broadcast_dataflow_matches_golden(request, rows, cols, shift_drain):
     """The broadcast variant: same results, order and timing as the systolic one."""
     depths = [1, 2, rows * cols + 5, 3, 2 * rows * cols, 7]
     dut = SystolicArray(rows, cols, acc_width=golden.accumulator_bits(max(depths)),
-                        dataflow="broadcast")
+                        dataflow="broadcast", shift_drain=shift_drain)
     run_array(dut, systolic_tiles(rows, cols, depths, 9), seed=9, name=request.node.name)
 
 
-@pytest.mark.parametrize("dataflow", ["systolic", "broadcast"])
-def test_heavy_backpressure(request, dataflow):
-    """The drain under a consumer that stalls 80 % of the time (the broadcast array's
-    shift chains move only when a result is taken)."""
-    dut = SystolicArray(4, 2, acc_width=24, dataflow=dataflow)
+DRAINS = {"systolic": {}, "broadcast": {"dataflow": "broadcast"},
+          "shift": {"dataflow": "broadcast", "shift_drain": True}}
+
+
+@pytest.mark.parametrize("drain", DRAINS)
+def test_heavy_backpressure(request, drain):
+    """The drain under a consumer that stalls 80 % of the time (shift chains move only
+    when a result is taken)."""
+    dut = SystolicArray(4, 2, acc_width=24, **DRAINS[drain])
     tiles = systolic_tiles(4, 2, [9, 1, 12, 2, 30], seed=7)
     run_array(dut, tiles, seed=7, name=request.node.name, idle=0.1, stall=0.8)
 
@@ -123,11 +128,11 @@ def test_other_multiplier_latency(request):
     run_array(dut, systolic_tiles(2, 3, [1, 8, 2, 11, 5], seed=3), seed=3, name=request.node.name)
 
 
-@pytest.mark.parametrize("dataflow", ["systolic", "broadcast"])
-def test_throughput_one_beat_per_cycle(request, dataflow):
+@pytest.mark.parametrize("drain", DRAINS)
+def test_throughput_one_beat_per_cycle(request, drain):
     """Tiles of D = min_tile beats stream with no stall: cycles = beats + drain latency."""
     rows, cols = 8, 2
-    dut = SystolicArray(rows, cols, acc_width=24, dataflow=dataflow)
+    dut = SystolicArray(rows, cols, acc_width=24, **DRAINS[drain])
     depths = [dut.min_tile] * 4
     _, cycles = run_array(dut, systolic_tiles(rows, cols, depths, seed=1), seed=1,
                           name=request.node.name, idle=0, stall=0)
@@ -145,15 +150,17 @@ def test_bad_arguments():
         SystolicArray(2, 2, acc_width=24, mac="dsp48")
     with pytest.raises(ValueError, match="dataflow must be"):
         SystolicArray(2, 2, acc_width=24, dataflow="weight-stationary")
+    with pytest.raises(ValueError, match="shift_drain needs the broadcast dataflow"):
+        SystolicArray(2, 2, acc_width=24, shift_drain=True)
 
 
-@pytest.mark.parametrize("dataflow", ["systolic", "broadcast"])
+@pytest.mark.parametrize("drain", DRAINS)
 @pytest.mark.parametrize("rows,cols", [(3, 2), (4, 4), (1, 5)])
-def test_array_compact_drains_used_pes(request, rows, cols, dataflow):
+def test_array_compact_drains_used_pes(request, rows, cols, drain):
     """The array alone: tiles with every (last_row, last_col) emit exactly those PEs'
     sums, ``for col: for row``, under random bubbles and back-pressure (a partly drained
-    broadcast chain is overwritten by the next capture)."""
-    dut = SystolicArray(rows, cols, 24, compact=True, dataflow=dataflow)
+    shift chain is overwritten by the next capture)."""
+    dut = SystolicArray(rows, cols, 24, compact=True, **DRAINS[drain])
     shapes = [(r, c) for r in range(rows) for c in range(cols)]
     shapes += shapes[::-1]
     tiles = systolic_tiles(rows, cols, [(1, 2, 7, 30)[n % 4] for n in range(len(shapes))],
