@@ -77,7 +77,7 @@ class Core(wiring.Component):
         read while idle (the activation memory's first read port serves the datapath
         while ``busy``, the host reads otherwise).
 
-    Timing: a layer takes its array beats (``out_h·k_blocks·ceil(out_w/cols)·D``) plus
+    Timing: a layer takes its array beats (:func:`~.program.array_tiles` ``·D``) plus
     the datapath's pipeline fill and drain, a copy ``segments·length + 2`` cycles (1 if
     it copies nothing), each plus the descriptor fetch and store (:class:`Sequencer`);
     the counters report the exact figures of a run.

@@ -23,7 +23,7 @@ def beat_layout(cols, act_addr_width=_ACT_ADDR, w_addr_width=_W_ADDR):
     """Addresses of one operand beat."""
     return data.StructLayout({
         "act_addr": data.ArrayLayout(unsigned(act_addr_width), cols),
-        "act_zero": data.ArrayLayout(1, cols),   # padding or pixel >= out_w: operand is 0
+        "act_zero": data.ArrayLayout(1, cols),   # padding or pixel past the map: operand 0
         "w_addr": unsigned(w_addr_width),
         "last": 1,                               # last d of the tile
         "end": 1,                                # last beat of the layer
@@ -84,9 +84,11 @@ class Im2col(wiring.Component):
     ``start.ready`` is high only while idle); the payload must stay unchanged until the
     layer's last beat (the unit reads its plain fields from it, copying none). The unit
     then spends 8 cycles (one per bit of the descriptor's ``in_h``) computing per-layer
-    constants by shift-and-add (no multipliers anywhere), and emits ``out_h * k_blocks *
-    ceil(out_w / cols) * reduction`` beats on ``o_stream``, one per cycle unless
-    backpressured, the final one with ``end``.
+    constants by shift-and-add (no multipliers anywhere), and emits
+    :func:`~.program.array_tiles` ``* reduction`` beats on ``o_stream`` (``out_h *
+    k_blocks * ceil(out_w / cols) * reduction``, or ``ceil(out_h * out_w / cols) *
+    reduction`` when the tiles wrap rows), one per cycle unless backpressured, the final
+    one with ``end``.
     Column ``j``'s byte address is ``in_base + (c*in_h + iy)*in_w + ix`` (CHW) with
     ``iy = y*stride + fy - pad_top`` and ``ix = x*stride + fx - pad``, its ``act_zero``
     flags a row outside ``[0, in_h)``, a column outside ``[0, in_w)`` or a pixel beyond

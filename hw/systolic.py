@@ -254,6 +254,8 @@ class SystolicArray(wiring.Component):
             acc = Signal(signed(self.acc_width), name=f"acc_{r}_{c}")
             shadow[(r, c)] = Signal(signed(self.acc_width), name=f"sh_{r}_{c}")
             total = acc + p
+            # (The drain's shift, assigned later, would win over this capture; the two
+            # never meet: a tile's last beat is accepted only once the drain is over.)
             with m.If(lastpipe[lat + self._skew(r, c)]):
                 m.d.sync += [shadow[(r, c)].eq(total), acc.eq(0)]
             with m.Else():

@@ -294,6 +294,18 @@ def test_wrapping_layer_then_blocked_layer(request):
     print(f"\nwrapping then blocked on 16x4: {cycles} cycles (array beats {p.ideal_cycles()})")
 
 
+def test_shift_drain_layers_match_golden(request):
+    """An iCE40 configuration drains the array through shift chains: a C1-like layer
+    pooled 2/2, then a fully connected layer of two k-blocks, back to back."""
+    config = SMALL.with_(ice40=True)
+    net = Network("t", (1, 10, 10), [Conv(6, 5, pad=2), ReLU(), MaxPool(2, 2), FC(12)])
+    params = nets.random_params(net, 13)
+    dp = Datapath(config, dataflow="broadcast")
+    assert dp.array.shift_drain
+    run_layer(request, net, params, edge_input(net.input_shape, 13), config=config,
+              layers=2, dataflow="broadcast")
+
+
 def test_compact_two_layers_back_to_back(request):
     """Layer 2 starts the cycle after layer 1's ``done``: the latched tile shapes, the
     pool's last block and the writer's channel count all follow the new descriptor."""

@@ -81,7 +81,7 @@ def test_array_matches_golden(request, rows, cols, seed):
 
 
 @pytest.mark.parametrize("shift_drain", [False, True], ids=["mux", "shift"])
-@pytest.mark.parametrize("rows,cols", [(1, 1), (4, 4), (8, 2), (2, 8)])
+@pytest.mark.parametrize("rows,cols", [(1, 1), (4, 4), (8, 2), (2, 8), (8, 1)])
 def test_broadcast_dataflow_matches_golden(request, rows, cols, shift_drain):
     """The broadcast variant: same results, order and timing as the systolic one."""
     depths = [1, 2, rows * cols + 5, 3, 2 * rows * cols, 7]

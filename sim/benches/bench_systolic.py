@@ -9,6 +9,7 @@ import json
 import cocotb
 import numpy as np
 
+from fpgacnn.hw.program import array_tiles
 from fpgacnn.hw.systolic import operands_layout, result_layout
 from fpgacnn.sim.benches._tb import StreamTB
 from fpgacnn.sim.cocotb_runner import bench_params, pack, pack_fields, unpack_fields
@@ -55,8 +56,8 @@ async def lenet_cycles(dut):
     report = {}
     # (name, useful output channels, out_h, out_w, reduction D)
     for n, (name, k, oh, ow, d) in enumerate((("C1", 6, 28, 28, 25), ("C3", 16, 10, 10, 150))):
-        kbs, xts = -(-k // rows), -(-ow // cols)
-        tiles = systolic_tiles(rows, cols, [d] * (oh * kbs * xts), p["seed"] + n)
+        n_tiles = array_tiles(cols, oh, ow, -(-k // rows))
+        tiles = systolic_tiles(rows, cols, [d] * n_tiles, p["seed"] + n)
         cycles = await run(dut, tiles, p, idle=0, stall=0)
         macs = k * oh * ow * d
         report[name] = {"beats": len(tiles) * d, "cycles": cycles, "macs": macs,
