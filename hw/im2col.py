@@ -6,7 +6,7 @@ or, when the layer's tiles wrap rows (:func:`~.program.wraps_rows`), pixel ``t*c
 of the map read row-major (tile ``t``).
 """
 
-from amaranth.hdl import C, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -91,8 +91,9 @@ class Im2col(wiring.Component):
     one with ``end``.
     Column ``j``'s byte address is ``in_base + (c*in_h + iy)*in_w + ix`` (CHW) with
     ``iy = y*stride + fy - pad_top`` and ``ix = x*stride + fx - pad``, its ``act_zero``
-    flags a row outside ``[0, in_h)``, a column outside ``[0, in_w)`` or a pixel beyond
-    ``out_w``; the weight word is ``w_base + kb*reduction + d``. Addresses of zeroed
+    flags a row outside ``[0, in_h)``, a column outside ``[0, in_w)`` or a pixel past the
+    map (beyond ``out_w``, or past the last row in a wrapping tile); the weight word is
+    ``w_base + kb*reduction + d``. Addresses of zeroed
     operands are unspecified (they are never read).
 
     Only ``cin, in_h, in_w, kernel, stride, pad, pad_top, out_h, out_w, k_blocks,
@@ -366,7 +367,7 @@ class _Registers:
         # Wrapping tiles (program.wraps_rows; never with one column): out_w*stride,
         # (in_w - out_w)*stride, column j's x and address offsets in the next row, the
         # step from a row's last tile to the next tile, and rem's (out_w - cols).
-        self.wrap = Signal() if cols > 1 else C(0, 1)
+        self.wrap = Signal() if cols > 1 else Const(0, 1)
         if cols > 1:
             self.ows = Signal(range((1 << len(desc.out_w)) * max_stride))
             self.wrap_step = Signal(A)
