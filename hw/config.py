@@ -81,6 +81,13 @@ class AcceleratorConfig:
         ``rows * cols`` weights (the host still writes ``weight_words`` words of ``rows``);
         ``cols`` must be a power of two dividing ``weight_words``, and the dataflow
         broadcast. Off by default.
+    wrap_rows : bool
+        A layer with one k-block and rows of at least ``cols`` pixels walks its output
+        map row-major as one sequence of tiles (:func:`~.program.wraps_rows`), so rows
+        whose width is not a multiple of ``cols`` leave no column idle. It costs per-layer
+        wrap offsets and, per column, a next-row address and padding check in the
+        address generator (560 logic cells on the iCEBreaker's 8×2 array; README); nothing
+        with one column. Off by default.
     pool_width, pool_blocks : int
         Max-pool line buffer: widest pooled layer (convolution output width) and most
         k-blocks it holds (``pool_width * pool_blocks * rows`` bytes of block RAM).
@@ -131,6 +138,7 @@ class AcceleratorConfig:
     compact_drain: bool = False
     fc_columns: bool = False
     act_window: bool = False
+    wrap_rows: bool = False
 
     def __post_init__(self):
         name = self.name
@@ -153,7 +161,7 @@ class AcceleratorConfig:
         if not 10 <= self.watchdog_log2 <= 31:
             raise ValueError(f"config {name}: watchdog_log2 = {self.watchdog_log2} must be "
                              f"10..31 (a run is stopped after 2 ** watchdog_log2 cycles)")
-        for flag in ("ice40", "compact_drain", "fc_columns", "act_window"):
+        for flag in ("ice40", "compact_drain", "fc_columns", "act_window", "wrap_rows"):
             if type(getattr(self, flag)) is not bool:
                 raise ValueError(f"config {name}: {flag} must be True or False, not "
                                  f"{getattr(self, flag)!r}")
@@ -284,7 +292,8 @@ CONFIGS = {
         name="ulx3s-85f", rows=16, cols=4, max_reduction=4096,
         weight_words=8192, act_bytes=32768, qparam_entries=1024, max_layers=16,
         clock_hz=60_000_000, ice40=False, dataflow=Dataflow.BROADCAST, fc_columns=True,
-        pool_width=64, pool_blocks=4, rx_fifo_bytes=8192, compact_drain=True),
+        pool_width=64, pool_blocks=4, rx_fifo_bytes=8192, compact_drain=True,
+        wrap_rows=True),
 }
 
 

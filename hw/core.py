@@ -126,9 +126,14 @@ class Core(wiring.Component):
         m.submodules.weights = wmem = WeightMemory(rows=cfg.rows * cfg.weight_lanes,
                                                    depth=cfg.weight_words // cfg.weight_lanes,
                                                    ice40=cfg.ice40)
-        m.submodules.qparams = qmem = Ram(program.QParam, cfg.qparam_entries)
-        m.submodules.program = pmem = Ram(unsigned(16), _program_halfwords(cfg))
-        m.submodules.results = rmem = Ram(unsigned(32), _result_words(cfg))
+        # Reads and writes that never meet: QPARAMS and PROGRAM chunks are held off while
+        # the core runs and only a run reads them; the sequencer writes the counters only
+        # while running and the link reads them (RESULT) only while idle.
+        m.submodules.qparams = qmem = Ram(program.QParam, cfg.qparam_entries,
+                                          rw_exclusive=True)
+        m.submodules.program = pmem = Ram(unsigned(16), _program_halfwords(cfg),
+                                          rw_exclusive=True)
+        m.submodules.results = rmem = Ram(unsigned(32), _result_words(cfg), rw_exclusive=True)
         m.submodules.writes = writes = HostWrites(cfg)
         seq = Sequencer(cfg)
         m.submodules.sequencer = ResetInserter({"sync": stop})(seq)

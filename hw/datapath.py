@@ -40,7 +40,8 @@ class Datapath(wiring.Component):
     Stages, all valid/ready pipelines that never lose a beat:
 
     1. :class:`~fpgacnn.hw.im2col.Im2col` walks ``for y: for kb: for xt: for d`` (tiles
-       that run on into the next row when :func:`~fpgacnn.hw.program.wraps_rows`) and
+       that run on into the next row when ``config.wrap_rows`` and
+       :func:`~fpgacnn.hw.program.wraps_rows`) and
        gives per beat ``cols`` activation addresses (+ padding flags), the weight word
        address and ``last``;
     2. fetch: one read per array column from the activation memory copies and one
@@ -93,13 +94,16 @@ class Datapath(wiring.Component):
         rows, cols = config.rows, config.cols
         self.im2col = Im2col(cols, act_addr_width=config.act_addr_width,
                              w_addr_width=config.weight_addr_width,
-                             column_blocks=config.fc_columns)
+                             column_blocks=config.fc_columns,
+                             wrap_rows=config.wrap_rows)
         compact = config.compact_drain
         # iCE40: the shadows' flip-flops take their cells' LUTs anyway, so the drain's
-        # shift chains cost nothing there (on an ECP5, a LUT per bit).
+        # shift chains cost nothing there, and capturing from the accumulators' registers
+        # puts each accumulator bit in one cell (on an ECP5 both cost a LUT per bit).
         self.array = SystolicArray(rows, cols, config.acc_width, mac=mac, dataflow=dataflow,
                                    compact=compact, column_weights=config.fc_columns,
-                                   shift_drain=config.ice40 and dataflow == "broadcast")
+                                   shift_drain=config.ice40 and dataflow == "broadcast",
+                                   register_capture=config.ice40)
         self.requant = Requantizer(config.acc_width, interval=requant_interval,
                                    bias_width=config.bias_width,
                                    mul16=requant_multiplier(mac, requant_interval))
@@ -148,7 +152,8 @@ class Datapath(wiring.Component):
         # Tiles that run on into the next output row (as Im2col's).
         self.wrap = Signal()
         m.d.comb += self.wrap.eq(program.wraps_rows(self._config.cols, desc.out_w,
-                                                    desc.k_blocks))
+                                                    desc.k_blocks,
+                                                    wrap_rows=self._config.wrap_rows))
         self._fetch(m)
         tiles_done = self._drop_and_read_qparam(m)
         out_valid, out_value, out_ready = self._optional_pool(m)
@@ -188,7 +193,7 @@ class Datapath(wiring.Component):
                     ops.p.last_row.eq(Mux(self.colmode, cfg.rows - 1, self._last_index(
                         tile.kbase, desc.out_channels, cfg.rows))),
                     ops.p.last_col.eq(Mux(
-                        self.wrap & (tile.y + 1 != desc.out_h), cfg.cols - 1,
+                        tile.runs_on, cfg.cols - 1,
                         self._last_index(Mux(self.colmode, tile.kb, tile.xbase),
                                          Mux(self.colmode, desc.k_blocks, desc.out_w),
                                          cfg.cols)))]
@@ -214,11 +219,13 @@ class Datapath(wiring.Component):
         rows``), ``y`` (the first pixel's row), ``done`` (every tile stepped past). In
         column mode a tile is ``cols`` k-blocks; when tiles wrap rows
         (:func:`~.program.wraps_rows`, ``self.wrap``), a row's last tile ends in the next
-        row and the next tile starts where it ended."""
+        row and the next tile starts where it ended: ``runs_on`` (a value) says the tile's
+        columns past its row's end are pixels of the next row, which exists."""
         desc, rows, cols = self.desc, self._config.rows, self._config.cols
         t = SimpleNamespace(xbase=Signal.like(desc.out_w), kbase=Signal.like(desc.q_base),
                             kb=Signal.like(desc.k_blocks), y=Signal.like(desc.out_h),
                             done=Signal())
+        t.runs_on = self.wrap & (t.y + 1 != desc.out_h)
         kb_step, last_kb = 1, t.kb + 1 == desc.k_blocks
         if self._config.fc_columns:
             kb_step = Mux(self.colmode, cols, 1)
@@ -256,9 +263,7 @@ class Datapath(wiring.Component):
         xbase, kbase = tile.xbase, tile.kbase
         keep = Signal()
         channel = Signal.like(desc.q_base)      # kb*R + row (+ col*R in column mode)
-        # A wrapping tile's columns past the row are the next row's, if it has one.
-        m.d.comb += [keep.eq((xbase + res.p.col < desc.out_w) |
-                             (self.wrap & (tile.y + 1 != desc.out_h))),
+        m.d.comb += [keep.eq((xbase + res.p.col < desc.out_w) | tile.runs_on),
                      channel.eq(kbase + res.p.row)]
         if self._config.fc_columns:
             # Column mode: column c is k-block kb + c; with compact_drain the writer

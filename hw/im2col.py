@@ -2,8 +2,8 @@
 
 Loop order (docs/architecture.md): ``for y in out_h: for kb in k_blocks: for xt in
 x-tiles: for d = (c, fy, fx)``. Column ``j`` of a beat is output pixel ``xt*cols + j``,
-or, when the layer's tiles wrap rows (:func:`~.program.wraps_rows`), pixel ``t*cols + j``
-of the map read row-major (tile ``t``).
+or, when the unit is built with ``wrap_rows`` and the layer's tiles wrap rows
+(:func:`~.program.wraps_rows`), pixel ``t*cols + j`` of the map read row-major (tile ``t``).
 """
 
 from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
@@ -31,14 +31,14 @@ def beat_layout(cols, act_addr_width=_ACT_ADDR, w_addr_width=_W_ADDR):
 
 
 def im2col_reference(desc, cols, act_addr_width=_ACT_ADDR, w_addr_width=_W_ADDR,
-                     column_blocks=False):
+                     column_blocks=False, wrap_rows=False):
     """Pure-Python model of :class:`Im2col`: yields one dict per beat (test scaffolding).
 
     ``desc`` is a dict with the LayerDescriptor fields used here (``cin, in_h, in_w,
     kernel, stride, pad, out_h, out_w, k_blocks, reduction, in_base, w_base``, and
     ``pad_top``, which defaults to ``pad``).
     Addresses wrap modulo ``2**act_addr_width`` / ``2**w_addr_width`` like the unit's.
-    ``column_blocks`` as in :class:`Im2col`.
+    ``column_blocks`` and ``wrap_rows`` as in :class:`Im2col`.
     """
     a_mask, w_mask = (1 << act_addr_width) - 1, (1 << w_addr_width) - 1
     c_n, h, w = desc["cin"], desc["in_h"], desc["in_w"]
@@ -51,7 +51,7 @@ def im2col_reference(desc, cols, act_addr_width=_ACT_ADDR, w_addr_width=_W_ADDR,
     # Each tile: (k-block index, its columns' output pixels (y, x), y = out_h: none).
     if colmode:
         tiles = [(n, [(y, 0)] * cols) for y in range(out_h) for n in range(len(kb_starts))]
-    elif wraps_rows(cols, out_w, kbs):
+    elif wraps_rows(cols, out_w, kbs, wrap_rows=wrap_rows):
         tiles = [(0, [divmod(t * cols + j, out_w) for j in range(cols)])
                  for t in range(-(-out_h * out_w // cols))]
     else:
@@ -134,10 +134,14 @@ class Im2col(wiring.Component):
     column_blocks : bool
         Run layers with ``out_w == 1`` and ``k_blocks > 1`` in column mode (above);
         ``cols`` a power of two.
+    wrap_rows : bool
+        Let tiles wrap rows where :func:`~.program.wraps_rows` allows it (per-layer wrap
+        offsets and, per column, a next-row address and padding check); without it every
+        output row starts a new tile.
     """
 
     def __init__(self, cols, *, act_addr_width=_ACT_ADDR, w_addr_width=_W_ADDR,
-                 column_blocks=False):
+                 column_blocks=False, wrap_rows=False):
         if not isinstance(cols, int) or cols < 1:
             raise TypeError(f"cols must be a positive integer, not {cols!r}")
         for name, value, field in (("act_addr_width", act_addr_width, "in_base"),
@@ -149,6 +153,7 @@ class Im2col(wiring.Component):
         if column_blocks and cols & (cols - 1):
             raise ValueError(f"column_blocks needs cols to be a power of two, not {cols}")
         self.cols, self.column_blocks = cols, bool(column_blocks)
+        self.wrap_rows = bool(wrap_rows) and cols > 1
         self.act_addr_width, self.w_addr_width = act_addr_width, w_addr_width
         super().__init__({
             "start": In(stream.Signature(LayerDescriptor)),
@@ -160,7 +165,7 @@ class Im2col(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         r = _Registers(self.start.payload, self.cols, self.act_addr_width, self.w_addr_width,
-                       self.column_blocks)
+                       self.column_blocks, self.wrap_rows)
         o = self.o_stream
         # Coordinates are sums, not registers: cheaper than stepping them.
         iy = Signal(r.P)
@@ -168,7 +173,7 @@ class Im2col(wiring.Component):
         row_ok = ~iy[-1] & (iy < r.in_h)
         m.d.comb += [o.payload.w_addr.eq(r.wa), o.payload.last.eq(r.wrap_c),
                      o.payload.end.eq(r.end)]
-        if self.cols > 1:
+        if self.wrap_rows:
             # Columns past the row's end: the next output row (the last row has none).
             iy_next = Signal(r.P)
             m.d.comb += iy_next.eq(iy + r.stride)
@@ -177,13 +182,16 @@ class Im2col(wiring.Component):
             ix = Signal(r.P, name=f"ix_{j}")
             ok = row_ok & (r.rem > j)
             addr = r.a0
-            if j:
+            if j and self.wrap_rows:
                 # Column j is column 0 shifted by j*stride, or by j*stride - out_w*stride
                 # (x) and that plus stride*in_w (address) in the next row.
                 wrapped = r.rem <= j
                 ok = Mux(wrapped, next_row_ok, row_ok)
                 m.d.comb += ix.eq(r.tile_x + r.fx + Mux(wrapped, r.next_x[j], r.stride_x[j]))
                 addr = r.a0 + Mux(wrapped, r.next_a[j], r.stride_x[j])
+            elif j:     # column j is column 0 shifted by j*stride
+                m.d.comb += ix.eq(r.tile_x + r.fx + r.stride_x[j])
+                addr = r.a0 + r.stride_x[j]
             else:
                 m.d.comb += ix.eq(r.tile_x + r.fx)
             ok = ok & ~ix[-1] & (ix < r.in_w)
@@ -205,7 +213,7 @@ class Im2col(wiring.Component):
         init_cycles = max(len(hsh), len(r.km1), len(r.stride), len(r.pad_top))
         n = Signal(range(init_cycles))
         o = self.o_stream
-        if self.cols > 1:
+        if self.wrap_rows:
             osh = Signal.like(r.ows)                    # out_w << n
             dsh = Signal.like(r.wrap_step)              # (in_w - out_w) << n
         with m.FSM():
@@ -223,8 +231,9 @@ class Im2col(wiring.Component):
                         r.step_r.eq(0), r.row_a.eq(base),
                     ]
                     m.d.sync += [r.stride_x[j].eq(p.stride * j) for j in range(1, self.cols)]
-                    if self.cols > 1:
-                        m.d.sync += [r.wrap.eq(wraps_rows(self.cols, p.out_w, p.k_blocks)),
+                    if self.wrap_rows:
+                        m.d.sync += [r.wrap.eq(wraps_rows(self.cols, p.out_w, p.k_blocks,
+                                                          wrap_rows=True)),
                                      osh.eq(p.out_w), dsh.eq(p.in_w - p.out_w),
                                      r.ows.eq(0), r.wrap_step.eq(0)]
                     if self.column_blocks:
@@ -250,11 +259,11 @@ class Im2col(wiring.Component):
                     m.d.sync += r.step_c.eq(r.step_c - wsh)
                 with m.If(r.stride.bit_select(n, 1) & (n < len(r.stride))):
                     m.d.sync += r.step_r.eq(r.step_r + wsh)
-                    if self.cols > 1:
+                    if self.wrap_rows:
                         # ows = out_w*stride; wrap_step = (in_w - out_w)*stride.
                         m.d.sync += [r.ows.eq(r.ows + osh),
                                      r.wrap_step.eq(r.wrap_step + dsh)]
-                if self.cols > 1:
+                if self.wrap_rows:
                     m.d.sync += [osh.eq(osh << 1), dsh.eq(dsh << 1)]
                 with m.If(r.pad_top.bit_select(n, 1) & (n < len(r.pad_top))):
                     m.d.sync += r.row_a.eq(r.row_a - wsh)
@@ -270,7 +279,7 @@ class Im2col(wiring.Component):
                 with m.If(n == 0):
                     # First RUN cycle: row_a is final now (the INIT sum landed).
                     m.d.sync += [r.a0.eq(r.row_a), r.tile_a.eq(r.row_a), n.eq(1)]
-                    if self.cols > 1:
+                    if self.wrap_rows:
                         # The wrapping tiles' column offsets and tile steps.
                         m.d.sync += [r.next_x[j].eq(r.stride_x[j] - r.ows)
                                      for j in range(1, self.cols)]
@@ -293,7 +302,7 @@ class Im2col(wiring.Component):
         # with wrapping tiles where this one ends in the next row.
         new_row = r.last_tile & ~r.wrap
         tile_a_step, tile_x_step, rem_next = r.cs, r.cs, r.rem - C
-        if C > 1:
+        if self.wrap_rows:
             tile_a_step = Mux(r.last_tile, r.cs_wrap_a, r.cs)
             tile_x_step = Mux(r.last_tile, r.cs_wrap_x, r.cs)
             rem_next = Mux(r.last_tile, r.rem + r.rem_wrap, r.rem - C)
@@ -334,7 +343,8 @@ class _Registers:
     Registers that hold a descriptor field (or count up to one) take that field's shape.
     """
 
-    def __init__(self, desc, cols, act_addr_width, w_addr_width, column_blocks=False):
+    def __init__(self, desc, cols, act_addr_width, w_addr_width, column_blocks=False,
+                 wrap_rows=False):
         A, WA = unsigned(act_addr_width), unsigned(w_addr_width)
         # Pixel coordinates that decide padding. For a consistent geometry a real pixel's
         # input x lies in [-pad, in_w + pad), y in [-pad_top, in_h + 256) (a band's rows
@@ -364,11 +374,12 @@ class _Registers:
         # the descriptor so no multiplier sits between the loop state and the beat.
         self.stride_x = [None] + [Signal(range(max_stride * j + 1), name=f"stride_x{j}")
                                   for j in range(1, cols)]
-        # Wrapping tiles (program.wraps_rows; never with one column): out_w*stride,
-        # (in_w - out_w)*stride, column j's x and address offsets in the next row, the
-        # step from a row's last tile to the next tile, and rem's (out_w - cols).
-        self.wrap = Signal() if cols > 1 else Const(0, 1)
-        if cols > 1:
+        # Wrapping tiles (program.wraps_rows; only built with wrap_rows, never with one
+        # column): out_w*stride, (in_w - out_w)*stride, column j's x and address offsets
+        # in the next row, the step from a row's last tile to the next tile, and rem's
+        # (out_w - cols).
+        self.wrap = Signal() if wrap_rows else Const(0, 1)
+        if wrap_rows:
             self.ows = Signal(range((1 << len(desc.out_w)) * max_stride))
             self.wrap_step = Signal(A)
             self.next_x = [None] + [Signal(self.P, name=f"next_x{j}") for j in range(1, cols)]

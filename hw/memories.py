@@ -49,7 +49,7 @@ class Ram(wiring.Component):
     activation memory uses ``copies = cols`` to read one byte per array column per cycle.
 
     Latency 1 cycle (see module docstring); one write and ``copies`` reads per cycle.
-    A read of the address being written returns the old word.
+    A read of the address being written returns the old word, unless ``rw_exclusive``.
 
     Parameters
     ----------
@@ -58,13 +58,21 @@ class Ram(wiring.Component):
     copies : int
     init : list, optional
         Initial contents (simulation and FPGA configuration), e.g. for tests.
+    rw_exclusive : bool
+        The user guarantees that reads and writes never meet (e.g. the host writes the
+        memory only while the core is idle, and the core reads it only while running).
+        A read of the word being written is then undefined, and synthesis maps the
+        storage to block RAM as it is (yosys attribute ``no_rw_check``): an iCE40 EBR has
+        no defined read-during-write result, and yosys otherwise emulates the old word
+        with a register on the write port and a bypass multiplexer on the read data.
     """
-    def __init__(self, shape, depth, *, copies=1, init=()):
+    def __init__(self, shape, depth, *, copies=1, init=(), rw_exclusive=False):
         if not isinstance(depth, int) or depth < 1:
             raise TypeError(f"Memory depth must be a positive integer, not {depth!r}")
         if not isinstance(copies, int) or copies < 1:
             raise TypeError(f"Read-port copies must be a positive integer, not {copies!r}")
         self._shape, self._depth, self._copies, self._init = shape, depth, copies, list(init)
+        self._attrs = {"no_rw_check": 1} if rw_exclusive else {}
         super().__init__({
             "rd": In(read_port_signature(depth, shape)).array(copies),
             "wr": In(write_port_signature(depth, shape)),
@@ -74,14 +82,23 @@ class Ram(wiring.Component):
         m = Module()
         for i in range(self._copies):
             mem = m.submodules[f"mem{i}"] = memory.Memory(
-                shape=self._shape, depth=self._depth, init=self._init)
+                shape=self._shape, depth=self._depth, init=self._init, attrs=self._attrs)
             wp = mem.write_port()
-            rp = mem.read_port()
-            m.d.comb += [
-                wp.addr.eq(self.wr.addr), wp.data.eq(self.wr.data), wp.en.eq(self.wr.en),
-                rp.addr.eq(self.rd[i].addr), rp.en.eq(self.rd[i].en),
-                self.rd[i].data.eq(rp.data),
-            ]
+            m.d.comb += [wp.addr.eq(self.wr.addr), wp.data.eq(self.wr.data),
+                         wp.en.eq(self.wr.en)]
+            if self._attrs:
+                # yosys applies no_rw_check when it merges a register into an
+                # asynchronous read port (memory_dff), not to a synchronous port.
+                # Without a reset, like a synchronous port's data.
+                rp = mem.read_port(domain="comb")
+                data = Signal(self._shape, reset_less=True, name=f"rd{i}_data")
+                m.d.comb += [rp.addr.eq(self.rd[i].addr), self.rd[i].data.eq(data)]
+                with m.If(self.rd[i].en):
+                    m.d.sync += data.eq(rp.data)
+            else:
+                rp = mem.read_port()
+                m.d.comb += [rp.addr.eq(self.rd[i].addr), rp.en.eq(self.rd[i].en),
+                             self.rd[i].data.eq(rp.data)]
         return m
 
 

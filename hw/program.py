@@ -193,8 +193,9 @@ def pool_output_size(size, kernel, stride):
     return conv_output_size(size, kernel, stride, 0)
 
 
-def wraps_rows(cols, out_w, k_blocks):
-    """Whether a layer's tiles of ``cols`` output pixels run on into the next output row.
+def wraps_rows(cols, out_w, k_blocks, *, wrap_rows):
+    """Whether a layer's tiles of ``cols`` output pixels run on into the next output row,
+    on an array built with ``wrap_rows`` (:class:`~.config.AcceleratorConfig`).
 
     Tiles then walk the output map row-major as one sequence of pixels (tile ``t`` is
     pixels ``t*cols … t*cols + cols - 1``), so rows whose width is not a multiple of
@@ -203,14 +204,14 @@ def wraps_rows(cols, out_w, k_blocks):
     spans at most two rows); otherwise each row starts a new tile. Works on ints and on
     Amaranth values alike.
     """
-    if cols == 1:
+    if cols == 1 or not wrap_rows:
         return False
     return (k_blocks == 1) & (out_w >= cols)
 
 
-def array_tiles(cols, out_h, out_w, k_blocks):
+def array_tiles(cols, out_h, out_w, k_blocks, *, wrap_rows):
     """Tiles (of ``D`` operand beats each) the array runs for one layer (not column mode)."""
-    if wraps_rows(cols, out_w, k_blocks):
+    if wraps_rows(cols, out_w, k_blocks, wrap_rows=wrap_rows):
         return -(-out_h * out_w // cols)
     return out_h * k_blocks * -(-out_w // cols)
 

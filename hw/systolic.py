@@ -77,10 +77,11 @@ class SystolicArray(wiring.Component):
     therefore depends combinationally on ``i_stream.payload.last``, never on ``valid``.)
 
     Latency and throughput: one operand beat per cycle as long as tiles have
-    ``D >= min_tile = rows*cols + mac.LATENCY + 2`` beats (e.g. 19 for 8×2 with
+    ``D >= min_tile = rows*cols + mac.LATENCY + 2 + e`` beats (``e`` is 1 with
+    ``register_capture``, else 0; e.g. 19 for 8×2 with
     ``DualMul8``) and ``o_stream`` keeps up; shorter tiles run at one tile per ``min_tile`` cycles,
     since the array emits one result per cycle. The first result of a tile is valid
-    ``result_latency = mac.LATENCY + 3`` cycles after its last beat was accepted, the
+    ``result_latency = mac.LATENCY + 3 + e`` cycles after its last beat was accepted, the
     tile's last result ``rows*cols - 1`` cycles after that.
 
     Parameters
@@ -105,7 +106,7 @@ class SystolicArray(wiring.Component):
         The last beat of each tile also carries ``last_row``/``last_col``, and only
         PEs ``(r <= last_row, c <= last_col)`` are drained (same order): a tile that
         uses ``n`` PEs (few output channels, a narrow last x-tile) takes
-        ``max(D, n + mac.LATENCY + 2)`` cycles instead of ``max(D, min_tile)``. Costs
+        ``max(D, n + mac.LATENCY + 2 + e)`` cycles instead of ``max(D, min_tile)``. Costs
         two small registers and comparators.
     column_weights : bool
         Beats carry ``rows * cols`` weights; on a beat with ``per_col`` PE (r, c) takes
@@ -118,6 +119,15 @@ class SystolicArray(wiring.Component):
         cycle). Costs a 2:1 multiplexer per shadow bit, which on an iCE40 sits in the
         logic cell the shadow's flip-flop takes anyway (its input passes through the
         cell's LUT), so there it saves the whole ``rows*cols``-way multiplexer.
+    register_capture : bool
+        At a tile's end each shadow copies its accumulator's register, one cycle after
+        the last product (one cycle more ``result_latency`` and ``min_tile``), and the
+        accumulator loads the next tile's first product instead of adding it; otherwise
+        the shadow takes the adder's output and the accumulator resets. The adder then
+        drives only the accumulator: on an iCE40 the load multiplexer folds into the
+        adder's LUT (a carry cell's LUT has a free input), so an accumulator bit is one
+        logic cell instead of two (the flip-flop of an adder that also feeds the shadow
+        cannot share the adder's cell). On an ECP5 the multiplexer is a LUT per bit.
 
     Attributes
     ----------
@@ -126,7 +136,8 @@ class SystolicArray(wiring.Component):
     """
 
     def __init__(self, rows, cols, acc_width, mac="generic", dataflow="systolic",
-                 compact=False, column_weights=False, shift_drain=False):
+                 compact=False, column_weights=False, shift_drain=False,
+                 register_capture=False):
         for name, value in (("rows", rows), ("cols", cols)):
             if not isinstance(value, int) or value < 1:
                 raise TypeError(f"{name} must be a positive integer, not {value!r}")
@@ -142,12 +153,14 @@ class SystolicArray(wiring.Component):
             raise ValueError("shift_drain needs the broadcast dataflow (a systolic array's "
                              "PEs capture their sums one skew step apart)")
         self.shift_drain = bool(shift_drain)
+        self.register_capture = bool(register_capture)
+        extra = int(self.register_capture)
         self._mac = resolve_mac(mac)
         self.column_weights = bool(column_weights)
         self.dataflow, self.compact = dataflow, bool(compact)
         self.rows, self.cols, self.acc_width = rows, cols, acc_width
-        self.result_latency = self._mac.LATENCY + 3
-        self.min_tile = rows * cols + self._mac.LATENCY + 2
+        self.result_latency = self._mac.LATENCY + 3 + extra
+        self.min_tile = rows * cols + self._mac.LATENCY + 2 + extra
         super().__init__({
             "i_stream": In(stream.Signature(operands_layout(rows, cols, compact,
                                                             column_weights))),
@@ -166,9 +179,11 @@ class SystolicArray(wiring.Component):
         wreg, xreg = self._operands(m, accept)
         prod = self._multipliers(m, wreg, xreg)
         # lastpipe[j] is high in cycle A + 1 + j after the last beat was accepted in
-        # cycle A; the products of that beat sit in the diagonal r + c = j - lat then.
+        # cycle A; the products of that beat sit in the diagonal r + c = j - lat then,
+        # and their sums in the accumulators one cycle later.
         lat = self._mac.LATENCY
-        lastpipe = Signal(lat + self._skew(self.rows - 1, self.cols - 1) + 1)
+        capture = lat + int(self.register_capture)
+        lastpipe = Signal(capture + self._skew(self.rows - 1, self.cols - 1) + 1)
         m.d.sync += lastpipe.eq(Cat(accept & i.payload.last, lastpipe[:-1]))
         shadow = self._accumulators(m, prod, lastpipe)
         with m.If(accept & i.payload.last):
@@ -181,7 +196,7 @@ class SystolicArray(wiring.Component):
                 m.d.sync += [last_r.eq(i.payload.last_row), last_c.eq(i.payload.last_col)]
         else:
             last_r, last_c = self.rows - 1, self.cols - 1
-        self._drain(m, shadow, lastpipe[lat], busy, last_r, last_c)
+        self._drain(m, shadow, lastpipe[capture], busy, last_r, last_c)
         return m
 
     def _skew(self, r, c):
@@ -246,8 +261,13 @@ class SystolicArray(wiring.Component):
         return prod
 
     def _accumulators(self, m, prod, lastpipe):
-        """Per PE an accumulator, moved to its shadow register (and restarted) when the
-        tile's last products arrive; returns the shadows ``{(r, c): Signal}``."""
+        """Per PE an accumulator whose sum moves to its shadow register at the end of a
+        tile while it starts the next; returns the shadows ``{(r, c): Signal}``.
+
+        The shadow takes the adder's output as the tile's last product arrives (the
+        accumulator resets), or with ``register_capture`` the accumulator's register one
+        cycle later (the accumulator loads the next tile's first product instead of
+        adding it)."""
         lat = self._mac.LATENCY
         shadow = {}
         for (r, c), p in prod.items():
@@ -256,18 +276,25 @@ class SystolicArray(wiring.Component):
             total = acc + p
             # (The drain's shift, assigned later, would win over this capture; the two
             # never meet: a tile's last beat is accepted only once the drain is over.)
-            with m.If(lastpipe[lat + self._skew(r, c)]):
-                m.d.sync += [shadow[(r, c)].eq(total), acc.eq(0)]
-            with m.Else():
-                m.d.sync += acc.eq(total)
+            if self.register_capture:
+                restart = lastpipe[lat + self._skew(r, c) + 1]
+                m.d.sync += acc.eq(Mux(restart, p, total))
+                with m.If(restart):
+                    m.d.sync += shadow[(r, c)].eq(acc)
+            else:
+                with m.If(lastpipe[lat + self._skew(r, c)]):
+                    m.d.sync += [shadow[(r, c)].eq(total), acc.eq(0)]
+                with m.Else():
+                    m.d.sync += acc.eq(total)
         return shadow
 
     def _drain(self, m, shadow, captured, busy, last_r, last_c):
         """Stream the shadows ``(r <= last_r, c <= last_c)`` out ``for col: for row``, from
         the cycle after ``captured``.
 
-        PE (r, c) captures in cycle A + 1 + lat + r + c (+ 0 when broadcast); reading index
-        j = c*R + r from cycle A + 2 + lat on, one per cycle at most, is never early. With
+        PE (r, c) captures in cycle A + 1 + lat + e + r + c (+ 0 when broadcast; e = 1 with
+        ``register_capture``, else 0); reading index j = c*R + r from cycle A + 2 + lat + e
+        on, one per cycle at most, is never early. With
         ``shift_drain`` every PE has captured by then; draining a column shifts its chain
         once per result.
         """

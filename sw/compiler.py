@@ -113,7 +113,8 @@ def ideal_cycles(stage, config):
     lanes = _lanes(stage, config)
     if lanes > 1:
         return h * -(-k_blocks // lanes) * stage.reduction
-    return prog.array_tiles(config.cols, h, w, k_blocks) * stage.reduction
+    return prog.array_tiles(config.cols, h, w, k_blocks,
+                            wrap_rows=config.wrap_rows) * stage.reduction
 
 
 def weight_placement(stages, config):

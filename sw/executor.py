@@ -45,7 +45,8 @@ def descriptor_cycles(desc, config):
     kb, lanes = desc["k_blocks"], _lanes(desc, config)
     if lanes > 1:
         return desc["out_h"] * -(-kb // lanes) * desc["reduction"]
-    return array_tiles(config.cols, desc["out_h"], desc["out_w"], kb) * desc["reduction"]
+    return array_tiles(config.cols, desc["out_h"], desc["out_w"], kb,
+                       wrap_rows=config.wrap_rows) * desc["reduction"]
 
 
 def _lanes(desc, config):

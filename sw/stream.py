@@ -141,7 +141,8 @@ def _choice(stage, config, bs, passes, group, copy_in, copy_out):
         for g0 in range(k0, k1, group):
             layers += len(bs)
             kb = -(-(min(k1, g0 + group) - g0) // rows)
-            beats += sum(array_tiles(config.cols, b.c1 - b.c0, conv_w, kb)
+            beats += sum(array_tiles(config.cols, b.c1 - b.c0, conv_w, kb,
+                                     wrap_rows=config.wrap_rows)
                          for b in bs) * stage.reduction
         if copy_in:
             copied += sum(c * (b.r1 - b.r0) * w for b in bs)

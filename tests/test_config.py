@@ -101,7 +101,8 @@ def test_unknown_config_names_the_choices():
         get_config("icestick")
 
 
-def test_compact_drain_flag_is_checked():
-    with pytest.raises(ValueError, match="compact_drain must be True or False"):
-        get_config("icebreaker").with_(compact_drain=1)
-    assert not get_config("icebreaker").compact_drain
+@pytest.mark.parametrize("flag", ["compact_drain", "wrap_rows"])
+def test_boolean_flags_are_checked(flag):
+    with pytest.raises(ValueError, match=f"{flag} must be True or False"):
+        get_config("icebreaker").with_(**{flag: 1})
+    assert not getattr(get_config("icebreaker"), flag)

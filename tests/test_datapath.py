@@ -184,7 +184,8 @@ def test_layers_back_to_back(request, cols):
 # unused columns, strides 1-2, pads 0-2, kernels 1-5 and FC layers.
 
 NARROW = SMALL.with_(rows=8, cols=3, compact_drain=True)    # cols not a power of two
-WIDE_COMPACT = WIDE.with_(compact_drain=True)               # the ULX3S-85F's shape, systolic
+# The ULX3S-85F's shape and drain, systolic: tiles wrap rows, so compact tiles span rows.
+WIDE_COMPACT = WIDE.with_(compact_drain=True, wrap_rows=True)
 
 CASES = {
     # (network, config, extra Datapath arguments)
@@ -221,9 +222,9 @@ def compact_bound(p, config, extra):
     the pipeline's fill and drain."""
     stage, desc = p.stages[0], p.descriptors[0]
     interval = extra.get("requant_interval", 1)
-    lat2 = 3 + (interval - 1)                                   # mac.LATENCY + 2, generously
+    lat2 = 4 + (interval - 1)              # mac.LATENCY + 2 (+ 1: register_capture), generously
     out_h, out_w, cols = desc["out_h"], desc["out_w"], config.cols
-    if prog.wraps_rows(cols, out_w, desc["k_blocks"]):
+    if prog.wraps_rows(cols, out_w, desc["k_blocks"], wrap_rows=config.wrap_rows):
         # Tiles of cols pixels over the whole map, the last one possibly partial.
         k = desc["out_channels"]
         pixels = out_h * out_w
@@ -258,10 +259,11 @@ def test_compact_layer_matches_golden(request, case):
 
 
 WRAPPING = {
-    # (network, config, extra Datapath arguments): tiles that run on into the next row
-    # (one k-block, out_w % cols != 0) without compact_drain, so the drop stage discards
-    # only what lies past the map: 11x11 pixels on 3 columns (the last tile 2 past the
-    # map) pooled 3/2; 5x5 on 4 columns with stride 2 and pooled 2/1.
+    # (network, config, extra Datapath arguments): layers whose tiles can run on into the
+    # next row (one k-block, out_w % cols != 0) without compact_drain, so the drop stage
+    # discards only what lies past the map (with wrap_rows) or past each row (without):
+    # 11x11 pixels on 3 columns (the last tile 2 past the map) pooled 3/2; 5x5 on 4
+    # columns with stride 2 and pooled 2/1.
     "11x11_on_3_pool3": (Network("t", (2, 11, 11), [Conv(5, 3, pad=1), ReLU(),
                                                      MaxPool(3, 2), FC(1)]),
                          SMALL.with_(cols=3), {"dataflow": "broadcast"}),
@@ -271,16 +273,22 @@ WRAPPING = {
 }
 
 
+@pytest.mark.parametrize("wrap_rows", [True, False])
 @pytest.mark.parametrize("case", WRAPPING)
-def test_wrapping_tiles_match_golden(request, case):
-    """Bit-exact, in ``array_tiles`` tiles of ``max(D, rows*cols + 3)`` cycles (each drains
-    every PE) plus the pipeline's fill and drain."""
-    net, config, extra = WRAPPING[case]
+def test_wrapping_tiles_match_golden(request, case, wrap_rows):
+    """Bit-exact with and without ``wrap_rows``, in ``array_tiles`` tiles of ``max(D,
+    rows*cols + 4)`` cycles (each drains every PE) plus the pipeline's fill and drain;
+    wrapping takes fewer tiles."""
+    net, base, extra = WRAPPING[case]
+    config = base.with_(wrap_rows=wrap_rows)
     (cycles,), p = run_case(request, WRAPPING, case, net, config, **extra)
     desc, pes = p.descriptors[0], config.rows * config.cols
-    assert prog.wraps_rows(config.cols, desc["out_w"], desc["k_blocks"])
-    tiles = prog.array_tiles(config.cols, desc["out_h"], desc["out_w"], desc["k_blocks"])
-    assert cycles <= tiles * max(desc["reduction"], pes + 3) + pes + 64
+    shape = config.cols, desc["out_h"], desc["out_w"], desc["k_blocks"]
+    assert prog.wraps_rows(config.cols, desc["out_w"], desc["k_blocks"],
+                           wrap_rows=wrap_rows) == wrap_rows
+    tiles = prog.array_tiles(*shape, wrap_rows=wrap_rows)
+    assert (tiles < prog.array_tiles(*shape, wrap_rows=not wrap_rows)) == wrap_rows
+    assert cycles <= tiles * max(desc["reduction"], pes + 4) + pes + 64
 
 
 def test_wrapping_layer_then_blocked_layer(request):
@@ -367,9 +375,9 @@ def test_fc_columns_match_golden(request, case):
     cycles, p = run_case(request, FC_CASES, case, net, config, layers=layers,
                          dataflow=config.dataflow)
     for stage, c, ideal in zip(p.stages, cycles, p.ideal_cycles()):
-        # Beats, or one array drain per tile (min_tile = R*C + 3) if tiles are shorter.
+        # Beats, or one array drain per tile (min_tile = R*C + 4) if tiles are shorter.
         tiles = ideal // stage.reduction
-        slowest = max(stage.reduction, config.multipliers + 3)
+        slowest = max(stage.reduction, config.multipliers + 4)
         assert c <= tiles * slowest + config.multipliers + 64
 
 

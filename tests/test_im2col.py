@@ -66,7 +66,8 @@ GEOMETRIES = {  # name: (descriptor, cols)
 def run_im2col(dut, desc, *, seed, name, stall=0.3):
     got = []
     expected = list(im2col_reference(desc, dut.cols, dut.act_addr_width, dut.w_addr_width,
-                                     column_blocks=dut.column_blocks))
+                                     column_blocks=dut.column_blocks,
+                                     wrap_rows=dut.wrap_rows))
 
     async def bench(ctx):
         rng = random.Random(seed)
@@ -99,10 +100,16 @@ def run_im2col(dut, desc, *, seed, name, stall=0.3):
     run_simulation(dut, [bench], name=name, check=check)
 
 
-@pytest.mark.parametrize("geometry", GEOMETRIES)
-def test_im2col_matches_reference(request, geometry):
+#: Every geometry without wrapping tiles, and those of more than one column with them.
+WRAP_CHOICES = [(g, False) for g in GEOMETRIES] + \
+    [(g, True) for g, (_, cols) in GEOMETRIES.items() if cols > 1]
+
+
+@pytest.mark.parametrize("geometry,wrap_rows", WRAP_CHOICES)
+def test_im2col_matches_reference(request, geometry, wrap_rows):
     desc, cols = GEOMETRIES[geometry]
-    run_im2col(Im2col(cols), desc, seed=len(geometry), name=request.node.name)
+    run_im2col(Im2col(cols, wrap_rows=wrap_rows), desc, seed=len(geometry) + wrap_rows,
+               name=request.node.name)
 
 
 COLUMN_GEOMETRIES = {  # name: (descriptor, cols); w_base a multiple of cols
@@ -121,7 +128,7 @@ COLUMN_GEOMETRIES = {  # name: (descriptor, cols); w_base a multiple of cols
 @pytest.mark.parametrize("geometry", COLUMN_GEOMETRIES)
 def test_im2col_column_blocks_match_reference(request, geometry):
     desc, cols = COLUMN_GEOMETRIES[geometry]
-    run_im2col(Im2col(cols, column_blocks=True), desc, seed=len(geometry),
+    run_im2col(Im2col(cols, column_blocks=True, wrap_rows=True), desc, seed=len(geometry),
                name=request.node.name)
 
 
@@ -181,9 +188,9 @@ def test_im2col_back_to_back_layers(request):
     run_simulation(dut, [bench], name=request.node.name, check=check)
 
 
-def conv_by_reference(desc, cols, rows, x, wt):
+def conv_by_reference(desc, cols, rows, x, wt, wrap_rows):
     """The layer computed from operands fetched at the reference's addresses (tile by
-    tile), as ``(out_channels, out_h, out_w)``."""
+    tile, wrapping rows if ``wrap_rows``), as ``(out_channels, out_h, out_w)``."""
     k = desc["out_channels"]
     act = np.zeros(1 << 16, dtype=np.int64)
     flat = x.reshape(-1).astype(np.int64)
@@ -200,11 +207,11 @@ def conv_by_reference(desc, cols, rows, x, wt):
     acc = np.zeros((rows, cols), dtype=np.int64)
     tile = 0
     tiles_per_row = -(-out_w // cols)
-    for beat in im2col_reference(desc, cols):
+    for beat in im2col_reference(desc, cols, wrap_rows=wrap_rows):
         xs = np.array([0 if z else act[a] for a, z in zip(beat["act_addr"], beat["act_zero"])])
         acc += np.outer(words[beat["w_addr"]], xs)
         if beat["last"]:
-            if wraps_rows(cols, out_w, k_blocks):   # pixel tile*cols + j, row-major
+            if wraps_rows(cols, out_w, k_blocks, wrap_rows=wrap_rows):   # row-major pixels
                 for j in range(cols):
                     y, x = divmod(tile * cols + j, out_w)
                     out[:rows, y, x] = acc[:, j]
@@ -214,7 +221,7 @@ def conv_by_reference(desc, cols, rows, x, wt):
                 out[kb * rows:(kb + 1) * rows, y, xt * cols:(xt + 1) * cols] = acc
             acc[:] = 0
             tile += 1
-    assert tile == array_tiles(cols, out_h, out_w, k_blocks)
+    assert tile == array_tiles(cols, out_h, out_w, k_blocks, wrap_rows=wrap_rows)
     return out[:k, :out_h, :out_w]
 
 
@@ -227,16 +234,18 @@ def random_layer(desc, seed):
     return x, wt
 
 
+@pytest.mark.parametrize("wrap_rows", [False, True])
 @pytest.mark.parametrize("geometry", ["c1_like", "c3_like", "stride2_pad1", "fc", "one_col",
                                       "wrap_rows", "wrap_stride2_pad", "wrap_past_the_map",
                                       "wrap_lenet_c3"])
-def test_reference_computes_the_convolution(geometry):
+def test_reference_computes_the_convolution(geometry, wrap_rows):
     """Operands fetched at the reference's addresses give golden.conv2d (tile by tile)."""
     desc, cols = GEOMETRIES[geometry]
     rows = -(-desc["out_channels"] // desc["k_blocks"])     # the descriptor's k-block size
     x, wt = random_layer(desc, 0)
     expected = golden.conv2d(x, wt, stride=desc["stride"], pad=desc["pad"])
-    np.testing.assert_array_equal(conv_by_reference(desc, cols, rows, x, wt), expected)
+    np.testing.assert_array_equal(conv_by_reference(desc, cols, rows, x, wt, wrap_rows),
+                                  expected)
 
 
 @pytest.mark.parametrize("layer,bands", [
@@ -245,9 +254,10 @@ def test_reference_computes_the_convolution(geometry):
     ((3, 11, 7, 3, 2, 1, 3, 2), [(0, 2), (2, 2), (4, 2)]),
     ((1, 9, 9, 3, 2, 1, 9, 8), [(0, 3), (3, 2)]),
     ((2, 6, 5, 5, 1, 0, 3, 2), [(0, 1), (1, 1)]),
-    ((1, 12, 9, 3, 1, 1, 4, 8), [(0, 2), (2, 5), (7, 5)]),     # tiles wrap rows (4 columns)
+    ((1, 12, 9, 3, 1, 1, 4, 8), [(0, 2), (2, 5), (7, 5)]),     # 4 columns: tiles can wrap rows
 ])
-def test_bands_compute_the_layer(layer, bands):
+@pytest.mark.parametrize("wrap_rows", [False, True])
+def test_bands_compute_the_layer(layer, bands, wrap_rows):
     """A layer run as horizontal bands (each holding only its input rows, pad_top the zero
     rows above them) gives the whole layer's output rows, bit-exact."""
     whole = descriptor(*layer)
@@ -257,7 +267,7 @@ def test_bands_compute_the_layer(layer, bands):
     for first, n in bands:
         desc, r0 = band(whole, first, n)
         got = conv_by_reference(desc, 2 if layer[-1] < 8 else 4, layer[-1],
-                                x[:, r0:r0 + desc["in_h"]], wt)
+                                x[:, r0:r0 + desc["in_h"]], wt, wrap_rows)
         np.testing.assert_array_equal(got, expected[:, first:first + n],
                                       err_msg=f"band {first}+{n} of {layer}")
 

@@ -76,7 +76,8 @@ def test_identity_round_trip(name):
 def test_identity_carries_non_default_fields():
     cfg = CONFIGS["icebreaker"].with_(name="x" * MAX_NAME_CHARS, pool_width=300,
                                       pool_blocks=7, requant_interval=4, baud=115_200,
-                                      dataflow="systolic", ice40=False)
+                                      dataflow="systolic", ice40=False, cols=2,
+                                      wrap_rows=True)
     raw = proto.encode_struct(proto.Identity, proto.identity_fields(cfg))
     assert proto.identity_config(proto.decode_struct(proto.Identity, raw)) == cfg
 

@@ -91,7 +91,11 @@ def test_broadcast_dataflow_matches_golden(request, rows, cols, shift_drain):
 
 
 DRAINS = {"systolic": {}, "broadcast": {"dataflow": "broadcast"},
-          "shift": {"dataflow": "broadcast", "shift_drain": True}}
+          "shift": {"dataflow": "broadcast", "shift_drain": True},
+          # Shadows copy the accumulators' registers (with the skew; and as on the iCE40).
+          "systolic_register": {"register_capture": True},
+          "shift_register": {"dataflow": "broadcast", "shift_drain": True,
+                             "register_capture": True}}
 
 
 @pytest.mark.parametrize("drain", DRAINS)
@@ -123,8 +127,9 @@ class SlowMul(wiring.Component):
         return m
 
 
-def test_other_multiplier_latency(request):
-    dut = SystolicArray(2, 3, acc_width=24, mac=SlowMul)
+@pytest.mark.parametrize("register_capture", [False, True])
+def test_other_multiplier_latency(request, register_capture):
+    dut = SystolicArray(2, 3, acc_width=24, mac=SlowMul, register_capture=register_capture)
     run_array(dut, systolic_tiles(2, 3, [1, 8, 2, 11, 5], seed=3), seed=3, name=request.node.name)
 
 

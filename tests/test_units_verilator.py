@@ -55,7 +55,7 @@ def test_systolic_lenet_cycles(request):
     run_cocotb(SystolicArray(rows, cols, aw), "fpgacnn.sim.benches.bench_systolic",
                toplevel="systolic", name=request.node.name, testcase="lenet_cycles",
                params={"rows": rows, "cols": cols, "acc_width": aw, "seed": 1,
-                       "report": str(report)})
+                       "report": str(report), "wrap_rows": ICE.wrap_rows})
     numbers = json.loads(report.read_text())
     for layer, r in numbers.items():
         ratio = r["cycles"] / r["ideal"]

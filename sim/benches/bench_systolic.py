@@ -1,7 +1,8 @@
 """cocotb bench: SystolicArray on Verilator vs the golden matrix product.
 
 Parameters (``bench_params()``): rows, cols, acc_width, seed, depths (tile depths),
-idle, stall; for ``lenet_cycles`` also ``report`` (JSON path for the cycle counts).
+idle, stall; for ``lenet_cycles`` also ``report`` (JSON path for the cycle counts) and
+``wrap_rows`` (the configuration's: tiles that wrap rows).
 """
 
 import json
@@ -56,7 +57,7 @@ async def lenet_cycles(dut):
     report = {}
     # (name, useful output channels, out_h, out_w, reduction D)
     for n, (name, k, oh, ow, d) in enumerate((("C1", 6, 28, 28, 25), ("C3", 16, 10, 10, 150))):
-        n_tiles = array_tiles(cols, oh, ow, -(-k // rows))
+        n_tiles = array_tiles(cols, oh, ow, -(-k // rows), wrap_rows=p["wrap_rows"])
         tiles = systolic_tiles(rows, cols, [d] * n_tiles, p["seed"] + n)
         cycles = await run(dut, tiles, p, idle=0, stall=0)
         macs = k * oh * ow * d
