@@ -98,12 +98,15 @@ class Datapath(wiring.Component):
                              wrap_rows=config.wrap_rows)
         compact = config.compact_drain
         # iCE40: the shadows' flip-flops take their cells' LUTs anyway, so the drain's
-        # shift chains cost nothing there, and capturing from the accumulators' registers
-        # puts each accumulator bit in one cell (on an ECP5 both cost a LUT per bit).
+        # shift chains cost nothing there, capturing from the accumulators' registers puts
+        # each accumulator bit in one cell (on an ECP5 both cost a LUT per bit), and the
+        # SB_MAC16s hold the weights in their own input registers.
         self.array = SystolicArray(rows, cols, config.acc_width, mac=mac, dataflow=dataflow,
                                    compact=compact, column_weights=config.fc_columns,
                                    shift_drain=config.ice40 and dataflow == "broadcast",
-                                   register_capture=config.ice40)
+                                   register_capture=config.ice40,
+                                   weights_in_mac=(config.ice40 and dataflow == "broadcast"
+                                                   and not config.fc_columns))
         self.requant = Requantizer(config.acc_width, interval=requant_interval,
                                    bias_width=config.bias_width,
                                    mul16=requant_multiplier(mac, requant_interval))

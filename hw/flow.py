@@ -21,7 +21,7 @@ Toolchain options added to Amaranth's defaults
   synthesis the build checks that every hand-made 8×8 block is still an 8×8 block
   (:func:`~fpgacnn.hw.build_report.check_hand_dsps`);
 * nextpnr: a JSON report, ``--timing-allow-fail`` and ``--seed``;
-* yosys: :data:`~fpgacnn.hw.toolchain.YOSYS_WORKAROUND` before synthesis.
+* yosys: :data:`~fpgacnn.hw.toolchain.YOSYS_PREP` before synthesis.
 
 This module is the host side of the board tops in :mod:`fpgacnn.hw.boards`; ``fpgacnn
 build`` and ``fpgacnn bench`` only parse arguments and print what it returns.
@@ -42,7 +42,7 @@ from .build_report import (
     format_breakdown,
     read_nextpnr,
 )
-from .toolchain import YOSYS_WORKAROUND, Status, run_step, setup_yowasp_env, toolchain_overrides
+from .toolchain import YOSYS_PREP, Status, run_step, setup_yowasp_env, toolchain_overrides
 
 __all__ = [
     "BOARDS",
@@ -280,7 +280,7 @@ def resource_breakdown(build_dir, family, *, name="top", depth=4, progress=True)
     env = setup_yowasp_env(dict(os.environ))
     build_dir = Path(build_dir)
     synth = "synth_ice40" if family == "ice40" else "synth_ecp5"
-    script = (f"read_rtlil {name}.il; {YOSYS_WORKAROUND}; {synth} -noflatten -top {name}; "
+    script = (f"read_rtlil {name}.il; {YOSYS_PREP}; {synth} -noflatten -top {name}; "
               f"write_json {name}_hier.json")
     cmd = ["yosys", "-l", "breakdown.rpt", "-p", script]
     (build_dir / "breakdown.cmd").write_text(" ".join(cmd) + "\n")

@@ -112,24 +112,32 @@ class Ice40DualMul8(wiring.Component):
     ----------
     domain : str
         Clock domain of the product registers (default ``sync``); its reset clears them.
+    a_registered : bool
+        As :class:`~fpgacnn.hw.multiplier.DualMul8`'s: ``a`` goes through the block's
+        own A input register (``A_REG = 1``), not a fabric flip-flop.
 
     Attributes
     ----------
     LATENCY : int
-        1: a product appears one clock after its operands; one pair of products per
-        cycle, every cycle (no enable, no handshake).
+        1: a product appears one clock after its operands (``b``, and ``a`` unless
+        ``a_registered``); one pair of products per cycle, every cycle (no enable, no
+        handshake).
     """
     LATENCY = 1
 
-    def __init__(self, *, domain="sync"):
+    def __init__(self, *, domain="sync", a_registered=False):
         self._domain = _check_domain(domain)
+        self.a_registered = bool(a_registered)
         super().__init__(dual_mul8_signature())
 
     def elaborate(self, platform):
         m = Module()
         o = Signal(32)
+        params = SB_MAC16_8X8_SIGNED_PARAMS
+        if self.a_registered:
+            params = {**params, "A_REG": C(1, 1)}
         # A and B carry the two pairs: byte 0 → bottom multiplier, byte 1 → top.
-        m.submodules.mac = _sb_mac16(SB_MAC16_8X8_SIGNED_PARAMS, self._domain,
+        m.submodules.mac = _sb_mac16(params, self._domain,
                                      a=Cat(self.a[0], self.a[1]),
                                      b=Cat(self.b[0], self.b[1]), ce=C(1, 1), o=o)
         m.d.comb += [

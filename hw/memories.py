@@ -13,6 +13,8 @@ from amaranth.hdl import C, Cat, ClockSignal, Instance, Module, Mux, Signal, uns
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
+from .toolchain import INIT_DONT_CARE
+
 __all__ = ["read_port_signature", "write_port_signature", "weight_write_signature", "Ram",
            "WeightMemory", "SPRAM_DEPTH", "SPRAM_WIDTH"]
 
@@ -89,9 +91,10 @@ class Ram(wiring.Component):
             if self._attrs:
                 # yosys applies no_rw_check when it merges a register into an
                 # asynchronous read port (memory_dff), not to a synchronous port.
-                # Without a reset, like a synchronous port's data.
+                # Without a reset or a power-up value, like a synchronous port's data.
                 rp = mem.read_port(domain="comb")
-                data = Signal(self._shape, reset_less=True, name=f"rd{i}_data")
+                data = Signal(self._shape, reset_less=True, name=f"rd{i}_data",
+                              attrs={INIT_DONT_CARE: 1})
                 m.d.comb += [rp.addr.eq(self.rd[i].addr), self.rd[i].data.eq(data)]
                 with m.If(self.rd[i].en):
                     m.d.sync += data.eq(rp.data)

@@ -7,7 +7,7 @@ SB_MAC16 each in 16×16 mode (``Ice40Mul16``). This file holds the portable vers
 plain ``*`` that any synthesis tool maps to its DSPs or LUTs.
 """
 
-from amaranth.hdl import Module, signed, unsigned
+from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -29,21 +29,33 @@ class DualMul8(wiring.Component):
     No enable and no handshake: a product appears ``LATENCY`` cycles after its operands,
     every cycle; the user delays its own valid/control bits by the same amount.
 
+    Parameters
+    ----------
+    a_registered : bool
+        ``a`` passes through an input register of its own first: the product is of ``a``
+        one cycle earlier than ``b`` (a user that registers ``a`` anyway can hand that
+        register to the block; an SB_MAC16 has it built in).
+
     Attributes
     ----------
     LATENCY : int
-        Cycles from ``a``/``b`` to ``p`` (1: one output register).
+        Cycles from ``b`` (and an unregistered ``a``) to ``p`` (1: one output register).
     """
     LATENCY = 1
 
-    def __init__(self):
+    def __init__(self, *, a_registered=False):
+        self.a_registered = bool(a_registered)
         super().__init__(dual_mul8_signature())
 
     def elaborate(self, platform):
         m = Module()
         for i in range(2):
+            a = self.a[i]
+            if self.a_registered:
+                a = Signal.like(self.a[i], name=f"a_reg{i}")
+                m.d.sync += a.eq(self.a[i])
             # (-128)*(-128) = 2**14 fits signed(16): the product never wraps.
-            m.d.sync += self.p[i].eq(self.a[i] * self.b[i])
+            m.d.sync += self.p[i].eq(a * self.b[i])
         return m
 
 

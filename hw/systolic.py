@@ -128,6 +128,12 @@ class SystolicArray(wiring.Component):
         adder's LUT (a carry cell's LUT has a free input), so an accumulator bit is one
         logic cell instead of two (the flip-flop of an adder that also feeds the shadow
         cannot share the adder's cell). On an ECP5 the multiplexer is a LUT per bit.
+    weights_in_mac : bool
+        Broadcast dataflow without ``column_weights``: the weights go to the multiplier
+        blocks unregistered and each block registers them itself (``mac(a_registered=
+        True)``; an iCE40 SB_MAC16's A input register), instead of a fabric register per
+        row; only the activations are zeroed on bubbles. Same results and timing. An iCE40
+        weight register copies a RAM's output and takes a logic cell alone.
 
     Attributes
     ----------
@@ -137,7 +143,7 @@ class SystolicArray(wiring.Component):
 
     def __init__(self, rows, cols, acc_width, mac="generic", dataflow="systolic",
                  compact=False, column_weights=False, shift_drain=False,
-                 register_capture=False):
+                 register_capture=False, weights_in_mac=False):
         for name, value in (("rows", rows), ("cols", cols)):
             if not isinstance(value, int) or value < 1:
                 raise TypeError(f"{name} must be a positive integer, not {value!r}")
@@ -149,11 +155,15 @@ class SystolicArray(wiring.Component):
         if column_weights and dataflow != "broadcast":
             raise ValueError("column_weights needs the broadcast dataflow (per-PE weights "
                              "would need a skew register chain each in a systolic array)")
+        if weights_in_mac and (dataflow != "broadcast" or column_weights):
+            raise ValueError("weights_in_mac needs the broadcast dataflow without "
+                             "column_weights (one weight register per row)")
         if shift_drain and dataflow != "broadcast":
             raise ValueError("shift_drain needs the broadcast dataflow (a systolic array's "
                              "PEs capture their sums one skew step apart)")
         self.shift_drain = bool(shift_drain)
         self.register_capture = bool(register_capture)
+        self.weights_in_mac = bool(weights_in_mac)
         extra = int(self.register_capture)
         self._mac = resolve_mac(mac)
         self.column_weights = bool(column_weights)
@@ -208,10 +218,14 @@ class SystolicArray(wiring.Component):
         R, C, i = self.rows, self.cols, self.i_stream
         if self.dataflow == "broadcast":
             # One register per row and per column, fanned out to the whole row/column.
-            wrow = [Signal(signed(8), name=f"w_{r}") for r in range(R)]
             xcol = [Signal(signed(8), name=f"x_{c}") for c in range(C)]
-            m.d.sync += [wrow[r].eq(Mux(accept, i.payload.w[r], 0)) for r in range(R)]
             m.d.sync += [xcol[c].eq(Mux(accept, i.payload.x[c], 0)) for c in range(C)]
+            if self.weights_in_mac:
+                # The multipliers' own input registers hold the weights; a zero
+                # activation is enough to make a bubble's products zero.
+                return [[i.payload.w[r]] * C for r in range(R)], [xcol for _ in range(R)]
+            wrow = [Signal(signed(8), name=f"w_{r}") for r in range(R)]
+            m.d.sync += [wrow[r].eq(Mux(accept, i.payload.w[r], 0)) for r in range(R)]
             wreg = [[wrow[r]] * C for r in range(R)]
             if self.column_weights:
                 # Column 0 takes weight r either way; the others get their own register.
@@ -250,7 +264,7 @@ class SystolicArray(wiring.Component):
         pes = [(r, c) for r in range(self.rows) for c in range(self.cols)]
         prod = {}
         for k in range(0, len(pes), 2):
-            mul = self._mac()
+            mul = self._mac(a_registered=True) if self.weights_in_mac else self._mac()
             m.submodules[f"mul{k // 2}"] = mul
             for lane, pe in enumerate(pes[k:k + 2]):
                 r, c = pe

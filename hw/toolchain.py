@@ -21,6 +21,8 @@ from pathlib import Path
 
 __all__ = [
     "YOSYS_WORKAROUND",
+    "YOSYS_PREP",
+    "INIT_DONT_CARE",
     "Status",
     "StepResult",
     "run_step",
@@ -34,6 +36,13 @@ __all__ = [
 #: (``count_id(wire->name) == 0``, yosys issue #4349) when such a wire aliases a box
 #: output (e.g. an SB_MAC16's ``O``). Only debug names are lost.
 YOSYS_WORKAROUND = "rename -hide w:*[[]* x:* %d"
+#: Attribute of a register whose power-up value is never observed (it is always loaded
+#: before it is read): synthesis drops its init value, so yosys emulates none (a block
+#: RAM's output register has no init value; emulating one costs a LUT per bit).
+INIT_DONT_CARE = "fpgacnn_init_dont_care"
+#: What yosys runs after reading the design, before synthesis: the workaround above, and
+#: the init values of :data:`INIT_DONT_CARE` registers dropped.
+YOSYS_PREP = f"{YOSYS_WORKAROUND}; setattr -unset init a:{INIT_DONT_CARE}"
 
 # Amaranth's tool names -> the environment variables that point at YoWASP, and the
 # name of each step in the status line.
@@ -87,7 +96,7 @@ def toolchain_overrides(seed=1, name="top"):
 
     nextpnr gets ``--report name_report.json`` (utilisation and Fmax as JSON),
     ``--timing-allow-fail`` (a miss is reported with its critical path instead of ending
-    the run without numbers) and ``--seed``; yosys runs :data:`YOSYS_WORKAROUND` before
+    the run without numbers) and ``--seed``; yosys runs :data:`YOSYS_PREP` before
     synthesis. The options are the same for both families.
 
     Raises
@@ -98,7 +107,7 @@ def toolchain_overrides(seed=1, name="top"):
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
     nextpnr = f"--report {name}_report.json --timing-allow-fail --seed {seed}"
-    return {"script_after_read": YOSYS_WORKAROUND, "nextpnr_opts": nextpnr}
+    return {"script_after_read": YOSYS_PREP, "nextpnr_opts": nextpnr}
 
 
 class Status:

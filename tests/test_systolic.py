@@ -95,7 +95,10 @@ DRAINS = {"systolic": {}, "broadcast": {"dataflow": "broadcast"},
           # Shadows copy the accumulators' registers (with the skew; and as on the iCE40).
           "systolic_register": {"register_capture": True},
           "shift_register": {"dataflow": "broadcast", "shift_drain": True,
-                             "register_capture": True}}
+                             "register_capture": True},
+          # The iCE40 builds' array: also the weights registered inside the multipliers.
+          "ice40": {"dataflow": "broadcast", "shift_drain": True, "register_capture": True,
+                    "weights_in_mac": True}}
 
 
 @pytest.mark.parametrize("drain", DRAINS)
@@ -157,6 +160,9 @@ def test_bad_arguments():
         SystolicArray(2, 2, acc_width=24, dataflow="weight-stationary")
     with pytest.raises(ValueError, match="shift_drain needs the broadcast dataflow"):
         SystolicArray(2, 2, acc_width=24, shift_drain=True)
+    with pytest.raises(ValueError, match="weights_in_mac needs the broadcast dataflow"):
+        SystolicArray(2, 2, acc_width=24, dataflow="broadcast", column_weights=True,
+                      weights_in_mac=True)
 
 
 @pytest.mark.parametrize("drain", DRAINS)

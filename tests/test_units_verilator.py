@@ -37,9 +37,12 @@ def test_systolic_verilator(request):
 
 
 def test_systolic_ice40_macs_verilator(request):
-    """The broadcast array on hand-instantiated SB_MAC16s (yosys' cells_sim.v models)."""
+    """The broadcast array on hand-instantiated SB_MAC16s (yosys' cells_sim.v models), as
+    the iCE40 builds have it: shift-chain drain, shadows from the accumulator registers,
+    weights in the SB_MAC16s' input registers."""
     rows, cols, aw = ICE.rows, ICE.cols, ICE.acc_width
-    dut = SystolicArray(rows, cols, aw, mac="ice40", dataflow="broadcast")
+    dut = SystolicArray(rows, cols, aw, mac="ice40", dataflow="broadcast", shift_drain=True,
+                        register_capture=True, weights_in_mac=True)
     run_cocotb(dut, "fpgacnn.sim.benches.bench_systolic",
                toplevel="systolic_ice40", name=request.node.name, testcase="tiles_match_golden",
                extra_sources=[ice40_cells_sim()],
