@@ -86,7 +86,7 @@ class AcceleratorConfig:
         map row-major as one sequence of tiles (:func:`~.program.wraps_rows`), so rows
         whose width is not a multiple of ``cols`` leave no column idle. It costs per-layer
         wrap offsets and, per column, a next-row address and padding check in the
-        address generator (560 logic cells on the iCEBreaker's 8×2 array; README); nothing
+        address generator (210 logic cells on the iCEBreaker's 8×2 array; README); nothing
         with one column. Off by default.
     pool_width, pool_blocks : int
         Max-pool line buffer: widest pooled layer (convolution output width) and most

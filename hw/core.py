@@ -75,7 +75,9 @@ class Core(wiring.Component):
         ``1 + i`` → cycles of descriptor ``i`` (start → last output written);
         addresses beyond a memory wrap. Values are those of the last *finished* run only when
         read while idle (the activation memory's first read port serves the datapath
-        while ``busy``, the host reads otherwise).
+        while ``busy``, the host reads otherwise; a counter read in the cycle the
+        sequencer writes that word returns an undefined value on the FPGA, see
+        :class:`~.memories.Ram` ``rw_exclusive``).
 
     Timing: a layer takes its array beats (:func:`~.program.array_tiles` ``·D``) plus
     the datapath's pipeline fill and drain, a copy ``segments·length + 2`` cycles (1 if
@@ -119,16 +121,19 @@ class Core(wiring.Component):
         # The datapath stays in reset one cycle longer: the iCE40 DSPs' product registers
         # take only the domain's own reset, so the first cycle of ``stop`` still latches a
         # product of the stopped run, which the (restarted) accumulators would add into
-        # the next run's first tile; in the second they latch the reset operands (zero).
+        # the next run's first tile; in the second they latch a zero product (the
+        # activation registers are reset; with ``weights_in_mac`` the weights in the
+        # SB_MAC16s' A registers are not, and need not be).
         dp_stop = Signal()
         m.submodules.datapath = ResetInserter({"sync": dp_stop})(dp)
         m.submodules.act = act = Ram(unsigned(8), cfg.act_bytes, copies=cfg.cols)
         m.submodules.weights = wmem = WeightMemory(rows=cfg.rows * cfg.weight_lanes,
                                                    depth=cfg.weight_words // cfg.weight_lanes,
                                                    ice40=cfg.ice40)
-        # Reads and writes that never meet: QPARAMS and PROGRAM chunks are held off while
-        # the core runs and only a run reads them; the sequencer writes the counters only
-        # while running and the link reads them (RESULT) only while idle.
+        # Memories whose read data is never used when the read met a write of the same
+        # word: QPARAMS and PROGRAM chunks are held off while the core runs and only a
+        # run uses their reads; the sequencer writes the counters only while running and
+        # the link uses counter reads (RESULT) only once the core is idle.
         m.submodules.qparams = qmem = Ram(program.QParam, cfg.qparam_entries,
                                           rw_exclusive=True)
         m.submodules.program = pmem = Ram(unsigned(16), _program_halfwords(cfg),

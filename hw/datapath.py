@@ -62,7 +62,8 @@ class Datapath(wiring.Component):
     ``result_latency`` and the last tile's ``rows·cols`` results, and the requantiser's
     and max-pool's latencies. With
     ``config.compact_drain`` a tile drains only its real channels and pixels (the array's
-    ``compact`` option): ``max(D, n + 3 + mac.LATENCY)`` cycles for a tile of ``n``
+    ``compact`` option): ``max(D, n + 2 + e + mac.LATENCY)`` cycles for a tile of ``n``
+    (``e`` = 1 with the array's ``register_capture``, iCE40 builds; else 0)
     results, and no results past ``out_channels`` reach the requantiser or the writer.
     With ``config.fc_columns`` a layer with ``out_w == 1`` and several k-blocks runs
     ``ceil(k_blocks / cols)`` tiles per output row, column ``c`` computing k-block

@@ -23,9 +23,11 @@ meanings follow Lattice's "DSP Function Usage Guide for iCE40 Devices", TN1295):
 * ``TOPOUTPUT_SELECT = BOTOUTPUT_SELECT = 2``: O[31:16] = F, O[15:0] = G (the registered
   products, bypassing the accumulators).
 * ``A_REG = B_REG = 0``: operands are not registered again (that would make the latency
-  2, unlike :class:`~fpgacnn.hw.multiplier.DualMul8`).
-* ``IRSTTOP``/``IRSTBOT`` are wired to the domain's reset: they clear F and G, so the
-  output reads 0 during reset, like the generic multiplier's reset value.
+  2, unlike :class:`~fpgacnn.hw.multiplier.DualMul8`). With ``a_registered`` the block
+  takes ``A_REG = 1`` instead: A passes through the block's own input register (the
+  array's weights, which it would register in the fabric otherwise).
+* ``IRSTTOP``/``IRSTBOT`` are wired to the domain's reset: they clear F and G (and A),
+  so the output reads 0 during reset, like the generic multiplier's reset value.
 
 ``tests/test_ice40.py`` checks every one of the 65,536 operand pairs on both products
 under Verilator with ``cells_sim.v``, and that synthesis as ``fpgacnn build`` runs it

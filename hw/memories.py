@@ -61,12 +61,15 @@ class Ram(wiring.Component):
     init : list, optional
         Initial contents (simulation and FPGA configuration), e.g. for tests.
     rw_exclusive : bool
-        The user guarantees that reads and writes never meet (e.g. the host writes the
-        memory only while the core is idle, and the core reads it only while running).
-        A read of the word being written is then undefined, and synthesis maps the
-        storage to block RAM as it is (yosys attribute ``no_rw_check``): an iCE40 EBR has
-        no defined read-during-write result, and yosys otherwise emulates the old word
-        with a register on the write port and a bypass multiplexer on the read data.
+        The user guarantees that the data of a read that met a write of the same word is
+        never used (e.g. the host writes the memory only while the core is idle, and only
+        a run uses what it reads), and that ``data`` is never used before a first read
+        with ``en``. Such a read's data is then undefined on the FPGA (the simulator
+        still returns the old word), and synthesis maps the storage to block RAM as it
+        is (yosys attribute ``no_rw_check``; the read register has no power-up value):
+        an iCE40 EBR has no defined read-during-write result, and yosys otherwise
+        emulates the old word with a register on the write port and a bypass
+        multiplexer on the read data.
     """
     def __init__(self, shape, depth, *, copies=1, init=(), rw_exclusive=False):
         if not isinstance(depth, int) or depth < 1:

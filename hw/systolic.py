@@ -4,6 +4,8 @@ See docs/architecture.md ("Dataflow") for how convolutions and fully connected l
 are fed to it as matrix products.
 """
 
+import inspect
+
 from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -162,6 +164,10 @@ class SystolicArray(wiring.Component):
             raise ValueError("shift_drain needs the broadcast dataflow (a systolic array's "
                              "PEs capture their sums one skew step apart)")
         self.shift_drain = bool(shift_drain)
+        if weights_in_mac and "a_registered" not in inspect.signature(
+                resolve_mac(mac)).parameters:
+            raise ValueError(f"weights_in_mac needs a multiplier block with an "
+                             f"a_registered option, not {mac!r}")
         self.register_capture = bool(register_capture)
         self.weights_in_mac = bool(weights_in_mac)
         extra = int(self.register_capture)

@@ -135,7 +135,8 @@ def test_netlist_is_the_bitstream_flows(netlist_run, board):
         config = BOARDS[board].config
         modes = [{k: int(c["parameters"][k], 2) for k in SB_MAC16_8X8_SIGNED_PARAMS}
                  for c in cells.values() if c["type"] == "SB_MAC16"]
-        pairs = {k: v.value for k, v in SB_MAC16_8X8_SIGNED_PARAMS.items()}
+        # The array's pairs hold the weights in their A input registers (weights_in_mac).
+        pairs = {k: v.value for k, v in SB_MAC16_8X8_SIGNED_PARAMS.items()} | {"A_REG": 1}
         wide = {k: v.value for k, v in SB_MAC16_16X16_SU_PARAMS.items()}
         assert modes.count(pairs) == config.multipliers // 2
         assert modes.count(wide) == mul16_blocks(config.acc_width, config.bias_width)

@@ -163,6 +163,9 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="weights_in_mac needs the broadcast dataflow"):
         SystolicArray(2, 2, acc_width=24, dataflow="broadcast", column_weights=True,
                       weights_in_mac=True)
+    with pytest.raises(ValueError, match="weights_in_mac needs a multiplier block"):
+        SystolicArray(2, 3, acc_width=24, mac=SlowMul, dataflow="broadcast",
+                      weights_in_mac=True)
 
 
 @pytest.mark.parametrize("drain", DRAINS)
