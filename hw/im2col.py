@@ -6,7 +6,7 @@ or, when the unit is built with ``wrap_rows`` and the layer's tiles wrap rows
 (:func:`~.program.wraps_rows`), pixel ``t*cols + j`` of the map read row-major (tile ``t``).
 """
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -185,7 +185,7 @@ class Im2col(wiring.Component):
             if j and self.wrap_rows:
                 # Column j is column 0 shifted by j*stride, or by j*stride - out_w*stride
                 # (x) and that plus stride*in_w (address) in the next row.
-                wrapped = r.rem <= j
+                wrapped = r.wrapped[j]
                 ok = Mux(wrapped, next_row_ok, row_ok)
                 m.d.comb += ix.eq(r.tile_x + r.fx + Mux(wrapped, r.next_x[j], r.stride_x[j]))
                 addr = r.a0 + Mux(wrapped, r.next_a[j], r.stride_x[j])
@@ -271,7 +271,7 @@ class Im2col(wiring.Component):
                     m.next = "RUN"
                     m.d.sync += [
                         n.eq(0), r.fx.eq(0), r.fy.eq(0), r.c.eq(0), r.kb.eq(0), r.y.eq(0),
-                        r.rem.eq(r.out_w), r.tile_x.eq(-r.pad),
+                        *r.set_rem(r.out_w), r.tile_x.eq(-r.pad),
                         r.wa.eq(r.w_base), r.w_row.eq(r.w_base),
                     ]
             with m.State("RUN"):
@@ -325,7 +325,7 @@ class Im2col(wiring.Component):
             with m.If(r.wrap_y):
                 m.d.sync += r.c.eq(Mux(r.wrap_c, 0, r.c + 1))
             with m.If(r.wrap_c):
-                m.d.sync += [r.rem.eq(Mux(new_row, r.out_w, rem_next)),
+                m.d.sync += [*r.set_rem(Mux(new_row, r.out_w, rem_next)),
                              r.tile_x.eq(Mux(new_row, -r.pad, r.tile_x + tile_x_step)),
                              r.tile_a.eq(tile_a_next)]
             with m.If(r.wrap_t):
@@ -387,6 +387,9 @@ class _Registers:
             self.cs_wrap_x = Signal(self.P)
             self.cs_wrap_a = Signal(A)
             self.rem_wrap = Signal.like(desc.out_w)
+            # rem <= j, kept with rem: column j is in the next row (registered, so the
+            # compare is not between rem and the padding checks).
+            self.wrapped = [None] + [Signal(name=f"wrapped{j}") for j in range(1, cols)]
 
         # Loop state = the beat on o_stream.
         self.fx = Signal.like(desc.kernel)
@@ -404,6 +407,7 @@ class _Registers:
         self.w_row = Signal(WA)              # its value at d = 0 of this kb
 
         self.last_tile = self.rem <= cols
+        self._wrap_rows = wrap_rows
         if column_blocks:
             # Column mode: kb steps by cols; kb is the first k-block of the tile.
             self.colmode = Signal()
@@ -418,3 +422,11 @@ class _Registers:
         self.wrap_t = self.wrap_c & self.last_tile
         self.wrap_kb = self.wrap_t & self.last_kb
         self.end = self.wrap_kb & (self.y == self.ohm1)
+
+    def set_rem(self, value):
+        """Assignments that load ``rem`` with ``value`` (and the columns' wrapped flags)."""
+        statements = [self.rem.eq(value)]
+        if self._wrap_rows:
+            held = Value.cast(value)[:len(self.rem)]          # what rem will hold
+            statements += [w.eq(held <= j) for j, w in enumerate(self.wrapped) if j]
+        return statements
