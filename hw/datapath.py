@@ -98,16 +98,16 @@ class Datapath(wiring.Component):
                              column_blocks=config.fc_columns,
                              wrap_rows=config.wrap_rows)
         compact = config.compact_drain
+        ice40_broadcast = config.ice40 and dataflow == "broadcast"
         # iCE40: the shadows' flip-flops take their cells' LUTs anyway, so the drain's
         # shift chains cost nothing there, capturing from the accumulators' registers puts
         # each accumulator bit in one cell (on an ECP5 both cost a LUT per bit), and the
         # SB_MAC16s hold the weights in their own input registers.
         self.array = SystolicArray(rows, cols, config.acc_width, mac=mac, dataflow=dataflow,
                                    compact=compact, column_weights=config.fc_columns,
-                                   shift_drain=config.ice40 and dataflow == "broadcast",
+                                   shift_drain=ice40_broadcast,
                                    register_capture=config.ice40,
-                                   weights_in_mac=(config.ice40 and dataflow == "broadcast"
-                                                   and not config.fc_columns))
+                                   weights_in_mac=ice40_broadcast and not config.fc_columns)
         self.requant = Requantizer(config.acc_width, interval=requant_interval,
                                    bias_width=config.bias_width,
                                    mul16=requant_multiplier(mac, requant_interval))

@@ -77,7 +77,7 @@ class Ram(wiring.Component):
         if not isinstance(copies, int) or copies < 1:
             raise TypeError(f"Read-port copies must be a positive integer, not {copies!r}")
         self._shape, self._depth, self._copies, self._init = shape, depth, copies, list(init)
-        self._attrs = {"no_rw_check": 1} if rw_exclusive else {}
+        self._rw_exclusive = bool(rw_exclusive)
         super().__init__({
             "rd": In(read_port_signature(depth, shape)).array(copies),
             "wr": In(write_port_signature(depth, shape)),
@@ -87,11 +87,12 @@ class Ram(wiring.Component):
         m = Module()
         for i in range(self._copies):
             mem = m.submodules[f"mem{i}"] = memory.Memory(
-                shape=self._shape, depth=self._depth, init=self._init, attrs=self._attrs)
+                shape=self._shape, depth=self._depth, init=self._init,
+                attrs={"no_rw_check": 1} if self._rw_exclusive else {})
             wp = mem.write_port()
             m.d.comb += [wp.addr.eq(self.wr.addr), wp.data.eq(self.wr.data),
                          wp.en.eq(self.wr.en)]
-            if self._attrs:
+            if self._rw_exclusive:
                 # yosys applies no_rw_check when it merges a register into an
                 # asynchronous read port (memory_dff), not to a synchronous port.
                 # Without a reset or a power-up value, like a synchronous port's data.

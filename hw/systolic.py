@@ -163,15 +163,14 @@ class SystolicArray(wiring.Component):
         if shift_drain and dataflow != "broadcast":
             raise ValueError("shift_drain needs the broadcast dataflow (a systolic array's "
                              "PEs capture their sums one skew step apart)")
-        self.shift_drain = bool(shift_drain)
-        if weights_in_mac and "a_registered" not in inspect.signature(
-                resolve_mac(mac)).parameters:
+        self._mac = resolve_mac(mac)
+        if weights_in_mac and "a_registered" not in inspect.signature(self._mac).parameters:
             raise ValueError(f"weights_in_mac needs a multiplier block with an "
                              f"a_registered option, not {mac!r}")
+        self.shift_drain = bool(shift_drain)
         self.register_capture = bool(register_capture)
         self.weights_in_mac = bool(weights_in_mac)
         extra = int(self.register_capture)
-        self._mac = resolve_mac(mac)
         self.column_weights = bool(column_weights)
         self.dataflow, self.compact = dataflow, bool(compact)
         self.rows, self.cols, self.acc_width = rows, cols, acc_width
