@@ -126,14 +126,19 @@ class Core(wiring.Component):
         # SB_MAC16s' A registers are not, and need not be).
         dp_stop = Signal()
         m.submodules.datapath = ResetInserter({"sync": dp_stop})(dp)
-        m.submodules.act = act = Ram(unsigned(8), cfg.act_bytes, copies=cfg.cols)
         m.submodules.weights = wmem = WeightMemory(rows=cfg.rows * cfg.weight_lanes,
                                                    depth=cfg.weight_words // cfg.weight_lanes,
                                                    ice40=cfg.ice40)
         # Memories whose read data is never used when the read met a write of the same
         # word: QPARAMS and PROGRAM chunks are held off while the core runs and only a
         # run uses their reads; the sequencer writes the counters only while running and
-        # the link uses counter reads (RESULT) only once the core is idle.
+        # the link uses counter reads (RESULT) only once the core is idle. Activations: a
+        # layer reads its input map and writes its output map, which the compiler keeps
+        # apart (ping-pong buffers, band buffers); a copy does not write onto its source
+        # (CopyDescriptor); the host writes an image slot only while no run reads it (the
+        # driver's queue alternates slots) and reads outputs only once the core is idle.
+        m.submodules.act = act = Ram(unsigned(8), cfg.act_bytes, copies=cfg.cols,
+                                     rw_exclusive=True)
         m.submodules.qparams = qmem = Ram(program.QParam, cfg.qparam_entries,
                                           rw_exclusive=True)
         m.submodules.program = pmem = Ram(unsigned(16), _program_halfwords(cfg),

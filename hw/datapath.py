@@ -186,21 +186,16 @@ class Datapath(wiring.Component):
             m.d.sync += [ops.valid.eq(beat.valid), pad_r.eq(beat.p.act_zero),
                          ops.p.last.eq(beat.p.last)]
         if self._config.compact_drain:
-            # The tile's used shape rides on its last beat (the array latches it).
-            tile = self._tile_walk(m, advance & beat.valid & beat.p.last)
+            # The tile's used shape rides on its last beat (the array latches it): the
+            # columns im2col names, the rows of the layer's channels in its last k-block
+            # (rows is a power of two), every row in column mode (the drop stage drops
+            # channels >= K).
+            log_r = (self._config.rows - 1).bit_length()
             with m.If(advance):
-                desc, cfg = self.desc, self._config
-                # Column mode: every row (the drop stage drops channels >= K), a column
-                # per k-block left.
-                # A wrapping tile uses every column unless it runs past the last row.
                 m.d.sync += [
-                    ops.p.last_row.eq(Mux(self.colmode, cfg.rows - 1, self._last_index(
-                        tile.kbase, desc.out_channels, cfg.rows))),
-                    ops.p.last_col.eq(Mux(
-                        tile.runs_on, cfg.cols - 1,
-                        self._last_index(Mux(self.colmode, tile.kb, tile.xbase),
-                                         Mux(self.colmode, desc.k_blocks, desc.out_w),
-                                         cfg.cols)))]
+                    ops.p.last_row.eq(Mux(self.colmode | ~beat.p.last_kb, self._config.rows - 1,
+                                          (self.desc.out_channels - 1)[:log_r])),
+                    ops.p.last_col.eq(beat.p.last_col)]
 
     def _fetch_wide_weights(self, m, advance):
         """Weight words of ``cols`` k-blocks: column mode uses all of a word (Im2col's
@@ -249,12 +244,6 @@ class Datapath(wiring.Component):
         with m.If(self.start):
             m.d.sync += [t.xbase.eq(0), t.kbase.eq(0), t.kb.eq(0), t.y.eq(0), t.done.eq(0)]
         return t
-
-    @staticmethod
-    def _last_index(base, total, size):
-        """``min(size, total - base) - 1``: the last used index of a block of ``size``."""
-        left = total - base
-        return Mux(left > size, size - 1, left - 1)
 
     def _drop_and_read_qparam(self, m):
         """Stage 3: drop the array's results for pixels ``>= out_w`` (column mode: for
@@ -344,7 +333,9 @@ class Datapath(wiring.Component):
         k = Signal.like(desc.out_channels)  # kb*R + r
         m.d.comb += [out_ready.eq(plane_ok & running), k.eq((wkb << log_r) | wr_)]
         # The k-block's last channel in the stream: R - 1, or fewer when compact.
-        last_r = (self._last_index(wkb << log_r, desc.out_channels, R)
+        last_kb = Signal()
+        m.d.comb += last_kb.eq(wkb + 1 == desc.k_blocks)
+        last_r = (Mux(last_kb, (desc.out_channels - 1)[:log_r], R - 1)
                   if self._config.compact_drain else R - 1)
         addr = Signal(aw)
         m.d.comb += addr.eq(kb_row + rx)
@@ -361,7 +352,7 @@ class Datapath(wiring.Component):
                 with m.If(wx + 1 == out_w):
                     m.d.sync += [wx.eq(0), rx.eq(0), wkb.eq(wkb + 1),
                                  kb_row.eq(kb_row + (plane << log_r))]
-                    with m.If(wkb + 1 == desc.k_blocks):
+                    with m.If(last_kb):
                         m.d.sync += [wkb.eq(0), wy.eq(wy + 1), row_addr.eq(row_addr + out_w),
                                      kb_row.eq(row_addr + out_w)]
                         with m.If(wy + 1 == out_h):

@@ -27,6 +27,9 @@ def beat_layout(cols, act_addr_width=_ACT_ADDR, w_addr_width=_W_ADDR):
         "w_addr": unsigned(w_addr_width),
         "last": 1,                               # last d of the tile
         "end": 1,                                # last beat of the layer
+        # The tile's last column holding a real pixel (column mode: a real k-block).
+        "last_col": range(cols),
+        "last_kb": 1,                            # the tile is in the last k-block(s)
     })
 
 
@@ -59,6 +62,10 @@ def im2col_reference(desc, cols, act_addr_width=_ACT_ADDR, w_addr_width=_W_ADDR,
         tiles = [(n, [(y, xt * cols + j) for j in range(cols)])
                  for y in range(out_h) for n in range(kbs) for xt in range(x_tiles)]
     for t, (n_kb, pixels) in enumerate(tiles):
+        if colmode:
+            last_col = min(cols, kbs - kb_starts[n_kb]) - 1
+        else:
+            last_col = max(j for j, (oy, ox) in enumerate(pixels) if ox < out_w and oy < out_h)
         d = 0
         for c in range(c_n):
             for fy in range(f):
@@ -73,7 +80,8 @@ def im2col_reference(desc, cols, act_addr_width=_ACT_ADDR, w_addr_width=_W_ADDR,
                     last = d == red - 1
                     yield {"act_addr": addr, "act_zero": zero,
                            "w_addr": (w_base + n_kb * red + d) & w_mask,
-                           "last": int(last), "end": int(last and t == len(tiles) - 1)}
+                           "last": int(last), "end": int(last and t == len(tiles) - 1),
+                           "last_col": last_col, "last_kb": int(n_kb == len(kb_starts) - 1)}
                     d += 1
 
 
@@ -88,7 +96,9 @@ class Im2col(wiring.Component):
     :func:`~.program.array_tiles` ``* reduction`` beats on ``o_stream`` (``out_h *
     k_blocks * ceil(out_w / cols) * reduction``, or ``ceil(out_h * out_w / cols) *
     reduction`` when the tiles wrap rows), one per cycle unless backpressured, the final
-    one with ``end``.
+    one with ``end``. Every beat also carries its tile's shape: ``last_kb`` (the tile is
+    in the layer's last k-block) and ``last_col``, the last column with a real pixel
+    (in column mode, with a real k-block).
     Column ``j``'s byte address is ``in_base + (c*in_h + iy)*in_w + ix`` (CHW) with
     ``iy = y*stride + fy - pad_top`` and ``ix = x*stride + fx - pad``, its ``act_zero``
     flags a row outside ``[0, in_h)``, a column outside ``[0, in_w)`` or a pixel past the
@@ -172,7 +182,14 @@ class Im2col(wiring.Component):
         m.d.comb += iy.eq(r.iy0 + r.fy)
         row_ok = ~iy[-1] & (iy < r.in_h)
         m.d.comb += [o.payload.w_addr.eq(r.wa), o.payload.last.eq(r.wrap_c),
-                     o.payload.end.eq(r.end)]
+                     o.payload.end.eq(r.end), o.payload.last_kb.eq(r.last_kb)]
+        # The tile's real pixels: rem of them in its row's last tile (a wrapping tile
+        # runs on into the next row unless this is the last).
+        short = r.last_tile & (~r.wrap | (r.y == r.ohm1))
+        last_col = Mux(short, r.rem - 1, self.cols - 1)
+        if self.column_blocks:
+            last_col = Mux(r.colmode, Mux(r.last_kb, r.kbm1 - r.kb, self.cols - 1), last_col)
+        m.d.comb += o.payload.last_col.eq(last_col)
         if self.wrap_rows:
             # Columns past the row's end: the next output row (the last row has none).
             iy_next = Signal(r.P)

@@ -54,6 +54,9 @@ class LayerDescriptor(data.Struct):
     needs, with ``pad_top`` the zero rows above them and ``out_h`` its own rows (rows
     beyond ``in_h`` are the zero rows below).
 
+    The output map must not overlap the input map (a read that meets the write of the
+    same byte returns an undefined value on the FPGA).
+
     ``copy = 0``: with ``copy = 1`` the same bits are a :class:`CopyDescriptor`.
     """
     relu: 1

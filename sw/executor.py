@@ -17,9 +17,10 @@ the layer program — and runs the descriptors one after the other exactly as
 
 Weights live in the same memory as the window, so a plan that lets a map overwrite a
 weight computes wrong numbers here, as on the board. Anything the gateware does not
-define (a layer touching the window, a copy from the window into the window or onto its
-own source, an inconsistent geometry) raises :class:`ExecutionError`. Tests run any plan
-against ``network.run_network`` with it in milliseconds, no simulator.
+define (a layer touching the window or writing over its own input, a copy from the
+window into the window or onto its own source, an inconsistent geometry) raises
+:class:`ExecutionError`. Tests run any plan against ``network.run_network`` with it in
+milliseconds, no simulator.
 """
 
 import numpy as np
@@ -190,6 +191,9 @@ class Machine:
         if d["pool_en"]:
             y = golden.maxpool2d(y, d["pool_kernel"], d["pool_stride"])
         out = self._block_ram(d["out_base"], y.size, where, "output")
+        if base < out.stop and out.start < base + c * h * w:
+            raise ExecutionError(f"{where}: its output ({y.size} B at {out.start}) overlaps "
+                                 f"its input ({c * h * w} B at {base})")
         self.act[out] = y.reshape(-1).view(np.uint8)
 
     def _weights(self, d, where):

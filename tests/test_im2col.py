@@ -79,7 +79,8 @@ def run_im2col(dut, desc, *, seed, name, stall=0.3):
             p = await stream_get(ctx, dut.o_stream)
             got.append({"act_addr": [p.act_addr[j] for j in range(dut.cols)],
                         "act_zero": [p.act_zero[j] for j in range(dut.cols)],
-                        "w_addr": p.w_addr, "last": p.last, "end": p.end})
+                        "w_addr": p.w_addr, "last": p.last, "end": p.end,
+                        "last_col": p.last_col, "last_kb": p.last_kb})
             while rng.random() < stall:
                 await ctx.tick()
         for _ in range(3):                 # nothing after the end, and idle again
@@ -93,9 +94,9 @@ def run_im2col(dut, desc, *, seed, name, stall=0.3):
             # Addresses of zeroed operands are don't-care.
             a_addr = [x for x, z in zip(a["act_addr"], a["act_zero"]) if not z]
             b_addr = [x for x, z in zip(b["act_addr"], b["act_zero"]) if not z]
-            assert (a_addr, a["act_zero"], a["w_addr"], a["last"], a["end"]) == \
-                   (b_addr, b["act_zero"], b["w_addr"], b["last"], b["end"]), \
-                   f"beat {n} (seed {seed}): got {a}, expected {b}"
+            fields = ("act_zero", "w_addr", "last", "end", "last_col", "last_kb")
+            assert (a_addr, *(a[f] for f in fields)) == (b_addr, *(b[f] for f in fields)), \
+                f"beat {n} (seed {seed}): got {a}, expected {b}"
 
     run_simulation(dut, [bench], name=name, check=check)
 
@@ -209,6 +210,7 @@ def conv_by_reference(desc, cols, rows, x, wt, wrap_rows):
     tiles_per_row = -(-out_w // cols)
     for beat in im2col_reference(desc, cols, wrap_rows=wrap_rows):
         xs = np.array([0 if z else act[a] for a, z in zip(beat["act_addr"], beat["act_zero"])])
+        assert all(beat["act_zero"][beat["last_col"] + 1:]), "a pixel past the tile's last"
         acc += np.outer(words[beat["w_addr"]], xs)
         if beat["last"]:
             if wraps_rows(cols, out_w, k_blocks, wrap_rows=wrap_rows):   # row-major pixels
