@@ -58,7 +58,9 @@ class Requantizer(wiring.Component):
     logic cells rather than DSP blocks on iCE40, does not limit the clock):
     1. ``v = acc + bias``; 2. ``v * M`` in 8-bit chunks of M (one modest multiply each);
     3. sum of the partial products; 4. coarse shift + overflow flag; 5. fine shift;
-    6. round, saturate, ReLU.
+    6. round, saturate, ReLU. With ``interval > 1`` stage 2 builds the whole product
+    over its cycles, stages 3 to 5 are the shifts and the rounding, and stage 6 holds
+    the result.
 
     Latency ``LATENCY = 6`` stages; throughput one beat (``lanes`` values) per
     ``interval`` cycles (each stage takes ``interval`` cycles, so up to
@@ -184,22 +186,31 @@ class Requantizer(wiring.Component):
         m1 = reg(unsigned(M_BITS), "m1", x.m)
         # S - 1 (mod 2**S_BITS): S = 0 is illegal, it just wraps to a shift of 63.
         sh1 = reg(unsigned(S_BITS), "sh1", x.s - 1)
-        # 2 and 3: the exact product v * M.
-        p = self._product(m, reg, en, phase, v, m1, f"l{lane}_")
-        sh3 = reg(unsigned(S_BITS), "sh3", reg(unsigned(S_BITS), "sh2", sh1))
-        # 4: c = p >> 8k kept to 18 bits + "did not fit" flag (saturates either way).
-        coarse, over = self._coarse_shift(m, p, sh3[3:], f"l{lane}_")
+        # The exact product v * M: stages 2 and 3, or only 2 with interval > 1 (its
+        # multiplier has the interval's cycles); S - 1 travels alongside.
+        p, stage = self._product(m, reg, en, phase, v, m1, f"l{lane}_")
+        sh = sh1
+        for k in range(2, stage + 1):
+            sh = reg(unsigned(S_BITS), f"sh{k}", sh)
+        # c = p >> 8k kept to 18 bits + "did not fit" flag (saturates either way).
+        coarse, over = self._coarse_shift(m, p, sh[3:], f"l{lane}_")
         c = reg(signed(18), "c", coarse)
         c_over = reg(1, "c_over", over)
         c_neg = reg(1, "c_neg", p[-1])
-        fine = reg(unsigned(3), "fine", sh3[:3])
-        # 5: fine shift by 0..7.
+        fine = reg(unsigned(3), "fine", sh[:3])
+        # Fine shift by 0..7.
         t = reg(signed(18), "t", c >> fine)
         t_over = reg(1, "t_over", c_over)
         t_neg = reg(1, "t_neg", c_neg)
-        # 6: round half up, saturate, ReLU.
+        stage += 2
+        # Round half up, saturate, ReLU (relu[k] travels with stage k + 1); with interval
+        # > 1 the 8-bit result is held one stage more, so that every interval has the
+        # same LATENCY (a copy of y costs 8 flip-flops where a copy of p cost 35).
         sat = self._round_saturate(m, t, t_over, t_neg, f"l{lane}_")
-        return reg(signed(8), "y", Mux(relu[4] & sat[-1], 0, sat))
+        y = reg(signed(8), "y", Mux(relu[stage - 1] & sat[-1], 0, sat))
+        for k in range(stage + 1, self.LATENCY):
+            y = reg(signed(8), f"y{k + 1}", y)
+        return y
 
     @staticmethod
     def _stage_register(m, en, prefix):
@@ -212,7 +223,8 @@ class Requantizer(wiring.Component):
         return reg
 
     def _product(self, m, reg, en, phase, v, m1, name):
-        """Stages 2 and 3: the exact signed product ``v * m1``, registered twice."""
+        """The exact signed product ``v * m1`` in stages 2 and 3 (interval 1) or stage 2
+        (interval > 1); returns it (a stage register) and its stage."""
         pw = len(v) + M_BITS                   # v * M, M unsigned: exact
         if self.mul16 is not None:
             # 2: v in chunks (15 unsigned bits each, the top one signed) times M, one
@@ -228,14 +240,14 @@ class Requantizer(wiring.Component):
                 m.submodules[f"{name}mul{k}"] = block
                 m.d.comb += [block.a.eq(chunk), block.b.eq(m1), block.en.eq(en)]
                 parts.append(block.p << (_CHUNK_BITS * k))
-            return reg(signed(pw), "p", sum(parts))
+            return reg(signed(pw), "p", sum(parts)), 3
         if self.interval == 1:
             # 2: 8-bit partial products; 3: their sum.
             parts = [reg(signed(len(v) + 9), f"pp{k}", v * m1[8 * k:8 * k + 8])
                      for k in range(-(-M_BITS // 8))]
-            return reg(signed(pw), "p", sum(part << (8 * k) for k, part in enumerate(parts)))
+            return reg(signed(pw), "p", sum(part << (8 * k) for k, part in enumerate(parts))), 3
         # 2: Horner over the k chunks of M, most significant first, one per phase;
-        # the last phase's sum is the exact product. 3: a plain register.
+        # the last phase's sum is the exact product.
         bits = M_BITS // self.interval
         index = Signal.like(phase, name=f"{name}chunk_index")
         m.d.comb += index.eq(self.interval - 1 - phase)
@@ -246,7 +258,7 @@ class Requantizer(wiring.Component):
         full = Signal(signed(pw), name=f"{name}full")
         m.d.comb += full.eq(Mux(phase == 0, product, (partial << bits) + product))
         m.d.sync += partial.eq(full)
-        return reg(signed(pw), "p", reg(signed(pw), "p2", full))
+        return reg(signed(pw), "p", full), 2
 
     @staticmethod
     def _coarse_shift(m, p, eighths, name):
