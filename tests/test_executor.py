@@ -109,6 +109,22 @@ def test_bad_layer_descriptors_are_refused(change, message):
         m.run(program.image_base(0))
 
 
+@pytest.mark.parametrize("shift", [-107, -1, 0, 71])
+def test_a_layer_writing_over_its_input_is_refused(shift):
+    # The activation memory's reads are undefined when they meet a write (Ram rw_exclusive).
+    program = layer_program()
+    m = Machine(ICEBREAKER)
+    m.load(program)
+    base = program.image_base(0)
+    m.descriptors[0].update(out_base=base + shift)
+    with pytest.raises(ExecutionError, match=rf"descriptor 0: its output \(108 B at "
+                                             rf"{base + shift}\) overlaps its input \(72 B "
+                                             rf"at {base}\)"):
+        m.run(base)
+    m.descriptors[0].update(out_base=base + 72)       # right after it: fine
+    m.run(base)
+
+
 @pytest.mark.parametrize("desc, message", [
     (copy(5000, 6000, 1, 8, to_logits=1), r"descriptor 0: a copy from the window into the "
                                           r"window"),
