@@ -343,7 +343,9 @@ class Datapath(wiring.Component):
         written = Signal()
         m.d.sync += [self.act_wr.en.eq(0), self.done.eq(0)]
         with m.If(take):
-            in_range = k < desc.out_channels
+            # A compact drain brings no channel >= out_channels (the drop stage drops them
+            # in column mode).
+            in_range = 1 if self._config.compact_drain else k < desc.out_channels
             m.d.sync += [self.act_wr.addr.eq(addr), self.act_wr.data.eq(out_value),
                          self.act_wr.en.eq(in_range)]
             m.d.sync += [wr_.eq(wr_ + 1), rx.eq(rx + plane)]

@@ -284,13 +284,10 @@ class Requantizer(wiring.Component):
         """Stage 6 logic: ``(t + 1) >> 1`` saturated to int8 (``t_over``: saturate by sign)."""
         r = Signal(signed(19), name=f"{name}rounded")
         m.d.comb += r.eq((t + 1) >> 1)
+        # r fits int8 when its bits above 7 all equal its sign: equality, not two
+        # magnitude compares (on iCE40 those are carry chains, a cell per bit).
+        high = r[7:]
+        fits = ~t_over & ((high == 0) | (high == (1 << len(high)) - 1))
         sat = Signal(signed(8), name=f"{name}sat")
-        with m.If(t_over):
-            m.d.comb += sat.eq(Mux(t_neg, -128, 127))
-        with m.Elif(r > 127):
-            m.d.comb += sat.eq(127)
-        with m.Elif(r < -128):
-            m.d.comb += sat.eq(-128)
-        with m.Else():
-            m.d.comb += sat.eq(r)
+        m.d.comb += sat.eq(Mux(fits, r[:8], Mux(Mux(t_over, t_neg, r[-1]), -128, 127)))
         return sat
