@@ -402,7 +402,8 @@ class Sequencer(wiring.Component):
     cycles from ``launch`` to ``layer_done`` are stored in the results memory (1
     cycle). The run ends after the descriptor with ``to_logits`` (or the
     ``max_layers``-th) with the total cycle count stored (1 cycle). ``desc`` keeps the
-    last descriptor until the next run (its ``out_base`` is where the result is).
+    last descriptor until the next run (its ``out_base`` is where the result is); its
+    last full halfword is the program memory's read data, which only a fetch changes.
 
     Latency: ``busy`` rises the cycle after ``start`` is taken; one run at a time
     (``start.ready`` only while idle and no ``program_pending``). ``overrun`` rises when a
@@ -452,8 +453,13 @@ class Sequencer(wiring.Component):
         step = program.DESCRIPTOR_WORDS * 4                  # halfwords per descriptor
         state = Signal(_State)
         desc_size = program.LayerDescriptor.as_shape().size
-        desc_bits = Signal(-(-desc_size // 16) * 16)       # only the descriptor's halfwords
-        halves = len(desc_bits) // 16
+        halves = -(-desc_size // 16)
+        # The last full halfword is fetched last and stays in the program memory's read
+        # register (it is not read again before the next fetch): no flip-flops of ours.
+        held = desc_size // 16 - 1
+        order = [j for j in range(halves) if j != held] + [held]
+        words = [self.program.data if j == held else Signal(16, name=f"desc{j}")
+                 for j in range(halves)]
         pc = Signal(range(cfg.max_layers * step + 1))       # program halfword address
         layer = Signal(range(cfg.max_layers + 1))
         fetch = Signal(range(halves + 1))
@@ -461,14 +467,19 @@ class Sequencer(wiring.Component):
         # No count reaches 2 ** watchdog_log2 + 1: the watchdog stops the run first.
         total = Signal(cfg.watchdog_log2 + 1)
         cycles = Signal(cfg.watchdog_log2 + 1)              # of the current descriptor
-        m.d.comb += [self.busy.eq(state != _State.IDLE), self.desc.eq(desc_bits[:desc_size]),
+        m.d.comb += [self.busy.eq(state != _State.IDLE), self.desc.eq(Cat(*words)[:desc_size]),
                      self.overrun.eq(total[cfg.watchdog_log2])]
         with m.If(self.busy):
             m.d.sync += total.eq(total + 1)
 
         res = self.results
 
-        m.d.comb += self.program.addr.eq(pc + fetch)
+        half = Signal(range(halves))                        # halfword requested now
+        with m.Switch(fetch):
+            for pos, j in enumerate(order):
+                with m.Case(pos):
+                    m.d.comb += half.eq(j)
+        m.d.comb += self.program.addr.eq(pc + half)
         with m.Switch(state):
             with m.Case(_State.IDLE):
                 m.d.comb += self.start.ready.eq(~self.program_pending)
@@ -476,13 +487,13 @@ class Sequencer(wiring.Component):
                     m.d.sync += [self.image_base.eq(self.start.p.image_base), pc.eq(0),
                                  layer.eq(0), fetch.eq(0), total.eq(1), state.eq(_State.FETCH)]
             with m.Case(_State.FETCH):
-                # Halfword j is requested in cycle j and arrives in cycle j + 1.
-                m.d.comb += self.program.en.eq(1)
+                # The halfword order[k] is requested in cycle k and arrives in cycle k + 1.
+                m.d.comb += self.program.en.eq(fetch != halves)
                 m.d.sync += fetch.eq(fetch + 1)
                 with m.Switch(fetch):
-                    for j in range(halves):
-                        with m.Case(j + 1):
-                            m.d.sync += desc_bits[16 * j:16 * (j + 1)].eq(self.program.data)
+                    for pos, j in enumerate(order[:-1]):
+                        with m.Case(pos + 1):
+                            m.d.sync += words[j].eq(self.program.data)
                 with m.If(fetch == halves):
                     m.d.sync += [state.eq(_State.RUN), launch.eq(1), fetch.eq(0),
                                  cycles.eq(0)]
