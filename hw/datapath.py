@@ -247,7 +247,8 @@ class Datapath(wiring.Component):
 
     def _drop_and_read_qparam(self, m):
         """Stage 3: drop the array's results for pixels ``>= out_w`` (column mode: for
-        k-blocks ``>= k_blocks``, and channels ``>= out_channels`` if compact), read each kept
+        k-blocks ``>= k_blocks``, and channels ``>= out_channels`` if compact; a compact drain
+        brings no such pixel or k-block), read each kept
         result's QParam into the requantiser. Returns ``tiles_done``: every tile of the
         layer has left the array."""
         desc, res, rq_in = self.desc, self.array.o_stream, self.requant.i_stream
@@ -256,7 +257,9 @@ class Datapath(wiring.Component):
         xbase, kbase = tile.xbase, tile.kbase
         keep = Signal()
         channel = Signal.like(desc.q_base)      # kb*R + row (+ col*R in column mode)
-        m.d.comb += [keep.eq((xbase + res.p.col < desc.out_w) | tile.runs_on),
+        # A compact drain brings only the tile's real pixels (column mode: k-blocks).
+        m.d.comb += [keep.eq(1 if self._config.compact_drain else
+                             (xbase + res.p.col < desc.out_w) | tile.runs_on),
                      channel.eq(kbase + res.p.row)]
         if self._config.fc_columns:
             # Column mode: column c is k-block kb + c; with compact_drain the writer
@@ -264,7 +267,7 @@ class Datapath(wiring.Component):
             log_r = (self._config.rows - 1).bit_length()
             in_layer = tile.kb + res.p.col < desc.k_blocks
             if self._config.compact_drain:
-                in_layer = in_layer & (channel < desc.out_channels)
+                in_layer = channel < desc.out_channels
             with m.If(self.colmode):
                 m.d.comb += [channel.eq(kbase + (res.p.col << log_r) + res.p.row),
                              keep.eq(in_layer)]
