@@ -323,6 +323,8 @@ class Datapath(wiring.Component):
         out_w = Mux(desc.pool_en, desc.pool_w, desc.out_w)
         plane, plane_ok = self._plane_size(m, out_h, out_w)
 
+        # Row, pixel and k-block counted from 1 (the one being written, plus one): the
+        # ends are equalities of flip-flops with the descriptor, no adder in front.
         wy = Signal.like(desc.out_h)
         wx = Signal.like(desc.out_w)
         wkb = Signal.like(desc.k_blocks)
@@ -333,37 +335,42 @@ class Datapath(wiring.Component):
         row_addr = Signal(aw)               # out_base + y*W
         kb_row = Signal(aw)                 # row_addr + kb*R*H*W
         rx = Signal(aw)                     # r*H*W + x
-        k = Signal.like(desc.out_channels)  # kb*R + r
-        m.d.comb += [out_ready.eq(plane_ok & running), k.eq((wkb << log_r) | wr_)]
-        # The k-block's last channel in the stream: R - 1, or fewer when compact.
+        m.d.comb += out_ready.eq(plane_ok & running)
+        # The last k-block's last channel, (K - 1) mod R (rows is a power of two), and
+        # whether the k-block is the last: flip-flops set as the layer and the k-block
+        # start, so the writes' control starts from them. A k-block's last channel in
+        # the stream is R - 1, but k_last in the last one when compact.
         last_kb = Signal()
-        m.d.comb += last_kb.eq(wkb + 1 == desc.k_blocks)
-        last_r = (Mux(last_kb, (desc.out_channels - 1)[:log_r], R - 1)
-                  if self._config.compact_drain else R - 1)
+        k_last = Signal(range(R))
+        last_r = Mux(last_kb, k_last, R - 1) if self._config.compact_drain else R - 1
         addr = Signal(aw)
         m.d.comb += addr.eq(kb_row + rx)
         take = out_valid & out_ready
         written = Signal()
         m.d.sync += [self.act_wr.en.eq(0), self.done.eq(0)]
         with m.If(take):
-            # A compact drain brings no channel >= out_channels (the drop stage drops them
-            # in column mode).
-            in_range = 1 if self._config.compact_drain else k < desc.out_channels
+            # Channels >= out_channels are not written; a compact drain brings none (the
+            # drop stage drops them in column mode).
+            in_range = 1 if self._config.compact_drain else ~last_kb | (wr_ <= k_last)
             m.d.sync += [self.act_wr.addr.eq(addr), self.act_wr.data.eq(out_value),
                          self.act_wr.en.eq(in_range)]
             m.d.sync += [wr_.eq(wr_ + 1), rx.eq(rx + plane)]
             with m.If(wr_ == last_r):
-                m.d.sync += [wr_.eq(0), rx.eq(wx + 1), wx.eq(wx + 1)]
-                with m.If(wx + 1 == out_w):
-                    m.d.sync += [wx.eq(0), rx.eq(0), wkb.eq(wkb + 1),
+                m.d.sync += [wr_.eq(0), rx.eq(wx), wx.eq(wx + 1)]
+                with m.If(wx == out_w):
+                    m.d.sync += [wx.eq(1), rx.eq(0), wkb.eq(wkb + 1),
+                                 last_kb.eq(wkb + 1 == desc.k_blocks),
                                  kb_row.eq(kb_row + (plane << log_r))]
                     with m.If(last_kb):
-                        m.d.sync += [wkb.eq(0), wy.eq(wy + 1), row_addr.eq(row_addr + out_w),
+                        m.d.sync += [wkb.eq(1), last_kb.eq(desc.k_blocks == 1),
+                                     wy.eq(wy + 1), row_addr.eq(row_addr + out_w),
                                      kb_row.eq(row_addr + out_w)]
-                        with m.If(wy + 1 == out_h):
+                        with m.If(wy == out_h):
                             m.d.sync += written.eq(1)
         with m.If(self.start):
-            m.d.sync += [wy.eq(0), wx.eq(0), wkb.eq(0), wr_.eq(0), rx.eq(0),
+            m.d.sync += [wy.eq(1), wx.eq(1), wkb.eq(1), wr_.eq(0), rx.eq(0),
+                         last_kb.eq(desc.k_blocks == 1),
+                         k_last.eq((desc.out_channels - 1)[:log_r]),
                          row_addr.eq(desc.out_base), kb_row.eq(desc.out_base),
                          written.eq(0)]
         return written

@@ -59,8 +59,9 @@ class Requantizer(wiring.Component):
     1. ``v = acc + bias``; 2. ``v * M`` in 8-bit chunks of M (one modest multiply each);
     3. sum of the partial products; 4. coarse shift + overflow flag; 5. fine shift;
     6. round, saturate, ReLU. With ``interval > 1`` stage 2 builds the whole product
-    over its cycles, stages 3 to 5 are the shifts and the rounding, and stage 6 holds
-    the result.
+    over its cycles and the coarse shift from the finished sum in the cycle after (the
+    product has no register of its own), stages 3 and 4 are the fine shift and the
+    rounding, and stages 5 and 6 hold the result.
 
     Latency ``LATENCY = 6`` stages; throughput one beat (``lanes`` values) per
     ``interval`` cycles (each stage takes ``interval`` cycles, so up to
@@ -186,26 +187,32 @@ class Requantizer(wiring.Component):
         m1 = reg(unsigned(M_BITS), "m1", x.m)
         # S - 1 (mod 2**S_BITS): S = 0 is illegal, it just wraps to a shift of 63.
         sh1 = reg(unsigned(S_BITS), "sh1", x.s - 1)
-        # The exact product v * M: stages 2 and 3, or only 2 with interval > 1 (its
-        # multiplier has the interval's cycles); S - 1 travels alongside.
-        p, stage = self._product(m, reg, en, phase, v, m1, f"l{lane}_")
+        # The exact product v * M: stages 2 and 3; with interval > 1 only 2 (its
+        # multiplier has the interval's cycles), where stage 3's values are loaded from
+        # the finished sum in the cycle after it moved in (p_en) and count as stage 2.
+        # S - 1 travels alongside.
+        p, stage, p_en = self._product(m, reg, en, phase, v, m1, f"l{lane}_")
         sh = sh1
         for k in range(2, stage + 1):
             sh = reg(unsigned(S_BITS), f"sh{k}", sh)
+        if self.interval > 1:
+            stage -= 1
         # c = p >> 8k kept to 18 bits + "did not fit" flag (saturates either way).
         coarse, over = self._coarse_shift(m, p, sh[3:], f"l{lane}_")
-        c = reg(signed(18), "c", coarse)
-        c_over = reg(1, "c_over", over)
-        c_neg = reg(1, "c_neg", p[-1])
-        fine = reg(unsigned(3), "fine", sh[:3])
+        c_reg = self._stage_register(m, p_en, f"l{lane}_")
+        c = c_reg(signed(18), "c", coarse)
+        c_over = c_reg(1, "c_over", over)
+        c_neg = c_reg(1, "c_neg", p[-1])
+        fine = c_reg(unsigned(3), "fine", sh[:3])
         # Fine shift by 0..7.
         t = reg(signed(18), "t", c >> fine)
         t_over = reg(1, "t_over", c_over)
         t_neg = reg(1, "t_neg", c_neg)
         stage += 2
         # Round half up, saturate, ReLU (relu[k] travels with stage k + 1); with interval
-        # > 1 the 8-bit result is held one stage more, so that every interval has the
-        # same LATENCY (a copy of y costs 8 flip-flops where a copy of p cost 35).
+        # > 1 the 8-bit result is held for the remaining stages, so that every interval
+        # has the same LATENCY (two copies of y cost 16 flip-flops where a register of
+        # the product cost 35).
         sat = self._round_saturate(m, t, t_over, t_neg, f"l{lane}_")
         y = reg(signed(8), "y", Mux(relu[stage - 1] & sat[-1], 0, sat))
         for k in range(stage + 1, self.LATENCY):
@@ -224,7 +231,9 @@ class Requantizer(wiring.Component):
 
     def _product(self, m, reg, en, phase, v, m1, name):
         """The exact signed product ``v * m1`` in stages 2 and 3 (interval 1) or stage 2
-        (interval > 1); returns it (a stage register) and its stage."""
+        (interval > 1). Returns it, its stage and when the next stage may load from it:
+        a stage register and ``en``, or with interval > 1 the Horner sum itself, which
+        holds the product in the cycle after ``en`` only (the next stage loads then)."""
         pw = len(v) + M_BITS                   # v * M, M unsigned: exact
         if self.mul16 is not None:
             # 2: v in chunks (15 unsigned bits each, the top one signed) times M, one
@@ -240,12 +249,13 @@ class Requantizer(wiring.Component):
                 m.submodules[f"{name}mul{k}"] = block
                 m.d.comb += [block.a.eq(chunk), block.b.eq(m1), block.en.eq(en)]
                 parts.append(block.p << (_CHUNK_BITS * k))
-            return reg(signed(pw), "p", sum(parts)), 3
+            return reg(signed(pw), "p", sum(parts)), 3, en
         if self.interval == 1:
             # 2: 8-bit partial products; 3: their sum.
             parts = [reg(signed(len(v) + 9), f"pp{k}", v * m1[8 * k:8 * k + 8])
                      for k in range(-(-M_BITS // 8))]
-            return reg(signed(pw), "p", sum(part << (8 * k) for k, part in enumerate(parts))), 3
+            total = sum(part << (8 * k) for k, part in enumerate(parts))
+            return reg(signed(pw), "p", total), 3, en
         # 2: Horner over the k chunks of M, most significant first, one per phase;
         # the last phase's sum is the exact product.
         bits = M_BITS // self.interval
@@ -258,7 +268,9 @@ class Requantizer(wiring.Component):
         full = Signal(signed(pw), name=f"{name}full")
         m.d.comb += full.eq(Mux(phase == 0, product, (partial << bits) + product))
         m.d.sync += partial.eq(full)
-        return reg(signed(pw), "p", full), 2
+        after = Signal(name=f"{name}after_en")
+        m.d.sync += after.eq(en)
+        return partial, 2, after
 
     @staticmethod
     def _coarse_shift(m, p, eighths, name):
