@@ -6,7 +6,7 @@ stages (``link_decoder``, ``link_checker``, ``link_handler``, ``link_encoder``, 
 the CRC engine of ``link_crc``) are their gateware. See :class:`Link`.
 """
 
-from amaranth.hdl import Module, Mux
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -97,9 +97,14 @@ class Link(wiring.Component):
         for i, stage in enumerate([dec, hnd, enc]):
             wiring.connect(m, stage.crc, crc.feed[i])
 
+        # The checker sees the core's busy a cycle late (registered: its decision is a
+        # long priority chain into the response encoder). That never hides a busy core:
+        # it becomes busy only by the handler's RUN, whose response outlasts the cycle.
+        busy_r = Signal()
+        m.d.sync += busy_r.eq(core.busy)
         m.d.comb += [
             chk.opcode.eq(dec.opcode), chk.length.eq(dec.length), chk.args.eq(dec.args),
-            chk.crc_ok.eq(crc.zero), chk.busy.eq(core.busy),
+            chk.crc_ok.eq(crc.zero), chk.busy.eq(busy_r),
             chk.loaded.eq(hnd.loaded), chk.has_run.eq(hnd.has_run),
             chk.check.eq(dec.end),
 
