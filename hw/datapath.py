@@ -193,7 +193,8 @@ class Datapath(wiring.Component):
             log_r = (self._config.rows - 1).bit_length()
             with m.If(advance):
                 m.d.sync += [
-                    ops.p.last_row.eq(Mux(self.colmode | ~beat.p.last_kb, self._config.rows - 1,
+                    ops.p.last_row.eq(Mux(self.colmode | ~beat.p.last_kb,
+                                          self._config.rows - 1,
                                           (self.desc.out_channels - 1)[:log_r])),
                     ops.p.last_col.eq(beat.p.last_col)]
 
@@ -247,10 +248,9 @@ class Datapath(wiring.Component):
 
     def _drop_and_read_qparam(self, m):
         """Stage 3: drop the array's results for pixels ``>= out_w`` (column mode: for
-        k-blocks ``>= k_blocks``, and channels ``>= out_channels`` if compact; a compact drain
-        brings no such pixel or k-block), read each kept
-        result's QParam into the requantiser. Returns ``tiles_done``: every tile of the
-        layer has left the array."""
+        k-blocks ``>= k_blocks``, and channels ``>= out_channels`` if compact; a compact
+        drain brings no such pixel or k-block), read each kept result's QParam into the
+        requantiser. Returns ``tiles_done``: every tile of the layer has left the array."""
         desc, res, rq_in = self.desc, self.array.o_stream, self.requant.i_stream
         # The tile being drained.
         tile = self._tile_walk(m, res.valid & res.ready & res.p.last)

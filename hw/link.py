@@ -40,8 +40,8 @@ class Link(wiring.Component):
 
     Every complete frame gets exactly one response (see :mod:`.protocol`). Every
     decision is taken from flip-flops (lengths, chunk counts and range checks are
-    registered while the frame arrives; counters are compared for equality), so no path
-    crosses more than one adder.
+    registered while the frame arrives; counters are compared for equality; the core's
+    ``busy`` is registered for the checker), so no path crosses more than one adder.
 
     Latency and throughput: the decoder takes one byte per cycle (far above any UART
     rate); a frame is checked 2 cycles after its last byte; the stages' docstrings give
