@@ -71,7 +71,9 @@ class Datapath(wiring.Component):
     mode); other layers pick their ``rows`` weights from a lane of such a word.
 
     Control: hold ``desc``/``image_base`` stable and pulse ``start``; ``done`` pulses
-    once the layer's last output is written. ``cycles`` then holds the layer's cycles
+    once the layer's last output is written. The descriptor must be consistent, as the
+    compiler makes it (``k_blocks = ceil(out_channels / rows)``, the geometry of
+    :class:`~.im2col.Im2col`); the executor refuses any other. ``cycles`` then holds the layer's cycles
     (start to done). Memory ports are signature members; the core owns the memories and
     must let ``act_wr`` write whenever ``act_wr.en`` is high.
 
