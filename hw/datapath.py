@@ -73,8 +73,8 @@ class Datapath(wiring.Component):
     Control: hold ``desc``/``image_base`` stable and pulse ``start``; ``done`` pulses
     once the layer's last output is written. The descriptor must be consistent, as the
     compiler makes it (``k_blocks = ceil(out_channels / rows)``, the geometry of
-    :class:`~.im2col.Im2col`); the executor refuses any other. ``cycles`` then holds the layer's cycles
-    (start to done). Memory ports are signature members; the core owns the memories and
+    :class:`~.im2col.Im2col`); the executor refuses any other. ``cycles`` then holds the
+    layer's cycles (start to done). Memory ports are signature members; the core owns the memories and
     must let ``act_wr`` write whenever ``act_wr.en`` is high.
 
     Parameters
@@ -160,6 +160,11 @@ class Datapath(wiring.Component):
         m.d.comb += self.wrap.eq(program.wraps_rows(self._config.cols, desc.out_w,
                                                     desc.k_blocks,
                                                     wrap_rows=self._config.wrap_rows))
+        # The last k-block's last channel, (K - 1) mod rows (rows is a power of two): the
+        # last row its tiles drain, the pool's and the writer's last channel.
+        self.k_last = Signal(range(self._config.rows))
+        m.d.comb += self.k_last.eq(
+            (desc.out_channels - 1)[:(self._config.rows - 1).bit_length()])
         self._fetch(m)
         tiles_done = self._drop_and_read_qparam(m)
         out_valid, out_value, out_ready = self._optional_pool(m)
@@ -189,15 +194,12 @@ class Datapath(wiring.Component):
                          ops.p.last.eq(beat.p.last)]
         if self._config.compact_drain:
             # The tile's used shape rides on its last beat (the array latches it): the
-            # columns im2col names, the rows of the layer's channels in its last k-block
-            # (rows is a power of two), every row in column mode (the drop stage drops
-            # channels >= K).
-            log_r = (self._config.rows - 1).bit_length()
+            # columns im2col names, the rows of the layer's channels in its last k-block,
+            # every row in column mode (the drop stage drops channels >= K).
             with m.If(advance):
                 m.d.sync += [
                     ops.p.last_row.eq(Mux(self.colmode | ~beat.p.last_kb,
-                                          self._config.rows - 1,
-                                          (self.desc.out_channels - 1)[:log_r])),
+                                          self._config.rows - 1, self.k_last)),
                     ops.p.last_col.eq(beat.p.last_col)]
 
     def _fetch_wide_weights(self, m, advance):
@@ -299,9 +301,7 @@ class Datapath(wiring.Component):
                      pool.width.eq(desc.out_w), pool.blocks.eq(desc.k_blocks),
                      pool.kernel.eq(desc.pool_kernel), pool.stride.eq(desc.pool_stride)]
         if self._config.compact_drain:
-            # rows is a power of two: the last block's last channel is (K - 1) mod rows.
-            log_r = (self._config.rows - 1).bit_length()
-            m.d.comb += pool.last_block.eq((desc.out_channels - 1)[:log_r])
+            m.d.comb += pool.last_block.eq(self.k_last)
         out_valid = Signal()
         out_value = Signal(8)
         out_ready = Signal()
@@ -338,13 +338,13 @@ class Datapath(wiring.Component):
         kb_row = Signal(aw)                 # row_addr + kb*R*H*W
         rx = Signal(aw)                     # r*H*W + x
         m.d.comb += out_ready.eq(plane_ok & running)
-        # The last k-block's last channel, (K - 1) mod R (rows is a power of two), and
-        # whether the k-block is the last: flip-flops set as the layer and the k-block
-        # start, so the writes' control starts from them. A k-block's last channel in
-        # the stream is R - 1, but k_last in the last one when compact.
+        # The last k-block's last channel (``self.k_last``) and whether the k-block is the
+        # last: flip-flops set as the layer and the k-block start, so the writes' control
+        # starts from them. A k-block's last channel in the stream is R - 1, but k_last
+        # in the last one when compact.
         last_kb = Signal()
-        k_last = Signal(range(R))
-        last_r = Mux(last_kb, k_last, R - 1) if self._config.compact_drain else R - 1
+        k_last_r = Signal(range(R))
+        last_r = Mux(last_kb, k_last_r, R - 1) if self._config.compact_drain else R - 1
         addr = Signal(aw)
         m.d.comb += addr.eq(kb_row + rx)
         take = out_valid & out_ready
@@ -353,7 +353,7 @@ class Datapath(wiring.Component):
         with m.If(take):
             # Channels >= out_channels are not written; a compact drain brings none (the
             # drop stage drops them in column mode).
-            in_range = 1 if self._config.compact_drain else ~last_kb | (wr_ <= k_last)
+            in_range = 1 if self._config.compact_drain else ~last_kb | (wr_ <= k_last_r)
             m.d.sync += [self.act_wr.addr.eq(addr), self.act_wr.data.eq(out_value),
                          self.act_wr.en.eq(in_range)]
             m.d.sync += [wr_.eq(wr_ + 1), rx.eq(rx + plane)]
@@ -372,7 +372,7 @@ class Datapath(wiring.Component):
         with m.If(self.start):
             m.d.sync += [wy.eq(1), wx.eq(1), wkb.eq(1), wr_.eq(0), rx.eq(0),
                          last_kb.eq(desc.k_blocks == 1),
-                         k_last.eq((desc.out_channels - 1)[:log_r]),
+                         k_last_r.eq(self.k_last),
                          row_addr.eq(desc.out_base), kb_row.eq(desc.out_base),
                          written.eq(0)]
         return written

@@ -187,19 +187,15 @@ class Requantizer(wiring.Component):
         m1 = reg(unsigned(M_BITS), "m1", x.m)
         # S - 1 (mod 2**S_BITS): S = 0 is illegal, it just wraps to a shift of 63.
         sh1 = reg(unsigned(S_BITS), "sh1", x.s - 1)
-        # The exact product v * M: stages 2 and 3; with interval > 1 only 2 (its
-        # multiplier has the interval's cycles), where stage 3's values are loaded from
-        # the finished sum in the cycle after it moved in (p_en) and count as stage 2.
-        # S - 1 travels alongside.
-        p, stage, p_en = self._product(m, reg, en, phase, v, m1, f"l{lane}_")
+        # The exact product v * M (S - 1 travels alongside), and the stage and load
+        # enable of the coarse shift's registers.
+        p, p_stage, c_stage, c_en = self._product(m, reg, en, phase, v, m1, f"l{lane}_")
         sh = sh1
-        for k in range(2, stage + 1):
+        for k in range(2, p_stage + 1):
             sh = reg(unsigned(S_BITS), f"sh{k}", sh)
-        if self.interval > 1:
-            stage -= 1
         # c = p >> 8k kept to 18 bits + "did not fit" flag (saturates either way).
         coarse, over = self._coarse_shift(m, p, sh[3:], f"l{lane}_")
-        c_reg = self._stage_register(m, p_en, f"l{lane}_")
+        c_reg = self._stage_register(m, c_en, f"l{lane}_")
         c = c_reg(signed(18), "c", coarse)
         c_over = c_reg(1, "c_over", over)
         c_neg = c_reg(1, "c_neg", p[-1])
@@ -208,15 +204,14 @@ class Requantizer(wiring.Component):
         t = reg(signed(18), "t", c >> fine)
         t_over = reg(1, "t_over", c_over)
         t_neg = reg(1, "t_neg", c_neg)
-        stage += 2
-        # Round half up, saturate, ReLU (relu[k] travels with stage k + 1); with interval
-        # > 1 the 8-bit result is held for the remaining stages, so that every interval
-        # has the same LATENCY (two copies of y cost 16 flip-flops where a register of
-        # the product cost 35).
+        # Round half up, saturate, ReLU (stage c_stage + 2; relu[k] travels with stage
+        # k + 1, t with c_stage + 1); with interval > 1 the 8-bit result is held for the
+        # remaining stages, so that every interval has the same LATENCY (two copies of y
+        # cost 16 flip-flops where a register of the product cost 35).
         sat = self._round_saturate(m, t, t_over, t_neg, f"l{lane}_")
-        y = reg(signed(8), "y", Mux(relu[stage - 1] & sat[-1], 0, sat))
-        for k in range(stage + 1, self.LATENCY):
-            y = reg(signed(8), f"y{k + 1}", y)
+        y = reg(signed(8), "y", Mux(relu[c_stage] & sat[-1], 0, sat))
+        for k in range(c_stage + 3, self.LATENCY + 1):
+            y = reg(signed(8), f"y{k}", y)
         return y
 
     @staticmethod
@@ -230,10 +225,11 @@ class Requantizer(wiring.Component):
         return reg
 
     def _product(self, m, reg, en, phase, v, m1, name):
-        """The exact signed product ``v * m1`` in stages 2 and 3 (interval 1) or stage 2
-        (interval > 1). Returns it, its stage and when the next stage may load from it:
-        a stage register and ``en``, or with interval > 1 the Horner sum itself, which
-        holds the product in the cycle after ``en`` only (the next stage loads then)."""
+        """The exact signed product ``v * m1``: returns it, its stage, and the stage and
+        load enable of the coarse shift's registers. Interval 1: a stage-3 register, the
+        shift in stage 4 loaded with ``en``. Interval > 1: the Horner sum of stage 2,
+        which holds the product only in the cycle after ``en``; the shift's registers
+        load then and count as stage 2 too."""
         pw = len(v) + M_BITS                   # v * M, M unsigned: exact
         if self.mul16 is not None:
             # 2: v in chunks (15 unsigned bits each, the top one signed) times M, one
@@ -249,13 +245,13 @@ class Requantizer(wiring.Component):
                 m.submodules[f"{name}mul{k}"] = block
                 m.d.comb += [block.a.eq(chunk), block.b.eq(m1), block.en.eq(en)]
                 parts.append(block.p << (_CHUNK_BITS * k))
-            return reg(signed(pw), "p", sum(parts)), 3, en
+            return reg(signed(pw), "p", sum(parts)), 3, 4, en
         if self.interval == 1:
             # 2: 8-bit partial products; 3: their sum.
             parts = [reg(signed(len(v) + 9), f"pp{k}", v * m1[8 * k:8 * k + 8])
                      for k in range(-(-M_BITS // 8))]
             total = sum(part << (8 * k) for k, part in enumerate(parts))
-            return reg(signed(pw), "p", total), 3, en
+            return reg(signed(pw), "p", total), 3, 4, en
         # 2: Horner over the k chunks of M, most significant first, one per phase;
         # the last phase's sum is the exact product.
         bits = M_BITS // self.interval
@@ -270,7 +266,7 @@ class Requantizer(wiring.Component):
         m.d.sync += partial.eq(full)
         after = Signal(name=f"{name}after_en")
         m.d.sync += after.eq(en)
-        return partial, 2, after
+        return partial, 2, 2, after
 
     @staticmethod
     def _coarse_shift(m, p, eighths, name):
