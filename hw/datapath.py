@@ -74,8 +74,8 @@ class Datapath(wiring.Component):
     once the layer's last output is written. The descriptor must be consistent, as the
     compiler makes it (``k_blocks = ceil(out_channels / rows)``, the geometry of
     :class:`~.im2col.Im2col`); the executor refuses any other. ``cycles`` then holds the
-    layer's cycles (start to done). Memory ports are signature members; the core owns the memories and
-    must let ``act_wr`` write whenever ``act_wr.en`` is high.
+    layer's cycles (start to done). Memory ports are signature members; the core owns
+    the memories and must let ``act_wr`` write whenever ``act_wr.en`` is high.
 
     Parameters
     ----------
