@@ -139,8 +139,8 @@ class Core(wiring.Component):
         # driver's queue alternates slots) and reads outputs only once the core is idle.
         m.submodules.act = act = Ram(unsigned(8), cfg.act_bytes, copies=cfg.cols,
                                      rw_exclusive=True)
-        m.submodules.qparams = qmem = Ram(program.QParam, cfg.qparam_entries,
-                                          rw_exclusive=True)
+        m.submodules.qparams = qmem = Ram(program.stored_qparam(cfg.bias_width),
+                                          cfg.qparam_entries, rw_exclusive=True)
         m.submodules.program = pmem = Ram(unsigned(16), _program_halfwords(cfg),
                                           rw_exclusive=True)
         m.submodules.results = rmem = Ram(unsigned(32), _result_words(cfg), rw_exclusive=True)
@@ -298,7 +298,8 @@ class HostWrites(wiring.Component):
             "act_in": In(write_port_signature(config.act_bytes, unsigned(8))),
             "window_in": In(write_port_signature(ACT_SPACE, unsigned(8))),
             "weights": Out(weight_write_signature(config.weight_words * (config.rows // 8))),
-            "qparams": Out(write_port_signature(config.qparam_entries, program.QParam)),
+            "qparams": Out(write_port_signature(config.qparam_entries,
+                                                program.stored_qparam(config.bias_width))),
             "program": Out(write_port_signature(_program_halfwords(config), unsigned(16))),
             "act": Out(write_port_signature(config.act_bytes, unsigned(8))),
         })
@@ -323,13 +324,14 @@ class HostWrites(wiring.Component):
         step = Signal()
         # The byte is picked from the halfword (one multiplexer for both); a PROGRAM
         # halfword is written in the first of its two bytes' cycles.
+        qparam = program.QParam(wr.data)     # stored without its padding and high bias bits
         half = wr.data.word_select(part[1:], 16)
         byte = half.word_select(part[0], 8)
         with m.If(step):
             m.d.sync += part.eq(part + 1)
         m.d.comb += [
             self.qparams.addr.eq(wr.addr),
-            self.qparams.data.eq(wr.data[:len(self.qparams.data.as_value())]),
+            *(getattr(self.qparams.data, f).eq(getattr(qparam, f)) for f in ("bias", "m", "s")),
             self.qparams.en.eq(go & space[Space.QPARAMS]),
             self.program.addr.eq(Cat(part[1:], wr.addr)),
             self.program.data.eq(half),

@@ -127,7 +127,8 @@ class Datapath(wiring.Component):
             "act_rd": Out(read_port_signature(config.act_bytes, unsigned(8))).array(cols),
             "w_rd": Out(read_port_signature(config.weight_words // config.weight_lanes,
                                             unsigned(rows * config.weight_lanes * 8))),
-            "q_rd": Out(read_port_signature(config.qparam_entries, program.QParam)),
+            "q_rd": Out(read_port_signature(config.qparam_entries,
+                                            program.stored_qparam(config.bias_width))),
             "act_wr": Out(write_port_signature(config.act_bytes, unsigned(8))),
         })
 

@@ -15,6 +15,7 @@ from .link_crc import CrcEngine
 from .link_decoder import FrameDecoder
 from .link_encoder import ResponseEncoder
 from .link_handler import CommandHandler
+from .link_queue import ResponseQueue
 from .program import HostInterface
 
 __all__ = ["Link"]
@@ -34,9 +35,11 @@ class Link(wiring.Component):
     3. :class:`~.link_handler.CommandHandler` executes a valid WRITE, RUN, RESULT or
        ABORT on the core's host interface (``wr``, ``start``, ``busy``, ``abort``,
        ``fault``);
-    4. :class:`~.link_encoder.ResponseEncoder` sends the response, reading a RESULT's
-       payload from the core (``rd``, ``rd_data``) as it goes, then pads (see
-       :mod:`.protocol`).
+    4. :class:`~.link_encoder.ResponseEncoder` writes the response into the
+       :class:`~.link_queue.ResponseQueue`, reading a RESULT's payload from the core
+       (``rd``, ``rd_data``) as it goes; the queue sends it on ``tx``, then pads (see
+       :mod:`.protocol`). The decoder takes the next frame once the response is queued,
+       so a RUN after a RESULT starts while the RESULT's answer is still on the wire.
 
     Every complete frame gets exactly one response (see :mod:`.protocol`). Every
     decision is taken from flip-flops (lengths, chunk counts and range checks are
@@ -57,15 +60,15 @@ class Link(wiring.Component):
     rx : In(stream.Signature(8))
         Bytes from the UART receiver, through a FIFO (``BoardTop``): ready only while a
         frame is being received or awaited, i.e. not while a command executes or a
-        response goes out; the FIFO holds what arrives meanwhile (the host's window
+        response is queued; the FIFO holds what arrives meanwhile (the host's window
         rule in :mod:`.protocol` bounds it).
     tx : Out(stream.Signature(8))
         Bytes to the UART transmitter.
     core : In(HostInterface)
         The core's host interface, driven from the host side.
     idle : Out(1)
-        Waiting for a byte (of a frame or between frames), nothing in progress: lets a
-        simulator skip idle time.
+        Waiting for a byte (of a frame or between frames), nothing in progress or
+        queued: lets a simulator skip idle time.
     """
 
     def __init__(self, config):
@@ -85,6 +88,7 @@ class Link(wiring.Component):
         m.submodules.checker = chk = FrameChecker(cfg)
         m.submodules.handler = hnd = CommandHandler(cfg)
         m.submodules.encoder = enc = ResponseEncoder(cfg)
+        m.submodules.queue = queue = ResponseQueue(cfg.tx_pad_bytes)
         core = self.core
 
         wiring.connect(m, wiring.flipped(self.rx), dec.rx)
@@ -93,7 +97,8 @@ class Link(wiring.Component):
         wiring.connect(m, hnd.start, wiring.flipped(core.start))
         wiring.connect(m, enc.rd, wiring.flipped(core.rd))
         wiring.connect(m, wiring.flipped(core.rd_data), enc.rd_data)
-        wiring.connect(m, enc.tx, wiring.flipped(self.tx))
+        wiring.connect(m, enc.tx, queue.i)
+        wiring.connect(m, queue.o, wiring.flipped(self.tx))
         for i, stage in enumerate([dec, hnd, enc]):
             wiring.connect(m, stage.crc, crc.feed[i])
 
@@ -121,7 +126,8 @@ class Link(wiring.Component):
             enc.identity.eq(chk.is_identify), enc.result.eq(chk.is_result),
             enc.crc_value.eq(crc.value),
 
+            queue.start.eq(enc.start), queue.done.eq(enc.done),
             dec.resume.eq(enc.done),
-            self.idle.eq(dec.idle),
+            self.idle.eq(dec.idle & ~queue.busy),
         ]
         return m

@@ -32,10 +32,8 @@ class ResponseEncoder(wiring.Component):
     (a WRITE's data CRC). The CRC engine is loaded with the value after the constant
     sync byte as that byte goes out, then fed every byte up to the CRC.
 
-    After the frame, ``config.tx_pad_bytes`` bytes of :data:`protocol.FILL_BYTE` follow
-    (cut short by the next response): they push the response through a USB bridge that
-    holds bytes until 510 wait (see :mod:`.protocol`). A fill byte is the header's
-    length byte with nothing left to send (0), so it costs a counter, no multiplexer.
+    The bytes go into the link's :class:`~.link_queue.ResponseQueue`, which also sends
+    the fill bytes after the frame.
 
     Latency and throughput: the header goes out at one byte per cycle that ``tx`` is
     ready, the payload at one byte per two cycles (the ROM's read latency, the CRC's
@@ -45,7 +43,7 @@ class ResponseEncoder(wiring.Component):
     Parameters
     ----------
     config : AcceleratorConfig
-        The identity to report, the result buffer sizes, the padding.
+        The identity to report, the result buffer sizes.
 
     Attributes
     ----------
@@ -62,18 +60,17 @@ class ResponseEncoder(wiring.Component):
     crc : Out(CrcFeed); crc_value : In(16)
         The CRC engine.
     tx : Out(stream.Signature(8))
-        Bytes to the UART transmitter.
+        The response's bytes, to the response queue.
     rd : Out(stream.Signature(ReadCommand)); rd_data : In(stream.Signature(ReadData))
         The core's result reads (its other host interface members are the command
         handler's).
     done : Out(1)
-        Pulse: the response is sent.
+        Pulse: the response's last byte is taken.
     """
 
     def __init__(self, config):
         self._config = config
         self._length_max = response_bytes_max(config)
-        assert proto.FILL_BYTE == 0, "a fill byte is the header's length byte, 0"
         super().__init__({
             "start": In(1), "status": In(proto.Status),
             "length": In(range(self._length_max + 1)),
@@ -108,7 +105,7 @@ class ResponseEncoder(wiring.Component):
             self.rd.payload.addr.eq(fetch_idx),
             self.rd.payload.space.eq(Mux(counters_phase, ReadSpace.COUNTERS, ReadSpace.LOGITS)),
         ]
-        with m.FSM() as fsm:
+        with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [status.eq(self.status), left.eq(self.length), idx.eq(0),
@@ -162,26 +159,8 @@ class ResponseEncoder(wiring.Component):
                     m.d.sync += idx.eq(idx + 1)
                     with m.If(idx[0]):
                         m.d.comb += self.done.eq(1)
-                        m.d.sync += idx.eq(3)           # for the fill bytes
                         m.next = "IDLE"
-        self._padding(m, fsm.ongoing("IDLE"), in_hdr)
         return m
-
-    def _padding(self, m, idle, in_hdr):
-        """``config.tx_pad_bytes`` fill bytes after ``done``, while ``idle`` and until
-        ``start``. With ``idx = 3`` and ``left = 0`` (as a response leaves them),
-        ``tx.payload`` is the header's length byte: 0, the fill byte."""
-        pad_bytes = self._config.tx_pad_bytes
-        pad_left = Signal(range(pad_bytes + 1))
-        padding = Signal()                      # pad_left != 0, as a flip-flop
-        with m.If(idle):
-            m.d.comb += [in_hdr.eq(1), self.tx.valid.eq(padding)]
-            with m.If(self.tx.valid & self.tx.ready):
-                m.d.sync += [pad_left.eq(pad_left - 1), padding.eq(pad_left != 1)]
-        with m.If(self.done):
-            m.d.sync += [pad_left.eq(pad_bytes), padding.eq(pad_bytes != 0)]
-        with m.If(self.start):
-            m.d.sync += padding.eq(0)
 
     def _identity_rom(self, m, left):
         """The identity's bytes, addressed by the count of bytes left; data lags a cycle."""

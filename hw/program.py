@@ -17,7 +17,7 @@ from amaranth.hdl import signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["Space", "ReadSpace", "LayerDescriptor", "CopyDescriptor", "QParam",
+__all__ = ["Space", "ReadSpace", "LayerDescriptor", "CopyDescriptor", "QParam", "stored_qparam",
            "WriteCommand", "StartCommand", "ReadCommand", "ReadData", "HostInterface",
            "DESCRIPTOR_WORDS", "CHUNK_BITS", "encode_struct", "decode_struct", "field_widths",
            "ACT_BITS", "WEIGHT_BITS", "BIAS_BITS", "M_BITS", "S_MIN", "S_MAX", "S_BITS",
@@ -158,6 +158,14 @@ class QParam(data.Struct):
     _pad: unsigned(CHUNK_BITS - BIAS_BITS - M_BITS - S_BITS)
 
 
+def stored_qparam(bias_width):
+    """A :class:`QParam` as the qparams memory holds it: the ``bias_width`` bias bits the
+    requantiser adds (the compiler rejects a bias that does not fit them), M and S, no
+    padding; on the iCEBreaker 40 bits (3 block RAMs) instead of a 64-bit chunk (4)."""
+    return data.StructLayout({"bias": signed(bias_width), "m": unsigned(M_BITS),
+                              "s": unsigned(S_BITS)})
+
+
 # ---- Layer geometry -----------------------------------------------------------------------
 class GeometryError(ValueError):
     """A layer geometry that does not produce an integer output size, or is empty."""
@@ -289,8 +297,10 @@ class HostInterface(wiring.Signature):
 
 
 def encode_struct(layout, fields):
-    """Pack ``fields`` (a dict) into an int with ``layout``'s bit positions."""
-    return layout.const(fields).as_value().value & ((1 << layout.as_shape().size) - 1)
+    """Pack ``fields`` (a dict) into an int with ``layout``'s bit positions (a layout or a
+    ``data.Struct``)."""
+    layout = data.Layout.cast(layout)
+    return layout.const(fields).as_value().value & ((1 << layout.size) - 1)
 
 
 def decode_struct(layout, value):

@@ -34,7 +34,7 @@ class Harness(Elaboratable):
         lanes = config.weight_lanes     # words of `rows` weights per memory word
         self.w = memory.Memory(shape=unsigned(config.rows * lanes * 8),
                                depth=config.weight_words // lanes, init=w_init)
-        self.q = memory.Memory(shape=unsigned(prog.QParam.as_shape().size),
+        self.q = memory.Memory(shape=unsigned(prog.stored_qparam(config.bias_width).size),
                                depth=config.qparam_entries, init=q_init)
 
     def elaborate(self, platform):
@@ -67,7 +67,8 @@ def run_layer(request, net, params, x, *, config=SMALL, slot=1, layers=1, **kwar
     wmat[:len(p.weight_words)] = p.weight_words
     words = [int.from_bytes(w.tobytes(), "little")
              for w in wmat.reshape(-1, config.rows * lanes)]
-    qps = [prog.encode_struct(prog.QParam, q) for q in p.qparams]
+    stored = prog.stored_qparam(config.bias_width)
+    qps = [prog.encode_struct(stored, {f: q[f] for f in ("bias", "m", "s")}) for q in p.qparams]
     h = Harness(config, act.tolist(), words, qps, **kwargs)
     dp = h.dp
     out = {"cycles": [], "y": []}

@@ -325,7 +325,8 @@ def test_six_mbaud_board(model):
           f"{r['ceiling']:.1f}, {ips / compute_bound:.1%} of the compute bound "
           f"{compute_bound:.1f}")
     assert r["to_board_per_image"] == 784 + 40
-    assert 0.9 * compute_bound <= ips <= compute_bound
+    # The slope cancels what a batch pays once only to within a few hundred cycles.
+    assert 0.9 * compute_bound <= ips <= 1.01 * compute_bound
 
 
 def test_sim_board_ends_its_simulator_on_sigterm():

@@ -88,6 +88,7 @@ class LinkBench:
         self.dut = BoardTop(CONFIG, core=self.core, rx_fifo=rx_fifo)
         self.seed, self.backpressure = seed, backpressure
         self.beats, self.received, self.done = [], bytearray(), False
+        self.cycle, self.starts = 0, []         # cycles run; those the core took start
 
     async def send(self, ctx, raw, *, gap=0):
         for byte in bytes(raw):
@@ -153,6 +154,14 @@ class LinkBench:
             if valid and ready:
                 self.beats.append((Space(payload.space), payload.addr, payload.data))
 
+    async def _clock(self, ctx):
+        while not self.done:
+            _, _, valid, ready = await ctx.tick().sample(self.core.start.valid,
+                                                        self.core.start.ready)
+            self.cycle += 1
+            if valid and ready:
+                self.starts.append(self.cycle)
+
     def run(self, script, name, *, max_cycles=200_000):
         async def main(ctx):
             ctx.set(self.dut.uart_rx, 1)
@@ -161,7 +170,7 @@ class LinkBench:
                 await script(self, ctx)
             finally:
                 self.done = True
-        run_simulation(self.dut, [main, self._monitor, self._core_wr], name=name,
+        run_simulation(self.dut, [main, self._monitor, self._core_wr, self._clock], name=name,
                        max_cycles=max_cycles)
 
 
@@ -240,6 +249,39 @@ def test_run_result_and_state_errors(request):
     logits = [fake_word(ReadSpace.LOGITS, k, 0x320) & 0xFF for k in range(n_out)]
     counters = [fake_word(ReadSpace.COUNTERS, i, 0x320) for i in range(1 + cfg.max_layers)]
     assert data == bytes(logits) + b"".join(c.to_bytes(4, "little") for c in counters)
+
+
+def test_answer_is_queued_and_the_next_request_taken(request):
+    """The link takes the next request once a response is queued, not sent: a RUN right
+    behind a RESULT starts while the RESULT's answer (41 bytes, as LeNet-5's with all
+    its counters) is still on the wire, so the core does not idle for it. Fill bytes
+    follow an answer once it is out (``tx_pad_bytes`` of them if nothing else is due),
+    never inside one."""
+    program = proto.write_payload(Space.PROGRAM, 0, [0x1234])
+    runs = [proto.encode_struct(proto.RunArgs, {"image_base": base}) for base in (0, 0x320)]
+    result = proto.encode_struct(proto.ResultArgs, {"n_logits": 10, "n_counters": 6})
+    got, marks = [], {}
+
+    async def script(bench, ctx):
+        for opcode, payload in [(proto.Opcode.WRITE, program), (proto.Opcode.RUN, runs[0])]:
+            await bench.send(ctx, proto.encode_request(opcode, payload))
+            got.append((await bench.response(ctx))[:2])
+        await bench.send(ctx, proto.encode_request(proto.Opcode.RESULT, result) +
+                         proto.encode_request(proto.Opcode.RUN, runs[1]))
+        got.append((await bench.response(ctx))[:2])
+        marks["answer_out"] = bench.cycle
+        got.append((await bench.response(ctx))[:2])
+        await bench.idle(ctx, 20 * 10 * DIVISOR)
+        marks["after"] = bytes(bench.received)
+
+    bench = LinkBench(backpressure=False, run_cycles=3000)
+    bench.run(script, request.node.name)
+    S, O = proto.Status, proto.Opcode
+    assert got == [(S.OK, O.WRITE), (S.OK, O.RUN), (S.OK, O.RESULT), (S.OK, O.RUN)]
+    answer_cycles = (proto.RESPONSE_HEADER_BYTES + 10 + 4 * 6 + 2) * 10 * DIVISOR
+    assert len(bench.starts) == 2
+    assert bench.starts[1] < marks["answer_out"] - answer_cycles // 2, (bench.starts, marks)
+    assert marks["after"] == bytes([proto.FILL_BYTE] * CONFIG.tx_pad_bytes)
 
 
 def test_faults_answered_and_nothing_committed(request):
