@@ -30,9 +30,30 @@ def _program_halfwords(cfg):
     return cfg.max_layers * program.DESCRIPTOR_WORDS * 4
 
 
+def _identity_base(cfg):
+    """Results memory word of the board's identity: the counters (total cycles, one per
+    layer; outputs stay in activations) come first, rounded up to a power of two that
+    is also above the identity's words, so an IDENTITY read sets an address bit."""
+    words = max(1 + cfg.max_layers, _identity_words())
+    return 1 << (words - 1).bit_length()
+
+
+def _identity_words():
+    from .protocol import Identity, struct_bytes
+    return -(-struct_bytes(Identity) // 4)
+
+
 def _result_words(cfg):
-    """Results memory: total cycles, one counter per layer (outputs stay in activations)."""
-    return 1 + cfg.max_layers
+    """Results memory: the counters, then the identity (:func:`_identity_base`)."""
+    return _identity_base(cfg) + _identity_words()
+
+
+def _result_init(cfg):
+    """The results memory's contents at power-up: zero counters, the identity."""
+    from .protocol import Identity, encode_struct, identity_fields
+    raw = encode_struct(Identity, identity_fields(cfg)).ljust(4 * _identity_words(), b"\0")
+    return [0] * _identity_base(cfg) + [int.from_bytes(raw[i:i + 4], "little")
+                                        for i in range(0, len(raw), 4)]
 
 
 class Core(wiring.Component):
@@ -143,7 +164,8 @@ class Core(wiring.Component):
                                           cfg.qparam_entries, rw_exclusive=True)
         m.submodules.program = pmem = Ram(unsigned(16), _program_halfwords(cfg),
                                           rw_exclusive=True)
-        m.submodules.results = rmem = Ram(unsigned(32), _result_words(cfg), rw_exclusive=True)
+        m.submodules.results = rmem = Ram(unsigned(32), _result_words(cfg),
+                                          init=_result_init(cfg), rw_exclusive=True)
         m.submodules.writes = writes = HostWrites(cfg)
         seq = Sequencer(cfg)
         m.submodules.sequencer = ResetInserter({"sync": stop})(seq)
@@ -525,9 +547,10 @@ class ResultReads(wiring.Component):
     Latency 1 cycle, one read per cycle; ``rd`` is ready whenever ``rd_data`` is empty or
     being taken and ``hold`` is low. ``LOGITS`` addr ``k`` reads activation byte ``base +
     k`` (sign-extended; ``act`` spans the activation addresses, block RAM and window),
-    ``COUNTERS`` addr ``i`` results word ``i``; addresses wrap like the memories (the
-    link never reads beyond ``1 + max_layers`` counters: its checker refuses it, so no
-    logic is spent on zeroing them).
+    ``COUNTERS`` addr ``i`` results word ``i``, ``IDENTITY`` addr ``k`` the identity's
+    word ``k`` (stored above the counters); addresses wrap like the memories (the link
+    never reads beyond ``1 + max_layers`` counters, its checker refuses it, nor beyond
+    the identity, so no logic is spent on zeroing them).
 
     Parameters
     ----------
@@ -568,7 +591,10 @@ class ResultReads(wiring.Component):
                          output_r.eq(rd.space == program.ReadSpace.LOGITS)]
         with m.Elif(self.rd_data.ready):
             m.d.sync += self.rd_data.valid.eq(0)
-        m.d.comb += [self.results.addr.eq(rd.addr), self.act.addr.eq(self.base + rd.addr)]
+        m.d.comb += self.act.addr.eq(self.base + rd.addr)
+        identity = rd.space == program.ReadSpace.IDENTITY
+        m.d.comb += self.results.addr.eq(Mux(identity, rd.addr | _identity_base(self._config),
+                                             rd.addr))
         with m.If(output_r):
             m.d.comb += self.rd_data.p.data.eq(self.act.data.as_signed())
         with m.Else():

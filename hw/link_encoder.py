@@ -5,7 +5,6 @@ See :class:`ResponseEncoder`; the frame format is defined in :mod:`.protocol`.
 
 from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from . import protocol as proto
@@ -24,26 +23,26 @@ def response_bytes_max(config):
 class ResponseEncoder(wiring.Component):
     """Send one response frame: header, payload, CRC.
 
-    The payload comes from one of three sources, chosen by the request's opcode:
-    IDENTIFY's from a ROM holding the :class:`~.protocol.Identity` of ``config`` (in an
-    EBR, not a constant multiplexer of LUTs), RESULT's read from the core as
-    it goes out (``n_logits`` LOGITS reads of 1 byte, then ``n_counters`` COUNTERS reads
-    of 4 bytes; no result buffer), any other's from ``crc_value`` as the header starts
-    (a WRITE's data CRC). The CRC engine is loaded with the value after the constant
+    The payload comes from one of two sources, chosen by the request's opcode:
+    IDENTIFY's and RESULT's are read from the core as they go out (IDENTIFY: IDENTITY
+    reads of 4 bytes, the :class:`~.protocol.Identity` the core keeps in its results
+    memory; RESULT: ``n_logits`` LOGITS reads of 1 byte, then ``n_counters`` COUNTERS
+    reads of 4 bytes; no result buffer), any other's from ``crc_value`` as the header
+    starts (a WRITE's data CRC). The CRC engine is loaded with the value after the constant
     sync byte as that byte goes out, then fed every byte up to the CRC.
 
     The bytes go into the link's :class:`~.link_queue.ResponseQueue`, which also sends
     the fill bytes after the frame.
 
     Latency and throughput: the header goes out at one byte per cycle that ``tx`` is
-    ready, the payload at one byte per two cycles (the ROM's read latency, the CRC's
-    2-cycle latency before the CRC bytes), plus 3 cycles per RESULT read. ``done``
+    ready, the payload at one byte per two cycles (the CRC's 2-cycle latency before
+    the CRC bytes), plus 3 cycles per read from the core. ``done``
     pulses as the last CRC byte is taken.
 
     Parameters
     ----------
     config : AcceleratorConfig
-        The identity to report, the result buffer sizes.
+        The result buffer sizes.
 
     Attributes
     ----------
@@ -53,7 +52,7 @@ class ResponseEncoder(wiring.Component):
     opcode : In(8)
         The request's opcode, echoed.
     identity, result : In(1)
-        The payload is the identity; the payload is read from the core (held during
+        The payload is the identity; the payload is the run's result (held during
         the response).
     args : In(ARGS_BYTES * 8)
         The request's arguments (RESULT: what to read).
@@ -92,25 +91,28 @@ class ResponseEncoder(wiring.Component):
         idx = Signal(range(proto.RESPONSE_HEADER_BYTES))   # header byte, CRC byte
         word = Signal(32)                       # payload bytes, LSB first
         word_left = Signal(3)
-        fetch_idx = Signal(range(max(cfg.max_logits, 1 + cfg.max_layers)))
+        fetch_idx = Signal(range(max(cfg.max_logits, 1 + cfg.max_layers,
+                                     -(-proto.struct_bytes(proto.Identity) // 4))))
         counters_phase = Signal()
-        just_sent = Signal()                    # ``left`` changed: wait for the ROM
+        just_sent = Signal()                    # a byte went: the CRC is 2 cycles late
         m.d.sync += just_sent.eq(self.tx.valid & self.tx.ready)
-        id_data = self._identity_rom(m, left)
         in_hdr, in_crc = Signal(), Signal()
-        self._tx_byte(m, status, left, idx, in_hdr, in_crc, id_data, word)
+        self._tx_byte(m, status, left, idx, in_hdr, in_crc, word)
         m.d.comb += [
             self.crc.data.eq(self.tx.payload),
             self.crc.init.eq(crc_next(0, proto.RESPONSE_SYNC)),
             self.rd.payload.addr.eq(fetch_idx),
-            self.rd.payload.space.eq(Mux(counters_phase, ReadSpace.COUNTERS, ReadSpace.LOGITS)),
+            self.rd.payload.space.eq(Mux(self.identity, ReadSpace.IDENTITY,
+                                         Mux(counters_phase, ReadSpace.COUNTERS,
+                                             ReadSpace.LOGITS))),
         ]
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [status.eq(self.status), left.eq(self.length), idx.eq(0),
                                  word_left.eq(0), fetch_idx.eq(0),
-                                 counters_phase.eq(res_args.n_logits == 0)]
+                                 counters_phase.eq(self.identity |
+                                                   (res_args.n_logits == 0))]
                     m.next = "HEADER"
             # The header's first byte (the sync) is a constant: the CRC is loaded with its
             # value after it instead of processing it.
@@ -127,9 +129,9 @@ class ResponseEncoder(wiring.Component):
                         with m.If(left == 0):
                             m.next = "CRC"
             with m.State("PAYLOAD"):
-                with m.If(self.result & (word_left == 0)):
+                with m.If((self.result | self.identity) & (word_left == 0)):
                     m.next = "FETCH"
-                with m.Elif(~just_sent):
+                with m.Else():
                     m.d.comb += self.tx.valid.eq(1)
                     with m.If(self.tx.ready):
                         m.d.comb += self.crc.valid.eq(1)
@@ -162,17 +164,7 @@ class ResponseEncoder(wiring.Component):
                         m.next = "IDLE"
         return m
 
-    def _identity_rom(self, m, left):
-        """The identity's bytes, addressed by the count of bytes left; data lags a cycle."""
-        bits = _identity_count_bits()
-        m.submodules.id_rom = rom = Memory(
-            shape=8, depth=1 << bits, init=_identity_by_count(proto.identity_fields(self._config)),
-            attrs={"ram_style": "block"})
-        port = rom.read_port()
-        m.d.comb += port.addr.eq(left[:bits])
-        return port.data
-
-    def _tx_byte(self, m, status, left, idx, in_hdr, in_crc, id_data, word):
+    def _tx_byte(self, m, status, left, idx, in_hdr, in_crc, word):
         """``tx.payload``: a multiplexer tree on few selects rather than one per state."""
         hdr = Signal(proto.ResponseHeader)
         m.d.comb += [hdr.sync.eq(proto.RESPONSE_SYNC), hdr.status.eq(status),
@@ -185,16 +177,5 @@ class ResponseEncoder(wiring.Component):
         m.d.comb += self.tx.payload.eq(
             Mux(in_hdr, hdr_byte,
                 Mux(in_crc, Mux(idx[0], crc[8:], crc[:8]),
-                    Mux(self.identity, id_data, word[:8]))))
+                    word[:8])))
 
-
-def _identity_count_bits():
-    return (proto.struct_bytes(proto.Identity) - 1).bit_length()
-
-
-def _identity_by_count(fields):
-    """The identity's bytes indexed by the low bits of the count of bytes left to send."""
-    raw = proto.encode_struct(proto.Identity, fields)
-    size = 1 << _identity_count_bits()
-    return [raw[(len(raw) - left) % size] if (len(raw) - left) % size < len(raw) else 0
-            for left in range(size)]

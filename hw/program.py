@@ -41,6 +41,7 @@ class ReadSpace(enum.Enum, shape=2):
     LOGITS = 0    # addr k: output k of the last run (activation byte out_base + k of its
     #               last descriptor), sign-extended
     COUNTERS = 1  # addr 0: cycles of the last run; addr 1+i: cycles of layer i
+    IDENTITY = 2  # addr k: bytes 4k … 4k+3 of the board's protocol.Identity, LSB first
 
 
 class LayerDescriptor(data.Struct):

@@ -9,7 +9,7 @@ bit-level here; ``test_simboard.py`` repeats the important ones against the real
 import random
 
 import pytest
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Array, C, Module, Signal
 from amaranth.lib import wiring
 
 from fpgacnn.hw import protocol as proto
@@ -37,7 +37,7 @@ class FakeCore(wiring.Component):
 
     ``start`` makes it busy for ``run_cycles`` (``abort`` ends that at once; a run from
     image base ``0xFF8`` ends with ``fault``, as one the core's watchdog stops); reads
-    return :func:`fake_word`; ``wr.ready``
+    return :func:`fake_word`, IDENTITY reads the board's identity (as the core); ``wr.ready``
     is left undriven so the testbench can apply backpressure and record the beats, unless
     ``wr_ready`` (for Verilator, where nothing else drives it).
     """
@@ -66,10 +66,18 @@ class FakeCore(wiring.Component):
             with m.If(count == 0):
                 m.d.sync += [self.busy.eq(0), self.fault.eq(forever)]
         m.d.comb += self.rd.ready.eq(~self.rd_data.valid | self.rd_data.ready)
+        raw = proto.encode_struct(proto.Identity, proto.identity_fields(CONFIG))
+        identity = Array(C(int.from_bytes(raw[i:i + 4], "little"), 32)
+                         for i in range(0, len(raw), 4))
+        rd = self.rd.payload
         with m.If(self.rd.valid & self.rd.ready):
-            m.d.sync += [self.rd_data.valid.eq(1), self.rd_data.payload.data.eq(
-                base * 0x9E37 + self.rd.payload.addr * 0x1F1 +
-                self.rd.payload.space.as_value() * 0x7777 + 0x12345678)]
+            m.d.sync += self.rd_data.valid.eq(1)
+            with m.If(rd.space == ReadSpace.IDENTITY):     # the core keeps the identity
+                m.d.sync += self.rd_data.payload.data.eq(identity[rd.addr])
+            with m.Else():
+                m.d.sync += self.rd_data.payload.data.eq(
+                    base * 0x9E37 + rd.addr * 0x1F1 + rd.space.as_value() * 0x7777 +
+                    0x12345678)
         with m.Elif(self.rd_data.ready):
             m.d.sync += self.rd_data.valid.eq(0)
         return m
