@@ -263,22 +263,23 @@ class AcceleratorConfig:
 
 
 CONFIGS = {
-    # iCE40UP5K: an 8×1 array on 4 SB_MAC16 (two 8×8 products per block); 4 SPRAMs give one
-    # 64-bit word (8 weights) per cycle, which is also what FC layers need. An 8×2 array
-    # (all 8 SB_MAC16) does not fit the logic cells next to the link, and the UART link
-    # bounds the image rate either way. The requantiser's 27×8-bit product runs at full
-    # rate on two of the four other SB_MAC16 (16×16 mode) instead of logic cells, and the
-    # array broadcasts its operands (no pipeline registers between PEs) to save logic
-    # cells. The clock is the PLL frequency below the Fmax nextpnr reaches; README
-    # ("Build", "Throughput") has the measured cells, Fmax and cycles per image. The 4 KB
-    # of activation block RAM is too small for a 3x32x32 input: the top 60 KB of the SPRAM
-    # are the activation window (copies, bands), and the program holds 32 descriptors.
+    # iCE40UP5K: an 8×2 array on all 8 SB_MAC16 (two 8×8 products per block), its operands
+    # broadcast (no pipeline registers between PEs). 4 SPRAMs give one 64-bit word (8
+    # weights) per cycle, which bounds FC layers to one column. The requantiser's 27×8-bit
+    # product is in logic cells at half rate (requant_interval 2), free while a tile has
+    # at least 2 × its results in beats: LeNet-5's C1 (6 channels × 2 pixels, 25 beats)
+    # needs compact_drain for that. The design fills the UP5K (logic cells and all 30
+    # EBR); its Fmax sets the clock, 24 MHz, at which the FT2232H's 6 Mbaud is 4 clocks
+    # per bit. README ("Build", "Throughput") has the measured cells, Fmax and cycles per
+    # image. The 4 KB of activation block RAM (a copy per column) is too small for a
+    # 3x32x32 input: the top 60 KB of the SPRAM are the activation window (copies,
+    # bands), and the program holds 32 descriptors.
     "icebreaker": AcceleratorConfig(
-        name="icebreaker", rows=8, cols=1, max_reduction=1024,
+        name="icebreaker", rows=8, cols=2, max_reduction=1024,
         weight_words=16384, act_bytes=4096, qparam_entries=256, max_layers=32,
-        clock_hz=30_000_000, ice40=True,
-        dataflow=Dataflow.BROADCAST, requant_interval=1, rx_fifo_bytes=2048,
-        watchdog_log2=24, act_window=True),
+        clock_hz=24_000_000, ice40=True,
+        dataflow=Dataflow.BROADCAST, requant_interval=2, compact_drain=True,
+        rx_fifo_bytes=2048, watchdog_log2=24, act_window=True),
     # ECP5-85F: 156 18×18 multipliers and 3.7 Mbit of EBR; a 16×4 array. 32 KB of
     # activations (one copy per array column: 128 KB of EBR) hold a 3×32×32 input's two
     # slots and the 64×16×16 output of 64 3×3 filters with pool 2/2, or 32×32×10 after 10

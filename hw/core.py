@@ -164,8 +164,12 @@ class Core(wiring.Component):
                                           cfg.qparam_entries, rw_exclusive=True)
         m.submodules.program = pmem = Ram(unsigned(16), _program_halfwords(cfg),
                                           rw_exclusive=True)
+        # An iCE40 has no LUT RAM. On an ECP5 the ULX3S-85F's 45 words of 32 bits would
+        # take a block RAM in its 36-bit mode, which the netlist simulation's stand-in
+        # does not model.
         m.submodules.results = rmem = Ram(unsigned(32), _result_words(cfg),
-                                          init=_result_init(cfg), rw_exclusive=True)
+                                          init=_result_init(cfg), rw_exclusive=True,
+                                          ram_style=None if cfg.ice40 else "distributed")
         m.submodules.writes = writes = HostWrites(cfg)
         seq = Sequencer(cfg)
         m.submodules.sequencer = ResetInserter({"sync": stop})(seq)

@@ -5,7 +5,7 @@ See :class:`ResponseQueue`; the padding is defined in :mod:`.protocol`.
 
 from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from . import protocol as proto
@@ -32,15 +32,15 @@ class ResponseQueue(wiring.Component):
     between a response's ``done`` and the next response's ``start``: never inside a
     response, and cut short by the next one.
 
-    Latency: a queued byte reaches ``o`` 2 cycles after it is written (the FIFO's block
-    RAM read and output register). Throughput: one byte per cycle either way.
+    Latency: a byte written into an empty queue is on ``o`` 2 cycles later (the write
+    pointer, then the block RAM's read). Throughput: one byte per cycle either way.
 
     Parameters
     ----------
     pad_bytes : int
         Fill bytes after each response (0: none).
     depth : int
-        Bytes the queue holds (default :data:`RESPONSE_QUEUE_BYTES`).
+        Bytes the queue holds, a power of two (default :data:`RESPONSE_QUEUE_BYTES`).
 
     Attributes
     ----------
@@ -58,8 +58,8 @@ class ResponseQueue(wiring.Component):
     def __init__(self, pad_bytes, *, depth=RESPONSE_QUEUE_BYTES):
         if not isinstance(pad_bytes, int) or pad_bytes < 0:
             raise ValueError(f"pad_bytes must be a non-negative integer, not {pad_bytes!r}")
-        if not isinstance(depth, int) or depth < 2:
-            raise ValueError(f"depth must be an integer >= 2, not {depth!r}")
+        if not isinstance(depth, int) or depth < 2 or depth & (depth - 1):
+            raise ValueError(f"depth must be a power of two >= 2, not {depth!r}")
         self._pad_bytes, self._depth = pad_bytes, depth
         super().__init__({
             "i": In(stream.Signature(8)),
@@ -70,19 +70,39 @@ class ResponseQueue(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        # +1: SyncFIFOBuffered keeps one entry in its output register.
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=8, depth=self._depth + 1)
+        # A FIFO of its own rather than SyncFIFOBuffered: no output register behind the
+        # block RAM's and no level counter (the UP5K is full).
+        depth = self._depth
+        m.submodules.mem = mem = Memory(shape=8, depth=depth, init=[])
+        wport, rport = mem.write_port(), mem.read_port()
+        # Pointers with a wrap bit: equal when empty, differing only in it when full.
+        wp, rp = Signal(range(2 * depth)), Signal(range(2 * depth))
+        empty, full = Signal(), Signal()
+        queued = Signal()                       # rport.data holds the byte ``o`` offers
+        taken = self.o.valid & self.o.ready
+        m.d.comb += [
+            empty.eq(wp == rp),
+            full.eq((wp[:-1] == rp[:-1]) & (wp[-1] != rp[-1])),
+            wport.addr.eq(wp[:-1]), wport.data.eq(self.i.payload),
+            wport.en.eq(self.i.valid & ~full), self.i.ready.eq(~full),
+            rport.addr.eq(rp[:-1]), rport.en.eq((~queued | taken) & ~empty),
+        ]
+        with m.If(wport.en):
+            m.d.sync += wp.eq(wp + 1)
+        with m.If(rport.en):
+            m.d.sync += [rp.eq(rp + 1), queued.eq(1)]
+        with m.Elif(taken):
+            m.d.sync += queued.eq(0)
+
         pad_left = Signal(range(self._pad_bytes + 1))
         padding = Signal()                      # pad_left != 0 and no response under way
         m.d.comb += [
-            fifo.w_data.eq(self.i.payload), fifo.w_en.eq(self.i.valid),
-            self.i.ready.eq(fifo.w_rdy),
-            self.o.valid.eq(fifo.r_rdy | padding),
-            self.o.payload.eq(Mux(fifo.r_rdy, fifo.r_data, proto.FILL_BYTE)),
-            fifo.r_en.eq(self.o.ready),
-            self.busy.eq((fifo.level != 0) | padding),
+            # (empty: a byte written as the response ended is still ahead of the fill)
+            self.o.valid.eq(queued | (padding & empty)),
+            self.o.payload.eq(Mux(queued, rport.data, proto.FILL_BYTE)),
+            self.busy.eq(~empty | queued | padding),
         ]
-        with m.If(self.o.valid & self.o.ready & ~fifo.r_rdy):
+        with m.If(taken & ~queued):
             m.d.sync += [pad_left.eq(pad_left - 1), padding.eq(pad_left != 1)]
         with m.If(self.done):
             m.d.sync += [pad_left.eq(self._pad_bytes), padding.eq(self._pad_bytes != 0)]

@@ -70,14 +70,21 @@ class Ram(wiring.Component):
         an iCE40 EBR has no defined read-during-write result, and yosys otherwise
         emulates the old word with a register on the write port and a bypass
         multiplexer on the read data.
+    ram_style : str, optional
+        The storage synthesis should use (yosys attribute ``ram_style``: ``"block"``,
+        ``"distributed"``, ``"logic"``); default its own choice.
     """
-    def __init__(self, shape, depth, *, copies=1, init=(), rw_exclusive=False):
+    def __init__(self, shape, depth, *, copies=1, init=(), rw_exclusive=False,
+                 ram_style=None):
         if not isinstance(depth, int) or depth < 1:
             raise TypeError(f"Memory depth must be a positive integer, not {depth!r}")
         if not isinstance(copies, int) or copies < 1:
             raise TypeError(f"Read-port copies must be a positive integer, not {copies!r}")
         self._shape, self._depth, self._copies, self._init = shape, depth, copies, list(init)
         self._rw_exclusive = bool(rw_exclusive)
+        self._attrs = {"no_rw_check": 1} if rw_exclusive else {}
+        if ram_style is not None:
+            self._attrs["ram_style"] = ram_style
         super().__init__({
             "rd": In(read_port_signature(depth, shape)).array(copies),
             "wr": In(write_port_signature(depth, shape)),
@@ -88,7 +95,7 @@ class Ram(wiring.Component):
         for i in range(self._copies):
             mem = m.submodules[f"mem{i}"] = memory.Memory(
                 shape=self._shape, depth=self._depth, init=self._init,
-                attrs={"no_rw_check": 1} if self._rw_exclusive else {})
+                attrs=self._attrs)
             wp = mem.write_port()
             m.d.comb += [wp.addr.eq(self.wr.addr), wp.data.eq(self.wr.data),
                          wp.en.eq(self.wr.en)]

@@ -510,7 +510,9 @@ def post_synthesis_check(board, net, params, images, expected, rtl_counters=None
 
     Parameters
     ----------
-    board : str
+    board : str or AcceleratorConfig
+        A board, or a board's configuration with changes the build allows (``fpgacnn
+        bench --baud``): the netlist is synthesised from it.
     net, params
         The network and its parameters (loaded once).
     images : ndarray of uint8, (N, 28, 28)
@@ -545,7 +547,8 @@ def post_synthesis_check(board, net, params, images, expected, rtl_counters=None
                 counters = acc.counters.astype(np.int64)
         except Exception as e:
             # Where to look: the netlist as Verilator built it, and what the harness said.
-            e.add_note(f"netlist simulation of {board}: Verilog and build log in "
+            e.add_note(f"netlist simulation of {getattr(board, 'name', board)}: Verilog "
+                       f"and build log in "
                        f"{sim.exe.parent.parent}; harness stderr: {sim.errors[-5:]}")
             raise
         stats = sim.wait_stats(1)

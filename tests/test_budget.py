@@ -90,7 +90,7 @@ def test_describe_board_shows_the_window(capsys, monkeypatch):
     assert "        4,096 B   stage 0 output" in out
     assert "  program             32        28         4  descriptors / block RAM" in out
     assert ("streamed plan: 28 descriptors (per stage: 6, 16, 4, 1, 1), 15,040 B copied per "
-            "image, 369,408 ideal cycles (array beats + copied bytes); result at activation "
+            "image, 194,304 ideal cycles (array beats + copied bytes); result at activation "
             "address 0") in out
     assert "cifar-small fits icebreaker" in out
 

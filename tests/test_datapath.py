@@ -17,9 +17,11 @@ from fpgacnn.sw.compiler import compile_network
 from fpgacnn.sw.network import FC, Conv, MaxPool, Network, ReLU
 
 # Small memories keep the simulator quick; the datapath only sees port widths.
+# The iCEBreaker's memories, an 8x1 array at full rate (the 8x2 board's shape has its own
+# cases below).
 SMALL = get_config("icebreaker").with_(weight_words=4096, act_bytes=16384, qparam_entries=64,
-                                      max_reduction=4096,
-                                      ice40=False, act_window=False)
+                                      max_reduction=4096, cols=1, requant_interval=1,
+                                      compact_drain=False, ice40=False, act_window=False)
 # A 16x4 array for the largest layer: also covers rows = 16 (two chunks per weight word).
 WIDE = SMALL.with_(rows=16, cols=4)
 
@@ -206,6 +208,12 @@ CASES = {
     "c9_k3_p2_pool3": (Network("t", (2, 7, 7), [Conv(9, 3, pad=2), ReLU(), MaxPool(3, 2),
                                                  FC(1)]), NARROW,
                        {"dataflow": "broadcast", "requant_interval": 2}),
+    # The iCEBreaker's datapath (8x2, broadcast, 2-cycle requantiser, compact drain) on
+    # LeNet-5's C1 shape: 12 results per 25-beat tile, just inside the requantiser's rate.
+    "c1_on_8x2": (Network("t", (1, 14, 14), [Conv(6, 5, pad=2), ReLU(), MaxPool(2, 2),
+                                              FC(1)]),
+                  SMALL.with_(cols=2, compact_drain=True),
+                  {"dataflow": "broadcast", "requant_interval": 2}),
     # FC layers: 13 outputs (last block 5) and LeNet's last one, 84 → 10.
     "fc_20_13": (Network("t", (20, 1, 1), [FC(13)]), NARROW, {}),
     "fc_84_10": (Network("t", (84, 1, 1), [FC(10)]), WIDE_COMPACT, {}),

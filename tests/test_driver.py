@@ -164,7 +164,7 @@ def test_identity_gives_the_board_config(server):
         info = acc.identify()
     assert info.config == odd
     assert (info.max_chunks, info.rx_fifo) == (proto.MAX_CHUNKS, odd.rx_fifo_bytes)
-    assert info.describe().startswith("custom: 8x1 array")
+    assert info.describe().startswith(f"custom: 8x{odd.cols} array")
 
 
 @pytest.mark.parametrize("version, size", [(2, 32), (proto.PROTOCOL_VERSION + 1, 52)])

@@ -147,6 +147,7 @@ def test_no_window_without_act_window():
 
 def test_descriptor_cycles():
     program = layer_program()
-    # 6 rows x 1 k-block x 6 x-tiles (1 column) x D = 18
-    assert descriptor_cycles(program.descriptors[0], ICEBREAKER) == 6 * 6 * 18
+    # 6 rows x 1 k-block x ceil(6 / cols) x-tiles x D = 18
+    assert descriptor_cycles(program.descriptors[0], ICEBREAKER) == \
+        6 * -(-6 // ICEBREAKER.cols) * 18
     assert descriptor_cycles(copy(0, 8, 3, 5), ICEBREAKER) == 15

@@ -1,5 +1,6 @@
-"""Unit checks of the link's hand-built arithmetic (its CRC engine, constant compares) and
-of the frame decoder's length guard; the protocol round trips are in ``test_link.py``."""
+"""Unit checks of the link's hand-built arithmetic (its CRC engine, constant compares), of
+the frame decoder's length guard and of the response queue; the protocol round trips
+are in ``test_link.py``."""
 
 import random
 
@@ -11,6 +12,7 @@ from fpgacnn.hw import protocol as proto
 from fpgacnn.hw.link_checker import above
 from fpgacnn.hw.link_crc import CrcEngine, crc_next, crc_step
 from fpgacnn.hw.link_decoder import FrameDecoder
+from fpgacnn.hw.link_queue import ResponseQueue
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -131,3 +133,66 @@ def test_crc_engine_feeds_take_turns(seed):
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_response_queue_keeps_order_and_pads_only_between_responses(seed):
+    """Responses of random lengths (some longer than the queue) written and read at
+    random rates come out whole and in order; fill bytes come only after a response's
+    last byte, at most ``pad_bytes`` of them before the next response, exactly that many
+    when nothing follows."""
+    rng, ready_rng = random.Random(seed), random.Random(seed + 100)
+    pad = 5
+    dut = ResponseQueue(pad, depth=8)
+    # Payload bytes are never the fill byte (0), so the two can be told apart.
+    responses = [bytes(rng.randrange(1, 256) for _ in range(rng.choice([1, 3, 8, 20])))
+                 for _ in range(8)]
+    gaps = [rng.choice([0, 2, 150]) for _ in responses]
+    out, state = bytearray(), {"written": False}
+
+    async def writer(ctx):
+        for raw, gap in zip(responses, gaps):
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            for k, byte in enumerate(raw):
+                while rng.random() < 0.3:               # the encoder's own pauses
+                    await ctx.tick()
+                ctx.set(dut.i.valid, 1)
+                ctx.set(dut.i.payload, byte)
+                while True:
+                    ready = ctx.get(dut.i.ready)
+                    ctx.set(dut.done, ready and k == len(raw) - 1)
+                    await ctx.tick()
+                    if ready:
+                        break
+                ctx.set(dut.i.valid, 0)
+                ctx.set(dut.done, 0)
+            await ctx.tick().repeat(gap + 1)
+        state["written"] = True
+
+    async def reader(ctx):
+        quiet = 0
+        while not state["written"] or quiet < 200:
+            ctx.set(dut.o.ready, ready_rng.random() < 0.3)
+            _, _, valid, ready, byte = await ctx.tick().sample(dut.o.valid, dut.o.ready,
+                                                               dut.o.payload)
+            quiet += 1
+            if valid and ready:
+                out.append(byte)
+                quiet = 0
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(writer)
+    sim.add_testbench(reader, background=True)
+    sim.run_until(1e-8 * 100_000)
+    pos = 0
+    for i, raw in enumerate(responses):
+        assert bytes(out[pos:pos + len(raw)]) == raw, (i, out.hex())
+        pos += len(raw)
+        fills = 0
+        while pos < len(out) and out[pos] == proto.FILL_BYTE:
+            fills, pos = fills + 1, pos + 1
+        assert fills <= pad if i < len(responses) - 1 else fills == pad, (i, out.hex())
+    assert pos == len(out)

@@ -86,8 +86,8 @@ def run(args):
     build = None if args.no_build else build_figures(args.board, config, rebuild=args.rebuild)
     figures = collect_figures(args.board, config, net, counters, rate, build, golden_ips)
     n = args.post_synthesis
-    figures["post_synthesis"] = post_synthesis_figures(
-        args.board, net, params, x_u8[:n], expected[:n], counters[:n])
+    figures["post_synthesis"] = post_synthesis_figures(     # the netlist at this --baud
+        config, net, params, x_u8[:n], expected[:n], counters[:n])
     print(format_table(figures, net))
     write_json(args.json, figures)
     return 0
