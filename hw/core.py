@@ -94,7 +94,8 @@ class Core(wiring.Component):
         run (a copy's ``dst_base``), sign-extended: output ``k`` of the last run;
         ``COUNTERS`` addr 0 → cycles of the last run (start accepted → idle), addr
         ``1 + i`` → cycles of descriptor ``i`` (start → last output written);
-        addresses beyond a memory wrap. Values are those of the last *finished* run only when
+        ``IDENTITY`` addr ``k`` → word ``k`` of the board's :class:`~.protocol.Identity`
+        (kept above the counters; any time); addresses beyond a memory wrap. Values are those of the last *finished* run only when
         read while idle (the activation memory's first read port serves the datapath
         while ``busy``, the host reads otherwise; a counter read in the cycle the
         sequencer writes that word returns an undefined value on the FPGA, see
@@ -153,7 +154,8 @@ class Core(wiring.Component):
         # Memories whose read data is never used when the read met a write of the same
         # word: QPARAMS and PROGRAM chunks are held off while the core runs and only a
         # run uses their reads; the sequencer writes the counters only while running and
-        # the link uses counter reads (RESULT) only once the core is idle. Activations: a
+        # the link uses counter reads (RESULT) only once the core is idle (IDENTIFY reads
+        # the identity's words at any time, above every counter). Activations: a
         # layer reads its input map and writes its output map, which the compiler keeps
         # apart (ping-pong buffers, band buffers); a copy does not write onto its source
         # (CopyDescriptor); the host writes an image slot only while no run reads it (the

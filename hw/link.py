@@ -1,5 +1,5 @@
-"""The link: frame decoder, checker, command handler and response encoder between the UART
-and the core.
+"""The link: frame decoder, checker, command handler, response encoder and response queue
+between the UART and the core.
 
 The wire format and the commands are defined in :mod:`.protocol`; this module and its
 stages (``link_decoder``, ``link_checker``, ``link_handler``, ``link_encoder``, sharing

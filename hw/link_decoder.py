@@ -22,7 +22,7 @@ class FrameDecoder(wiring.Component):
     ``args``, the rest out on ``data``; every byte after the sync byte goes to ``crc``.
     ``end`` pulses once the frame's CRC bytes have reached the CRC register, so the
     frame can be checked. The decoder then waits, taking no bytes, until ``resume`` (the
-    response has been sent); bytes that arrive meanwhile stay in the FIFO in front of
+    response is queued); bytes that arrive meanwhile stay in the FIFO in front of
     ``rx``.
 
     A frame never times out (a host may pause mid-frame for any time, see
@@ -50,7 +50,7 @@ class FrameDecoder(wiring.Component):
     end : Out(1)
         Pulse: the frame is complete and ``crc`` holds its residue.
     resume : In(1)
-        Pulse: the answer to the frame is sent; await the next one.
+        Pulse: the answer to the frame is queued; await the next one.
     idle : Out(1)
         Awaiting a byte, of a frame or between frames: nothing to do until one comes.
     """

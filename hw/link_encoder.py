@@ -35,8 +35,8 @@ class ResponseEncoder(wiring.Component):
     the fill bytes after the frame.
 
     Latency and throughput: the header goes out at one byte per cycle that ``tx`` is
-    ready, the payload at one byte per two cycles (the CRC's 2-cycle latency before
-    the CRC bytes), plus 3 cycles per read from the core. ``done``
+    ready, the payload at one byte per cycle plus 3 cycles per read from the core, and
+    the CRC bytes wait a cycle for the CRC's 2-cycle latency. ``done``
     pulses as the last CRC byte is taken.
 
     Parameters

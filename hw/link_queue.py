@@ -19,8 +19,9 @@ RESPONSE_QUEUE_BYTES = 64
 
 
 class ResponseQueue(wiring.Component):
-    """Hold the encoder's responses (a block RAM FIFO) until the UART sends them, and
-    send ``pad_bytes`` fill bytes after each once the queue has run empty.
+    """Hold the encoder's responses (a FIFO: block RAM on the iCE40, LUT RAM on the
+    ECP5) until the UART sends them, and send ``pad_bytes`` fill bytes after each once
+    the queue has run empty.
 
     The encoder writes a response at its own pace (one byte per cycle or two) instead of
     the UART's, so it is done, and the link takes the next request, once the response's

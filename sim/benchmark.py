@@ -31,15 +31,16 @@ def golden(net, params, images):
     return logits.reshape(len(images), -1), len(images) / (time.perf_counter() - started)
 
 
-def build_figures(board, config, *, rebuild):
+def build_figures(board, config, *, rebuild, build_dir=None):
     """The board's :class:`~fpgacnn.hw.flow.BuildReport`: an earlier build of the same
-    gateware when there is one (``fpgacnn build`` leaves one), else built now."""
+    gateware in ``build_dir`` (default the board's) when there is one (``fpgacnn build``
+    leaves one), else built now."""
     from ..hw.flow import build_board, load_build
-    report = None if rebuild else load_build(board, config=config)
+    report = None if rebuild else load_build(board, config=config, build_dir=build_dir)
     if report is None:
         print(f"building the {board} bitstream for its Fmax and utilisation "
               f"(several minutes; later runs re-use it)...", file=sys.stderr)
-        report = build_board(board, config=config)
+        report = build_board(board, config=config, build_dir=build_dir)
     return report
 
 

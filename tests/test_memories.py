@@ -83,3 +83,46 @@ def test_spram_weight_memory_verilator(request):
                "fpgacnn.sim.benches.core_weightmem", name=request.node.name,
                toplevel="weightmem", extra_sources=[ice40_cells_sim()],
                params={"seed": 1, "depth": 16384, "writes": 2000, "reads": 3000})
+
+
+@pytest.mark.parametrize("max_layers", [1, 12, 16, 32, 63])
+def test_identity_reads_from_the_results_memory(max_layers):
+    """IDENTITY reads return the board's identity, kept above the cycle counters, also
+    while the sequencer writes every counter (a run in progress)."""
+    from amaranth.hdl import Module
+    from amaranth.lib import wiring
+    from amaranth.sim import Simulator
+
+    from fpgacnn.hw import protocol as proto
+    from fpgacnn.hw.config import get_config
+    from fpgacnn.hw.core import ResultReads, _result_init, _result_words
+    from fpgacnn.hw.program import ReadSpace
+    cfg = get_config("icebreaker").with_(max_layers=max_layers)
+    m = Module()
+    m.submodules.mem = mem = Ram(unsigned(32), _result_words(cfg), init=_result_init(cfg),
+                                 rw_exclusive=True)
+    m.submodules.reads = reads = ResultReads(cfg)
+    wiring.connect(m, reads.results, mem.rd[0])
+    raw = proto.encode_struct(proto.Identity, proto.identity_fields(cfg))
+    got = bytearray()
+
+    async def bench(ctx):
+        ctx.set(reads.rd_data.ready, 1)
+        for k in range(-(-len(raw) // 4)):
+            ctx.set(mem.wr.addr, k % (1 + max_layers))
+            ctx.set(mem.wr.data, 0xFFFF_FFFF)
+            ctx.set(mem.wr.en, 1)
+            ctx.set(reads.rd.valid, 1)
+            ctx.set(reads.rd.payload.space, ReadSpace.IDENTITY)
+            ctx.set(reads.rd.payload.addr, k)
+            await ctx.tick()
+            ctx.set(reads.rd.valid, 0)
+            ctx.set(mem.wr.en, 0)
+            await ctx.tick()
+            got.extend(ctx.get(reads.rd_data.payload.data).to_bytes(4, "little"))
+
+    sim = Simulator(m)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert bytes(got[:len(raw)]) == raw

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..hw.config import get_config
 from ..sim.benchmark import build_figures, collect_figures, format_table, golden
 from . import add_baud_argument, add_board_argument, checked_link_config
 from .bench_network import NETWORK_HELP, write_json
@@ -83,11 +84,15 @@ def run(args):
     if not np.all(cycles == cycles[0]):
         print(f"note: cycles vary between images ({cycles.min()}..{cycles.max()})",
               file=sys.stderr)
-    build = None if args.no_build else build_figures(args.board, config, rebuild=args.rebuild)
+    # Another --baud builds and synthesises in a folder of its own: the board's build stays.
+    folder = None if config == get_config(args.board) else \
+        Path("build") / f"{args.board}-{config.baud}baud"
+    build = None if args.no_build else build_figures(args.board, config, rebuild=args.rebuild,
+                                                     build_dir=folder)
     figures = collect_figures(args.board, config, net, counters, rate, build, golden_ips)
     n = args.post_synthesis
     figures["post_synthesis"] = post_synthesis_figures(     # the netlist at this --baud
-        config, net, params, x_u8[:n], expected[:n], counters[:n])
+        config, net, params, x_u8[:n], expected[:n], counters[:n], build_dir=folder)
     print(format_table(figures, net))
     write_json(args.json, figures)
     return 0
