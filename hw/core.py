@@ -95,11 +95,11 @@ class Core(wiring.Component):
         ``COUNTERS`` addr 0 → cycles of the last run (start accepted → idle), addr
         ``1 + i`` → cycles of descriptor ``i`` (start → last output written);
         ``IDENTITY`` addr ``k`` → word ``k`` of the board's :class:`~.protocol.Identity`
-        (kept above the counters; any time); addresses beyond a memory wrap. Values are those of the last *finished* run only when
-        read while idle (the activation memory's first read port serves the datapath
-        while ``busy``, the host reads otherwise; a counter read in the cycle the
-        sequencer writes that word returns an undefined value on the FPGA, see
-        :class:`~.memories.Ram` ``rw_exclusive``).
+        (kept above the counters; any time); addresses beyond a memory wrap. Values are
+        those of the last *finished* run only when read while idle (the activation
+        memory's first read port serves the datapath while ``busy``, the host reads
+        otherwise; a counter read in the cycle the sequencer writes that word returns an
+        undefined value on the FPGA, see :class:`~.memories.Ram` ``rw_exclusive``).
 
     Timing: a layer takes its array beats (:func:`~.program.array_tiles` ``·D``) plus
     the datapath's pipeline fill and drain, a copy ``segments·length + 2`` cycles (1 if
