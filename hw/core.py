@@ -20,6 +20,7 @@ from .datapath import Datapath
 from .memories import (Ram, WeightMemory, read_port_signature, weight_write_signature,
                        write_port_signature)
 from .program import HostInterface, ReadCommand, ReadData, StartCommand, WriteCommand
+from .protocol import identity_words
 
 __all__ = ["Core", "HostWrites", "Sequencer", "ResultReads",
            "WriteCommand", "StartCommand", "ReadCommand", "ReadData"]
@@ -34,26 +35,18 @@ def _identity_base(cfg):
     """Results memory word of the board's identity: the counters (total cycles, one per
     layer; outputs stay in activations) come first, rounded up to a power of two that
     is also above the identity's words, so an IDENTITY read sets an address bit."""
-    words = max(1 + cfg.max_layers, _identity_words())
+    words = max(1 + cfg.max_layers, len(identity_words(cfg)))
     return 1 << (words - 1).bit_length()
-
-
-def _identity_words():
-    from .protocol import Identity, struct_bytes
-    return -(-struct_bytes(Identity) // 4)
 
 
 def _result_words(cfg):
     """Results memory: the counters, then the identity (:func:`_identity_base`)."""
-    return _identity_base(cfg) + _identity_words()
+    return _identity_base(cfg) + len(identity_words(cfg))
 
 
 def _result_init(cfg):
     """The results memory's contents at power-up: zero counters, the identity."""
-    from .protocol import Identity, encode_struct, identity_fields
-    raw = encode_struct(Identity, identity_fields(cfg)).ljust(4 * _identity_words(), b"\0")
-    return [0] * _identity_base(cfg) + [int.from_bytes(raw[i:i + 4], "little")
-                                        for i in range(0, len(raw), 4)]
+    return [0] * _identity_base(cfg) + identity_words(cfg)
 
 
 class Core(wiring.Component):

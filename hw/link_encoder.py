@@ -92,7 +92,7 @@ class ResponseEncoder(wiring.Component):
         word = Signal(32)                       # payload bytes, LSB first
         word_left = Signal(3)
         fetch_idx = Signal(range(max(cfg.max_logits, 1 + cfg.max_layers,
-                                     -(-proto.struct_bytes(proto.Identity) // 4))))
+                                     len(proto.identity_words(cfg)))))
         counters_phase = Signal()
         just_sent = Signal()                    # a byte went: the CRC is 2 cycles late
         m.d.sync += just_sent.eq(self.tx.valid & self.tx.ready)

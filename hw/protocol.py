@@ -83,7 +83,8 @@ __all__ = [
     "ResultArgs", "Identity", "ARGS_BYTES", "IDENTITY_FLAG_ICE40", "IDENTITY_FLAGS",
     "struct_bytes", "encode_struct", "decode_struct", "crc16",
     "encode_request", "encode_response", "ProtocolError", "parse_response",
-    "parse_request", "write_payload", "space_chunks", "identity_fields", "identity_config",
+    "parse_request", "write_payload", "space_chunks", "identity_fields", "identity_words",
+    "identity_config",
     "DATAFLOW_CODES", "ReadSpace", "Space", "REQUEST_HEADER_BYTES", "RESPONSE_HEADER_BYTES",
 ]
 
@@ -366,6 +367,14 @@ def identity_fields(config):
             raise ValueError(f"config {config.name}: {name} = {value} does not fit the "
                              f"{layout[name].width}-bit identity field")
     return fields
+
+
+def identity_words(config):
+    """The :class:`Identity` of ``config`` as the 32-bit words the core keeps and answers
+    IDENTITY reads with (:class:`~.program.ReadSpace`): bytes ``4k … 4k+3`` in word
+    ``k``, LSB first, the last word padded with zeros."""
+    raw = encode_struct(Identity, identity_fields(config))
+    return [int.from_bytes(raw[i:i + 4], "little") for i in range(0, len(raw), 4)]
 
 
 def identity_config(fields):

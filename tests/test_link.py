@@ -66,9 +66,7 @@ class FakeCore(wiring.Component):
             with m.If(count == 0):
                 m.d.sync += [self.busy.eq(0), self.fault.eq(forever)]
         m.d.comb += self.rd.ready.eq(~self.rd_data.valid | self.rd_data.ready)
-        raw = proto.encode_struct(proto.Identity, proto.identity_fields(CONFIG))
-        identity = Array(C(int.from_bytes(raw[i:i + 4], "little"), 32)
-                         for i in range(0, len(raw), 4))
+        identity = Array(C(word, 32) for word in proto.identity_words(CONFIG))
         rd = self.rd.payload
         with m.If(self.rd.valid & self.rd.ready):
             m.d.sync += self.rd_data.valid.eq(1)
