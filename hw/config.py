@@ -269,7 +269,7 @@ CONFIGS = {
     # product is in logic cells at half rate (requant_interval 2), free while a tile has
     # at least 2 × its results in beats: LeNet-5's C1 (6 channels × 2 pixels, 25 beats)
     # needs compact_drain for that. The design fills the UP5K (logic cells and all 30
-    # EBR); its Fmax sets the clock, 24 MHz, at which the FT2232H's 6 Mbaud is 4 clocks
+    # EBR); its Fmax sets the clock, 30 MHz, at which the FT2232H's 6 Mbaud is 5 clocks
     # per bit. README ("Build", "Throughput") has the measured cells, Fmax and cycles per
     # image. The 4 KB of activation block RAM (a copy per column) is too small for a
     # 3x32x32 input: the top 60 KB of the SPRAM are the activation window (copies,
@@ -277,7 +277,7 @@ CONFIGS = {
     "icebreaker": AcceleratorConfig(
         name="icebreaker", rows=8, cols=2, max_reduction=1024,
         weight_words=16384, act_bytes=4096, qparam_entries=256, max_layers=32,
-        clock_hz=24_000_000, ice40=True,
+        clock_hz=30_000_000, ice40=True,
         dataflow=Dataflow.BROADCAST, requant_interval=2, compact_drain=True,
         rx_fifo_bytes=2048, watchdog_log2=24, act_window=True),
     # ECP5-85F: 156 18×18 multipliers and 3.7 Mbit of EBR; a 16×4 array. 32 KB of

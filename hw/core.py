@@ -275,7 +275,8 @@ class HostWrites(wiring.Component):
     as four halfwords in eight cycles, an IMAGE chunk one byte per cycle in which the
     datapath (or the copier) does not write the activation memory (``act_in`` has
     priority; nothing is lost). ``wr``'s payload must stay put while it waits (the
-    stream rule).
+    stream rule); ``wr.ready`` does not depend on ``wr.valid`` (it is decided from the
+    payload and this unit's registers, not after the link's state).
 
     With ``config.act_window`` the weight memory is written one byte per cycle too
     (``weights.mask`` one-hot, the byte on every lane): WEIGHTS chunks, and IMAGE chunks
@@ -329,20 +330,23 @@ class HostWrites(wiring.Component):
         cfg = self._config
         m = Module()
         Space = program.Space
-        wr = self.wr.p
+        wr, valid = self.wr.p, self.wr.valid
+        # What the payload is, and ``ready``, do not look at ``valid`` (only the writes
+        # do): the handshake is decided from registers, not after the link's state.
         space = {s: Signal(name=f"is_{s.name.lower()}") for s in Space}
         for s, sig in space.items():
-            m.d.comb += sig.eq(self.wr.valid & (wr.space == s))
+            m.d.comb += sig.eq(wr.space == s)
         to_window = Signal()                 # an IMAGE chunk for the window
         if cfg.act_window:
             m.d.comb += to_window.eq(_at_least(wr.addr, cfg.act_bytes // 8))
         bram_image = space[Space.IMAGE] & ~to_window
         # A beat that may be written now: a block-RAM image chunk always, others idle.
-        go = Signal()
-        m.d.comb += [go.eq(bram_image | (self.wr.valid & ~self.busy)),
-                     self.program_pending.eq(self.wr.valid & ~bram_image)]
+        may, go = Signal(), Signal()
+        m.d.comb += [may.eq(bram_image | ~self.busy), go.eq(valid & may),
+                     self.program_pending.eq(valid & ~bram_image)]
         part = Signal(3)                     # byte being written (this cycle if ``step``)
-        step = Signal()
+        may_step, step = Signal(), Signal()
+        m.d.comb += step.eq(valid & may_step)
         # The byte is picked from the halfword (one multiplexer for both); a PROGRAM
         # halfword is written in the first of its two bytes' cycles.
         qparam = program.QParam(wr.data)     # stored without its padding and high bias bits
@@ -379,10 +383,10 @@ class HostWrites(wiring.Component):
                          self.act.en.eq(1)]
         with m.Elif(bram_image):
             m.d.comb += [self.act.addr.eq(Cat(part, wr.addr)), self.act.data.eq(byte),
-                         self.act.en.eq(1), step.eq(1)]
-        with m.If(go & in_place & ~bram_image):
-            m.d.comb += step.eq(1)
-        m.d.comb += self.wr.ready.eq(Mux(in_place, step & (part == 7), go))
+                         self.act.en.eq(valid), may_step.eq(1)]
+        with m.If(may & in_place & ~bram_image):
+            m.d.comb += may_step.eq(1)
+        m.d.comb += self.wr.ready.eq(Mux(in_place, may_step & (part == 7), may))
         return m
 
 
@@ -490,8 +494,10 @@ class Sequencer(wiring.Component):
         # No count reaches 2 ** watchdog_log2 + 1: the watchdog stops the run first.
         total = Signal(cfg.watchdog_log2 + 1)
         cycles = Signal(cfg.watchdog_log2 + 1)              # of the current descriptor
+        # launch is high only in RUN's first cycle (set on entering RUN, cleared in it):
+        # the flip-flop drives the units' start directly, no state decode in front.
         m.d.comb += [self.busy.eq(state != _State.IDLE), self.desc.eq(Cat(*words)[:desc_size]),
-                     self.overrun.eq(total[cfg.watchdog_log2])]
+                     self.overrun.eq(total[cfg.watchdog_log2]), self.launch.eq(launch)]
         with m.If(self.busy):
             m.d.sync += total.eq(total + 1)
 
@@ -522,7 +528,6 @@ class Sequencer(wiring.Component):
                                  cycles.eq(0)]
             with m.Case(_State.RUN):
                 # Counted like the units' own cycles: launch to the done strobe.
-                m.d.comb += self.launch.eq(launch)
                 m.d.sync += launch.eq(0)
                 with m.If(~launch & self.layer_done):
                     m.d.sync += state.eq(_State.STORE)

@@ -50,7 +50,8 @@ class Datapath(wiring.Component):
     3. the array's results (``for col: for row`` per tile): pixels past the map dropped,
        the channel's :class:`~fpgacnn.hw.program.QParam` read at ``q_base + kb*R + row``
        (1-cycle read) → :class:`~fpgacnn.hw.requant.Requantizer` (``relu`` from the
-       descriptor);
+       descriptor); at full rate through a register, at ``requant_interval > 1`` from
+       the array's own output register once the read is done;
     4. optional :class:`~fpgacnn.hw.maxpool.MaxPool`;
     5. writer: the stream ``for y: for kb: for x: for r`` becomes byte writes at
        ``out_base + (k*H + y)*W + x`` (CHW), channels ``k >= out_channels`` dropped (the
@@ -220,35 +221,39 @@ class Datapath(wiring.Component):
 
     def _tile_walk(self, m, step):
         """The tile order ``for y: for kb: for xt``, advanced by one tile when ``step``
-        and reset on ``start``: ``xbase`` (first pixel), ``kb`` and ``kbase`` (``kb *
-        rows``), ``y`` (the first pixel's row), ``done`` (every tile stepped past). In
+        and reset on ``start``: ``xbase`` (first pixel), ``kbase`` (``kb * rows``),
+        ``kb_left`` and ``y_left`` (k-blocks after ``kb``, rows after the first pixel's:
+        counted down, so the ends are compares with zero, not with sums), ``done``
+        (every tile stepped past). In
         column mode a tile is ``cols`` k-blocks; when tiles wrap rows
         (:func:`~.program.wraps_rows`, ``self.wrap``), a row's last tile ends in the next
         row and the next tile starts where it ended: ``runs_on`` (a value) says the tile's
         columns past its row's end are pixels of the next row, which exists."""
         desc, rows, cols = self.desc, self._config.rows, self._config.cols
         t = SimpleNamespace(xbase=Signal.like(desc.out_w), kbase=Signal.like(desc.q_base),
-                            kb=Signal.like(desc.k_blocks), y=Signal.like(desc.out_h),
+                            kb_left=Signal.like(desc.k_blocks), y_left=Signal.like(desc.out_h),
                             done=Signal())
-        t.runs_on = self.wrap & (t.y + 1 != desc.out_h)
-        kb_step, last_kb = 1, t.kb + 1 == desc.k_blocks
+        t.runs_on = self.wrap & (t.y_left != 0)
+        kb_step, last_kb = 1, t.kb_left == 0
         if self._config.fc_columns:
             kb_step = Mux(self.colmode, cols, 1)
-            last_kb = t.kb + kb_step >= desc.k_blocks
+            last_kb = t.kb_left < kb_step
         with m.If(step):
             with m.If(t.xbase + cols >= desc.out_w):
                 m.d.sync += t.xbase.eq(Mux(self.wrap, t.xbase + cols - desc.out_w, 0))
                 with m.If(last_kb):
-                    m.d.sync += [t.kb.eq(0), t.kbase.eq(0), t.y.eq(t.y + 1)]
-                    with m.If(t.y + 1 == desc.out_h):
+                    m.d.sync += [t.kb_left.eq(desc.k_blocks - 1), t.kbase.eq(0),
+                                 t.y_left.eq(t.y_left - 1)]
+                    with m.If(t.y_left == 0):
                         m.d.sync += t.done.eq(1)
                 with m.Else():
-                    m.d.sync += [t.kb.eq(t.kb + kb_step),
+                    m.d.sync += [t.kb_left.eq(t.kb_left - kb_step),
                                  t.kbase.eq(t.kbase + kb_step * rows)]
             with m.Else():
                 m.d.sync += t.xbase.eq(t.xbase + cols)
         with m.If(self.start):
-            m.d.sync += [t.xbase.eq(0), t.kbase.eq(0), t.kb.eq(0), t.y.eq(0), t.done.eq(0)]
+            m.d.sync += [t.xbase.eq(0), t.kbase.eq(0), t.kb_left.eq(desc.k_blocks - 1),
+                         t.y_left.eq(desc.out_h - 1), t.done.eq(0)]
         return t
 
     def _drop_and_read_qparam(self, m):
@@ -270,24 +275,38 @@ class Datapath(wiring.Component):
             # Column mode: column c is k-block kb + c; with compact_drain the writer
             # expects only the channels the layer has.
             log_r = (self._config.rows - 1).bit_length()
-            in_layer = tile.kb + res.p.col < desc.k_blocks
+            in_layer = res.p.col <= tile.kb_left
             if self._config.compact_drain:
                 in_layer = channel < desc.out_channels
             with m.If(self.colmode):
                 m.d.comb += [channel.eq(kbase + (res.p.col << log_r) + res.p.row),
                              keep.eq(in_layer)]
-        adv_q = Signal()
-        acc_r = Signal.like(res.p.acc)
-        m.d.comb += [adv_q.eq(~rq_in.valid | rq_in.ready),
-                     self.q_rd.addr.eq(desc.q_base + channel),
-                     self.q_rd.en.eq(adv_q)]
-        with m.If(adv_q):
-            m.d.comb += res.ready.eq(1)
-            m.d.sync += [rq_in.valid.eq(res.valid & keep), acc_r.eq(res.p.acc)]
-        with m.Elif(~keep):
-            m.d.comb += res.ready.eq(1)
+        m.d.comb += self.q_rd.addr.eq(desc.q_base + channel)
+        if self._config.requant_interval == 1:
+            # A value every cycle: the result moves into a register while its QParam is
+            # read.
+            adv_q = Signal()
+            acc = Signal.like(res.p.acc)
+            m.d.comb += [adv_q.eq(~rq_in.valid | rq_in.ready), self.q_rd.en.eq(adv_q)]
+            with m.If(adv_q):
+                m.d.comb += res.ready.eq(1)
+                m.d.sync += [rq_in.valid.eq(res.valid & keep), acc.eq(res.p.acc)]
+            with m.Elif(~keep):
+                m.d.comb += res.ready.eq(1)
+        else:
+            # The requantiser takes a value every other cycle at most: the result stays
+            # in the array's output register while its QParam is read, then goes in.
+            loaded = Signal()       # q_rd.data is the QParam of the result on ``res``
+            acc = res.p.acc
+            m.d.comb += [self.q_rd.en.eq(~loaded),
+                         rq_in.valid.eq(res.valid & keep & loaded),
+                         res.ready.eq((rq_in.valid & rq_in.ready) | ~keep)]
+            with m.If(res.valid & res.ready):
+                m.d.sync += loaded.eq(0)
+            with m.Elif(res.valid):
+                m.d.sync += loaded.eq(1)
         qp = self.q_rd.data
-        m.d.comb += [rq_in.p.lanes[0].acc.eq(acc_r), rq_in.p.lanes[0].bias.eq(qp.bias),
+        m.d.comb += [rq_in.p.lanes[0].acc.eq(acc), rq_in.p.lanes[0].bias.eq(qp.bias),
                      rq_in.p.lanes[0].m.eq(qp.m), rq_in.p.lanes[0].s.eq(qp.s),
                      rq_in.p.relu.eq(desc.relu)]
         # The final tile's dropped columns may leave the array after the last output is
@@ -326,11 +345,12 @@ class Datapath(wiring.Component):
         out_w = Mux(desc.pool_en, desc.pool_w, desc.out_w)
         plane, plane_ok = self._plane_size(m, out_h, out_w)
 
-        # Row, pixel and k-block counted from 1 (the one being written, plus one): the
-        # ends are equalities of flip-flops with the descriptor, no adder in front.
+        # Row and pixel counted from 1 (the one being written, plus one): the ends are
+        # equalities of flip-flops with the descriptor, no adder in front. K-blocks left
+        # after this one: the next k-block is the last when it is 1.
         wy = Signal.like(desc.out_h)
         wx = Signal.like(desc.out_w)
-        wkb = Signal.like(desc.k_blocks)
+        kb_left = Signal.like(desc.k_blocks)
         wr_ = Signal(range(R))
         # addr = (out_base + y*W + kb*R*H*W) + (r*H*W + x), two registers kept by
         # additions alone, so the address costs one adder.
@@ -361,17 +381,19 @@ class Datapath(wiring.Component):
             with m.If(wr_ == last_r):
                 m.d.sync += [wr_.eq(0), rx.eq(wx), wx.eq(wx + 1)]
                 with m.If(wx == out_w):
-                    m.d.sync += [wx.eq(1), rx.eq(0), wkb.eq(wkb + 1),
-                                 last_kb.eq(wkb + 1 == desc.k_blocks),
+                    m.d.sync += [wx.eq(1), rx.eq(0), kb_left.eq(kb_left - 1),
+                                 last_kb.eq(kb_left == 1),
                                  kb_row.eq(kb_row + (plane << log_r))]
                     with m.If(last_kb):
-                        m.d.sync += [wkb.eq(1), last_kb.eq(desc.k_blocks == 1),
+                        m.d.sync += [kb_left.eq(desc.k_blocks - 1),
+                                     last_kb.eq(desc.k_blocks == 1),
                                      wy.eq(wy + 1), row_addr.eq(row_addr + out_w),
                                      kb_row.eq(row_addr + out_w)]
                         with m.If(wy == out_h):
                             m.d.sync += written.eq(1)
         with m.If(self.start):
-            m.d.sync += [wy.eq(1), wx.eq(1), wkb.eq(1), wr_.eq(0), rx.eq(0),
+            m.d.sync += [wy.eq(1), wx.eq(1), kb_left.eq(desc.k_blocks - 1), wr_.eq(0),
+                         rx.eq(0),
                          last_kb.eq(desc.k_blocks == 1),
                          k_last_r.eq(self.k_last),
                          row_addr.eq(desc.out_base), kb_row.eq(desc.out_base),

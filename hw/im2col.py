@@ -6,7 +6,7 @@ or, when the unit is built with ``wrap_rows`` and the layer's tiles wrap rows
 (:func:`~.program.wraps_rows`), pixel ``t*cols + j`` of the map read row-major (tile ``t``).
 """
 
-from amaranth.hdl import Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -121,7 +121,9 @@ class Im2col(wiring.Component):
     per-row origins) instead of being recomputed from the loop indices; the padding
     coordinates are a tile/row origin plus ``fx``/``fy``. Column ``j > 0`` is column 0
     shifted by ``j*stride`` (one adder each; the products are latched with the
-    descriptor).
+    descriptor). How it stays fast: each loop's end is a flip-flop set as its counter
+    moves (channels, k-blocks and rows count down, so the flag's next value is a compare
+    with a constant), and a beat is taken by one LUT from registers.
 
     Latency: first beat valid 10 cycles after the ``start`` transfer; throughput one
     beat per cycle. The payload is combinational from registers (one adder deep).
@@ -185,16 +187,16 @@ class Im2col(wiring.Component):
                      o.payload.end.eq(r.end), o.payload.last_kb.eq(r.last_kb)]
         # The tile's real pixels: rem of them in its row's last tile (a wrapping tile
         # runs on into the next row unless this is the last).
-        short = r.last_tile & (~r.wrap | (r.y == r.ohm1))
+        short = r.last_tile & (~r.wrap | r.y_last)
         last_col = Mux(short, r.rem - 1, self.cols - 1)
         if self.column_blocks:
-            last_col = Mux(r.colmode, Mux(r.last_kb, r.kbm1 - r.kb, self.cols - 1), last_col)
+            last_col = Mux(r.colmode, Mux(r.last_kb, r.kb_left, self.cols - 1), last_col)
         m.d.comb += o.payload.last_col.eq(last_col)
         if self.wrap_rows:
             # Columns past the row's end: the next output row (the last row has none).
             iy_next = Signal(r.P)
             m.d.comb += iy_next.eq(iy + r.stride)
-            next_row_ok = r.wrap & ~iy_next[-1] & (iy_next < r.in_h) & (r.y != r.ohm1)
+            next_row_ok = r.wrap & ~iy_next[-1] & (iy_next < r.in_h) & ~r.y_last
         for j in range(self.cols):
             ix = Signal(r.P, name=f"ix_{j}")
             ok = row_ok & (r.rem > j)
@@ -230,6 +232,10 @@ class Im2col(wiring.Component):
         init_cycles = max(len(hsh), len(r.km1), len(r.stride), len(r.pad_top))
         n = Signal(range(init_cycles))
         o = self.o_stream
+        # RUN after its first cycle, a flip-flop of its own: the beat is valid, and the
+        # loop nest steps whenever it is taken (step is one LUT from registers).
+        emitting = Signal()
+        m.d.comb += [o.valid.eq(emitting), step.eq(emitting & o.ready)]
         if self.wrap_rows:
             osh = Signal.like(r.ows)                    # out_w << n
             dsh = Signal.like(r.wrap_step)              # (in_w - out_w) << n
@@ -287,15 +293,16 @@ class Im2col(wiring.Component):
                 with m.If(n == init_cycles - 1):
                     m.next = "RUN"
                     m.d.sync += [
-                        n.eq(0), r.fx.eq(0), r.fy.eq(0), r.c.eq(0), r.kb.eq(0), r.y.eq(0),
-                        *r.set_rem(r.out_w), r.tile_x.eq(-r.pad),
-                        r.wa.eq(r.w_base), r.w_row.eq(r.w_base),
+                        n.eq(0), r.fx.eq(0), r.fy.eq(0), r.c_left.eq(r.cm1),
+                        r.kb_left.eq(r.kbm1), r.y_left.eq(r.ohm1), *r.set_rem(r.out_w),
+                        r.tile_x.eq(-r.pad), r.wa.eq(r.w_base), r.w_row.eq(r.w_base),
+                        *r.load_flags(r.first_flags()),
                     ]
             with m.State("RUN"):
-                m.d.comb += [self.busy.eq(1), o.valid.eq(n != 0), step.eq(o.ready & (n != 0))]
-                with m.If(n == 0):
+                m.d.comb += self.busy.eq(1)
+                with m.If(~emitting):
                     # First RUN cycle: row_a is final now (the INIT sum landed).
-                    m.d.sync += [r.a0.eq(r.row_a), r.tile_a.eq(r.row_a), n.eq(1)]
+                    m.d.sync += [r.a0.eq(r.row_a), r.tile_a.eq(r.row_a), emitting.eq(1)]
                     if self.wrap_rows:
                         # The wrapping tiles' column offsets and tile steps.
                         m.d.sync += [r.next_x[j].eq(r.stride_x[j] - r.ows)
@@ -306,6 +313,7 @@ class Im2col(wiring.Component):
                                      r.cs_wrap_a.eq(r.cs + r.wrap_step),
                                      r.rem_wrap.eq(r.out_w - self.cols)]
                 with m.If(step & r.end):
+                    m.d.sync += emitting.eq(0)
                     m.next = "IDLE"
 
     def _advance(self, m, r, step):
@@ -330,7 +338,10 @@ class Im2col(wiring.Component):
                                r.tile_a + tile_a_step)),
             a0_inc.eq(Mux(~r.wrap_x, 1, Mux(~r.wrap_y, r.step_y, r.step_c))),
         ]
+        rem_load = Signal.like(r.rem)
+        m.d.comb += rem_load.eq(Mux(new_row, r.out_w, rem_next))
         with m.If(step):
+            m.d.sync += r.load_flags(r.next_flags(rem_load))
             m.d.sync += [
                 r.fx.eq(Mux(r.wrap_x, 0, r.fx + 1)),
                 r.a0.eq(Mux(r.wrap_c, tile_a_next, r.a0 + a0_inc)),
@@ -340,16 +351,16 @@ class Im2col(wiring.Component):
             with m.If(r.wrap_x):
                 m.d.sync += r.fy.eq(Mux(r.wrap_y, 0, r.fy + 1))
             with m.If(r.wrap_y):
-                m.d.sync += r.c.eq(Mux(r.wrap_c, 0, r.c + 1))
+                m.d.sync += r.c_left.eq(Mux(r.wrap_c, r.cm1, r.c_left - 1))
             with m.If(r.wrap_c):
-                m.d.sync += [*r.set_rem(Mux(new_row, r.out_w, rem_next)),
+                m.d.sync += [*r.set_rem(rem_load),
                              r.tile_x.eq(Mux(new_row, -r.pad, r.tile_x + tile_x_step)),
                              r.tile_a.eq(tile_a_next)]
             with m.If(r.wrap_t):
-                m.d.sync += [r.kb.eq(Mux(r.last_kb, 0, r.kb + r.kb_step)),
+                m.d.sync += [r.kb_left.eq(Mux(r.last_kb, r.kbm1, r.kb_left - r.kb_step)),
                              r.w_row.eq(Mux(r.last_kb, r.w_base, r.wa + 1))]
             with m.If(r.wrap_kb):
-                m.d.sync += [r.y.eq(r.y + 1), r.iy0.eq(r.iy0 + r.stride),
+                m.d.sync += [r.y_left.eq(r.y_left - 1), r.iy0.eq(r.iy0 + r.stride),
                              r.row_a.eq(row_next)]
 
 
@@ -411,9 +422,11 @@ class _Registers:
         # Loop state = the beat on o_stream.
         self.fx = Signal.like(desc.kernel)
         self.fy = Signal.like(desc.kernel)
-        self.c = Signal.like(desc.cin)
-        self.kb = Signal.like(desc.k_blocks)
-        self.y = Signal.like(desc.out_h)
+        # Channel, k-block and row count down to 0 (k-blocks by kb_step): kb_left is the
+        # k-blocks after the tile's first, which column mode's last column needs anyway.
+        self.c_left = Signal.like(desc.cin)
+        self.kb_left = Signal.like(desc.k_blocks)
+        self.y_left = Signal.like(desc.out_h)
         self.rem = Signal.like(desc.out_w)   # out_w - xt*cols: pixels left in this row
         self.a0 = Signal(A)                  # column 0's address
         self.tile_a = Signal(A)              # a0 at (c, fy, fx) = 0 of this tile
@@ -423,27 +436,65 @@ class _Registers:
         self.wa = Signal(WA)                 # weight word
         self.w_row = Signal(WA)              # its value at d = 0 of this kb
 
-        self.last_tile = self.rem <= cols
-        self._wrap_rows = wrap_rows
+        # Each loop's last value as a flip-flop (innermost first), and which loops wrap
+        # at this beat as flip-flops too: ``wraps[k]`` is the AND of the first ``k + 1``
+        # flags. The loop nest's enables are then one AND with ``step`` each, not a chain
+        # through the loops; the flags' next values (``next_flags``) are computed from
+        # registers, off the step's path.
+        self.fx_last, self.fy_last = Signal(name="fx_last"), Signal(name="fy_last")
+        self.c_last, self.last_tile = Signal(name="c_last"), Signal(name="last_tile")
+        self.last_kb, self.y_last = Signal(name="last_kb"), Signal(name="y_last")
+        self.flags = [self.fx_last, self.fy_last, self.c_last, self.last_tile,
+                      self.last_kb, self.y_last]
+        self.wraps = [Signal(name=f"wraps{k}") for k in range(len(self.flags))]
+        self._cols, self._wrap_rows = cols, wrap_rows
         if column_blocks:
-            # Column mode: kb steps by cols; kb is the first k-block of the tile.
+            # Column mode: a tile is cols k-blocks, kb_left counts down by cols.
             self.colmode = Signal()
             self.kb_step = Mux(self.colmode, cols, 1)
-            self.last_kb = Mux(self.colmode, self.kb + cols > self.kbm1, self.kb == self.kbm1)
         else:
+            self.colmode = None
             self.kb_step = 1
-            self.last_kb = self.kb == self.kbm1
-        self.wrap_x = self.fx == self.km1    # each level wraps when all inner ones do
-        self.wrap_y = self.wrap_x & (self.fy == self.km1)
-        self.wrap_c = self.wrap_y & (self.c == self.cm1)     # last d of the tile
-        self.wrap_t = self.wrap_c & self.last_tile
-        self.wrap_kb = self.wrap_t & self.last_kb
-        self.end = self.wrap_kb & (self.y == self.ohm1)
+        # wrap_x: the beat is fx's last; wrap_y: fx's and fy's; ... end: the layer's.
+        (self.wrap_x, self.wrap_y, self.wrap_c, self.wrap_t, self.wrap_kb,
+         self.end) = self.wraps
+
+    def first_flags(self):
+        """Each loop's flag when its counter starts (a layer constant)."""
+        kb_first = self.kbm1 == 0
+        if self.colmode is not None:
+            # Column mode: the tile's k-blocks kb .. kb + cols - 1 include the last one.
+            kb_first = Mux(self.colmode, self.kbm1 < self._cols, kb_first)
+        return [self.km1 == 0, self.km1 == 0, self.cm1 == 0, self.out_w <= self._cols,
+                kb_first, self.ohm1 == 0]
+
+    def next_flags(self, rem_load):
+        """The flags after a beat is taken (``rem_load``: what ``rem`` is loaded with if
+        the tile ends): loop k's changes only if the loops inside it wrap, to its first
+        value's if it wraps too, else to whether its counter's next value is its last."""
+        kb_next_last = self.kb_left == 1
+        if self.colmode is not None:
+            kb_next_last = Mux(self.colmode, self.kb_left < 2 * self._cols, kb_next_last)
+        first = self.first_flags()
+        stepped = [Mux(self.fx_last, first[0], self.fx + 1 == self.km1),
+                   Mux(self.fy_last, first[1], self.fy + 1 == self.km1),
+                   Mux(self.c_last, first[2], self.c_left == 1),
+                   rem_load <= self._cols,
+                   Mux(self.last_kb, first[4], kb_next_last),
+                   self.y_left == 1]
+        return [stepped[0]] + [Mux(self.wraps[k - 1], stepped[k], self.flags[k])
+                               for k in range(1, len(self.flags))]
+
+    def load_flags(self, values):
+        """Assignments that load the flags with ``values`` and ``wraps`` with their ANDs."""
+        statements = [f.eq(v) for f, v in zip(self.flags, values)]
+        statements += [w.eq(Cat(*values[:k + 1]).all()) for k, w in enumerate(self.wraps)]
+        return statements
 
     def set_rem(self, value):
         """Assignments that load ``rem`` with ``value`` (and the columns' wrapped flags)."""
         statements = [self.rem.eq(value)]
+        held = Value.cast(value)[:len(self.rem)]
         if self._wrap_rows:
-            held = Value.cast(value)[:len(self.rem)]          # what rem will hold
             statements += [w.eq(held <= j) for j, w in enumerate(self.wrapped) if j]
         return statements

@@ -3,14 +3,14 @@
 See :class:`CommandHandler`; the commands are defined in :mod:`.protocol`.
 """
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module, Signal, unsigned
 from amaranth.lib import stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from . import protocol as proto
 from .link_checker import chunk_addr_bits
 from .link_crc import CrcFeed
+from .memories import Ram
 from .program import Space, StartCommand, WriteCommand
 
 __all__ = ["CommandHandler"]
@@ -85,8 +85,10 @@ class CommandHandler(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         buf_depth = proto.MAX_CHUNKS * proto.CHUNK_BYTES
-        m.submodules.buf = buf = Memory(shape=8, depth=buf_depth, init=[])
-        wport, rport = buf.write_port(), buf.read_port()
+        # Received while idle, read back only while committing (the decoder holds the
+        # next command until this one is answered): no read meets a write.
+        m.submodules.buf = buf = Ram(unsigned(8), buf_depth, rw_exclusive=True)
+        wport, rport = buf.wr, buf.rd[0]
         ptr = Signal(range(buf_depth))          # buffer address: receive, then commit
         addr_bits = chunk_addr_bits(self._config)
         addr = Signal(addr_bits)                # the chunk being committed
@@ -97,7 +99,7 @@ class CommandHandler(wiring.Component):
         # gating them would cost a LUT per bit for nothing.
         m.d.comb += [
             wport.addr.eq(ptr), wport.data.eq(self.data.payload), wport.en.eq(self.data.valid),
-            rport.addr.eq(ptr), self.crc.data.eq(rport.data),
+            rport.addr.eq(ptr), rport.en.eq(1), self.crc.data.eq(rport.data),
             self.wr.payload.space.eq(wargs.space), self.wr.payload.addr.eq(addr),
             self.wr.payload.data.eq(chunk),
             self.start.payload.image_base.eq(proto.RunArgs(self.args).image_base),

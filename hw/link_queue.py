@@ -3,12 +3,12 @@
 See :class:`ResponseQueue`; the padding is defined in :mod:`.protocol`.
 """
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Module, Mux, Signal, unsigned
 from amaranth.lib import stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from . import protocol as proto
+from .memories import Ram
 
 __all__ = ["ResponseQueue", "RESPONSE_QUEUE_BYTES"]
 
@@ -74,24 +74,28 @@ class ResponseQueue(wiring.Component):
         # A FIFO of its own rather than SyncFIFOBuffered: no output register behind the
         # block RAM's and no level counter (the UP5K is full).
         depth = self._depth
-        m.submodules.mem = mem = Memory(shape=8, depth=depth, init=[])
-        wport, rport = mem.write_port(), mem.read_port()
+        # A read never meets a write of its byte: reads need the queue non-empty, writes
+        # non-full, and the pointers' bytes are equal only when it is one or the other.
+        m.submodules.mem = mem = Ram(unsigned(8), depth, rw_exclusive=True)
+        wport, rport = mem.wr, mem.rd[0]
         # Pointers with a wrap bit: equal when empty, differing only in it when full.
+        # ``empty`` is a flip-flop loaded with the next pointers' compare: the UART's
+        # handshake starts from registers.
         wp, rp = Signal(range(2 * depth)), Signal(range(2 * depth))
-        empty, full = Signal(), Signal()
+        wp_next, rp_next = Signal.like(wp), Signal.like(rp)
+        empty, full = Signal(init=1), Signal()
         queued = Signal()                       # rport.data holds the byte ``o`` offers
         taken = self.o.valid & self.o.ready
         m.d.comb += [
-            empty.eq(wp == rp),
             full.eq((wp[:-1] == rp[:-1]) & (wp[-1] != rp[-1])),
             wport.addr.eq(wp[:-1]), wport.data.eq(self.i.payload),
             wport.en.eq(self.i.valid & ~full), self.i.ready.eq(~full),
             rport.addr.eq(rp[:-1]), rport.en.eq((~queued | taken) & ~empty),
+            wp_next.eq(wp + wport.en), rp_next.eq(rp + rport.en),
         ]
-        with m.If(wport.en):
-            m.d.sync += wp.eq(wp + 1)
+        m.d.sync += [wp.eq(wp_next), rp.eq(rp_next), empty.eq(wp_next == rp_next)]
         with m.If(rport.en):
-            m.d.sync += [rp.eq(rp + 1), queued.eq(1)]
+            m.d.sync += queued.eq(1)
         with m.Elif(taken):
             m.d.sync += queued.eq(0)
 

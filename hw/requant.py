@@ -184,7 +184,10 @@ class Requantizer(wiring.Component):
         reg = self._stage_register(m, en, f"l{lane}_")
         # 1: bias add; carry M and S alongside.
         v = reg(signed(vw), "v", x.acc + x.bias)
-        m1 = reg(unsigned(M_BITS), "m1", x.m)
+        if self.interval > 1 and self.mul16 is None:
+            m1 = self._rotating_register(m, en, x.m, M_BITS // self.interval, f"l{lane}_m1")
+        else:
+            m1 = reg(unsigned(M_BITS), "m1", x.m)
         # S - 1 (mod 2**S_BITS): S = 0 is illegal, it just wraps to a shift of 63.
         sh1 = reg(unsigned(S_BITS), "sh1", x.s - 1)
         # The exact product v * M (S - 1 travels alongside), and the stage and load
@@ -253,11 +256,10 @@ class Requantizer(wiring.Component):
             total = sum(part << (8 * k) for k, part in enumerate(parts))
             return reg(signed(pw), "p", total), 3, 4, en
         # 2: Horner over the k chunks of M, most significant first, one per phase;
-        # the last phase's sum is the exact product.
+        # the last phase's sum is the exact product. m1 rotates by a chunk each phase
+        # (:meth:`_rotating_register`): the chunk is its top bits, no multiplexer.
         bits = M_BITS // self.interval
-        index = Signal.like(phase, name=f"{name}chunk_index")
-        m.d.comb += index.eq(self.interval - 1 - phase)
-        chunk = m1.word_select(index, bits)
+        chunk = m1[M_BITS - bits:]
         product = Signal(signed(len(v) + bits + 1), name=f"{name}product")
         m.d.comb += product.eq(v * chunk)
         partial = Signal(signed(pw), name=f"{name}partial")
@@ -267,6 +269,19 @@ class Requantizer(wiring.Component):
         after = Signal(name=f"{name}after_en")
         m.d.sync += after.eq(en)
         return partial, 2, 2, after
+
+    @staticmethod
+    def _rotating_register(m, en, value, bits, name):
+        """A register loaded with ``value`` when ``en`` (at the last phase) and rotated
+        left by ``bits`` in every other cycle: in phase ``k`` after a load its top
+        ``bits`` are the load's chunk ``k`` from the top, and ``interval`` rotations
+        bring it back (a stall keeps the phases cycling)."""
+        r = Signal(unsigned(len(value)), name=name)
+        with m.If(en):
+            m.d.sync += r.eq(value)
+        with m.Else():
+            m.d.sync += r.eq(Cat(r[len(r) - bits:], r[:len(r) - bits]))
+        return r
 
     @staticmethod
     def _coarse_shift(m, p, eighths, name):

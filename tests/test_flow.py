@@ -196,10 +196,10 @@ def test_cli_bad_clock_is_one_line_exit_2(tmp_path, capsys):
 def test_cli_bad_baud_is_one_line_exit_2(tmp_path, capsys):
     """--baud is checked against the core clock (4 clocks per bit, 2 %) and the board's
     USB-UART bridge before anything is built or simulated."""
-    # The iCEBreaker's core clock is 24 MHz: 9 Mbaud is 2.67 clocks per bit, 5.5 Mbaud's
-    # nearest divisor (4) gives 6 Mbaud.
-    cases = [(["build", "--baud", "9000000", "--build-dir", str(tmp_path / "o")],
-              "2.67 clocks per bit; the UART needs at least 4"),
+    # The iCEBreaker's core clock is 30 MHz: 10 Mbaud is 3 clocks per bit, 5.5 Mbaud's
+    # nearest divisor (5) gives 6 Mbaud.
+    cases = [(["build", "--baud", "10000000", "--build-dir", str(tmp_path / "o")],
+              "3.00 clocks per bit; the UART needs at least 4"),
              (["sim-board", "--baud", "5500000", "--port", "0"], "(9.1% off, over 2%)"),
              (["bench", "--board", "ulx3s-85f", "--baud", "6000000"],
               "the ulx3s-85f's FT231X bridge does 1..3,000,000 baud"),

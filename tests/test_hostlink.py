@@ -301,10 +301,11 @@ def test_usb_latency_throughput(model, latency):
 
 
 def test_six_mbaud_board(model):
-    """The iCEBreaker built for the FT2232H's 6 Mbaud (4 clocks per bit at 24 MHz):
+    """The iCEBreaker built for the FT2232H's 6 Mbaud (5 clocks per bit at 30 MHz):
     loads and infers bit-exact, reports its rate, and streams images as fast as the
-    core computes them (1.37 ms per image on the wire, 1.37 ms of compute: the response
-    queue lets the next run start while an answer goes out)."""
+    slower of the wire and the core allows (1.37 ms per image on the wire, 1.10 ms of
+    compute: the response queue lets the next run start while an answer goes out, so
+    the wire is the bound)."""
     from fpgacnn.hw.boards import BOARDS
     net, params, x, golden = model
     config = BOARDS["icebreaker"].config.with_(baud=6_000_000)
@@ -326,7 +327,8 @@ def test_six_mbaud_board(model):
           f"{compute_bound:.1f}")
     assert r["to_board_per_image"] == 784 + 40
     # The slope cancels what a batch pays once only to within a few hundred cycles.
-    assert 0.9 * compute_bound <= ips <= 1.01 * compute_bound
+    bound = min(compute_bound, r["ceiling"])
+    assert 0.9 * bound <= ips <= 1.01 * bound
 
 
 def test_sim_board_ends_its_simulator_on_sigterm():

@@ -14,8 +14,8 @@ def add_baud_argument(parser, what):
     ``what`` says what it applies to."""
     parser.add_argument("--baud", type=int, default=None, metavar="BAUD",
                         help=f"UART baud rate of {what} (default: the board's, 3000000; "
-                             f"the iCEBreaker's FT2232H also does 6000000 = 4 clocks per "
-                             f"bit at 24 MHz)")
+                             f"the iCEBreaker's FT2232H also does 6000000 = 5 clocks per "
+                             f"bit at 30 MHz)")
 
 
 def board_config(board, baud=None):
