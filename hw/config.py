@@ -65,8 +65,9 @@ class AcceleratorConfig:
     requant_interval : int
         Cycles per requantised value, a power of two dividing the width of
         :class:`~fpgacnn.hw.program.QParam` ``.m``; more than 1 trades requantiser area
-        for speed, free while ``reduction >= rows * cols * requant_interval`` for every
-        layer. With ``ice40`` and interval 1 the product is on SB_MAC16 blocks instead
+        for speed, nearly free while ``reduction >= rows * cols * requant_interval`` for
+        every layer (a result waits in the array while its QParam is read: a cycle or two
+        a tile when the requantiser is the bound). With ``ice40`` and interval 1 the product is on SB_MAC16 blocks instead
         (:func:`~fpgacnn.hw.datapath.requant_multiplier`: two for a 26-bit accumulator,
         beside the array's ``rows * cols / 2``).
     compact_drain : bool
@@ -266,9 +267,9 @@ CONFIGS = {
     # iCE40UP5K: an 8×2 array on all 8 SB_MAC16 (two 8×8 products per block), its operands
     # broadcast (no pipeline registers between PEs). 4 SPRAMs give one 64-bit word (8
     # weights) per cycle, which bounds FC layers to one column. The requantiser's 27×8-bit
-    # product is in logic cells at half rate (requant_interval 2), free while a tile has
-    # at least 2 × its results in beats: LeNet-5's C1 (6 channels × 2 pixels, 25 beats)
-    # needs compact_drain for that. The design fills the UP5K (logic cells and all 30
+    # product is in logic cells at half rate (requant_interval 2), nearly free while a
+    # tile has at least 2 × its results in beats: LeNet-5's C1 (6 channels × 2 pixels, 25
+    # beats) needs compact_drain for that. The design fills the UP5K (logic cells and all 30
     # EBR); its Fmax sets the clock, 30 MHz, at which the FT2232H's 6 Mbaud is 5 clocks
     # per bit. README ("Build", "Throughput") has the measured cells, Fmax and cycles per
     # image. The 4 KB of activation block RAM (a copy per column) is too small for a

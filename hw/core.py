@@ -276,7 +276,7 @@ class HostWrites(wiring.Component):
     datapath (or the copier) does not write the activation memory (``act_in`` has
     priority; nothing is lost). ``wr``'s payload must stay put while it waits (the
     stream rule); ``wr.ready`` does not depend on ``wr.valid`` (it is decided from the
-    payload and this unit's registers, not after the link's state).
+    payload, ``busy``, the datapath's writes and ``part``, not after the link's state).
 
     With ``config.act_window`` the weight memory is written one byte per cycle too
     (``weights.mask`` one-hot, the byte on every lane): WEIGHTS chunks, and IMAGE chunks

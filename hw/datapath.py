@@ -87,7 +87,8 @@ class Datapath(wiring.Component):
         Operand movement in the array (see SystolicArray); same timing.
     requant_interval : int
         Cycles per value of the Requantizer (1: full rate; 2, 4, …: a smaller
-        multiplier, but tiles with fewer than ``interval × kept results`` beats stall).
+        multiplier, but tiles with fewer than about ``interval × kept results`` beats
+        stall: a result waits in the array while its QParam is read).
         With ``mac="ice40"`` and interval 1 the requantiser's product is on SB_MAC16
         blocks (:func:`requant_multiplier`).
     """
@@ -282,7 +283,7 @@ class Datapath(wiring.Component):
                 m.d.comb += [channel.eq(kbase + (res.p.col << log_r) + res.p.row),
                              keep.eq(in_layer)]
         m.d.comb += self.q_rd.addr.eq(desc.q_base + channel)
-        if self._config.requant_interval == 1:
+        if self.requant.interval == 1:
             # A value every cycle: the result moves into a register while its QParam is
             # read.
             adv_q = Signal()

@@ -422,7 +422,7 @@ class _Registers:
         # Loop state = the beat on o_stream.
         self.fx = Signal.like(desc.kernel)
         self.fy = Signal.like(desc.kernel)
-        # Channel, k-block and row count down to 0 (k-blocks by kb_step): kb_left is the
+        # Channel, k-block and row count down (k-blocks by kb_step): kb_left is the
         # k-blocks after the tile's first, which column mode's last column needs anyway.
         self.c_left = Signal.like(desc.cin)
         self.kb_left = Signal.like(desc.k_blocks)

@@ -86,7 +86,8 @@ class CommandHandler(wiring.Component):
         m = Module()
         buf_depth = proto.MAX_CHUNKS * proto.CHUNK_BYTES
         # Received while idle, read back only while committing (the decoder holds the
-        # next command until this one is answered): no read meets a write.
+        # next command until this one is answered): no read's data is used whose byte
+        # was being written.
         m.submodules.buf = buf = Ram(unsigned(8), buf_depth, rw_exclusive=True)
         wport, rport = buf.wr, buf.rd[0]
         ptr = Signal(range(buf_depth))          # buffer address: receive, then commit

@@ -273,7 +273,7 @@ class Requantizer(wiring.Component):
     @staticmethod
     def _rotating_register(m, en, value, bits, name):
         """A register loaded with ``value`` when ``en`` (at the last phase) and rotated
-        left by ``bits`` in every other cycle: in phase ``k`` after a load its top
+        left by ``bits`` in every cycle it is not: in phase ``k`` after a load its top
         ``bits`` are the load's chunk ``k`` from the top, and ``interval`` rotations
         bring it back (a stall keeps the phases cycling)."""
         r = Signal(unsigned(len(value)), name=name)

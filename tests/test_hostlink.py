@@ -303,7 +303,7 @@ def test_usb_latency_throughput(model, latency):
 def test_six_mbaud_board(model):
     """The iCEBreaker built for the FT2232H's 6 Mbaud (5 clocks per bit at 30 MHz):
     loads and infers bit-exact, reports its rate, and streams images as fast as the
-    slower of the wire and the core allows (1.37 ms per image on the wire, 1.10 ms of
+    slower of the wire and the core allows (1.37 ms per image on the wire, 1.13 ms of
     compute: the response queue lets the next run start while an answer goes out, so
     the wire is the bound)."""
     from fpgacnn.hw.boards import BOARDS
