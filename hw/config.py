@@ -67,7 +67,8 @@ class AcceleratorConfig:
         :class:`~fpgacnn.hw.program.QParam` ``.m``; more than 1 trades requantiser area
         for speed, nearly free while ``reduction >= rows * cols * requant_interval`` for
         every layer (a result waits in the array while its QParam is read: a cycle or two
-        a tile when the requantiser is the bound). With ``ice40`` and interval 1 the product is on SB_MAC16 blocks instead
+        a tile when the requantiser is the bound). With ``ice40`` and interval 1 the
+        product is on SB_MAC16 blocks instead
         (:func:`~fpgacnn.hw.datapath.requant_multiplier`: two for a 26-bit accumulator,
         beside the array's ``rows * cols / 2``).
     compact_drain : bool
@@ -269,8 +270,8 @@ CONFIGS = {
     # weights) per cycle, which bounds FC layers to one column. The requantiser's 27×8-bit
     # product is in logic cells at half rate (requant_interval 2), nearly free while a
     # tile has at least 2 × its results in beats: LeNet-5's C1 (6 channels × 2 pixels, 25
-    # beats) needs compact_drain for that. The design fills the UP5K (logic cells and all 30
-    # EBR); its Fmax sets the clock, 30 MHz, at which the FT2232H's 6 Mbaud is 5 clocks
+    # beats) needs compact_drain for that. The design fills the UP5K (logic cells and all
+    # 30 EBR); its Fmax sets the clock, 30 MHz, at which the FT2232H's 6 Mbaud is 5 clocks
     # per bit. README ("Build", "Throughput") has the measured cells, Fmax and cycles per
     # image. The 4 KB of activation block RAM (a copy per column) is too small for a
     # 3x32x32 input: the top 60 KB of the SPRAM are the activation window (copies,

@@ -238,8 +238,8 @@ def limits_table(configs=None):
         ("maps next to a 3×32×32 input (B)", lambda c: _maps_pair(c, (3, 32, 32))),
         ("outputs of the last layer", lambda c: f"its map fits (≤ {c.max_logits:,})"),
         ("reduction C·F·F", lambda c: f"≤ {c.max_reduction:,}" + (
-            f"; C ≤ {(1 << widths['cin']) - 1:,}" if c.max_reduction >= 1 << widths['cin']
-            else "")),
+            f"; C ≤ {(1 << widths['cin']) - 1:,}"
+            if c.max_reduction >= 1 << widths['cin'] else "")),
         ("max-pool", _pool),
         ("map height / width", lambda c: (
             f"height: what fits the window, in bands of ≤ {(1 << widths['in_h']) - 1} rows; width "
