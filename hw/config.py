@@ -77,7 +77,8 @@ class AcceleratorConfig:
         channels (LeNet-5's C1: 6) stop being bound by the array's one result per cycle.
         Off by default (a few registers and comparators).
     fc_columns : bool
-        Layers with ``out_w == 1`` (fully connected ones) and more than one k-block put a
+        Layers with ``out_w == 1`` (fully connected ones) and more than
+        ``max(1, cols // 4)`` k-blocks (:func:`~.program.column_mode`) put a
         different k-block on each array column (all columns see the same activation), so
         they run ``cols`` times fewer beats. The weight memory is then ``weight_words / cols`` words of
         ``rows * cols`` weights (the host still writes ``weight_words`` words of ``rows``);
@@ -104,6 +105,15 @@ class AcceleratorConfig:
     tx_pad_bytes : int
         Fill bytes sent after each response so a USB bridge's 510-byte packet fills and
         goes out at once (:mod:`.protocol`); 0 for none. 0..65535.
+    result_lanes : int
+        Results the array drains per cycle (its ``lanes``), a power of two dividing
+        ``rows``. Each lane has its own requantiser, QParam memory copy, max-pool and
+        address counters (lane ``l`` takes the channels ``l, l + lanes, ...`` of every
+        k-block); the lanes' byte writes share the activation memory's one write port, so
+        layers without pooling still write one byte per cycle. Layers whose tiles are
+        bound by their results (few output channels, short reductions: LeNet-5's C1 on
+        many columns) drain ``result_lanes`` times faster. Needs ``compact_drain`` and no
+        ``ice40`` (whose array drains through shift chains). 1 by default.
     act_window : bool
         Activation addresses ``act_bytes … 65535`` (the *window*) are bytes of the
         weight memory's top (:attr:`window_weight_byte`): image slots and maps too large
@@ -141,6 +151,7 @@ class AcceleratorConfig:
     fc_columns: bool = False
     act_window: bool = False
     wrap_rows: bool = False
+    result_lanes: int = 1
 
     def __post_init__(self):
         name = self.name
@@ -195,6 +206,13 @@ class AcceleratorConfig:
             raise ValueError(f"config {name}: act_window needs act_bytes < {ACT_SPACE}, no "
                              f"fc_columns and a weight memory of at least "
                              f"{ACT_SPACE} - act_bytes bytes (it has {self.weight_bytes})")
+        lanes = self.result_lanes
+        if lanes & (lanes - 1) or self.rows % lanes:
+            raise ValueError(f"config {name}: result_lanes = {lanes} must be a power of two "
+                             f"dividing rows = {self.rows}")
+        if lanes > 1 and (self.ice40 or not self.compact_drain):
+            raise ValueError(f"config {name}: result_lanes = {lanes} needs compact_drain "
+                             f"and no ice40 (the iCE40 array drains one result a cycle)")
         m_bits = data.Layout.cast(QParam)["m"].shape.width     # of the multiplier M
         if self.requant_interval & (self.requant_interval - 1) or \
                 m_bits % self.requant_interval:
@@ -282,21 +300,22 @@ CONFIGS = {
         clock_hz=30_000_000, ice40=True,
         dataflow=Dataflow.BROADCAST, requant_interval=2, compact_drain=True,
         rx_fifo_bytes=2048, watchdog_log2=24, act_window=True),
-    # ECP5-85F: 156 18×18 multipliers and 3.7 Mbit of EBR; a 16×4 array. 32 KB of
-    # activations (one copy per array column: 128 KB of EBR) hold a 3×32×32 input's two
-    # slots and the 64×16×16 output of 64 3×3 filters with pool 2/2, or 32×32×10 after 10
-    # 5×5 filters. Layers with few output channels (LeNet-5's C1: 6 of 16 rows) are bound
-    # by the array's one result per cycle, so tiles drain only the PEs they use;
-    # fully connected layers put a k-block on each column (fc_columns, which needs the
-    # broadcast dataflow), 4× fewer beats. 60 MHz divides into the 3 Mbaud UART exactly
-    # (20 clocks per bit). README ("Build", "Throughput") has the measured Fmax and
-    # cycles per image.
+    # ECP5-85F: 156 18×18 multipliers and 3.7 Mbit of EBR; a 16×8 array. 28 KB of
+    # activations (one copy per array column: 224 KB of EBR, with the 128 KB weight
+    # memory most of the block RAM) hold a 3×32×32 input's two slots and the 64×16×16
+    # output of 64 3×3 filters with pool 2/2, or 32×32×10 after 10 5×5 filters. Layers
+    # with few output channels (LeNet-5's C1: 6 of 16 rows, 25-beat tiles) are bound by
+    # the tiles' results, so tiles drain only the PEs they use, four rows a cycle
+    # (result_lanes); fully connected layers put a k-block on each column (fc_columns,
+    # which needs the broadcast dataflow), 8× fewer beats. 60 MHz divides into the
+    # 3 Mbaud UART exactly (20 clocks per bit). README ("Build", "Throughput") has the
+    # measured Fmax and cycles per image.
     "ulx3s-85f": AcceleratorConfig(
-        name="ulx3s-85f", rows=16, cols=4, max_reduction=4096,
-        weight_words=8192, act_bytes=32768, qparam_entries=1024, max_layers=16,
+        name="ulx3s-85f", rows=16, cols=8, max_reduction=4096,
+        weight_words=8192, act_bytes=28672, qparam_entries=1024, max_layers=16,
         clock_hz=60_000_000, ice40=False, dataflow=Dataflow.BROADCAST, fc_columns=True,
         pool_width=64, pool_blocks=4, rx_fifo_bytes=8192, compact_drain=True,
-        wrap_rows=True),
+        wrap_rows=True, result_lanes=4),
 }
 
 

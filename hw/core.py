@@ -156,7 +156,8 @@ class Core(wiring.Component):
         m.submodules.act = act = Ram(unsigned(8), cfg.act_bytes, copies=cfg.cols,
                                      rw_exclusive=True)
         m.submodules.qparams = qmem = Ram(program.stored_qparam(cfg.bias_width),
-                                          cfg.qparam_entries, rw_exclusive=True)
+                                          cfg.qparam_entries, copies=cfg.result_lanes,
+                                          rw_exclusive=True)
         m.submodules.program = pmem = Ram(unsigned(16), _program_halfwords(cfg),
                                           rw_exclusive=True)
         # An iCE40 has no LUT RAM. On an ECP5 the ULX3S-85F's 45 words of 32 bits would
@@ -172,7 +173,8 @@ class Core(wiring.Component):
 
         for i in range(1, cfg.cols):
             wiring.connect(m, dp.act_rd[i], act.rd[i])
-        wiring.connect(m, dp.q_rd, qmem.rd[0])
+        for lane in range(cfg.result_lanes):
+            wiring.connect(m, dp.q_rd[lane], qmem.rd[lane])
         wiring.connect(m, wiring.flipped(self.wr), writes.wr)
         wiring.connect(m, writes.qparams, qmem.wr)
         wiring.connect(m, writes.program, pmem.wr)

@@ -5,8 +5,9 @@ See docs/architecture.md for the loop order and the stream orders this relies on
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from . import program
@@ -17,7 +18,10 @@ from .memories import read_port_signature, write_port_signature
 from .requant import Requantizer
 from .systolic import SystolicArray
 
-__all__ = ["Datapath", "requant_multiplier"]
+__all__ = ["Datapath", "requant_multiplier", "WRITE_QUEUE"]
+
+#: Writes each result lane may queue for the activation memory's one write port.
+WRITE_QUEUE = 16
 
 
 def requant_multiplier(mac, interval):
@@ -66,7 +70,7 @@ class Datapath(wiring.Component):
     ``compact`` option): ``max(D, n + 2 + e + mac.LATENCY)`` cycles for a tile of ``n``
     (``e`` = 1 with the array's ``register_capture``, iCE40 builds; else 0)
     results, and no results past ``out_channels`` reach the requantiser or the writer.
-    With ``config.fc_columns`` a layer with ``out_w == 1`` and several k-blocks runs
+    With ``config.fc_columns`` a layer in :func:`~fpgacnn.hw.program.column_mode` runs
     ``ceil(k_blocks / cols)`` tiles per output row, column ``c`` computing k-block
     ``kb + c`` from its own lane of a ``rows·cols``-weight memory word (Im2col's column
     mode); other layers pick their ``rows`` weights from a lane of such a word.
@@ -107,18 +111,25 @@ class Datapath(wiring.Component):
         # shift chains cost nothing there, capturing from the accumulators' registers puts
         # each accumulator bit in one cell (on an ECP5 both cost a LUT per bit), and the
         # SB_MAC16s hold the weights in their own input registers.
+        lanes = self.lanes = config.result_lanes
         self.array = SystolicArray(rows, cols, config.acc_width, mac=mac, dataflow=dataflow,
                                    compact=compact, column_weights=config.fc_columns,
                                    shift_drain=ice40_broadcast,
                                    register_capture=config.ice40,
-                                   weights_in_mac=ice40_broadcast and not config.fc_columns)
-        self.requant = Requantizer(config.acc_width, interval=requant_interval,
+                                   weights_in_mac=ice40_broadcast and not config.fc_columns,
+                                   lanes=lanes)
+        # With lanes, the tag says which of a beat's lanes hold a result to write.
+        self.requant = Requantizer(config.acc_width, lanes=lanes, interval=requant_interval,
+                                   tag=unsigned(lanes) if lanes > 1 else None,
                                    bias_width=config.bias_width,
                                    mul16=requant_multiplier(mac, requant_interval))
         # An ECP5's block RAM read data is late in the cycle; an iCE40's is not, and the
-        # UP5K has no logic cells to spare for the extra stage.
-        self.pool = MaxPool(config.pool_width, config.pool_blocks, rows,
-                            variable_block=compact, registered_read=not config.ice40)
+        # UP5K has no logic cells to spare for the extra stage. A lane pools its own
+        # channels (every lanes-th of a k-block).
+        self.pools = [MaxPool(config.pool_width, config.pool_blocks, rows // lanes,
+                              variable_block=compact, registered_read=not config.ice40)
+                      for _ in range(lanes)]
+        self.pool = self.pools[0]
         super().__init__({
             "desc": In(program.LayerDescriptor),
             "image_base": In(program.field_widths(program.LayerDescriptor)["in_base"]),
@@ -130,7 +141,8 @@ class Datapath(wiring.Component):
             "w_rd": Out(read_port_signature(config.weight_words // config.weight_lanes,
                                             unsigned(rows * config.weight_lanes * 8))),
             "q_rd": Out(read_port_signature(config.qparam_entries,
-                                            program.stored_qparam(config.bias_width))),
+                                            program.stored_qparam(config.bias_width))
+                        ).array(lanes),
             "act_wr": Out(write_port_signature(config.act_bytes, unsigned(8))),
         })
 
@@ -139,7 +151,8 @@ class Datapath(wiring.Component):
         m.submodules.im2col = self.im2col
         m.submodules.array = self.array
         m.submodules.requant = self.requant
-        m.submodules.pool = self.pool
+        for lane, pool in enumerate(self.pools):
+            m.submodules[f"pool{lane or ''}"] = pool
 
         running = Signal()
         m.d.comb += self.busy.eq(running)
@@ -157,7 +170,8 @@ class Datapath(wiring.Component):
         # k-blocks puts k-block kb + c on column c (see Im2col); constant while it runs.
         self.colmode = Signal()
         if self._config.fc_columns:
-            m.d.comb += self.colmode.eq((desc.out_w == 1) & (desc.k_blocks > 1))
+            m.d.comb += self.colmode.eq(program.column_mode(self._config.cols, desc.out_w,
+                                                            desc.k_blocks, fc_columns=True))
         # Tiles that run on into the next output row (as Im2col's).
         self.wrap = Signal()
         m.d.comb += self.wrap.eq(program.wraps_rows(self._config.cols, desc.out_w,
@@ -170,9 +184,12 @@ class Datapath(wiring.Component):
             (desc.out_channels - 1)[:(self._config.rows - 1).bit_length()])
         self._fetch(m)
         tiles_done = self._drop_and_read_qparam(m)
-        out_valid, out_value, out_ready = self._optional_pool(m)
-        written = self._writer(m, out_valid, out_value, out_ready, running)
-        with m.If(running & written & tiles_done):
+        written = []
+        for lane, (valid, value, ready) in enumerate(self._lane_streams(m)):
+            out_valid, out_value, out_ready = self._optional_pool(m, lane, valid, value, ready)
+            written.append(self._writer(m, lane, out_valid, out_value, out_ready, running))
+        m.d.sync += self.done.eq(0)
+        with m.If(running & Cat(written).all() & tiles_done & ~self._writes_queued):
             m.d.sync += [running.eq(0), self.done.eq(1)]
         return m
 
@@ -261,144 +278,240 @@ class Datapath(wiring.Component):
         """Stage 3: drop the array's results for pixels ``>= out_w`` (column mode: for
         k-blocks ``>= k_blocks``, and channels ``>= out_channels`` if compact; a compact
         drain brings no such pixel or k-block), read each kept result's QParam into the
-        requantiser. Returns ``tiles_done``: every tile of the layer has left the array."""
+        requantiser (lane ``l``'s from ``q_rd[l]``). Returns ``tiles_done``: every tile
+        of the layer has left the array."""
         desc, res, rq_in = self.desc, self.array.o_stream, self.requant.i_stream
+        L = self.lanes
         # The tile being drained.
         tile = self._tile_walk(m, res.valid & res.ready & res.p.last)
         xbase, kbase = tile.xbase, tile.kbase
-        keep = Signal()
-        channel = Signal.like(desc.q_base)      # kb*R + row (+ col*R in column mode)
-        # A compact drain brings only the tile's real pixels (column mode: k-blocks).
-        m.d.comb += [keep.eq(1 if self._config.compact_drain else
-                             (xbase + res.p.col < desc.out_w) | tile.runs_on),
-                     channel.eq(kbase + res.p.row)]
-        if self._config.fc_columns:
-            # Column mode: column c is k-block kb + c; with compact_drain the writer
-            # expects only the channels the layer has.
-            log_r = (self._config.rows - 1).bit_length()
-            in_layer = res.p.col <= tile.kb_left
-            if self._config.compact_drain:
-                in_layer = channel < desc.out_channels
-            with m.If(self.colmode):
-                m.d.comb += [channel.eq(kbase + (res.p.col << log_r) + res.p.row),
-                             keep.eq(in_layer)]
-        m.d.comb += self.q_rd.addr.eq(desc.q_base + channel)
+        keep = [Signal(name=f"keep{lane}") for lane in range(L)]
+        channel = [Signal.like(desc.q_base, name=f"channel{lane}")   # kb*R + row + lane
+                   for lane in range(L)]                          # (+ col*R in column mode)
+        for lane in range(L):
+            # A compact drain brings only the tile's real pixels (column mode: k-blocks),
+            # with lanes, only its real channels' lanes valid.
+            if L > 1:
+                kept = res.p.valid[lane]
+            elif self._config.compact_drain:
+                kept = 1
+            else:
+                kept = (xbase + res.p.col < desc.out_w) | tile.runs_on
+            m.d.comb += [keep[lane].eq(kept), channel[lane].eq(kbase + res.p.row + lane)]
+            if self._config.fc_columns:
+                # Column mode: column c is k-block kb + c; with compact_drain the writer
+                # expects only the channels the layer has.
+                log_r = (self._config.rows - 1).bit_length()
+                col_channel = kbase + (res.p.col << log_r) + res.p.row + lane
+                in_layer = res.p.col <= tile.kb_left
+                if self._config.compact_drain:
+                    in_layer = channel[lane] < desc.out_channels
+                with m.If(self.colmode):
+                    m.d.comb += [channel[lane].eq(col_channel),
+                                 keep[lane].eq(in_layer & kept if L > 1 else in_layer)]
+            m.d.comb += self.q_rd[lane].addr.eq(desc.q_base + channel[lane])
+        any_kept = Cat(keep).any() if L > 1 else keep[0]
         if self.requant.interval == 1:
             # A value every cycle: the result moves into a register while its QParam is
             # read.
             adv_q = Signal()
-            acc = Signal.like(res.p.acc)
-            m.d.comb += [adv_q.eq(~rq_in.valid | rq_in.ready), self.q_rd.en.eq(adv_q)]
+            acc = [Signal(signed(self._config.acc_width), name=f"acc{lane}")
+                   for lane in range(L)]
+            m.d.comb += adv_q.eq(~rq_in.valid | rq_in.ready)
+            m.d.comb += [self.q_rd[lane].en.eq(adv_q) for lane in range(L)]
             with m.If(adv_q):
                 m.d.comb += res.ready.eq(1)
-                m.d.sync += [rq_in.valid.eq(res.valid & keep), acc.eq(res.p.acc)]
-            with m.Elif(~keep):
+                m.d.sync += rq_in.valid.eq(res.valid & any_kept)
+                if L == 1:
+                    m.d.sync += acc[0].eq(res.p.acc)
+                else:
+                    m.d.sync += [acc[lane].eq(res.p.acc[lane]) for lane in range(L)]
+                    m.d.sync += rq_in.p.tag.eq(Cat(keep))
+            with m.Elif(~any_kept):
                 m.d.comb += res.ready.eq(1)
         else:
             # The requantiser takes a value every other cycle at most: the result stays
             # in the array's output register while its QParam is read, then goes in.
             loaded = Signal()       # q_rd.data is the QParam of the result on ``res``
-            acc = res.p.acc
-            m.d.comb += [self.q_rd.en.eq(~loaded),
-                         rq_in.valid.eq(res.valid & keep & loaded),
-                         res.ready.eq((rq_in.valid & rq_in.ready) | ~keep)]
+            acc = [res.p.acc] if L == 1 else [res.p.acc[lane] for lane in range(L)]
+            m.d.comb += [self.q_rd[lane].en.eq(~loaded) for lane in range(L)]
+            m.d.comb += [rq_in.valid.eq(res.valid & any_kept & loaded),
+                         res.ready.eq((rq_in.valid & rq_in.ready) | ~any_kept)]
+            if L > 1:
+                m.d.comb += rq_in.p.tag.eq(Cat(keep))
             with m.If(res.valid & res.ready):
                 m.d.sync += loaded.eq(0)
             with m.Elif(res.valid):
                 m.d.sync += loaded.eq(1)
-        qp = self.q_rd.data
-        m.d.comb += [rq_in.p.lanes[0].acc.eq(acc), rq_in.p.lanes[0].bias.eq(qp.bias),
-                     rq_in.p.lanes[0].m.eq(qp.m), rq_in.p.lanes[0].s.eq(qp.s),
-                     rq_in.p.relu.eq(desc.relu)]
+        for lane in range(L):
+            qp, lane_in = self.q_rd[lane].data, rq_in.p.lanes[lane]
+            m.d.comb += [lane_in.acc.eq(acc[lane]), lane_in.bias.eq(qp.bias),
+                         lane_in.m.eq(qp.m), lane_in.s.eq(qp.s)]
+        m.d.comb += rq_in.p.relu.eq(desc.relu)
         # The final tile's dropped columns may leave the array after the last output is
         # written; the layer is only done once they have (the next layer resets these).
         return tile.done
 
-    def _optional_pool(self, m):
-        """Stage 4: the requantised stream through the max-pool or past it; returns the
-        stream to write as ``(valid, value, ready)``."""
-        desc, pool, rq_out = self.desc, self.pool, self.requant.o_stream
+    def _lane_streams(self, m):
+        """The requantiser's output as one ``(valid, value, ready)`` stream per lane: a
+        beat is taken once each lane its tag names has taken its value."""
+        rq_out, L = self.requant.o_stream, self.lanes
+        if L == 1:
+            return [(rq_out.valid, rq_out.p.y[0], rq_out.ready)]
+        taken = Signal(L)           # lanes of the current beat already taken
+        streams, finished = [], []
+        for lane in range(L):
+            valid, ready = Signal(name=f"lane{lane}_valid"), Signal(name=f"lane{lane}_ready")
+            m.d.comb += valid.eq(rq_out.valid & rq_out.p.tag[lane] & ~taken[lane])
+            finished.append(~rq_out.p.tag[lane] | taken[lane] | ready)
+            streams.append((valid, rq_out.p.y[lane], ready))
+        m.d.comb += rq_out.ready.eq(Cat(finished).all())
+        with m.If(rq_out.valid & rq_out.ready):
+            m.d.sync += taken.eq(0)
+        with m.Elif(rq_out.valid):
+            m.d.sync += taken.eq(taken | Cat(v & r for v, _, r in streams))
+        return streams
+
+    def _lane_channels(self, lane):
+        """Lane ``lane``'s share of the layer's channels: ``(blocks, last)``, the
+        k-blocks it has channels in and the index (within the lane) of its last channel
+        in the last of them. ``blocks`` is 0 when the layer has no channel for it."""
+        desc, L = self.desc, self.lanes
+        if L == 1:
+            return desc.k_blocks, self.k_last
+        log_l = (L - 1).bit_length()
+        has_last = self.k_last >= lane        # a channel in the last k-block
+        per_block = self._config.rows // L
+        return (Mux(has_last, desc.k_blocks, desc.k_blocks - 1),
+                Mux(has_last, (self.k_last - lane)[log_l:], per_block - 1))
+
+    def _optional_pool(self, m, lane, in_valid, in_value, in_ready):
+        """Stage 4: lane ``lane``'s requantised stream through its max-pool or past it;
+        returns the stream to write as ``(valid, value, ready)``."""
+        desc, pool = self.desc, self.pools[lane]
+        blocks, last = self._lane_channels(lane)
         m.d.comb += [pool.start.eq(self.start), pool.height.eq(desc.out_h),
-                     pool.width.eq(desc.out_w), pool.blocks.eq(desc.k_blocks),
+                     pool.width.eq(desc.out_w), pool.blocks.eq(blocks),
                      pool.kernel.eq(desc.pool_kernel), pool.stride.eq(desc.pool_stride)]
         if self._config.compact_drain:
-            m.d.comb += pool.last_block.eq(self.k_last)
-        out_valid = Signal()
-        out_value = Signal(8)
-        out_ready = Signal()
+            m.d.comb += pool.last_block.eq(last)
+        out_valid = Signal(name=f"out{lane}_valid")
+        out_value = Signal(8, name=f"out{lane}_value")
+        out_ready = Signal(name=f"out{lane}_ready")
         with m.If(desc.pool_en):
-            m.d.comb += [pool.i_stream.valid.eq(rq_out.valid),
-                         pool.i_stream.p.eq(rq_out.p.y[0]),
-                         rq_out.ready.eq(pool.i_stream.ready),
+            m.d.comb += [pool.i_stream.valid.eq(in_valid),
+                         pool.i_stream.p.eq(in_value),
+                         in_ready.eq(pool.i_stream.ready),
                          out_valid.eq(pool.o_stream.valid), out_value.eq(pool.o_stream.p),
                          pool.o_stream.ready.eq(out_ready)]
         with m.Else():
-            m.d.comb += [out_valid.eq(rq_out.valid), out_value.eq(rq_out.p.y[0]),
-                         rq_out.ready.eq(out_ready)]
+            m.d.comb += [out_valid.eq(in_valid), out_value.eq(in_value),
+                         in_ready.eq(out_ready)]
         return out_valid, out_value, out_ready
 
-    def _writer(self, m, out_valid, out_value, out_ready, running):
-        """Stage 5: the stream ``for y: for kb: for x: for r`` as CHW byte writes.
-        Returns ``written``: the layer's last output is written."""
-        desc, R = self.desc, self._config.rows
+    def _writer(self, m, lane, out_valid, out_value, out_ready, running):
+        """Stage 5: lane ``lane``'s stream ``for y: for kb: for x: for r`` (its channels
+        ``r = lane, lane + lanes, ...``) as CHW byte writes. Returns ``written``: the
+        lane's last output is written (at once if the layer has no channel for it).
+
+        One lane writes through ``act_wr``'s registers; several through a queue each
+        (:data:`WRITE_QUEUE` writes), the lowest-numbered non-empty one moving a write into
+        ``act_wr`` every cycle."""
+        desc, R, L = self.desc, self._config.rows, self.lanes
         log_r = (R - 1).bit_length()
+        log_l = (L - 1).bit_length()
         out_h = Mux(desc.pool_en, desc.pool_h, desc.out_h)
         out_w = Mux(desc.pool_en, desc.pool_w, desc.out_w)
-        plane, plane_ok = self._plane_size(m, out_h, out_w)
+        if lane == 0:
+            self._plane = self._plane_size(m, out_h, out_w)
+            self._writes_pending = self._writes_queued = Const(0)
+        plane, plane_ok = self._plane
+        blocks, last_channel = self._lane_channels(lane)
 
         # Row and pixel counted from 1 (the one being written, plus one): the ends are
         # equalities of flip-flops with the descriptor, no adder in front. K-blocks left
         # after this one: the next k-block is the last when it is 1.
-        wy = Signal.like(desc.out_h)
-        wx = Signal.like(desc.out_w)
-        kb_left = Signal.like(desc.k_blocks)
-        wr_ = Signal(range(R))
-        # addr = (out_base + y*W + kb*R*H*W) + (r*H*W + x), two registers kept by
-        # additions alone, so the address costs one adder.
+        wy = Signal.like(desc.out_h, name=f"wy{lane}")
+        wx = Signal.like(desc.out_w, name=f"wx{lane}")
+        kb_left = Signal.like(desc.k_blocks, name=f"kb_left{lane}")
+        wr_ = Signal(range(R // L), name=f"wr{lane}")
+        # addr = (out_base + y*W + kb*R*H*W) + ((r*L + lane)*H*W + x), two registers kept
+        # by additions alone, so the address costs one adder.
         aw = self._config.act_addr_width     # addresses wrap like the memory
-        row_addr = Signal(aw)               # out_base + y*W
-        kb_row = Signal(aw)                 # row_addr + kb*R*H*W
-        rx = Signal(aw)                     # r*H*W + x
-        m.d.comb += out_ready.eq(plane_ok & running)
-        # The last k-block's last channel (``self.k_last``) and whether the k-block is the
+        row_addr = Signal(aw, name=f"row_addr{lane}")   # out_base + y*W
+        kb_row = Signal(aw, name=f"kb_row{lane}")       # row_addr + kb*R*H*W
+        rx = Signal(aw, name=f"rx{lane}")               # (r*L + lane)*H*W + x
+        # The lane's first channel's plane, lane*H*W, by shifts and adds of the constant.
+        lane_plane = sum((plane << b for b in range(log_l) if lane >> b & 1), Const(0, aw))
+        # The last k-block's last channel (of the lane) and whether the k-block is the
         # last: flip-flops set as the layer and the k-block start, so the writes' control
-        # starts from them. A k-block's last channel in the stream is R - 1, but k_last
+        # starts from them. A k-block's last channel in the stream is R/L - 1, but k_last
         # in the last one when compact.
-        last_kb = Signal()
-        k_last_r = Signal(range(R))
-        last_r = Mux(last_kb, k_last_r, R - 1) if self._config.compact_drain else R - 1
-        addr = Signal(aw)
+        last_kb = Signal(name=f"last_kb{lane}")
+        k_last_r = Signal(range(R // L), name=f"k_last{lane}")
+        last_r = (Mux(last_kb, k_last_r, R // L - 1) if self._config.compact_drain
+                  else R - 1)
+        addr = Signal(aw, name=f"addr{lane}")
         m.d.comb += addr.eq(kb_row + rx)
+        written = Signal(name=f"written{lane}")
+        if L == 1:
+            port = self.act_wr
+            m.d.comb += out_ready.eq(plane_ok & running)
+            m.d.sync += port.en.eq(0)
+        else:
+            # A queue per lane: a pooled row's writes come in bursts (a tile's results at
+            # once, only on the rows that end a window), the port takes one a cycle.
+            queue = m.submodules[f"write_queue{lane}"] = SyncFIFOBuffered(
+                width=aw + 8, depth=WRITE_QUEUE)
+            port = SimpleNamespace(en=queue.w_en, addr=queue.w_data[:aw],
+                                   data=queue.w_data[aw:])
+            m.d.comb += out_ready.eq(plane_ok & running & queue.w_rdy)
+            # Lower lanes first: the port takes this lane's write when none below has one.
+            grant = queue.r_rdy & ~self._writes_pending
+            m.d.comb += queue.r_en.eq(grant)
+            if lane == 0:
+                m.d.sync += self.act_wr.en.eq(0)
+            with m.If(grant):
+                m.d.sync += [self.act_wr.addr.eq(queue.r_data[:aw]),
+                             self.act_wr.data.eq(queue.r_data[aw:]), self.act_wr.en.eq(1)]
+            self._writes_pending = self._writes_pending | queue.r_rdy
+            self._writes_queued = self._writes_queued | (queue.level != 0)
         take = out_valid & out_ready
-        written = Signal()
-        m.d.sync += [self.act_wr.en.eq(0), self.done.eq(0)]
+        if L > 1:
+            m.d.comb += [port.addr.eq(addr), port.data.eq(out_value), port.en.eq(take)]
         with m.If(take):
             # Channels >= out_channels are not written; a compact drain brings none (the
             # drop stage drops them in column mode).
             in_range = 1 if self._config.compact_drain else ~last_kb | (wr_ <= k_last_r)
-            m.d.sync += [self.act_wr.addr.eq(addr), self.act_wr.data.eq(out_value),
-                         self.act_wr.en.eq(in_range)]
-            m.d.sync += [wr_.eq(wr_ + 1), rx.eq(rx + plane)]
+            if L == 1:
+                m.d.sync += [port.addr.eq(addr), port.data.eq(out_value),
+                             port.en.eq(in_range)]
+            m.d.sync += [wr_.eq(wr_ + 1), rx.eq(rx + (plane << log_l))]
             with m.If(wr_ == last_r):
-                m.d.sync += [wr_.eq(0), rx.eq(wx), wx.eq(wx + 1)]
+                m.d.sync += [wr_.eq(0), rx.eq(lane_plane + wx if L > 1 else wx),
+                             wx.eq(wx + 1)]
                 with m.If(wx == out_w):
-                    m.d.sync += [wx.eq(1), rx.eq(0), kb_left.eq(kb_left - 1),
+                    m.d.sync += [wx.eq(1), rx.eq(lane_plane), kb_left.eq(kb_left - 1),
                                  last_kb.eq(kb_left == 1),
                                  kb_row.eq(kb_row + (plane << log_r))]
                     with m.If(last_kb):
-                        m.d.sync += [kb_left.eq(desc.k_blocks - 1),
-                                     last_kb.eq(desc.k_blocks == 1),
+                        m.d.sync += [kb_left.eq(blocks - 1),
+                                     last_kb.eq(blocks == 1),
                                      wy.eq(wy + 1), row_addr.eq(row_addr + out_w),
                                      kb_row.eq(row_addr + out_w)]
                         with m.If(wy == out_h):
                             m.d.sync += written.eq(1)
         with m.If(self.start):
-            m.d.sync += [wy.eq(1), wx.eq(1), kb_left.eq(desc.k_blocks - 1), wr_.eq(0),
+            m.d.sync += [wy.eq(1), wx.eq(1), kb_left.eq(blocks - 1), wr_.eq(0),
                          rx.eq(0),
-                         last_kb.eq(desc.k_blocks == 1),
-                         k_last_r.eq(self.k_last),
+                         last_kb.eq(blocks == 1),
+                         k_last_r.eq(last_channel),
                          row_addr.eq(desc.out_base), kb_row.eq(desc.out_base),
-                         written.eq(0)]
+                         written.eq(0 if L == 1 else blocks == 0)]
+        if L > 1:
+            # lane*H*W is known once the plane is: the first pixel's offset.
+            with m.If(~plane_ok):
+                m.d.sync += rx.eq(lane_plane)
         return written
 
     def _plane_size(self, m, out_h, out_w):

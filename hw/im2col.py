@@ -10,7 +10,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigne
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .program import LayerDescriptor, field_widths, wraps_rows
+from .program import LayerDescriptor, column_mode, field_widths, wraps_rows
 
 __all__ = ["Im2col", "beat_layout", "im2col_reference"]
 
@@ -48,7 +48,7 @@ def im2col_reference(desc, cols, act_addr_width=_ACT_ADDR, w_addr_width=_W_ADDR,
     f, s, p = desc["kernel"], desc["stride"], desc["pad"]
     p_top = desc.get("pad_top", p)
     out_h, out_w, kbs, red = desc["out_h"], desc["out_w"], desc["k_blocks"], desc["reduction"]
-    colmode = column_blocks and out_w == 1 and kbs > 1
+    colmode = column_mode(cols, out_w, kbs, fc_columns=column_blocks)
     kb_starts = list(range(0, kbs, cols if colmode else 1))
     w_base = desc["w_base"] // cols if colmode else desc["w_base"]
     # Each tile: (k-block index, its columns' output pixels (y, x), y = out_h: none).
@@ -128,8 +128,8 @@ class Im2col(wiring.Component):
     Latency: first beat valid 10 cycles after the ``start`` transfer; throughput one
     beat per cycle. The payload is combinational from registers (one adder deep).
 
-    With ``column_blocks``, a layer with ``out_w == 1`` and more than one k-block runs in
-    column mode: column ``j``
+    With ``column_blocks``, a layer in :func:`~.program.column_mode` (``out_w == 1``, more
+    than ``max(1, cols // 4)`` k-blocks) runs in column mode: column ``j``
     of a tile computes k-block ``kb + j`` of the one pixel (all columns get column 0's
     address and padding flag), ``kb`` steps by ``cols``, and the weight word is
     ``w_base/cols + (kb/cols)*reduction + d``, a word of ``cols`` k-blocks (``w_base`` a
@@ -144,7 +144,7 @@ class Im2col(wiring.Component):
         descriptor's, by default; a board with a 4 KiB activation memory and 16K weight
         words passes 12 and 14). Addresses wrap modulo ``2**width``.
     column_blocks : bool
-        Run layers with ``out_w == 1`` and ``k_blocks > 1`` in column mode (above);
+        Run layers in :func:`~.program.column_mode` in column mode (above);
         ``cols`` a power of two.
     wrap_rows : bool
         Let tiles wrap rows where :func:`~.program.wraps_rows` allows it (per-layer wrap
@@ -261,7 +261,8 @@ class Im2col(wiring.Component):
                                      r.ows.eq(0), r.wrap_step.eq(0)]
                     if self.column_blocks:
                         log_c = (self.cols - 1).bit_length()
-                        colmode = (p.out_w == 1) & (p.k_blocks > 1)
+                        colmode = column_mode(self.cols, p.out_w, p.k_blocks,
+                                              fc_columns=True)
                         m.d.sync += [r.colmode.eq(colmode),
                                      r.w_base.eq(Mux(colmode, p.w_base >> log_c, p.w_base))]
                     empty = ((p.cin == 0) | (p.in_h == 0) | (p.in_w == 0) | (p.kernel == 0) |

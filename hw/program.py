@@ -221,6 +221,21 @@ def wraps_rows(cols, out_w, k_blocks, *, wrap_rows):
     return (k_blocks == 1) & (out_w >= cols)
 
 
+def column_mode(cols, out_w, k_blocks, *, fc_columns):
+    """Whether a layer runs in column mode on an array built with ``fc_columns``
+    (:class:`~.config.AcceleratorConfig`): one k-block per array column, all columns on
+    the same activation, a layer's memory words holding ``cols`` k-blocks side by side.
+
+    Layers one pixel wide (fully connected ones) with more than ``max(1, cols // 4)``
+    k-blocks: with fewer, most of each weight word would be padding (a 1024 → 32 layer
+    on 8 columns would take 4 times the weight memory for 2 tiles' time). Works on ints
+    and on Amaranth values alike.
+    """
+    if not fc_columns:
+        return False
+    return (out_w == 1) & (k_blocks > max(1, cols // 4))
+
+
 def array_tiles(cols, out_h, out_w, k_blocks, *, wrap_rows):
     """Tiles (of ``D`` operand beats each) the array runs for one layer (not column mode)."""
     if wraps_rows(cols, out_w, k_blocks, wrap_rows=wrap_rows):

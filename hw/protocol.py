@@ -88,13 +88,14 @@ __all__ = [
     "DATAFLOW_CODES", "ReadSpace", "Space", "REQUEST_HEADER_BYTES", "RESPONSE_HEADER_BYTES",
 ]
 
-#: Version 6: layer descriptors have ``copy`` and ``pad_top`` (and copy descriptors exist),
-#: RESULT reads from the last descriptor's ``out_base``, the activation window. (5: RESULT returns the last layer's whole output map from the activation memory
-#: (16-bit ``n_logits``); the identity no longer has a logits-buffer size. (4: no frame
-#: time-out, ABORT, the WATCHDOG status, RUN range check, response padding, the receive
-#: queue and watchdog in the identity; 3: the identity carries every field of the board's
-#: AcceleratorConfig.)
-PROTOCOL_VERSION = 6
+#: Version 7: the identity's reserved byte is ``result_lanes``. (6: layer descriptors
+#: have ``copy`` and ``pad_top`` (and copy descriptors exist), RESULT reads from the last
+#: descriptor's ``out_base``, the activation window. 5: RESULT returns the last layer's
+#: whole output map from the activation memory (16-bit ``n_logits``); the identity no
+#: longer has a logits-buffer size. 4: no frame time-out, ABORT, the WATCHDOG status, RUN
+#: range check, response padding, the receive queue and watchdog in the identity; 3: the
+#: identity carries every field of the board's AcceleratorConfig.)
+PROTOCOL_VERSION = 7
 REQUEST_SYNC = 0xA5
 RESPONSE_SYNC = 0x5A
 #: Bytes of one WRITE chunk (a 64-bit ``Core.wr`` beat).
@@ -200,7 +201,7 @@ class Identity(data.Struct):
     baud: 32
     watchdog_log2: 8     # a run is stopped after 2 ** watchdog_log2 cycles
     pad_bytes: 16        # FILL_BYTE padding after each response (0: none)
-    _reserved: 8
+    result_lanes: 8
     pool_width: 16
     pool_blocks: 8
     dataflow: 8          # DATAFLOW_CODES
@@ -341,7 +342,8 @@ def space_chunks(config, space):
 #: :class:`Identity` fields that are :class:`~.config.AcceleratorConfig` fields unchanged.
 _CONFIG_FIELDS = ("rows", "cols", "weight_words", "act_bytes", "max_reduction",
                   "qparam_entries", "max_layers", "clock_hz", "baud",
-                  "pool_width", "pool_blocks", "requant_interval", "watchdog_log2")
+                  "pool_width", "pool_blocks", "requant_interval", "watchdog_log2",
+                  "result_lanes")
 
 
 def identity_fields(config):
@@ -359,7 +361,7 @@ def identity_fields(config):
         "dataflow": DATAFLOW_CODES[config.dataflow],
         "name": int.from_bytes(config.name.encode("ascii"), "little"),
         "max_chunks": MAX_CHUNKS, "rx_fifo_log2": config.rx_fifo_bytes.bit_length() - 1,
-        "pad_bytes": config.tx_pad_bytes, "_reserved": 0,
+        "pad_bytes": config.tx_pad_bytes,
     })
     layout = data.Layout.cast(Identity)
     for name, value in fields.items():

@@ -31,10 +31,22 @@ def operands_layout(rows, cols, compact=False, column_weights=False):
     return data.StructLayout(fields)
 
 
-def result_layout(rows, cols, acc_width):
-    """One result: the accumulator of PE (``row``, ``col``); ``last`` ends the tile."""
+def result_layout(rows, cols, acc_width, lanes=1):
+    """One result: the accumulator of PE (``row``, ``col``); ``last`` ends the tile.
+
+    With ``lanes > 1`` a beat carries the accumulators of PEs ``(row + l, col)`` for
+    ``l < lanes`` (``acc[l]``; ``row`` a multiple of ``lanes``) and ``valid[l]`` says
+    which of them the tile drains."""
+    if lanes == 1:
+        return data.StructLayout({
+            "acc": signed(acc_width),
+            "row": range(rows),
+            "col": range(cols),
+            "last": 1,
+        })
     return data.StructLayout({
-        "acc": signed(acc_width),
+        "acc": data.ArrayLayout(signed(acc_width), lanes),
+        "valid": lanes,
         "row": range(rows),
         "col": range(cols),
         "last": 1,
@@ -70,7 +82,7 @@ class SystolicArray(wiring.Component):
     with ``last``) every PE moves its sum into a shadow register and starts the next
     tile at once, while the shadows drain through ``o_stream`` in the order
     ``for col: for row``, read through a ``rows*cols``-way multiplexer (``shift_drain``:
-    through shift chains, see below).
+    through shift chains, see below), or ``lanes`` rows per beat.
 
     The array itself never stalls: a bubble on ``i_stream`` (``valid`` low) enters as
     zero operands, which add nothing. Backpressure on ``o_stream`` only holds back the
@@ -79,12 +91,12 @@ class SystolicArray(wiring.Component):
     therefore depends combinationally on ``i_stream.payload.last``, never on ``valid``.)
 
     Latency and throughput: one operand beat per cycle as long as tiles have
-    ``D >= min_tile = rows*cols + mac.LATENCY + 2 + e`` beats (``e`` is 1 with
+    ``D >= min_tile = rows*cols/lanes + mac.LATENCY + 2 + e`` beats (``e`` is 1 with
     ``register_capture``, else 0; e.g. 19 for 8×2 with
     ``DualMul8``) and ``o_stream`` keeps up; shorter tiles run at one tile per ``min_tile`` cycles,
-    since the array emits one result per cycle. The first result of a tile is valid
+    since the array emits one result beat per cycle. The first result of a tile is valid
     ``result_latency = mac.LATENCY + 3 + e`` cycles after its last beat was accepted, the
-    tile's last result ``rows*cols - 1`` cycles after that.
+    tile's last result ``rows*cols/lanes - 1`` cycles after that.
 
     Parameters
     ----------
@@ -108,8 +120,8 @@ class SystolicArray(wiring.Component):
         The last beat of each tile also carries ``last_row``/``last_col``, and only
         PEs ``(r <= last_row, c <= last_col)`` are drained (same order): a tile that
         uses ``n`` PEs (few output channels, a narrow last x-tile) takes
-        ``max(D, n + mac.LATENCY + 2 + e)`` cycles instead of ``max(D, min_tile)``. Costs
-        two small registers and comparators.
+        ``max(D, n + mac.LATENCY + 2 + e)`` cycles instead of ``max(D, min_tile)`` (with
+        lanes, ``n`` counts result beats). Costs two small registers and comparators.
     column_weights : bool
         Beats carry ``rows * cols`` weights; on a beat with ``per_col`` PE (r, c) takes
         weight ``c*rows + r`` (a different matrix per column, as fully connected layers
@@ -136,16 +148,21 @@ class SystolicArray(wiring.Component):
         True)``; an iCE40 SB_MAC16's A input register), instead of a fabric register per
         row; only the activations are zeroed on bubbles. Same results and timing. An iCE40
         weight register copies a RAM's output and takes a logic cell alone.
+    lanes : int
+        Results per ``o_stream`` beat, a power of two dividing ``rows``: a beat carries
+        rows ``row … row + lanes - 1`` of one column (:func:`result_layout`; each lane
+        through its own ``rows*cols/lanes``-way multiplexer), so a tile drains in
+        ``lanes`` times fewer cycles. Not with ``shift_drain``.
 
     Attributes
     ----------
     i_stream : In(stream.Signature(operands_layout(rows, cols)))
-    o_stream : Out(stream.Signature(result_layout(rows, cols, acc_width)))
+    o_stream : Out(stream.Signature(result_layout(rows, cols, acc_width, lanes)))
     """
 
     def __init__(self, rows, cols, acc_width, mac="generic", dataflow="systolic",
                  compact=False, column_weights=False, shift_drain=False,
-                 register_capture=False, weights_in_mac=False):
+                 register_capture=False, weights_in_mac=False, lanes=1):
         for name, value in (("rows", rows), ("cols", cols)):
             if not isinstance(value, int) or value < 1:
                 raise TypeError(f"{name} must be a positive integer, not {value!r}")
@@ -163,6 +180,12 @@ class SystolicArray(wiring.Component):
         if shift_drain and dataflow != "broadcast":
             raise ValueError("shift_drain needs the broadcast dataflow (a systolic array's "
                              "PEs capture their sums one skew step apart)")
+        if (not isinstance(lanes, int) or lanes < 1 or lanes & (lanes - 1) or
+                rows % lanes):
+            raise ValueError(f"lanes must be a power of two dividing rows = {rows}, not "
+                             f"{lanes!r}")
+        if shift_drain and lanes > 1:
+            raise ValueError("shift_drain drains one result per cycle (lanes = 1)")
         self._mac = resolve_mac(mac)
         if weights_in_mac and "a_registered" not in inspect.signature(self._mac).parameters:
             raise ValueError(f"weights_in_mac needs a multiplier block with an "
@@ -173,13 +196,13 @@ class SystolicArray(wiring.Component):
         extra = int(self.register_capture)
         self.column_weights = bool(column_weights)
         self.dataflow, self.compact = dataflow, bool(compact)
-        self.rows, self.cols, self.acc_width = rows, cols, acc_width
+        self.rows, self.cols, self.acc_width, self.lanes = rows, cols, acc_width, lanes
         self.result_latency = self._mac.LATENCY + 3 + extra
-        self.min_tile = rows * cols + self._mac.LATENCY + 2 + extra
+        self.min_tile = rows * cols // lanes + self._mac.LATENCY + 2 + extra
         super().__init__({
             "i_stream": In(stream.Signature(operands_layout(rows, cols, compact,
                                                             column_weights))),
-            "o_stream": Out(stream.Signature(result_layout(rows, cols, acc_width))),
+            "o_stream": Out(stream.Signature(result_layout(rows, cols, acc_width, lanes))),
         })
 
     def elaborate(self, platform):
@@ -308,8 +331,8 @@ class SystolicArray(wiring.Component):
         return shadow
 
     def _drain(self, m, shadow, captured, busy, last_r, last_c):
-        """Stream the shadows ``(r <= last_r, c <= last_c)`` out ``for col: for row``, from
-        the cycle after ``captured``.
+        """Stream the shadows ``(r <= last_r, c <= last_c)`` out ``for col: for row``
+        (``lanes`` rows a beat), from the cycle after ``captured``.
 
         PE (r, c) captures in cycle A + 1 + lat + e + r + c (+ 0 when broadcast; e = 1 with
         ``register_capture``, else 0); reading index j = c*R + r from cycle A + 2 + lat + e
@@ -317,12 +340,15 @@ class SystolicArray(wiring.Component):
         ``shift_drain`` every PE has captured by then; draining a column shifts its chain
         once per result.
         """
-        R, C, o = self.rows, self.cols, self.o_stream
+        R, C, L, o = self.rows, self.cols, self.lanes, self.o_stream
+        G = R // L                              # beats per column
+        log_l = (L - 1).bit_length()
         draining = Signal()
-        idx_r = Signal(range(R))
+        idx_r = Signal(range(G))                # the beat's first row, divided by L
         idx_c = Signal(range(C))
         final = Signal()
-        m.d.comb += final.eq((idx_r == last_r) & (idx_c == last_c))
+        last_g = last_r >> log_l
+        m.d.comb += final.eq((idx_r == last_g) & (idx_c == last_c))
         with m.If(captured):
             m.d.sync += [draining.eq(1), idx_r.eq(0), idx_c.eq(0)]
 
@@ -339,24 +365,37 @@ class SystolicArray(wiring.Component):
             m.d.comb += selected.eq(Cat(shadow[(0, c)] for c in range(C)).word_select(
                 idx_c, self.acc_width))
         else:
-            flat = Signal(range(R * C))
-            m.d.comb += flat.eq(idx_c * R + idx_r)
-            ordered = Cat(shadow[(r, c)] for c in range(C) for r in range(R))
-            m.d.comb += selected.eq(ordered.word_select(flat, self.acc_width))
+            flat = Signal(range(G * C))
+            m.d.comb += flat.eq(idx_c * G + idx_r)
+            ordered = [Cat(shadow[(g * L + lane, c)] for c in range(C) for g in range(G))
+                       for lane in range(L)]
+            lane_values = [selected] if L == 1 else [
+                Signal(signed(self.acc_width), name=f"selected{lane}") for lane in range(L)]
+            for lane in range(L):
+                m.d.comb += lane_values[lane].eq(ordered[lane].word_select(flat,
+                                                                          self.acc_width))
 
         with m.If(o.ready | ~o.valid):
             m.d.sync += o.valid.eq(0)
             with m.If(draining):
                 m.d.sync += [
                     o.valid.eq(1),
-                    o.payload.acc.eq(selected),
-                    o.payload.row.eq(idx_r),
                     o.payload.col.eq(idx_c),
                     o.payload.last.eq(final),
                 ]
+                if L == 1:
+                    m.d.sync += [o.payload.acc.eq(selected), o.payload.row.eq(idx_r)]
+                else:
+                    m.d.sync += [o.payload.acc[lane].eq(lane_values[lane])
+                                 for lane in range(L)]
+                    m.d.sync += o.payload.row.eq(idx_r << log_l)
+                    # Lane l holds row idx_r*L + l: drained if it is <= last_r.
+                    m.d.sync += [o.payload.valid[lane].eq(
+                        (idx_r < last_g) | (lane <= (last_r & (L - 1))))
+                        for lane in range(L)]
                 with m.If(final):
                     m.d.sync += [draining.eq(0), busy.eq(0)]
-                with m.Elif(idx_r == last_r):
+                with m.Elif(idx_r == last_g):
                     m.d.sync += [idx_r.eq(0), idx_c.eq(idx_c + 1)]
                 with m.Else():
                     m.d.sync += idx_r.eq(idx_r + 1)

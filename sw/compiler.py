@@ -6,7 +6,7 @@ The result (:class:`CompiledProgram`) holds everything the board needs, in the f
 * one :class:`~fpgacnn.hw.program.LayerDescriptor` per stage (dicts and encoded chunks);
 * the weight words: word ``w_base + kb*D + d`` holds ``W[kb*R + r, d]`` at byte ``r``
   (zero for rows ``>= K``), ``R = config.rows``; a stage in column mode
-  (``config.fc_columns``, output width 1, more than one k-block) starts at a multiple of
+  (``config.fc_columns``, :func:`~fpgacnn.hw.program.column_mode`) starts at a multiple of
   ``C = config.cols`` and holds ``W[(kg*C + c)*R + r, d]`` in word ``w_base + (kg*D + d)*C + c``, so one
   memory word of ``C`` such words feeds every column;
 * one :class:`~fpgacnn.hw.program.QParam` (bias, M, S) per output channel;
@@ -135,7 +135,8 @@ def weight_placement(stages, config):
 def _lanes(stage, config):
     """k-blocks side by side in the array for ``stage``: ``cols`` in column mode, else 1."""
     k_blocks = -(-stage.out_channels // config.rows)
-    return config.cols if config.fc_columns and stage.conv_shape[2] == 1 < k_blocks else 1
+    return config.cols if prog.column_mode(config.cols, stage.conv_shape[2], k_blocks,
+                                           fc_columns=config.fc_columns) else 1
 
 
 @dataclass

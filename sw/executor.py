@@ -25,7 +25,7 @@ milliseconds, no simulator.
 
 import numpy as np
 
-from ..hw.program import array_tiles
+from ..hw.program import array_tiles, column_mode
 from . import golden
 
 __all__ = ["ExecutionError", "Machine", "descriptor_cycles", "run_program"]
@@ -51,7 +51,8 @@ def descriptor_cycles(desc, config):
 
 
 def _lanes(desc, config):
-    return config.cols if config.fc_columns and desc["out_w"] == 1 < desc["k_blocks"] else 1
+    return config.cols if column_mode(config.cols, desc["out_w"], desc["k_blocks"],
+                                      fc_columns=config.fc_columns) else 1
 
 
 class Machine:

@@ -98,7 +98,7 @@ def test_describe_board_shows_the_window(capsys, monkeypatch):
 def test_limits_table_with_the_window():
     table = limits_table({"icebreaker": WINDOW, "ulx3s-85f": get_config("ulx3s-85f")})
     assert "| activation window (B) | 61,440 (weight bytes from 69,632) | none |" in table
-    assert "| maps next to a 3×32×32 input (B) | none; window 58,368 | 26,624 |" in table
+    assert "| maps next to a 3×32×32 input (B) | none; window 58,368 | 22,528 |" in table
     assert "| descriptors (layers; bands and copies) | ≤ 32 | ≤ 16 |" in table
 
 

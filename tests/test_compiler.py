@@ -71,10 +71,11 @@ def _check_weight_layout(net, params, config):
     for stage, qp, desc in zip(p.stages, params, p.descriptors):
         w = qp.weight.reshape(stage.out_channels, -1)
         d_red = w.shape[1]
-        # Column mode (fc_columns: output width 1, several k-blocks): k-block kg*C + c
-        # is word w_base + (kg*D + d)*C + c; otherwise k-block kb is words w_base + kb*D + d.
-        lanes = (config.cols if config.fc_columns and stage.conv_shape[2] == 1
-                 and desc["k_blocks"] > 1 else 1)
+        # Column mode (program.column_mode): k-block kg*C + c is word
+        # w_base + (kg*D + d)*C + c; otherwise k-block kb is words w_base + kb*D + d.
+        lanes = (config.cols if prog.column_mode(config.cols, stage.conv_shape[2],
+                                                 desc["k_blocks"],
+                                                 fc_columns=config.fc_columns) else 1)
         assert desc["w_base"] % lanes == 0
         for kb in range(desc["k_blocks"]):
             kg, c = divmod(kb, lanes)

@@ -48,8 +48,8 @@ class Harness(Elaboratable):
             m.d.comb += [rp.addr.eq(dp.act_rd[i].addr), rp.en.eq(dp.act_rd[i].en),
                          dp.act_rd[i].data.eq(rp.data), wp.addr.eq(dp.act_wr.addr),
                          wp.data.eq(dp.act_wr.data), wp.en.eq(dp.act_wr.en)]
-        for name, mem, port in (("w", self.w, dp.w_rd), ("q", self.q, dp.q_rd)):
-            m.submodules[name] = mem
+        m.submodules.w, m.submodules.q = self.w, self.q
+        for mem, port in ((self.w, dp.w_rd), *((self.q, q_rd) for q_rd in dp.q_rd)):
             rp = mem.read_port()
             m.d.comb += [rp.addr.eq(port.addr), rp.en.eq(port.en), port.data.eq(rp.data)]
         return m
@@ -390,12 +390,96 @@ def test_fc_columns_match_golden(request, case):
         assert c <= tiles * slowest + config.multipliers + 64
 
 
-def test_fc_columns_cut_fc_beats():
-    """LeNet-5's F5 (400 -> 120) on 16x4: 8 k-blocks in 2 column tiles, not 8 tiles."""
+@pytest.mark.parametrize("cols", [4, 8])
+def test_fc_columns_cut_fc_beats(cols):
+    """LeNet-5's F5 (400 -> 120) on 16x4 and 16x8: 8 k-blocks in 8 / cols column tiles,
+    not 8 tiles; F6 (6 k-blocks) in column mode too, the last FC (one k-block) not."""
     net = nets.lenet5()
     params = nets.random_params(net, 0)
-    plain = get_config("ulx3s-85f").with_(dataflow="systolic", fc_columns=False)
+    plain = get_config("ulx3s-85f").with_(cols=cols, dataflow="systolic", fc_columns=False,
+                                          result_lanes=1)
     config = plain.with_(dataflow="broadcast", fc_columns=True)
     p, q = compile_network(net, params, plain), compile_network(net, params, config)
-    assert p.ideal_cycles()[2] == 8 * 400 and q.ideal_cycles()[2] == 2 * 400
+    assert p.ideal_cycles()[2:] == [8 * 400, 6 * 120, 84]
+    assert q.ideal_cycles()[2:] == [8 // cols * 400, -(-6 // cols) * 120, 84]
     assert q.descriptors[2]["w_base"] % config.cols == 0
+
+
+@pytest.mark.parametrize("cols, k_blocks, expected", [
+    (4, 1, False), (4, 2, True), (8, 2, False), (8, 3, True), (16, 4, False), (16, 5, True),
+    (1, 2, True), (2, 2, True)])
+def test_column_mode_needs_enough_k_blocks(cols, k_blocks, expected):
+    """Column mode only where the weight words are mostly used: more than max(1, C // 4)
+    k-blocks; one pixel wide; only with fc_columns."""
+    assert prog.column_mode(cols, 1, k_blocks, fc_columns=True) == expected
+    assert not prog.column_mode(cols, 2, k_blocks, fc_columns=True)
+    assert not prog.column_mode(cols, 1, k_blocks, fc_columns=False)
+
+
+def test_two_k_block_fc_fits_ulx3s_weights():
+    """cifar-small's 1024 -> 32 layer (2 k-blocks) on the 16x8 ULX3S-85F runs as two
+    tiles, so its weights take 2 x 1024 words, not 8 x 1024 (which would not fit)."""
+    net = nets.cifar_small()
+    p = compile_network(net, nets.random_params(net, 0), get_config("ulx3s-85f"))
+    assert p.descriptors[3]["k_blocks"] == 2 and p.ideal_cycles()[3] == 2 * 1024
+
+
+# ---- result_lanes: several results a cycle, each lane its own requantiser, pool, writer ----
+
+LANES = WIDE_COMPACT.with_(dataflow="broadcast", fc_columns=True, result_lanes=4,
+                           qparam_entries=128)
+
+LANE_CASES = {
+    # (network, config, layers run)
+    # LeNet-5's C1 shape on 16x8 with 4 lanes: 6 channels, lanes 0-1 take two, 2-3 one.
+    "c1_16x8_l4": (Network("t", (1, 14, 14), [Conv(6, 5, pad=2), ReLU(), MaxPool(2, 2),
+                                               FC(1)]), LANES.with_(cols=8), 1),
+    # 3 channels on 4 lanes: lane 3 has none (it writes nothing); no pool, so the lanes'
+    # bytes queue for the one write port.
+    "c3_k3_nopool_l4": (Network("t", (2, 9, 9), [Conv(3, 3, pad=1), ReLU(), FC(1)]),
+                        LANES, 1),
+    # 17 channels: the second k-block has one, for lane 0 only; pool 3/2 (overlapping).
+    "c17_pool3_l4": (Network("t", (3, 9, 9), [Conv(17, 3, pad=1), ReLU(), MaxPool(3, 2),
+                                               FC(1)]), LANES, 1),
+    # Two lanes, stride 2, 11 channels, then a layer of 20 (two k-blocks) back to back.
+    "two_layers_l2": (Network("t", (3, 11, 11), [Conv(11, 3, stride=2, pad=1), ReLU(),
+                                                  Conv(20, 3), ReLU(), FC(2)]),
+                      LANES.with_(result_lanes=2), 2),
+    # Conv, then FC 250 -> 70 in column mode (5 k-blocks on 4 columns) and on to 10.
+    "conv_fc_fc_l4": (Network("t", (3, 10, 10), [Conv(10, 5, pad=2), ReLU(), MaxPool(2, 2),
+                                                 FC(70), ReLU(), FC(10)]), LANES, 3),
+    # Lanes on 8 rows (two channels each), 9 channels, pooled 2/2.
+    "c9_8x3_l4": (Network("t", (2, 8, 8), [Conv(9, 3, pad=1), ReLU(), MaxPool(2, 2),
+                                            FC(1)]), LANES.with_(rows=8, cols=3,
+                                                                 fc_columns=False), 1),
+}
+
+
+@pytest.mark.parametrize("case", LANE_CASES)
+def test_result_lanes_match_golden(request, case):
+    net, config, layers = LANE_CASES[case]
+    cycles, p = run_case(request, LANE_CASES, case, net, config, layers=layers,
+                         dataflow=config.dataflow)
+    for stage, c, ideal in zip(p.stages, cycles, p.ideal_cycles()):
+        # Beats, or per tile one drain of R*C/lanes beats, plus fill and drain; without a
+        # pool every result is a write of the shared port.
+        tiles = -(-ideal // stage.reduction)
+        per_tile = max(stage.reduction, config.multipliers // config.result_lanes + 4)
+        writes = int(np.prod(stage.out_shape))
+        assert c <= max(tiles * per_tile, writes) + config.multipliers + 64
+
+
+def test_result_lanes_cut_c1_cycles(request):
+    """LeNet-5's C1 on 16x8: drain-bound with one lane (48 results per 25-beat tile),
+    beat-bound with four."""
+    net = Network("t", (1, 28, 28), [Conv(6, 5, pad=2), ReLU(), MaxPool(2, 2), FC(1)])
+    params = nets.random_params(net, 1)
+    x = edge_input(net.input_shape, 1)
+    one = LANES.with_(cols=8, result_lanes=1)
+    _, (slow,), p = run_layer(request, net, params, x, config=one, dataflow="broadcast")
+    _, (fast,), _ = run_layer(request, net, params, x, config=one.with_(result_lanes=4),
+                              dataflow="broadcast")
+    print(f"\nC1 on 16x8: {slow} cycles with 1 lane, {fast} with 4 (array beats "
+          f"{p.ideal_cycles()})")
+    assert slow >= 98 * 48
+    assert fast <= 98 * 25 + 150

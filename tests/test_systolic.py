@@ -41,7 +41,7 @@ def run_array(dut, tiles, *, seed, name, idle=0.3, stall=0.3, shapes=None):
     async def consumer(ctx):
         rng = random.Random(seed + 1000)
         cycles = 0
-        for _ in range(len(expected)):
+        while len(got) < len(expected):
             ctx.set(dut.o_stream.ready, 1)
             while True:
                 _, _, valid, p = await ctx.tick().sample(dut.o_stream.valid,
@@ -50,7 +50,14 @@ def run_array(dut, tiles, *, seed, name, idle=0.3, stall=0.3, shapes=None):
                 if valid:
                     break
             ctx.set(dut.o_stream.ready, 0)
-            got.append((p.acc, p.row, p.col, p.last))
+            if dut.lanes == 1:
+                got.append((p.acc, p.row, p.col, p.last))
+            else:
+                # A beat of lanes is rows row .. row + lanes - 1, in the one-lane order.
+                lanes = [lane for lane in range(dut.lanes) if p.valid >> lane & 1]
+                assert lanes == list(range(len(lanes))) and lanes, f"lanes {p.valid:b}"
+                got.extend((p.acc[lane], p.row + lane, p.col,
+                            p.last and lane == lanes[-1]) for lane in lanes)
             while rng.random() < stall:
                 await ctx.tick()
                 cycles += 1
@@ -181,3 +188,33 @@ def test_array_compact_drains_used_pes(request, rows, cols, drain):
                            seed=rows * 10 + cols)
     got, _ = run_array(dut, tiles, seed=rows + cols, name=request.node.name, shapes=shapes)
     assert len(got) == sum((r + 1) * (c + 1) for r, c in shapes)
+
+
+@pytest.mark.parametrize("compact", [False, True], ids=["full", "compact"])
+@pytest.mark.parametrize("rows,cols,lanes", [(4, 2, 2), (8, 3, 4), (4, 1, 4), (2, 2, 2)])
+def test_result_lanes(request, rows, cols, lanes, compact):
+    """Several rows a beat: the same results in the same order (lanes past a compact
+    tile's last row invalid), under bubbles and back-pressure; a tile of D >= min_tile
+    beats streams without stall."""
+    dut = SystolicArray(rows, cols, 24, dataflow="broadcast", compact=compact, lanes=lanes)
+    assert dut.min_tile == rows * cols // lanes + dut.result_latency - 1
+    shapes = None
+    depths = [1, 2, 7, 30, dut.min_tile, 3]
+    if compact:
+        shapes = [(r, c) for r in range(rows) for c in range(cols)]
+        depths = [depths[n % len(depths)] for n in range(len(shapes))]
+    tiles = systolic_tiles(rows, cols, depths, seed=rows * 10 + cols)
+    run_array(dut, tiles, seed=lanes, name=request.node.name, shapes=shapes)
+    if not compact:
+        depths = [dut.min_tile] * 4
+        _, cycles = run_array(dut, systolic_tiles(rows, cols, depths, seed=1), seed=1,
+                              name=request.node.name + "_rate", idle=0, stall=0)
+        assert cycles <= sum(depths) + dut.result_latency + rows * cols // lanes
+
+
+def test_result_lanes_bad_arguments():
+    for lanes in (0, 3, 8, "2"):
+        with pytest.raises(ValueError, match="lanes must be a power of two dividing rows"):
+            SystolicArray(4, 2, 24, lanes=lanes)
+    with pytest.raises(ValueError, match="shift_drain drains one result per cycle"):
+        SystolicArray(4, 2, 24, dataflow="broadcast", shift_drain=True, lanes=2)
