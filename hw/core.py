@@ -102,8 +102,10 @@ class Core(wiring.Component):
     Parameters
     ----------
     config : AcceleratorConfig
-    mac : "generic" or "ice40", optional
-        Multiplier blocks of the systolic array; default ``"ice40"`` if ``config.ice40``.
+    mac : "generic", "registered" or "ice40", optional
+        Multiplier blocks of the systolic array; default ``"ice40"`` if ``config.ice40``,
+        else ``"registered"`` (:class:`~fpgacnn.hw.multiplier.RegisteredDualMul8`: each
+        block registers its operands beside its DSPs).
     dataflow : Dataflow or str, optional
         Operand movement in the array; default ``config.dataflow``.
     requant_interval : int, optional
@@ -113,7 +115,7 @@ class Core(wiring.Component):
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"Core needs an AcceleratorConfig, not {config!r}")
         self._config = config
-        self._mac = mac if mac is not None else ("ice40" if config.ice40 else "generic")
+        self._mac = mac if mac is not None else ("ice40" if config.ice40 else "registered")
         if dataflow is None:
             dataflow = config.dataflow
         if requant_interval is None:

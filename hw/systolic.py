@@ -10,7 +10,7 @@ from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .multiplier import DualMul8
+from .multiplier import DualMul8, RegisteredDualMul8
 
 __all__ = ["SystolicArray", "operands_layout", "resolve_mac", "result_layout"]
 
@@ -54,17 +54,20 @@ def result_layout(rows, cols, acc_width, lanes=1):
 
 
 def resolve_mac(mac):
-    """The DualMul8-compatible class for ``mac`` (``"generic"``, ``"ice40"`` or a class)."""
+    """The DualMul8-compatible class for ``mac`` (``"generic"``, ``"registered"``,
+    ``"ice40"`` or a class)."""
     if mac == "generic":
         return DualMul8
+    if mac == "registered":
+        return RegisteredDualMul8
     if mac == "ice40":
         # Imported lazily: the iCE40 primitive wrapper is only needed for iCE40 builds.
         from .ice40 import Ice40DualMul8
         return Ice40DualMul8
     if isinstance(mac, type) and isinstance(getattr(mac, "LATENCY", None), int):
         return mac
-    raise ValueError(f"mac must be 'generic', 'ice40' or a DualMul8-like class with an int "
-                     f"LATENCY attribute, not {mac!r}")
+    raise ValueError(f"mac must be 'generic', 'registered', 'ice40' or a DualMul8-like class "
+                     f"with an int LATENCY attribute, not {mac!r}")
 
 
 class SystolicArray(wiring.Component):
@@ -105,7 +108,7 @@ class SystolicArray(wiring.Component):
     acc_width : int
         Signed accumulator width (see ``fpgacnn.sw.golden.accumulator_bits``); sums wrap
         beyond it.
-    mac : ``"generic"``, ``"ice40"`` or class
+    mac : ``"generic"``, ``"registered"``, ``"ice40"`` or class
         Multiplier block with the ``DualMul8`` signature and a ``LATENCY`` attribute.
     dataflow : ``"systolic"`` or ``"broadcast"``
         ``"systolic"`` (default) moves operands one PE per cycle as described above.

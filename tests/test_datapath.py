@@ -458,8 +458,9 @@ LANE_CASES = {
 @pytest.mark.parametrize("case", LANE_CASES)
 def test_result_lanes_match_golden(request, case):
     net, config, layers = LANE_CASES[case]
+    # The multiplier blocks of the ECP5 builds (operands registered in each block).
     cycles, p = run_case(request, LANE_CASES, case, net, config, layers=layers,
-                         dataflow=config.dataflow)
+                         dataflow=config.dataflow, mac="registered")
     for stage, c, ideal in zip(p.stages, cycles, p.ideal_cycles()):
         # Beats, or per tile one drain of R*C/lanes beats, plus fill and drain; without a
         # pool every result is a write of the shared port.

@@ -2,14 +2,15 @@
 
 import pytest
 
-from fpgacnn.hw.multiplier import DualMul8
+from fpgacnn.hw.multiplier import DualMul8, RegisteredDualMul8
 from fpgacnn.sim.amaranth_sim import run_simulation
 from fpgacnn.sim.vectors import product_pairs
 
 
+@pytest.mark.parametrize("block", [DualMul8, RegisteredDualMul8])
 @pytest.mark.parametrize("seed", range(2))
-def test_dual_mul8_products(request, seed):
-    dut = DualMul8()
+def test_dual_mul8_products(request, seed, block):
+    dut = block()
     pairs = product_pairs(200, seed)
     got, want = [], []
 
@@ -20,7 +21,7 @@ def test_dual_mul8_products(request, seed):
             ctx.set(dut.b, [b0, b1])
             want.append([a0 * b0, a1 * b1])
             # Registered output: the product appears LATENCY cycles later.
-            await ctx.tick().repeat(DualMul8.LATENCY)
+            await ctx.tick().repeat(block.LATENCY)
             p = ctx.get(dut.p)
             got.append([p[0], p[1]])
 
@@ -45,3 +46,22 @@ def test_dual_mul8_pipelines():
 
     run_simulation(dut, [bench], name="test_dual_mul8_pipelines")
     assert seen == [(n * (n + 1), -3 * n) for n in range(6)]
+
+
+def test_registered_dual_mul8_pipelines():
+    """New operands every cycle through the registered block: each product two cycles
+    late, edge values included."""
+    dut = RegisteredDualMul8()
+    ops = [(-128, -128, 127, -128), (0, 5, -1, 1), (127, 127, -128, 127), (3, -7, 0, 0)]
+    seen = []
+
+    async def bench(ctx):
+        for a0, b0, a1, b1 in ops + [(0, 0, 0, 0)] * 2:
+            ctx.set(dut.a, [a0, a1])
+            ctx.set(dut.b, [b0, b1])
+            await ctx.tick()
+            p = ctx.get(dut.p)
+            seen.append((p[0], p[1]))
+
+    run_simulation(dut, [bench], name="test_registered_dual_mul8_pipelines")
+    assert seen[1:-1] == [(a0 * b0, a1 * b1) for a0, b0, a1, b1 in ops]

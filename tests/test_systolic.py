@@ -103,6 +103,8 @@ DRAINS = {"systolic": {}, "broadcast": {"dataflow": "broadcast"},
           "systolic_register": {"register_capture": True},
           "shift_register": {"dataflow": "broadcast", "shift_drain": True,
                              "register_capture": True},
+          # Operands registered in each multiplier block (LATENCY 2; the ECP5 builds').
+          "registered": {"dataflow": "broadcast", "mac": "registered"},
           # The iCE40 builds' array: also the weights registered inside the multipliers.
           "ice40": {"dataflow": "broadcast", "shift_drain": True, "register_capture": True,
                     "weights_in_mac": True}}
