@@ -175,8 +175,8 @@ class Core(wiring.Component):
 
         for i in range(1, cfg.cols):
             wiring.connect(m, dp.act_rd[i], act.rd[i])
-        for lane in range(cfg.result_lanes):
-            wiring.connect(m, dp.q_rd[lane], qmem.rd[lane])
+        for lane, q_rd in enumerate(dp.q_rd_ports):
+            wiring.connect(m, q_rd, qmem.rd[lane])
         wiring.connect(m, wiring.flipped(self.wr), writes.wr)
         wiring.connect(m, writes.qparams, qmem.wr)
         wiring.connect(m, writes.program, pmem.wr)

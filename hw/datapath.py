@@ -130,6 +130,8 @@ class Datapath(wiring.Component):
                               variable_block=compact, registered_read=not config.ice40)
                       for _ in range(lanes)]
         self.pool = self.pools[0]
+        q_port = read_port_signature(config.qparam_entries,
+                                     program.stored_qparam(config.bias_width))
         super().__init__({
             "desc": In(program.LayerDescriptor),
             "image_base": In(program.field_widths(program.LayerDescriptor)["in_base"]),
@@ -140,11 +142,19 @@ class Datapath(wiring.Component):
             "act_rd": Out(read_port_signature(config.act_bytes, unsigned(8))).array(cols),
             "w_rd": Out(read_port_signature(config.weight_words // config.weight_lanes,
                                             unsigned(rows * config.weight_lanes * 8))),
-            "q_rd": Out(read_port_signature(config.qparam_entries,
-                                            program.stored_qparam(config.bias_width))
-                        ).array(lanes),
+            # One port per result lane (``q_rd_ports`` lists them).
+            "q_rd": Out(q_port) if lanes == 1 else Out(q_port).array(lanes),
             "act_wr": Out(write_port_signature(config.act_bytes, unsigned(8))),
         })
+
+    def _lane_name(self, name, lane):
+        """``name`` with the lane's number when there are several."""
+        return name if self.lanes == 1 else f"{name}{lane}"
+
+    @property
+    def q_rd_ports(self):
+        """The QParam read ports, one per result lane (``q_rd`` as a list)."""
+        return [self.q_rd] if self.lanes == 1 else list(self.q_rd)
 
     def elaborate(self, platform):
         m = Module()
@@ -188,8 +198,8 @@ class Datapath(wiring.Component):
         for lane, (valid, value, ready) in enumerate(self._lane_streams(m)):
             out_valid, out_value, out_ready = self._optional_pool(m, lane, valid, value, ready)
             written.append(self._writer(m, lane, out_valid, out_value, out_ready, running))
-        m.d.sync += self.done.eq(0)
-        with m.If(running & Cat(written).all() & tiles_done & ~self._writes_queued):
+        written = Cat(written).all() & ~self._writes_queued if self.lanes > 1 else written[0]
+        with m.If(running & written & tiles_done):
             m.d.sync += [running.eq(0), self.done.eq(1)]
         return m
 
@@ -285,8 +295,8 @@ class Datapath(wiring.Component):
         # The tile being drained.
         tile = self._tile_walk(m, res.valid & res.ready & res.p.last)
         xbase, kbase = tile.xbase, tile.kbase
-        keep = [Signal(name=f"keep{lane}") for lane in range(L)]
-        channel = [Signal.like(desc.q_base, name=f"channel{lane}")   # kb*R + row + lane
+        keep = [Signal(name=self._lane_name("keep", lane)) for lane in range(L)]
+        channel = [Signal.like(desc.q_base, name=self._lane_name("channel", lane))   # kb*R + row + lane
                    for lane in range(L)]                          # (+ col*R in column mode)
         for lane in range(L):
             # A compact drain brings only the tile's real pixels (column mode: k-blocks),
@@ -297,28 +307,29 @@ class Datapath(wiring.Component):
                 kept = 1
             else:
                 kept = (xbase + res.p.col < desc.out_w) | tile.runs_on
-            m.d.comb += [keep[lane].eq(kept), channel[lane].eq(kbase + res.p.row + lane)]
+            row = res.p.row + lane if lane else res.p.row
+            m.d.comb += [keep[lane].eq(kept), channel[lane].eq(kbase + row)]
             if self._config.fc_columns:
                 # Column mode: column c is k-block kb + c; with compact_drain the writer
                 # expects only the channels the layer has.
                 log_r = (self._config.rows - 1).bit_length()
-                col_channel = kbase + (res.p.col << log_r) + res.p.row + lane
+                col_channel = kbase + (res.p.col << log_r) + row
                 in_layer = res.p.col <= tile.kb_left
                 if self._config.compact_drain:
                     in_layer = channel[lane] < desc.out_channels
                 with m.If(self.colmode):
                     m.d.comb += [channel[lane].eq(col_channel),
                                  keep[lane].eq(in_layer & kept if L > 1 else in_layer)]
-            m.d.comb += self.q_rd[lane].addr.eq(desc.q_base + channel[lane])
+            m.d.comb += self.q_rd_ports[lane].addr.eq(desc.q_base + channel[lane])
         any_kept = Cat(keep).any() if L > 1 else keep[0]
         if self.requant.interval == 1:
             # A value every cycle: the result moves into a register while its QParam is
             # read.
             adv_q = Signal()
-            acc = [Signal(signed(self._config.acc_width), name=f"acc{lane}")
+            acc = [Signal(signed(self._config.acc_width), name=self._lane_name("acc", lane))
                    for lane in range(L)]
             m.d.comb += adv_q.eq(~rq_in.valid | rq_in.ready)
-            m.d.comb += [self.q_rd[lane].en.eq(adv_q) for lane in range(L)]
+            m.d.comb += [self.q_rd_ports[lane].en.eq(adv_q) for lane in range(L)]
             with m.If(adv_q):
                 m.d.comb += res.ready.eq(1)
                 m.d.sync += rq_in.valid.eq(res.valid & any_kept)
@@ -334,7 +345,7 @@ class Datapath(wiring.Component):
             # in the array's output register while its QParam is read, then goes in.
             loaded = Signal()       # q_rd.data is the QParam of the result on ``res``
             acc = [res.p.acc] if L == 1 else [res.p.acc[lane] for lane in range(L)]
-            m.d.comb += [self.q_rd[lane].en.eq(~loaded) for lane in range(L)]
+            m.d.comb += [self.q_rd_ports[lane].en.eq(~loaded) for lane in range(L)]
             m.d.comb += [rq_in.valid.eq(res.valid & any_kept & loaded),
                          res.ready.eq((rq_in.valid & rq_in.ready) | ~any_kept)]
             if L > 1:
@@ -344,7 +355,7 @@ class Datapath(wiring.Component):
             with m.Elif(res.valid):
                 m.d.sync += loaded.eq(1)
         for lane in range(L):
-            qp, lane_in = self.q_rd[lane].data, rq_in.p.lanes[lane]
+            qp, lane_in = self.q_rd_ports[lane].data, rq_in.p.lanes[lane]
             m.d.comb += [lane_in.acc.eq(acc[lane]), lane_in.bias.eq(qp.bias),
                          lane_in.m.eq(qp.m), lane_in.s.eq(qp.s)]
         m.d.comb += rq_in.p.relu.eq(desc.relu)
@@ -395,9 +406,9 @@ class Datapath(wiring.Component):
                      pool.kernel.eq(desc.pool_kernel), pool.stride.eq(desc.pool_stride)]
         if self._config.compact_drain:
             m.d.comb += pool.last_block.eq(last)
-        out_valid = Signal(name=f"out{lane}_valid")
-        out_value = Signal(8, name=f"out{lane}_value")
-        out_ready = Signal(name=f"out{lane}_ready")
+        out_valid = Signal(name=self._lane_name("out_valid", lane))
+        out_value = Signal(8, name=self._lane_name("out_value", lane))
+        out_ready = Signal(name=self._lane_name("out_ready", lane))
         with m.If(desc.pool_en):
             m.d.comb += [pool.i_stream.valid.eq(in_valid),
                          pool.i_stream.p.eq(in_value),
@@ -431,33 +442,36 @@ class Datapath(wiring.Component):
         # Row and pixel counted from 1 (the one being written, plus one): the ends are
         # equalities of flip-flops with the descriptor, no adder in front. K-blocks left
         # after this one: the next k-block is the last when it is 1.
-        wy = Signal.like(desc.out_h, name=f"wy{lane}")
-        wx = Signal.like(desc.out_w, name=f"wx{lane}")
-        kb_left = Signal.like(desc.k_blocks, name=f"kb_left{lane}")
-        wr_ = Signal(range(R // L), name=f"wr{lane}")
+        wy = Signal.like(desc.out_h, name=self._lane_name("wy", lane))
+        wx = Signal.like(desc.out_w, name=self._lane_name("wx", lane))
+        kb_left = Signal.like(desc.k_blocks, name=self._lane_name("kb_left", lane))
+        wr_ = Signal(range(R // L), name=self._lane_name("wr_", lane))
         # addr = (out_base + y*W + kb*R*H*W) + ((r*L + lane)*H*W + x), two registers kept
         # by additions alone, so the address costs one adder.
         aw = self._config.act_addr_width     # addresses wrap like the memory
-        row_addr = Signal(aw, name=f"row_addr{lane}")   # out_base + y*W
-        kb_row = Signal(aw, name=f"kb_row{lane}")       # row_addr + kb*R*H*W
-        rx = Signal(aw, name=f"rx{lane}")               # (r*L + lane)*H*W + x
+        row_addr = Signal(aw, name=self._lane_name("row_addr", lane))   # out_base + y*W
+        kb_row = Signal(aw, name=self._lane_name("kb_row", lane))       # row_addr + kb*R*H*W
+        rx = Signal(aw, name=self._lane_name("rx", lane))               # (r*L + lane)*H*W + x
+        if L == 1:
+            m.d.comb += out_ready.eq(plane_ok & running)
         # The lane's first channel's plane, lane*H*W, by shifts and adds of the constant.
         lane_plane = sum((plane << b for b in range(log_l) if lane >> b & 1), Const(0, aw))
+        step = plane << log_l if L > 1 else plane       # the lane's next channel
         # The last k-block's last channel (of the lane) and whether the k-block is the
         # last: flip-flops set as the layer and the k-block start, so the writes' control
         # starts from them. A k-block's last channel in the stream is R/L - 1, but k_last
         # in the last one when compact.
-        last_kb = Signal(name=f"last_kb{lane}")
-        k_last_r = Signal(range(R // L), name=f"k_last{lane}")
+        last_kb = Signal(name=self._lane_name("last_kb", lane))
+        k_last_r = Signal(range(R // L), name=self._lane_name("k_last_r", lane))
         last_r = (Mux(last_kb, k_last_r, R // L - 1) if self._config.compact_drain
                   else R - 1)
-        addr = Signal(aw, name=f"addr{lane}")
+        addr = Signal(aw, name=self._lane_name("addr", lane))
         m.d.comb += addr.eq(kb_row + rx)
-        written = Signal(name=f"written{lane}")
         if L == 1:
             port = self.act_wr
-            m.d.comb += out_ready.eq(plane_ok & running)
-            m.d.sync += port.en.eq(0)
+            take = out_valid & out_ready
+            written = Signal(name="written")
+            m.d.sync += [port.en.eq(0), self.done.eq(0)]
         else:
             # A queue per lane: a pooled row's writes come in bursts (a tile's results at
             # once, only on the rows that end a window), the port takes one a cycle.
@@ -470,14 +484,14 @@ class Datapath(wiring.Component):
             grant = queue.r_rdy & ~self._writes_pending
             m.d.comb += queue.r_en.eq(grant)
             if lane == 0:
-                m.d.sync += self.act_wr.en.eq(0)
+                m.d.sync += [self.act_wr.en.eq(0), self.done.eq(0)]
             with m.If(grant):
                 m.d.sync += [self.act_wr.addr.eq(queue.r_data[:aw]),
                              self.act_wr.data.eq(queue.r_data[aw:]), self.act_wr.en.eq(1)]
             self._writes_pending = self._writes_pending | queue.r_rdy
             self._writes_queued = self._writes_queued | (queue.level != 0)
-        take = out_valid & out_ready
-        if L > 1:
+            take = out_valid & out_ready
+            written = Signal(name=self._lane_name("written", lane))
             m.d.comb += [port.addr.eq(addr), port.data.eq(out_value), port.en.eq(take)]
         with m.If(take):
             # Channels >= out_channels are not written; a compact drain brings none (the
@@ -486,12 +500,13 @@ class Datapath(wiring.Component):
             if L == 1:
                 m.d.sync += [port.addr.eq(addr), port.data.eq(out_value),
                              port.en.eq(in_range)]
-            m.d.sync += [wr_.eq(wr_ + 1), rx.eq(rx + (plane << log_l))]
+            m.d.sync += [wr_.eq(wr_ + 1), rx.eq(rx + step)]
             with m.If(wr_ == last_r):
                 m.d.sync += [wr_.eq(0), rx.eq(lane_plane + wx if L > 1 else wx),
                              wx.eq(wx + 1)]
                 with m.If(wx == out_w):
-                    m.d.sync += [wx.eq(1), rx.eq(lane_plane), kb_left.eq(kb_left - 1),
+                    m.d.sync += [wx.eq(1), rx.eq(lane_plane if L > 1 else 0),
+                                 kb_left.eq(kb_left - 1),
                                  last_kb.eq(kb_left == 1),
                                  kb_row.eq(kb_row + (plane << log_r))]
                     with m.If(last_kb):

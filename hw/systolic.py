@@ -350,7 +350,7 @@ class SystolicArray(wiring.Component):
         idx_r = Signal(range(G))                # the beat's first row, divided by L
         idx_c = Signal(range(C))
         final = Signal()
-        last_g = last_r >> log_l
+        last_g = last_r >> log_l if L > 1 else last_r
         m.d.comb += final.eq((idx_r == last_g) & (idx_c == last_c))
         with m.If(captured):
             m.d.sync += [draining.eq(1), idx_r.eq(0), idx_c.eq(0)]
@@ -381,14 +381,11 @@ class SystolicArray(wiring.Component):
         with m.If(o.ready | ~o.valid):
             m.d.sync += o.valid.eq(0)
             with m.If(draining):
-                m.d.sync += [
-                    o.valid.eq(1),
-                    o.payload.col.eq(idx_c),
-                    o.payload.last.eq(final),
-                ]
+                m.d.sync += o.valid.eq(1)
                 if L == 1:
                     m.d.sync += [o.payload.acc.eq(selected), o.payload.row.eq(idx_r)]
-                else:
+                m.d.sync += [o.payload.col.eq(idx_c), o.payload.last.eq(final)]
+                if L > 1:
                     m.d.sync += [o.payload.acc[lane].eq(lane_values[lane])
                                  for lane in range(L)]
                     m.d.sync += o.payload.row.eq(idx_r << log_l)

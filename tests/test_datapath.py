@@ -49,7 +49,7 @@ class Harness(Elaboratable):
                          dp.act_rd[i].data.eq(rp.data), wp.addr.eq(dp.act_wr.addr),
                          wp.data.eq(dp.act_wr.data), wp.en.eq(dp.act_wr.en)]
         m.submodules.w, m.submodules.q = self.w, self.q
-        for mem, port in ((self.w, dp.w_rd), *((self.q, q_rd) for q_rd in dp.q_rd)):
+        for mem, port in ((self.w, dp.w_rd), *((self.q, q_rd) for q_rd in dp.q_rd_ports)):
             rp = mem.read_port()
             m.d.comb += [rp.addr.eq(port.addr), rp.en.eq(port.en), port.data.eq(rp.data)]
         return m
