@@ -112,8 +112,9 @@ class AcceleratorConfig:
         k-block); the lanes' byte writes share the activation memory's one write port, so
         layers without pooling still write one byte per cycle. Layers whose tiles are
         bound by their results (few output channels, short reductions: LeNet-5's C1 on
-        many columns) drain ``result_lanes`` times faster. Needs ``compact_drain`` and no
-        ``ice40`` (whose array drains through shift chains). 1 by default.
+        many columns) drain ``result_lanes`` times faster. Needs ``compact_drain``, the
+        broadcast dataflow and no ``ice40`` (whose array drains through shift chains).
+        1 by default.
     act_window : bool
         Activation addresses ``act_bytes … 65535`` (the *window*) are bytes of the
         weight memory's top (:attr:`window_weight_byte`): image slots and maps too large
@@ -210,9 +211,11 @@ class AcceleratorConfig:
         if lanes & (lanes - 1) or self.rows % lanes:
             raise ValueError(f"config {name}: result_lanes = {lanes} must be a power of two "
                              f"dividing rows = {self.rows}")
-        if lanes > 1 and (self.ice40 or not self.compact_drain):
-            raise ValueError(f"config {name}: result_lanes = {lanes} needs compact_drain "
-                             f"and no ice40 (the iCE40 array drains one result a cycle)")
+        if lanes > 1 and (self.ice40 or not self.compact_drain or
+                          self.dataflow != Dataflow.BROADCAST):
+            raise ValueError(f"config {name}: result_lanes = {lanes} needs compact_drain, "
+                             f"dataflow='broadcast' and no ice40 (the iCE40 array drains "
+                             f"one result a cycle)")
         m_bits = data.Layout.cast(QParam)["m"].shape.width     # of the multiplier M
         if self.requant_interval & (self.requant_interval - 1) or \
                 m_bits % self.requant_interval:

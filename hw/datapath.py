@@ -61,15 +61,21 @@ class Datapath(wiring.Component):
        ``out_base + (k*H + y)*W + x`` (CHW), channels ``k >= out_channels`` dropped (the
        ``to_logits`` layer too: the host reads the network's output from there).
 
+    With ``config.result_lanes`` L > 1, stages 3 to 5 are L lanes: the array drains L
+    rows a beat, lane ``l`` takes channels ``l, l + L, ...`` of each k-block (its own
+    QParam port ``q_rd[l]``, requantiser lane, max-pool and writer counters) and queues
+    its writes (:data:`WRITE_QUEUE`) for ``act_wr``, lowest lane first.
+
     Throughput: one operand beat per cycle (``array_tiles·D`` cycles per layer,
     :func:`~fpgacnn.hw.program.array_tiles`) as long as ``D >= array.min_tile``, plus the
     pipeline's fill and drain once per layer: Im2col's start latency, the array's
-    ``result_latency`` and the last tile's ``rows·cols`` results, and the requantiser's
-    and max-pool's latencies. With
+    ``result_latency`` and the last tile's ``rows·cols / result_lanes`` result beats,
+    and the requantiser's and max-pool's latencies. With
     ``config.compact_drain`` a tile drains only its real channels and pixels (the array's
     ``compact`` option): ``max(D, n + 2 + e + mac.LATENCY)`` cycles for a tile of ``n``
-    (``e`` = 1 with the array's ``register_capture``, iCE40 builds; else 0)
-    results, and no results past ``out_channels`` reach the requantiser or the writer.
+    result beats (``e`` = 1 with the array's ``register_capture``, iCE40 builds; else 0),
+    and no results past ``out_channels`` reach the requantiser or the writer. All lanes'
+    bytes share ``act_wr``: one write per cycle, which bounds layers without pooling.
     With ``config.fc_columns`` a layer in :func:`~fpgacnn.hw.program.column_mode` runs
     ``ceil(k_blocks / cols)`` tiles per output row, column ``c`` computing k-block
     ``kb + c`` from its own lane of a ``rows·cols``-weight memory word (Im2col's column
@@ -85,8 +91,8 @@ class Datapath(wiring.Component):
     Parameters
     ----------
     config : AcceleratorConfig
-    mac : "generic" or "ice40"
-        Multiplier blocks of the array.
+    mac : "generic", "registered" or "ice40"
+        Multiplier blocks of the array (:func:`~.systolic.resolve_mac`).
     dataflow : "systolic" or "broadcast"
         Operand movement in the array (see SystolicArray); same timing.
     requant_interval : int
@@ -296,8 +302,9 @@ class Datapath(wiring.Component):
         tile = self._tile_walk(m, res.valid & res.ready & res.p.last)
         xbase, kbase = tile.xbase, tile.kbase
         keep = [Signal(name=self._lane_name("keep", lane)) for lane in range(L)]
-        channel = [Signal.like(desc.q_base, name=self._lane_name("channel", lane))   # kb*R + row + lane
-                   for lane in range(L)]                          # (+ col*R in column mode)
+        # kb*R + row + lane (+ col*R in column mode)
+        channel = [Signal.like(desc.q_base, name=self._lane_name("channel", lane))
+                   for lane in range(L)]
         for lane in range(L):
             # A compact drain brings only the tile's real pixels (column mode: k-blocks),
             # with lanes, only its real channels' lanes valid.
@@ -423,7 +430,8 @@ class Datapath(wiring.Component):
     def _writer(self, m, lane, out_valid, out_value, out_ready, running):
         """Stage 5: lane ``lane``'s stream ``for y: for kb: for x: for r`` (its channels
         ``r = lane, lane + lanes, ...``) as CHW byte writes. Returns ``written``: the
-        lane's last output is written (at once if the layer has no channel for it).
+        lane's last output is written, or with several lanes queued (set at once if the
+        layer has no channel for the lane; the layer is done once the queues are empty).
 
         One lane writes through ``act_wr``'s registers; several through a queue each
         (:data:`WRITE_QUEUE` writes), the lowest-numbered non-empty one moving a write into

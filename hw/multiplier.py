@@ -70,9 +70,6 @@ class RegisteredDualMul8(DualMul8):
     """
     LATENCY = 2
 
-    def __init__(self):
-        super().__init__()
-
     def elaborate(self, platform):
         m = Module()
         for i in range(2):

@@ -155,7 +155,8 @@ class SystolicArray(wiring.Component):
         Results per ``o_stream`` beat, a power of two dividing ``rows``: a beat carries
         rows ``row … row + lanes - 1`` of one column (:func:`result_layout`; each lane
         through its own ``rows*cols/lanes``-way multiplexer), so a tile drains in
-        ``lanes`` times fewer cycles. Not with ``shift_drain``.
+        ``lanes`` times fewer cycles. Broadcast dataflow only (every PE captures in the
+        same cycle), not with ``shift_drain``.
 
     Attributes
     ----------
@@ -189,6 +190,9 @@ class SystolicArray(wiring.Component):
                              f"{lanes!r}")
         if shift_drain and lanes > 1:
             raise ValueError("shift_drain drains one result per cycle (lanes = 1)")
+        if lanes > 1 and dataflow != "broadcast":
+            raise ValueError("lanes > 1 needs the broadcast dataflow (a systolic array's "
+                             "rows capture their sums one cycle apart)")
         self._mac = resolve_mac(mac)
         if weights_in_mac and "a_registered" not in inspect.signature(self._mac).parameters:
             raise ValueError(f"weights_in_mac needs a multiplier block with an "
@@ -339,7 +343,8 @@ class SystolicArray(wiring.Component):
 
         PE (r, c) captures in cycle A + 1 + lat + e + r + c (+ 0 when broadcast; e = 1 with
         ``register_capture``, else 0); reading index j = c*R + r from cycle A + 2 + lat + e
-        on, one per cycle at most, is never early. With
+        on, one per cycle at most, is never early (with lanes, broadcast only: all rows of
+        a beat captured in the same cycle). With
         ``shift_drain`` every PE has captured by then; draining a column shifts its chain
         once per result.
         """

@@ -105,3 +105,23 @@ def test_unknown_config_names_the_choices():
 def test_boolean_flags_are_checked(flag):
     with pytest.raises(ValueError, match=f"{flag} must be True or False"):
         get_config("icebreaker").with_(**{flag: 1})
+
+
+ULX3S = get_config("ulx3s-85f")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"result_lanes": 3}, "result_lanes = 3 must be a power of two dividing rows = 16"),
+    ({"result_lanes": 32}, "result_lanes = 32 must be a power of two dividing rows = 16"),
+    ({"compact_drain": False}, "result_lanes = 4 needs compact_drain, dataflow='broadcast'"),
+    ({"dataflow": "systolic", "fc_columns": False},
+     "result_lanes = 4 needs compact_drain, dataflow='broadcast'"),
+    ({"ice40": True}, "result_lanes = 4 needs compact_drain, dataflow='broadcast' and no ice40"),
+])
+def test_bad_result_lanes(changes, message):
+    with pytest.raises(ValueError, match=f"config ulx3s-85f: {message}"):
+        ULX3S.with_(**changes)
+
+
+def test_result_lanes_accepted():
+    assert [ULX3S.with_(result_lanes=n).result_lanes for n in (1, 2, 4, 8, 16)] == [1, 2, 4, 8, 16]

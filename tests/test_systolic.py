@@ -217,6 +217,9 @@ def test_result_lanes(request, rows, cols, lanes, compact):
 def test_result_lanes_bad_arguments():
     for lanes in (0, 3, 8, "2"):
         with pytest.raises(ValueError, match="lanes must be a power of two dividing rows"):
-            SystolicArray(4, 2, 24, lanes=lanes)
+            SystolicArray(4, 2, 24, dataflow="broadcast", lanes=lanes)
     with pytest.raises(ValueError, match="shift_drain drains one result per cycle"):
         SystolicArray(4, 2, 24, dataflow="broadcast", shift_drain=True, lanes=2)
+    # A systolic array's rows capture one cycle apart: a beat of lanes would be early.
+    with pytest.raises(ValueError, match="lanes > 1 needs the broadcast dataflow"):
+        SystolicArray(4, 2, 24, lanes=2)
