@@ -438,6 +438,9 @@ LANE_CASES = {
     # bytes queue for the one write port.
     "c3_k3_nopool_l4": (Network("t", (2, 9, 9), [Conv(3, 3, pad=1), ReLU(), FC(1)]),
                         LANES, 1),
+    # 3 channels pooled 2/1 on 4 lanes: lane 3's max-pool gets no k-block at all.
+    "c3_pool2s1_l4": (Network("t", (1, 7, 9), [Conv(3, 3, pad=1), ReLU(), MaxPool(2, 1),
+                                               FC(1)]), LANES, 1),
     # 17 channels: the second k-block has one, for lane 0 only; pool 3/2 (overlapping).
     "c17_pool3_l4": (Network("t", (3, 9, 9), [Conv(17, 3, pad=1), ReLU(), MaxPool(3, 2),
                                                FC(1)]), LANES, 1),
