@@ -27,10 +27,13 @@ WIDE = SMALL.with_(rows=16, cols=4)
 
 
 class Harness(Elaboratable):
-    """A Datapath with its memories preloaded (what the core owns on the chip)."""
+    """A Datapath with its memories preloaded (what the core owns on the chip).
+
+    The memories' ports are made here, once: a failing run is simulated again to record
+    its waveform, and a memory takes no new ports once elaborated."""
 
     def __init__(self, config, act_init, w_init, q_init, **kwargs):
-        self.dp = Datapath(config, **kwargs)
+        self.dp = dp = Datapath(config, **kwargs)
         self.act = [memory.Memory(shape=unsigned(8), depth=config.act_bytes, init=act_init)
                     for _ in range(config.cols)]
         lanes = config.weight_lanes     # words of `rows` weights per memory word
@@ -38,19 +41,22 @@ class Harness(Elaboratable):
                                depth=config.weight_words // lanes, init=w_init)
         self.q = memory.Memory(shape=unsigned(prog.stored_qparam(config.bias_width).size),
                                depth=config.qparam_entries, init=q_init)
+        self._act_ports = [(mem.read_port(), mem.write_port(), dp.act_rd[i])
+                           for i, mem in enumerate(self.act)]
+        self._rd_ports = [(mem.read_port(), port) for mem, port in
+                          ((self.w, dp.w_rd), *((self.q, q_rd) for q_rd in dp.q_rd_ports))]
 
     def elaborate(self, platform):
         m = Module()
         dp = m.submodules.dp = self.dp
         for i, mem in enumerate(self.act):
             m.submodules[f"act{i}"] = mem
-            rp, wp = mem.read_port(), mem.write_port()
-            m.d.comb += [rp.addr.eq(dp.act_rd[i].addr), rp.en.eq(dp.act_rd[i].en),
-                         dp.act_rd[i].data.eq(rp.data), wp.addr.eq(dp.act_wr.addr),
+        for rp, wp, act_rd in self._act_ports:
+            m.d.comb += [rp.addr.eq(act_rd.addr), rp.en.eq(act_rd.en),
+                         act_rd.data.eq(rp.data), wp.addr.eq(dp.act_wr.addr),
                          wp.data.eq(dp.act_wr.data), wp.en.eq(dp.act_wr.en)]
         m.submodules.w, m.submodules.q = self.w, self.q
-        for mem, port in ((self.w, dp.w_rd), *((self.q, q_rd) for q_rd in dp.q_rd_ports)):
-            rp = mem.read_port()
+        for rp, port in self._rd_ports:
             m.d.comb += [rp.addr.eq(port.addr), rp.en.eq(port.en), port.data.eq(rp.data)]
         return m
 
