@@ -115,6 +115,16 @@ class AcceleratorConfig:
         many columns) drain ``result_lanes`` times faster. Needs ``compact_drain``, the
         broadcast dataflow and no ``ice40`` (whose array drains through shift chains).
         1 by default.
+    pixel_pairs : bool
+        Layers with at most ``rows / 2`` output channels and rows of an even number of
+        pixels (:func:`~.program.pixel_pairs_fit`) may run with the descriptor's
+        ``pixel_pairs``: each array column computes two neighbouring pixels, one on each
+        half of the rows, from a kernel ``stride`` columns wider. LeNet-5's C1 (6
+        channels, 5×5) then runs half the tiles of 30 beats instead of 25 on 12 of 16
+        rows. The compiler uses it where it saves cycles. It costs the address
+        generator's wider kernel and column step, and a per-lane channel check in the
+        drain. Needs ``compact_drain``, no ``act_window`` (streamed plans do not pair) and
+        ``result_lanes`` dividing ``rows / 2``. Off by default.
     act_window : bool
         Activation addresses ``act_bytes … 65535`` (the *window*) are bytes of the
         weight memory's top (:attr:`window_weight_byte`): image slots and maps too large
@@ -153,6 +163,7 @@ class AcceleratorConfig:
     act_window: bool = False
     wrap_rows: bool = False
     result_lanes: int = 1
+    pixel_pairs: bool = False
 
     def __post_init__(self):
         name = self.name
@@ -175,7 +186,8 @@ class AcceleratorConfig:
         if not 10 <= self.watchdog_log2 <= 31:
             raise ValueError(f"config {name}: watchdog_log2 = {self.watchdog_log2} must be "
                              f"10..31 (a run is stopped after 2 ** watchdog_log2 cycles)")
-        for flag in ("ice40", "compact_drain", "fc_columns", "act_window", "wrap_rows"):
+        for flag in ("ice40", "compact_drain", "fc_columns", "act_window", "wrap_rows",
+                     "pixel_pairs"):
             if type(getattr(self, flag)) is not bool:
                 raise ValueError(f"config {name}: {flag} must be True or False, not "
                                  f"{getattr(self, flag)!r}")
@@ -216,6 +228,11 @@ class AcceleratorConfig:
             raise ValueError(f"config {name}: result_lanes = {lanes} needs compact_drain, "
                              f"dataflow='broadcast' and no ice40 (the iCE40 array drains "
                              f"one result a cycle)")
+        if self.pixel_pairs and (not self.compact_drain or self.act_window or
+                                 (self.rows // 2) % lanes):
+            raise ValueError(f"config {name}: pixel_pairs needs compact_drain, no act_window "
+                             f"and result_lanes = {lanes} dividing rows / 2 = {self.rows // 2} "
+                             f"(a lane's channels are the same in both halves)")
         m_bits = data.Layout.cast(QParam)["m"].shape.width     # of the multiplier M
         if self.requant_interval & (self.requant_interval - 1) or \
                 m_bits % self.requant_interval:
@@ -310,7 +327,8 @@ CONFIGS = {
     # with few output channels (LeNet-5's C1: 6 of 16 rows, 25-beat tiles) are bound by
     # the tiles' results, so tiles drain only the PEs they use, four rows a cycle
     # (result_lanes); fully connected layers put a k-block on each column (fc_columns,
-    # which needs the broadcast dataflow), 8× fewer beats. 60 MHz divides into the
+    # which needs the broadcast dataflow), 8× fewer beats; C1 pairs its pixels
+    # (pixel_pairs: two pixels a column on 12 of 16 rows). 60 MHz divides into the
     # 3 Mbaud UART exactly (20 clocks per bit). README ("Build", "Throughput") has the
     # measured Fmax and cycles per image.
     "ulx3s-85f": AcceleratorConfig(
@@ -318,7 +336,7 @@ CONFIGS = {
         weight_words=8192, act_bytes=28672, qparam_entries=1024, max_layers=16,
         clock_hz=60_000_000, ice40=False, dataflow=Dataflow.BROADCAST, fc_columns=True,
         pool_width=64, pool_blocks=4, rx_fifo_bytes=8192, compact_drain=True,
-        wrap_rows=True, result_lanes=4),
+        wrap_rows=True, result_lanes=4, pixel_pairs=True),
 }
 
 

@@ -110,7 +110,7 @@ class Datapath(wiring.Component):
         self.im2col = Im2col(cols, act_addr_width=config.act_addr_width,
                              w_addr_width=config.weight_addr_width,
                              column_blocks=config.fc_columns,
-                             wrap_rows=config.wrap_rows)
+                             wrap_rows=config.wrap_rows, pixel_pairs=config.pixel_pairs)
         compact = config.compact_drain
         ice40_broadcast = config.ice40 and dataflow == "broadcast"
         # iCE40: the shadows' flip-flops take their cells' LUTs anyway, so the drain's
@@ -188,9 +188,15 @@ class Datapath(wiring.Component):
         if self._config.fc_columns:
             m.d.comb += self.colmode.eq(program.column_mode(self._config.cols, desc.out_w,
                                                             desc.k_blocks, fc_columns=True))
+        # The pixels of a row as the array's columns see them: with pixel pairs, a
+        # column is two.
+        self.walk_w = desc.out_w
+        if self._config.pixel_pairs:
+            self.walk_w = Signal.like(desc.out_w)
+            m.d.comb += self.walk_w.eq(desc.out_w >> desc.pixel_pairs)
         # Tiles that run on into the next output row (as Im2col's).
         self.wrap = Signal()
-        m.d.comb += self.wrap.eq(program.wraps_rows(self._config.cols, desc.out_w,
+        m.d.comb += self.wrap.eq(program.wraps_rows(self._config.cols, self.walk_w,
                                                     desc.k_blocks,
                                                     wrap_rows=self._config.wrap_rows))
         # The last k-block's last channel, (K - 1) mod rows (rows is a power of two): the
@@ -231,11 +237,14 @@ class Datapath(wiring.Component):
         if self._config.compact_drain:
             # The tile's used shape rides on its last beat (the array latches it): the
             # columns im2col names, the rows of the layer's channels in its last k-block,
-            # every row in column mode (the drop stage drops channels >= K).
+            # every row in column mode and with pixel pairs (the drop stage drops channels
+            # >= K).
+            every_row = self.colmode | ~beat.p.last_kb
+            if self._config.pixel_pairs:
+                every_row = every_row | self.desc.pixel_pairs
             with m.If(advance):
                 m.d.sync += [
-                    ops.p.last_row.eq(Mux(self.colmode | ~beat.p.last_kb,
-                                          self._config.rows - 1, self.k_last)),
+                    ops.p.last_row.eq(Mux(every_row, self._config.rows - 1, self.k_last)),
                     ops.p.last_col.eq(beat.p.last_col)]
 
     def _fetch_wide_weights(self, m, advance):
@@ -273,8 +282,8 @@ class Datapath(wiring.Component):
             kb_step = Mux(self.colmode, cols, 1)
             last_kb = t.kb_left < kb_step
         with m.If(step):
-            with m.If(t.xbase + cols >= desc.out_w):
-                m.d.sync += t.xbase.eq(Mux(self.wrap, t.xbase + cols - desc.out_w, 0))
+            with m.If(t.xbase + cols >= self.walk_w):
+                m.d.sync += t.xbase.eq(Mux(self.wrap, t.xbase + cols - self.walk_w, 0))
                 with m.If(last_kb):
                     m.d.sync += [t.kb_left.eq(desc.k_blocks - 1), t.kbase.eq(0),
                                  t.y_left.eq(t.y_left - 1)]
@@ -316,6 +325,13 @@ class Datapath(wiring.Component):
                 kept = (xbase + res.p.col < desc.out_w) | tile.runs_on
             row = res.p.row + lane if lane else res.p.row
             m.d.comb += [keep[lane].eq(kept), channel[lane].eq(kbase + row)]
+            if self._config.pixel_pairs:
+                # Both halves of the rows hold channels 0 .. R/2 - 1 (one k-block); the
+                # tile drains every row, those past the layer's channels are dropped.
+                half_row = row[:(self._config.rows // 2 - 1).bit_length()]
+                with m.If(desc.pixel_pairs):
+                    m.d.comb += [channel[lane].eq(half_row),
+                                 keep[lane].eq(kept & (half_row <= self.k_last))]
             if self._config.fc_columns:
                 # Column mode: column c is k-block kb + c; with compact_drain the writer
                 # expects only the channels the layer has.

@@ -10,7 +10,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigne
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .program import LayerDescriptor, column_mode, field_widths, wraps_rows
+from .program import LayerDescriptor, column_mode, field_widths, paired_walk, wraps_rows
 
 __all__ = ["Im2col", "beat_layout", "im2col_reference"]
 
@@ -39,7 +39,8 @@ def im2col_reference(desc, cols, act_addr_width=_ACT_ADDR, w_addr_width=_W_ADDR,
 
     ``desc`` is a dict with the LayerDescriptor fields used here (``cin, in_h, in_w,
     kernel, stride, pad, out_h, out_w, k_blocks, reduction, in_base, w_base``, and
-    ``pad_top``, which defaults to ``pad``).
+    ``pad_top``, which defaults to ``pad``, and ``pixel_pairs``, to 0). With
+    ``pixel_pairs`` the walk's pixels are the layer's pairs (:func:`~.program.paired_walk`).
     Addresses wrap modulo ``2**act_addr_width`` / ``2**w_addr_width`` like the unit's.
     ``column_blocks`` and ``wrap_rows`` as in :class:`Im2col`.
     """
@@ -47,7 +48,9 @@ def im2col_reference(desc, cols, act_addr_width=_ACT_ADDR, w_addr_width=_W_ADDR,
     c_n, h, w = desc["cin"], desc["in_h"], desc["in_w"]
     f, s, p = desc["kernel"], desc["stride"], desc["pad"]
     p_top = desc.get("pad_top", p)
-    out_h, out_w, kbs, red = desc["out_h"], desc["out_w"], desc["k_blocks"], desc["reduction"]
+    out_h, kbs, red = desc["out_h"], desc["k_blocks"], desc["reduction"]
+    # Column j's pixel x of the walk reads input columns x*step + fx - pad, fx < f_w.
+    f_w, step, out_w = paired_walk(f, s, desc["out_w"], desc.get("pixel_pairs", 0))
     colmode = column_mode(cols, out_w, kbs, fc_columns=column_blocks)
     kb_starts = list(range(0, kbs, cols if colmode else 1))
     w_base = desc["w_base"] // cols if colmode else desc["w_base"]
@@ -69,10 +72,10 @@ def im2col_reference(desc, cols, act_addr_width=_ACT_ADDR, w_addr_width=_W_ADDR,
         d = 0
         for c in range(c_n):
             for fy in range(f):
-                for fx in range(f):
+                for fx in range(f_w):
                     addr, zero = [], []
                     for oy, ox in pixels:
-                        iy, ix = oy * s + fy - p_top, ox * s + fx - p
+                        iy, ix = oy * s + fy - p_top, ox * step + fx - p
                         pad = (not (0 <= iy < h and 0 <= ix < w) or ox >= out_w
                                or oy >= out_h)
                         zero.append(int(pad))
@@ -150,10 +153,15 @@ class Im2col(wiring.Component):
         Let tiles wrap rows where :func:`~.program.wraps_rows` allows it (per-layer wrap
         offsets and, per column, a next-row address and padding check); without it every
         output row starts a new tile.
+    pixel_pairs : bool
+        Obey the descriptor's ``pixel_pairs``: column ``j`` then stands for the pixel pair
+        ``2j, 2j + 1`` and reads a kernel ``stride`` columns wider, columns ``2*stride``
+        apart (:func:`~.program.paired_walk`; everything above holds with ``kernel``,
+        ``stride`` and ``out_w`` of the walk). Without it the field is ignored.
     """
 
     def __init__(self, cols, *, act_addr_width=_ACT_ADDR, w_addr_width=_W_ADDR,
-                 column_blocks=False, wrap_rows=False):
+                 column_blocks=False, wrap_rows=False, pixel_pairs=False):
         if not isinstance(cols, int) or cols < 1:
             raise TypeError(f"cols must be a positive integer, not {cols!r}")
         for name, value, field in (("act_addr_width", act_addr_width, "in_base"),
@@ -166,6 +174,7 @@ class Im2col(wiring.Component):
             raise ValueError(f"column_blocks needs cols to be a power of two, not {cols}")
         self.cols, self.column_blocks = cols, bool(column_blocks)
         self.wrap_rows = bool(wrap_rows) and cols > 1
+        self.pixel_pairs = bool(pixel_pairs)
         self.act_addr_width, self.w_addr_width = act_addr_width, w_addr_width
         super().__init__({
             "start": In(stream.Signature(LayerDescriptor)),
@@ -177,7 +186,7 @@ class Im2col(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         r = _Registers(self.start.payload, self.cols, self.act_addr_width, self.w_addr_width,
-                       self.column_blocks, self.wrap_rows)
+                       self.column_blocks, self.wrap_rows, self.pixel_pairs)
         o = self.o_stream
         # Coordinates are sums, not registers: cheaper than stepping them.
         iy = Signal(r.P)
@@ -245,17 +254,24 @@ class Im2col(wiring.Component):
                 with m.If(self.start.valid):
                     p = self.start.payload
                     base = p.in_base - p.pad
+                    # The kernel width the walk reads, the step between columns.
+                    kernel_w, col_step = p.kernel, p.stride
+                    if self.pixel_pairs:
+                        kernel_w = p.kernel + Mux(p.pixel_pairs, p.stride, 0)
+                        col_step = p.stride << p.pixel_pairs
+                        m.d.sync += r.kwm1.eq(kernel_w - 1)
                     m.d.sync += [
                         r.km1.eq(p.kernel - 1), r.cm1.eq(p.cin - 1),
                         r.kbm1.eq(p.k_blocks - 1), r.ohm1.eq(p.out_h - 1),
                         r.iy0.eq(-p.pad_top),
                         n.eq(0), wsh.eq(p.in_w), hsh.eq(p.in_h),
-                        r.step_y.eq(p.in_w - p.kernel + 1), r.step_c.eq(1 - p.kernel),
+                        r.step_y.eq(p.in_w - kernel_w + 1), r.step_c.eq(1 - kernel_w),
                         r.step_r.eq(0), r.row_a.eq(base),
                     ]
-                    m.d.sync += [r.stride_x[j].eq(p.stride * j) for j in range(1, self.cols)]
+                    m.d.sync += [r.stride_x[j].eq(col_step * j) for j in range(1, self.cols)]
                     if self.wrap_rows:
-                        m.d.sync += [r.wrap.eq(wraps_rows(self.cols, p.out_w, p.k_blocks,
+                        walk_w = p.out_w >> p.pixel_pairs if self.pixel_pairs else p.out_w
+                        m.d.sync += [r.wrap.eq(wraps_rows(self.cols, walk_w, p.k_blocks,
                                                           wrap_rows=True)),
                                      osh.eq(p.out_w), dsh.eq(p.in_w - p.out_w),
                                      r.ows.eq(0), r.wrap_step.eq(0)]
@@ -333,7 +349,7 @@ class Im2col(wiring.Component):
             tile_x_step = Mux(r.last_tile, r.cs_wrap_x, r.cs)
             rem_next = Mux(r.last_tile, r.rem + r.rem_wrap, r.rem - C)
         m.d.comb += [
-            r.cs.eq(r.stride * C),
+            r.cs.eq(r.col_step * C),
             row_next.eq(r.row_a + r.step_r),
             tile_a_next.eq(Mux(new_row, Mux(r.last_kb, row_next, r.row_a),
                                r.tile_a + tile_a_step)),
@@ -373,7 +389,7 @@ class _Registers:
     """
 
     def __init__(self, desc, cols, act_addr_width, w_addr_width, column_blocks=False,
-                 wrap_rows=False):
+                 wrap_rows=False, pixel_pairs=False):
         A, WA = unsigned(act_addr_width), unsigned(w_addr_width)
         # Pixel coordinates that decide padding. For a consistent geometry a real pixel's
         # input x lies in [-pad, in_w + pad), y in [-pad_top, in_h + 256) (a band's rows
@@ -381,15 +397,27 @@ class _Registers:
         # (cols-1)*stride.
         max_in = (1 << max(len(desc.in_h), len(desc.in_w))) - 1
         max_pad, max_stride = (1 << len(desc.pad)) - 1, (1 << len(desc.stride)) - 1
-        self.P = signed((max_in + max_pad + max_stride * (cols - 1)).bit_length() + 1)
+        # With pixel pairs, columns are 2*stride apart and the kernel stride wider.
+        max_step = 2 * max_stride if pixel_pairs else max_stride
+        max_x = max_in + max_pad + max_step * (cols - 1)
+        if pixel_pairs:
+            max_x += max_stride
+        self.P = signed(max_x.bit_length() + 1)
 
         # Latched geometry (only what the run needs).
         self.km1 = Signal.like(desc.kernel)      # kernel - 1
+        # The kernel width - 1 (the fx loop's end) and the step between columns: with
+        # pixel pairs the kernel is stride wider and the columns 2*stride apart.
+        self.kwm1 = Signal(range(max_stride + (1 << len(desc.kernel)))) if pixel_pairs \
+            else self.km1
+        self.col_step = desc.stride << desc.pixel_pairs if pixel_pairs else desc.stride
         self.cm1 = Signal.like(desc.cin)         # cin - 1
         self.kbm1 = Signal.like(desc.k_blocks)   # k_blocks - 1
         self.ohm1 = Signal.like(desc.out_h)      # out_h - 1
         # Fields used as they are: read from the descriptor, which stays put (no copy).
         self.out_w, self.in_h, self.in_w = desc.out_w, desc.in_h, desc.in_w
+        if pixel_pairs:     # the pixels of a row as the columns see them
+            self.out_w = desc.out_w >> desc.pixel_pairs
         self.stride, self.pad, self.pad_top = desc.stride, desc.pad, desc.pad_top
         self.w_base = Signal(WA) if column_blocks else desc.w_base[:w_addr_width]
         # Per-layer steps.
@@ -398,10 +426,10 @@ class _Registers:
         # (in_h - kernel + 1)*in_w - kernel + 1: next channel.
         self.step_c = Signal(A)
         self.step_r = Signal(A)                         # stride*in_w: next output row
-        self.cs = Signal(range(max_stride * cols + 1))  # cols*stride: next x-tile
-        # j*stride: column j's input x and address offset from column 0's, latched with
+        self.cs = Signal(range(max_step * cols + 1))  # cols*col_step: next x-tile
+        # j*col_step: column j's input x and address offset from column 0's, latched with
         # the descriptor so no multiplier sits between the loop state and the beat.
-        self.stride_x = [None] + [Signal(range(max_stride * j + 1), name=f"stride_x{j}")
+        self.stride_x = [None] + [Signal(range(max_step * j + 1), name=f"stride_x{j}")
                                   for j in range(1, cols)]
         # Wrapping tiles (program.wraps_rows; only built with wrap_rows, never with one
         # column): out_w*stride, (in_w - out_w)*stride, column j's x and address offsets
@@ -421,7 +449,7 @@ class _Registers:
             self.wrapped = [None] + [Signal(name=f"wrapped{j}") for j in range(1, cols)]
 
         # Loop state = the beat on o_stream.
-        self.fx = Signal.like(desc.kernel)
+        self.fx = Signal.like(self.kwm1, name="fx") if pixel_pairs else Signal.like(desc.kernel)
         self.fy = Signal.like(desc.kernel)
         # Channel, k-block and row count down (k-blocks by kb_step): kb_left is the
         # k-blocks after the tile's first, which column mode's last column needs anyway.
@@ -466,7 +494,7 @@ class _Registers:
         if self.colmode is not None:
             # Column mode: the tile's k-blocks kb .. kb + cols - 1 include the last one.
             kb_first = Mux(self.colmode, self.kbm1 < self._cols, kb_first)
-        return [self.km1 == 0, self.km1 == 0, self.cm1 == 0, self.out_w <= self._cols,
+        return [self.kwm1 == 0, self.km1 == 0, self.cm1 == 0, self.out_w <= self._cols,
                 kb_first, self.ohm1 == 0]
 
     def next_flags(self, rem_load):
@@ -477,7 +505,7 @@ class _Registers:
         if self.colmode is not None:
             kb_next_last = Mux(self.colmode, self.kb_left < 2 * self._cols, kb_next_last)
         first = self.first_flags()
-        stepped = [Mux(self.fx_last, first[0], self.fx + 1 == self.km1),
+        stepped = [Mux(self.fx_last, first[0], self.fx + 1 == self.kwm1),
                    Mux(self.fy_last, first[1], self.fy + 1 == self.km1),
                    Mux(self.c_last, first[2], self.c_left == 1),
                    rem_load <= self._cols,

@@ -22,7 +22,7 @@ __all__ = ["Space", "ReadSpace", "LayerDescriptor", "CopyDescriptor", "QParam", 
            "DESCRIPTOR_WORDS", "CHUNK_BITS", "encode_struct", "decode_struct", "field_widths",
            "ACT_BITS", "WEIGHT_BITS", "BIAS_BITS", "M_BITS", "S_MIN", "S_MAX", "S_BITS",
            "GeometryError", "conv_output_size", "pool_output_size", "wraps_rows",
-           "array_tiles"]
+           "column_mode", "pixel_pairs_fit", "paired_walk", "array_tiles"]
 
 #: Host writes move 64-bit chunks.
 CHUNK_BITS = 64
@@ -58,6 +58,16 @@ class LayerDescriptor(data.Struct):
     The output map must not overlap the input map (a read that meets the write of the
     same byte returns an undefined value on the FPGA).
 
+    ``pixel_pairs = 1`` (a board built with ``AcceleratorConfig.pixel_pairs``): array
+    column ``j`` of a tile computes output pixels ``2j`` and ``2j + 1`` of the tile's
+    pixels, the first on rows ``r < R/2`` and the second on rows ``r >= R/2``, both for
+    channel ``r mod R/2`` (``R`` = rows). Both read one operand stream, a kernel
+    ``stride`` columns wider than the layer's (:func:`paired_walk`): the weight word of
+    ``d = (c, fy, fx)``, ``fx < kernel + stride``, holds ``W[k, c, fy, fx]`` on row ``k``
+    and ``W[k, c, fy, fx - stride]`` on row ``R/2 + k`` (zero outside the kernel), and
+    ``reduction = cin*kernel*(kernel + stride)``. The layer must satisfy
+    :func:`pixel_pairs_fit`. Layers with few output channels use twice the rows.
+
     ``copy = 0``: with ``copy = 1`` the same bits are a :class:`CopyDescriptor`.
     """
     relu: 1
@@ -85,6 +95,7 @@ class LayerDescriptor(data.Struct):
     out_base: unsigned(16)    # activation byte address of the output map (C, H, W)
     w_base: unsigned(16)      # weight word address of this layer's first weight word
     q_base: unsigned(12)      # QParam index of output channel 0
+    pixel_pairs: 1            # each array column computes two pixels (pixel_pairs_fit)
 
 
 def _field_offset(layout, name):
@@ -236,8 +247,27 @@ def column_mode(cols, out_w, k_blocks, *, fc_columns):
     return (out_w == 1) & (k_blocks > max(1, cols // 4))
 
 
-def array_tiles(cols, out_h, out_w, k_blocks, *, wrap_rows):
-    """Tiles (of ``D`` operand beats each) the array runs for one layer (not column mode)."""
+def pixel_pairs_fit(rows, out_channels, out_w, k_blocks):
+    """Whether a layer may run with ``pixel_pairs`` (:class:`LayerDescriptor`): its
+    channels fit half the array's ``rows`` (one k-block) and its rows have an even number
+    of pixels (a column's two pixels are in the same row). Plain ints."""
+    return k_blocks == 1 and 0 < out_channels <= rows // 2 and out_w % 2 == 0
+
+
+def paired_walk(kernel, stride, out_w, pixel_pairs):
+    """``(kernel_w, column_step, walk_w)`` of a layer's operand walk: the kernel width
+    it reads, the input columns between neighbouring array columns and the output pixels
+    of a row as the array's columns see them (with ``pixel_pairs`` a column is two
+    pixels). Plain ints."""
+    if pixel_pairs:
+        return kernel + stride, 2 * stride, out_w // 2
+    return kernel, stride, out_w
+
+
+def array_tiles(cols, out_h, out_w, k_blocks, *, wrap_rows, pixel_pairs=False):
+    """Tiles (of ``D`` operand beats each) the array runs for one layer (not column mode);
+    ``out_w`` is the layer's, halved here with ``pixel_pairs``."""
+    out_w = paired_walk(1, 1, out_w, pixel_pairs)[2]
     if wraps_rows(cols, out_w, k_blocks, wrap_rows=wrap_rows):
         return -(-out_h * out_w // cols)
     return out_h * k_blocks * -(-out_w // cols)

@@ -88,14 +88,15 @@ __all__ = [
     "DATAFLOW_CODES", "ReadSpace", "Space", "REQUEST_HEADER_BYTES", "RESPONSE_HEADER_BYTES",
 ]
 
-#: Version 7: the identity's reserved byte is ``result_lanes``. (6: layer descriptors
+#: Version 8: layer descriptors have ``pixel_pairs``, the identity's flags say whether
+#: the board obeys it. (7: the identity's reserved byte is ``result_lanes``. 6: layer descriptors
 #: have ``copy`` and ``pad_top`` (and copy descriptors exist), RESULT reads from the last
 #: descriptor's ``out_base``, the activation window. 5: RESULT returns the last layer's
 #: whole output map from the activation memory (16-bit ``n_logits``); the identity no
 #: longer has a logits-buffer size. 4: no frame time-out, ABORT, the WATCHDOG status, RUN
 #: range check, response padding, the receive queue and watchdog in the identity; 3: the
 #: identity carries every field of the board's AcceleratorConfig.)
-PROTOCOL_VERSION = 7
+PROTOCOL_VERSION = 8
 REQUEST_SYNC = 0xA5
 RESPONSE_SYNC = 0x5A
 #: Bytes of one WRITE chunk (a 64-bit ``Core.wr`` beat).
@@ -120,9 +121,10 @@ CRC = crc.catalog.CRC16_CCITT(data_width=8)
 IDENTITY_FLAG_ICE40 = 1
 #: ``Identity.flags`` bits of the boolean config options that are not ``ice40`` (the host
 #: must compile for them: ``fc_columns`` changes the weight layout, ``act_window`` the
-#: activation addresses, ``compact_drain`` and ``wrap_rows`` the cycles a layer takes).
+#: activation addresses, ``compact_drain`` and ``wrap_rows`` the cycles a layer takes,
+#: ``pixel_pairs`` whether a layer may pair pixels).
 IDENTITY_FLAGS = {"ice40": IDENTITY_FLAG_ICE40, "compact_drain": 2, "fc_columns": 4,
-                  "act_window": 8, "wrap_rows": 16}
+                  "act_window": 8, "wrap_rows": 16, "pixel_pairs": 32}
 #: ``Identity.dataflow``: the code of each :class:`~.config.Dataflow`.
 DATAFLOW_CODES = {Dataflow.SYSTOLIC: 0, Dataflow.BROADCAST: 1}
 

@@ -115,8 +115,10 @@ def _weight_contents(stages, config):
     for s, (pad, _, k_blocks) in zip(stages, compiler.weight_placement(stages, config)):
         if pad:
             contents.append((f"padding to a word of {config.cols} k-blocks", pad * rows))
-        contents.append((f"{compiler._describe(s)}: {k_blocks} x {s.reduction} words",
-                         k_blocks * s.reduction * rows))
+        reduction = compiler.descriptor_reduction(s, config)
+        pairs = " (pixel pairs)" if compiler.pixel_pairs(s, config) else ""
+        contents.append((f"{compiler._describe(s)}: {k_blocks} x {reduction} words{pairs}",
+                         k_blocks * reduction * rows))
     return tuple(contents)
 
 

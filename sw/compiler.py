@@ -8,7 +8,8 @@ The result (:class:`CompiledProgram`) holds everything the board needs, in the f
   (zero for rows ``>= K``), ``R = config.rows``; a stage in column mode
   (``config.fc_columns``, :func:`~fpgacnn.hw.program.column_mode`) starts at a multiple of
   ``C = config.cols`` and holds ``W[(kg*C + c)*R + r, d]`` in word ``w_base + (kg*D + d)*C + c``, so one
-  memory word of ``C`` such words feeds every column;
+  memory word of ``C`` such words feeds every column; a stage with pixel pairs
+  (``config.pixel_pairs``, :func:`pixel_pairs`) holds :func:`paired_weights`;
 * one :class:`~fpgacnn.hw.program.QParam` (bias, M, S) per output channel;
 * a memory plan of the activation memory: two ping-pong buffers for the stage outputs
   (the last stage's output, the network's result, at address 0, where RESULT reads it)
@@ -40,8 +41,9 @@ from ..hw.config import AcceleratorConfig
 from ..hw.protocol import CHUNK_BYTES
 
 __all__ = ["CompileError", "MemoryPlan", "CompiledProgram", "compile_network",
-           "plan_activations", "tap_program",
-           "POOL_KERNELS", "POOL_STRIDES", "CHUNK_BYTES", "ideal_cycles"]
+           "plan_activations", "tap_program", "pixel_pairs", "paired_weights",
+           "descriptor_reduction", "POOL_KERNELS", "POOL_STRIDES", "CHUNK_BYTES",
+           "ideal_cycles"]
 
 #: Max-pool windows the gateware supports: kernel × kernel at stride, with
 #: ``stride <= kernel <= stride + 1`` (one line buffer): 2/1, 2/2, 3/2.
@@ -107,14 +109,51 @@ class MemoryPlan:
 def ideal_cycles(stage, config):
     """Operand beats the array needs for ``stage``: its tiles times ``D``
     (:func:`~fpgacnn.hw.program.array_tiles`; in column mode ``out_h·ceil(k_blocks/cols)``
-    tiles)."""
+    tiles; with pixel pairs half the tiles of a wider kernel's ``D``)."""
     _, h, w = stage.conv_shape
     k_blocks = -(-stage.out_channels // config.rows)
     lanes = _lanes(stage, config)
     if lanes > 1:
         return h * -(-k_blocks // lanes) * stage.reduction
-    return prog.array_tiles(config.cols, h, w, k_blocks,
-                            wrap_rows=config.wrap_rows) * stage.reduction
+    return prog.array_tiles(config.cols, h, w, k_blocks, wrap_rows=config.wrap_rows,
+                            pixel_pairs=pixel_pairs(stage, config)) * \
+        descriptor_reduction(stage, config)
+
+
+def pixel_pairs(stage, config):
+    """Whether ``stage`` runs with ``pixel_pairs`` (:class:`~fpgacnn.hw.program.
+    LayerDescriptor`) on ``config``: the board has them, the stage fits them
+    (:func:`~fpgacnn.hw.program.pixel_pairs_fit`) and its tiles then take fewer cycles.
+
+    A tile takes about ``max(D, drained beats + 4)`` cycles (its operand beats, or its
+    results when the drain is the bound: ``cols`` columns of the rows it uses, ``rows``
+    with pairs, ``result_lanes`` a beat), so pairs pay where a layer has few channels
+    and its tiles are short, as LeNet-5's C1 (6 channels, 5×5).
+    """
+    if not config.pixel_pairs:
+        return False
+    k, h, w = stage.conv_shape
+    k_blocks = -(-k // config.rows)
+    if not prog.pixel_pairs_fit(config.rows, k, w, k_blocks):
+        return False
+
+    def cycles(pairs, rows_used):
+        beats = prog.array_tiles(config.cols, h, w, k_blocks, wrap_rows=config.wrap_rows,
+                                 pixel_pairs=pairs)
+        drain = config.cols * -(-rows_used // config.result_lanes) + 4
+        return beats * max(_reduction(stage, pairs), drain)
+    return cycles(True, config.rows) < cycles(False, k)
+
+
+def _reduction(stage, pairs):
+    """``D`` of ``stage``'s descriptor: ``cin*F*F``, or ``cin*F*(F + stride)`` in pairs."""
+    c, f, s = stage.in_shape[0], stage.kernel, stage.stride
+    return c * prog.paired_walk(f, s, 0, pairs)[0] * f
+
+
+def descriptor_reduction(stage, config):
+    """``D`` (weight words per k-block, beats per tile) of ``stage`` on ``config``."""
+    return _reduction(stage, pixel_pairs(stage, config))
 
 
 def weight_placement(stages, config):
@@ -129,7 +168,7 @@ def weight_placement(stages, config):
         w_base += pad
         k_blocks = -(-stage.out_channels // (config.rows * lanes)) * lanes
         yield pad, w_base, k_blocks
-        w_base += k_blocks * stage.reduction
+        w_base += k_blocks * descriptor_reduction(stage, config)
 
 
 def _lanes(stage, config):
@@ -330,10 +369,11 @@ def _check_capacity(stage, config, w_base, q_base, k_blocks):
     """Raises if ``stage``'s ``k_blocks`` weight blocks or its qparams, placed after the
     earlier stages' (at ``w_base``, ``q_base``), overflow the memories."""
     where = _describe(stage)
-    n_words = k_blocks * stage.reduction
+    reduction = descriptor_reduction(stage, config)
+    n_words = k_blocks * reduction
     if w_base + n_words > config.weight_words:
         raise CompileError(f"{where}: needs {n_words} weight words ({k_blocks} k-blocks × "
-                           f"D = {stage.reduction}), {w_base + n_words} in total, but the "
+                           f"D = {reduction}), {w_base + n_words} in total, but the "
                            f"weight memory of {config.name} holds {config.weight_words} "
                            f"words of {config.rows} weights")
     k = stage.out_channels
@@ -342,9 +382,10 @@ def _check_capacity(stage, config, w_base, q_base, k_blocks):
                            f"but {config.name} holds {config.qparam_entries}")
 
 
-def _descriptor(stage, plan, rows, *, final, out_buffer, w_base, q_base):
-    """The LayerDescriptor fields of ``stage`` (each checked against its field width);
-    it writes ping-pong buffer ``out_buffer`` of ``plan``."""
+def _descriptor(stage, plan, config, *, final, out_buffer, w_base, q_base):
+    """The LayerDescriptor fields of ``stage`` on ``config`` (each checked against its
+    field width); it writes ping-pong buffer ``out_buffer`` of ``plan``."""
+    rows = config.rows
     first = stage.index == 0
     c, in_h, in_w = stage.in_shape
     k, out_h, out_w = stage.conv_shape
@@ -354,27 +395,43 @@ def _descriptor(stage, plan, rows, *, final, out_buffer, w_base, q_base):
         in_from_image=int(first), to_logits=int(final), copy=0,
         cin=c, in_h=in_h, in_w=in_w, kernel=stage.kernel, stride=stage.stride,
         pad=stage.pad, pad_top=stage.pad, out_h=out_h, out_w=out_w, out_channels=k,
-        k_blocks=-(-k // rows), reduction=stage.reduction,
+        k_blocks=-(-k // rows), reduction=descriptor_reduction(stage, config),
         pool_kernel=stage.pool[0] if stage.pool else 0,
         pool_stride=stage.pool[1] if stage.pool else 0,
         pool_h=pool_h, pool_w=pool_w,
         in_base=plan.image_slots[0] if first else plan.buffers[1 - out_buffer],
         out_base=plan.buffers[out_buffer],
-        w_base=w_base, q_base=q_base)
+        w_base=w_base, q_base=q_base, pixel_pairs=int(pixel_pairs(stage, config)))
     for name, value in desc.items():
         _check_field(stage, name, value)
     return desc
 
 
-def _weight_words(stage, p, rows, lanes=1):
-    """``stage``'s weight words: word ``kb*D + d``, byte ``r`` = ``W[kb*R + r, d]``; with
-    ``lanes`` k-blocks side by side, word ``(kg*D + d)*lanes + c`` holds k-block
-    ``kg*lanes + c``."""
+def _weight_words(stage, p, config):
+    """``stage``'s weight words on ``config``: word ``kb*D + d``, byte ``r`` = ``W[kb*R +
+    r, d]``; with ``lanes`` k-blocks side by side (column mode), word ``(kg*D + d)*lanes +
+    c`` holds k-block ``kg*lanes + c``; with pixel pairs :func:`paired_weights`."""
+    rows, lanes = config.rows, _lanes(stage, config)
+    if pixel_pairs(stage, config):
+        return paired_weights(np.asarray(p.weight), rows, stage.stride)
     k, d_red = stage.out_channels, stage.reduction
     groups = -(-k // (rows * lanes))
     wmat = np.zeros((groups * lanes * rows, d_red), dtype=np.int8)
     wmat[:k] = np.asarray(p.weight).reshape(k, d_red)
     return wmat.reshape(groups, lanes, rows, d_red).transpose(0, 3, 1, 2).reshape(-1, rows)
+
+
+def paired_weights(weight, rows, stride):
+    """The weight words of a ``pixel_pairs`` layer (:class:`~fpgacnn.hw.program.
+    LayerDescriptor`), shape ``(cin*F*(F + stride), rows)``: word ``d = (c, fy, fx)``
+    holds ``weight[k, c, fy, fx]`` on row ``k`` and ``weight[k, c, fy, fx - stride]`` on
+    row ``rows/2 + k``, zero outside the ``(K, cin, F, F)`` kernel."""
+    k, c, f, _ = weight.shape
+    half = rows // 2
+    wide = np.zeros((rows, c, f, f + stride), np.int8)
+    wide[:k, :, :, :f] = weight
+    wide[half:half + k, :, :, stride:] = weight
+    return np.ascontiguousarray(wide.reshape(rows, -1).T)
 
 
 def _check_bias(stage, p, config):
@@ -426,7 +483,7 @@ def compile_network(network, params, config):
     descriptors = []
 
     def describe(stage, w_base, q_base):
-        descriptors.append(_descriptor(stage, plan, config.rows, final=stage is stages[-1],
+        descriptors.append(_descriptor(stage, plan, config, final=stage is stages[-1],
                                        out_buffer=_buffer(stage, stages), w_base=w_base,
                                        q_base=q_base))
     _, weight_words, qparams = _place_parameters(stages, params, config, describe)
@@ -473,7 +530,7 @@ def _place_parameters(stages, params, config, describe=None, *, groups=False):
         bases.append((w_base, len(qparams)))
         if describe is not None:
             describe(stage, w_base, len(qparams))
-        words.append(_weight_words(stage, p, rows, _lanes(stage, config)))
+        words.append(_weight_words(stage, p, config))
         _check_bias(stage, p, config)
         for ch in range(stage.out_channels):
             qparams.append(dict(bias=int(p.bias[ch]), m=int(p.m[ch]), s=int(p.s[ch]), _pad=0))
@@ -547,7 +604,7 @@ def tap_program(program, index):
         return replace(program, stages=stages, descriptors=descriptors, plan=plan,
                        descriptor_stages=program.descriptor_stages[:keep])
     plan = plan_activations(program.network, stages, program.config)
-    descriptors = [_descriptor(s, plan, program.config.rows, final=s is stages[-1],
+    descriptors = [_descriptor(s, plan, program.config, final=s is stages[-1],
                                out_buffer=_buffer(s, stages), w_base=d["w_base"],
                                q_base=d["q_base"])
                    for s, d in zip(stages, program.descriptors)]

@@ -25,7 +25,7 @@ milliseconds, no simulator.
 
 import numpy as np
 
-from ..hw.program import array_tiles, column_mode
+from ..hw.program import array_tiles, column_mode, paired_walk, pixel_pairs_fit
 from . import golden
 
 __all__ = ["ExecutionError", "Machine", "descriptor_cycles", "run_program"]
@@ -47,7 +47,8 @@ def descriptor_cycles(desc, config):
     if lanes > 1:
         return desc["out_h"] * -(-kb // lanes) * desc["reduction"]
     return array_tiles(config.cols, desc["out_h"], desc["out_w"], kb,
-                       wrap_rows=config.wrap_rows) * desc["reduction"]
+                       wrap_rows=config.wrap_rows,
+                       pixel_pairs=desc.get("pixel_pairs", 0)) * desc["reduction"]
 
 
 def _lanes(desc, config):
@@ -157,8 +158,14 @@ class Machine:
     def _layer(self, d, image_base, where):
         c, h, w, f, s, p = (d[k] for k in ("cin", "in_h", "in_w", "kernel", "stride", "pad"))
         k, out_h, out_w = d["out_channels"], d["out_h"], d["out_w"]
-        rows = self.config.rows
-        checks = [("reduction", c * f * f), ("k_blocks", -(-k // rows))]
+        rows, pairs = self.config.rows, d.get("pixel_pairs", 0)
+        if pairs and not (self.config.pixel_pairs and
+                          pixel_pairs_fit(rows, k, out_w, d["k_blocks"])):
+            raise ExecutionError(f"{where}: pixel_pairs needs a board built with them and a "
+                                 f"layer of 1 to {rows // 2} channels and an even out_w, not "
+                                 f"{k} channels, out_w {out_w} on {self.config.name}")
+        checks = [("reduction", c * f * paired_walk(f, s, 0, pairs)[0]),
+                  ("k_blocks", -(-k // rows))]
         try:
             checks.append(("out_w", golden.conv_output_size(w, f, s, p)))
             if d["pool_en"]:
@@ -185,8 +192,11 @@ class Machine:
         if len(q) != k:
             raise ExecutionError(f"{where}: qparams {d['q_base']}..+{k} beyond the "
                                  f"{len(self.qparams)} loaded")
-        acc = golden.conv2d(xp, self._weights(d, where),
-                            np.array([e["bias"] for e in q], np.int32), stride=s)
+        bias = np.array([e["bias"] for e in q], np.int32)
+        if pairs:
+            acc = _paired_conv(xp, self._paired_weights(d, where), bias, s, k, out_h, out_w)
+        else:
+            acc = golden.conv2d(xp, self._weights(d, where), bias, stride=s)
         y = golden.requantize(acc, [e["m"] for e in q], [e["s"] for e in q],
                               relu=bool(d["relu"]))
         if d["pool_en"]:
@@ -196,6 +206,18 @@ class Machine:
             raise ExecutionError(f"{where}: its output ({y.size} B at {out.start}) overlaps "
                                  f"its input ({c * h * w} B at {base})")
         self.act[out] = y.reshape(-1).view(np.uint8)
+
+    def _paired_weights(self, d, where):
+        """The ``(rows, cin, F, F + stride)`` weights of pixel-pairs layer ``d`` as the
+        weight memory holds them (:func:`compiler.paired_weights`)."""
+        rows, red = self.config.rows, d["reduction"]
+        words = self.weights.view(np.int8).reshape(-1, rows)
+        if d["w_base"] + red > len(words):
+            raise ExecutionError(f"{where}: weight words {d['w_base']}..+{red} beyond the "
+                                 f"weight memory")
+        f = d["kernel"]
+        return words[d["w_base"]:d["w_base"] + red].T.reshape(
+            rows, d["cin"], f, paired_walk(f, d["stride"], 0, 1)[0])
 
     def _weights(self, d, where):
         """Weights ``(K, cin, F, F)`` of layer ``d`` from the weight memory (layout of
@@ -213,6 +235,23 @@ class Machine:
         f = d["kernel"]
         return np.ascontiguousarray(wmat[:d["out_channels"]]).reshape(
             d["out_channels"], d["cin"], f, f)
+
+
+def _paired_conv(xp, wide, bias, stride, k, out_h, out_w):
+    """The accumulators of a ``pixel_pairs`` layer as the array forms them: pixel ``2x +
+    g`` of channel ``k`` from row ``g*R/2 + k`` of ``wide`` (``(R, C, F, F + stride)``)
+    over the input columns from ``2x*stride`` on (``xp``: the padded input, zero beyond)."""
+    rows, c, f, f_w = wide.shape
+    width = (out_w // 2 - 1) * 2 * stride + f_w
+    x = np.zeros((c, xp.shape[1], max(width, xp.shape[2])), np.int64)
+    x[:, :, :xp.shape[2]] = xp
+    windows = np.lib.stride_tricks.sliding_window_view(x, (f, f_w), axis=(1, 2))
+    windows = windows[:, ::stride, ::2 * stride][:, :out_h, :out_w // 2]
+    acc = np.empty((k, out_h, out_w), np.int64)
+    for g in range(2):
+        half = wide[g * rows // 2:g * rows // 2 + k].astype(np.int64)
+        acc[:, :, g::2] = np.einsum("cyxij,kcij->kyx", windows, half)
+    return acc + bias.astype(np.int64)[:, None, None]
 
 
 def run_program(program, image, *, slot=0, machine=None):

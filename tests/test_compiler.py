@@ -69,6 +69,9 @@ def _check_weight_layout(net, params, config):
     r = config.rows
     covered = np.zeros(len(p.weight_words), bool)
     for stage, qp, desc in zip(p.stages, params, p.descriptors):
+        if desc["pixel_pairs"]:
+            covered[_check_paired_words(stage, qp, desc, p.weight_words, r)] = True
+            continue
         w = qp.weight.reshape(stage.out_channels, -1)
         d_red = w.shape[1]
         # Column mode (program.column_mode): k-block kg*C + c is word
@@ -89,6 +92,51 @@ def _check_weight_layout(net, params, config):
                 assert_array_equal(block[:, row], expect, err_msg=f"stage {stage.index} k {k}")
     # Padding k-blocks (column mode rounds up to cols) and alignment words hold zeros.
     assert not p.weight_words[~covered].any()
+
+
+def _check_paired_words(stage, qp, desc, weight_words, rows):
+    """A pixel-pairs stage's words: d = (c, fy, fx), fx < F + S; row k holds W[k, c, fy,
+    fx], row R/2 + k W[k, c, fy, fx - S], zero outside the kernel. Returns the words."""
+    k, c, f, s = stage.out_channels, stage.in_shape[0], stage.kernel, stage.stride
+    words = desc["w_base"] + np.arange(c * f * (f + s))
+    block = weight_words[words].reshape(c, f, f + s, rows)
+    for ch in range(c):
+        for fy in range(f):
+            for fx in range(f + s):
+                expect = np.zeros(rows, np.int8)
+                if fx < f:
+                    expect[:k] = qp.weight[:, ch, fy, fx]
+                if fx >= s:
+                    expect[rows // 2:rows // 2 + k] = qp.weight[:, ch, fy, fx - s]
+                assert_array_equal(block[ch, fy, fx], expect,
+                                   err_msg=f"stage {stage.index} word {(ch, fy, fx)}")
+    return words
+
+
+def test_lenet_c1_pairs_pixels_on_ulx3s():
+    """C1 (6 channels, 28 pixels a row) pairs pixels on the ULX3S-85F: 30-beat tiles, half
+    as many; C3 (16 channels) cannot, and no layer does on a board without pixel pairs."""
+    p = lenet(0, ULX3S)
+    assert [d["pixel_pairs"] for d in p.descriptors] == [1, 0, 0, 0, 0]
+    assert p.descriptors[0]["reduction"] == 30
+    assert p.ideal_cycles()[0] == 49 * 30
+    q = lenet(0, ULX3S.with_(pixel_pairs=False))
+    assert [d["pixel_pairs"] for d in q.descriptors] == [0] * 5
+    assert q.ideal_cycles()[0] == 98 * 25
+    assert not any(d["pixel_pairs"] for d in lenet(0, ICEBREAKER).descriptors)
+
+
+@pytest.mark.parametrize("layers,expected", [
+    ([Conv(6, 5, pad=2)], 1),            # 16 pixels a row, 6 channels: pairs
+    ([Conv(6, 4, pad=1)], 0),            # 15 pixels a row: odd
+    ([Conv(9, 5, pad=2)], 0),            # 9 channels: more than half of 16 rows
+    ([Conv(8, 5, pad=2)], 1),            # 8: half the rows exactly
+    ([Conv(4, 1)], 0),                   # 1x1, D = 1: drain-bound either way, no gain
+])
+def test_pixel_pairs_where_they_pay(layers, expected):
+    net = Network("t", (1, 16, 16), [*layers, ReLU(), FC(10)])
+    p = compile_network(net, nets.random_params(net, 0), ULX3S)
+    assert p.descriptors[0]["pixel_pairs"] == expected
 
 
 @pytest.mark.parametrize("config", [ICEBREAKER, ULX3S], ids=lambda c: c.name)

@@ -124,4 +124,20 @@ def test_bad_result_lanes(changes, message):
 
 
 def test_result_lanes_accepted():
-    assert [ULX3S.with_(result_lanes=n).result_lanes for n in (1, 2, 4, 8, 16)] == [1, 2, 4, 8, 16]
+    assert [ULX3S.with_(result_lanes=n, pixel_pairs=False).result_lanes
+            for n in (1, 2, 4, 8, 16)] == [1, 2, 4, 8, 16]
+
+
+@pytest.mark.parametrize("changes", [
+    dict(result_lanes=16),                         # 16 lanes do not divide 8 rows
+    dict(rows=8, result_lanes=8),
+    dict(compact_drain=False, result_lanes=1),
+])
+def test_pixel_pairs_needs(changes):
+    with pytest.raises(ValueError, match="pixel_pairs needs"):
+        ULX3S.with_(pixel_pairs=True, **changes)
+
+
+def test_pixel_pairs_refuses_act_window():
+    with pytest.raises(ValueError, match="pixel_pairs needs"):
+        get_config("icebreaker").with_(pixel_pairs=True)

@@ -479,6 +479,66 @@ def test_result_lanes_match_golden(request, case):
         assert c <= max(tiles * per_tile, writes) + config.multipliers + 64
 
 
+PAIRS = LANES.with_(pixel_pairs=True)
+PAIR_CASES = {
+    # (network, config, layers run); every case's first layer runs with pixel pairs.
+    # C1's shape on 16x8: 10 pairs a row on 8 columns (tiles wrap rows), pooled 2/2.
+    "c6_pool_16x8_l4": (Network("t", (1, 20, 20), [Conv(6, 5, pad=2), ReLU(), MaxPool(2, 2),
+                                                    FC(1)]), PAIRS.with_(cols=8), 1),
+    # 8 channels (half the rows exactly), no pool: every lane's bytes queue for the port.
+    "c8_nopool_l4": (Network("t", (2, 8, 10), [Conv(8, 3, pad=1), ReLU(), FC(1)]), PAIRS, 1),
+    # Stride 2 (columns 4 input columns apart, a kernel 2 wider), 3 channels: lane 3 has
+    # none; pool 2/1 (overlapping windows) over 4 pairs a row.
+    "c3_stride2_pool2s1_l4": (Network("t", (2, 15, 15), [Conv(3, 5, stride=2, pad=2), ReLU(),
+                                                          MaxPool(2, 1), FC(1)]), PAIRS, 1),
+    # Stride 3: a kernel 3 wider, columns 6 input columns apart; 4 pairs a row on 4
+    # columns, the right padding read by the last pair.
+    "c5_stride3_l4": (Network("t", (2, 24, 24), [Conv(5, 5, stride=3, pad=1), ReLU(),
+                                                  FC(3)]), PAIRS, 1),
+    # One lane on 8 rows and 2 columns, pooled 2/1, no ReLU; then a plain layer.
+    "c4_then_plain_l1": (Network("t", (1, 9, 12), [Conv(4, 5, pad=2), MaxPool(2, 1),
+                                                   Conv(9, 3), ReLU(), FC(1)]),
+                         PAIRS.with_(rows=8, cols=2, result_lanes=1, fc_columns=False), 2),
+    # Two lanes on 8 rows, 3 columns: 8 pairs a row, tiles wrap rows; then an FC layer.
+    "c2_wrap_l2": (Network("t", (1, 6, 16), [Conv(2, 3, pad=1), ReLU(), FC(10)]),
+                   PAIRS.with_(rows=8, cols=3, result_lanes=2, fc_columns=False), 2),
+}
+
+
+@pytest.mark.parametrize("case", PAIR_CASES)
+def test_pixel_pairs_match_golden(request, case):
+    net, config, layers = PAIR_CASES[case]
+    cycles, p = run_case(request, PAIR_CASES, case, net, config, layers=layers,
+                         dataflow=config.dataflow, mac="registered")
+    assert p.descriptors[0]["pixel_pairs"] == 1
+    for stage, c, ideal, desc in zip(p.stages, cycles, p.ideal_cycles(), p.descriptors):
+        # Beats, or per tile a drain of every row (pairs) or the used ones, plus fill and
+        # drain; without a pool every result is a write of the shared port.
+        tiles = -(-ideal // desc["reduction"])
+        rows = config.rows if desc["pixel_pairs"] else min(stage.out_channels, config.rows)
+        drain = config.cols * -(-rows // config.result_lanes) + 4
+        writes = int(np.prod(stage.out_shape))
+        assert c <= max(tiles * max(desc["reduction"], drain), writes) + \
+            config.multipliers + 64
+
+
+def test_pixel_pairs_cut_c1_cycles(request):
+    """LeNet-5's C1 on the ULX3S-85F's 16x8 array with 4 lanes: 98 tiles of 25 beats,
+    or 49 of 30 beats (drain-bound: 32 result beats) with pixel pairs."""
+    net = Network("t", (1, 28, 28), [Conv(6, 5, pad=2), ReLU(), MaxPool(2, 2), FC(1)])
+    params = nets.random_params(net, 2)
+    x = edge_input(net.input_shape, 2)
+    plain = LANES.with_(cols=8)
+    _, (slow,), p = run_layer(request, net, params, x, config=plain, dataflow="broadcast")
+    _, (fast,), q = run_layer(request, net, params, x, config=plain.with_(pixel_pairs=True),
+                              dataflow="broadcast")
+    print(f"\nC1 on 16x8, 4 lanes: {slow} cycles, {fast} with pixel pairs (array beats "
+          f"{p.ideal_cycles()[0]}, {q.ideal_cycles()[0]})")
+    assert q.descriptors[0]["pixel_pairs"] == 1
+    assert slow >= 98 * 25
+    assert fast <= 49 * 36 + 150
+
+
 def test_result_lanes_cut_c1_cycles(request):
     """LeNet-5's C1 on 16x8: drain-bound with one lane (48 results per 25-beat tile),
     beat-bound with four."""

@@ -43,6 +43,32 @@ def test_seeds_network_on_ulx3s_matches(edge_images):
         assert_array_equal(run_program(program, x), nets.run_network(net, params, x))
 
 
+@pytest.mark.parametrize("layers,shape", [
+    ([nets.Conv(6, 5, pad=2), nets.ReLU(), nets.MaxPool(2, 2)], (1, 28, 28)),
+    ([nets.Conv(3, 5, stride=2, pad=2), nets.MaxPool(2, 1)], (2, 31, 31)),
+    ([nets.Conv(8, 3, pad=1), nets.ReLU()], (3, 10, 18)),
+    ([nets.Conv(5, 5, stride=3, pad=1)], (2, 48, 48)),
+])
+def test_pixel_pairs_match_the_golden_model(layers, shape, edge_images):
+    net = nets.Network("t", shape, [*layers, nets.FC(10)])
+    params = nets.random_params(net, 3)
+    program = compile_network(net, params, ULX3S)
+    assert program.descriptors[0]["pixel_pairs"] == 1
+    for x in edge_images(net.input_shape, 3):
+        assert_array_equal(run_program(program, x), nets.run_network(net, params, x))
+
+
+def test_pixel_pairs_need_a_board_with_them():
+    net = nets.Network("t", (1, 12, 12), [nets.Conv(6, 5, pad=2), nets.FC(10)])
+    program = compile_network(net, nets.random_params(net, 0), ULX3S)
+    assert program.descriptors[0]["pixel_pairs"] == 1
+    m = Machine(ULX3S.with_(pixel_pairs=False))
+    m.load(program)
+    with pytest.raises(ExecutionError, match="descriptor 0: pixel_pairs needs a board built "
+                                             "with them"):
+        m.run(program.image_base(0))
+
+
 def copy(src, dst, segments, length, src_stride=0, dst_stride=0, **flags):
     return dict(_unused_flags=0, in_from_image=0, to_logits=0, copy=1, segments=segments,
                 length=length, src_stride=src_stride, dst_stride=dst_stride, _gap=0,

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from fpgacnn.hw.im2col import Im2col, im2col_reference
-from fpgacnn.hw.program import array_tiles, wraps_rows
+from fpgacnn.hw.program import array_tiles, paired_walk, pixel_pairs_fit, wraps_rows
 from fpgacnn.sim.amaranth_sim import run_simulation
 from fpgacnn.sim.streams import stream_get
 from fpgacnn.sw import golden
+from fpgacnn.sw.compiler import paired_weights
 
 
 def descriptor(cin, h, w, kernel, stride, pad, out_channels, rows, *, in_base=0, w_base=0):
@@ -63,6 +64,33 @@ GEOMETRIES = {  # name: (descriptor, cols)
 }
 
 
+def paired(desc, rows):
+    """``desc`` (at most ``rows/2`` channels, an even ``out_w``) with pixel pairs."""
+    f, s = desc["kernel"], desc["stride"]
+    assert pixel_pairs_fit(rows, desc["out_channels"], desc["out_w"], desc["k_blocks"])
+    return {**desc, "pixel_pairs": 1, "reduction": desc["cin"] * f * (f + s)}
+
+
+PAIR_GEOMETRIES = {  # name: (descriptor, cols, rows)
+    # Rows of 12 pixels = 6 pairs on 2 columns; a pair's second pixel reads the padding.
+    "pairs_c1_like": (paired(descriptor(1, 12, 12, 5, 1, 2, 6, 16, in_base=100, w_base=7),
+                             16), 2, 16),
+    # Stride 2 with padding: columns 4 input columns apart, a kernel 2 wider.
+    "pairs_stride2_pad": (paired(descriptor(2, 9, 11, 3, 2, 1, 3, 8, in_base=5), 8), 3, 8),
+    # 5 pairs a row on 4 columns (tiles wrap rows when built with wrap_rows).
+    "pairs_wrap": (paired(descriptor(1, 8, 12, 3, 1, 0, 4, 8, in_base=40, w_base=3), 8),
+                   4, 8),
+    # 9 pairs on 2 columns: the last tile runs past the map; addresses wrap.
+    "pairs_past_the_map": (paired(descriptor(1, 5, 8, 3, 1, 0, 2, 4, in_base=65500), 4),
+                           2, 4),
+    # A band of a stride-1 layer, pad_top 1.
+    "pairs_band": (paired(band(descriptor(2, 12, 10, 3, 1, 1, 5, 16, in_base=9), 1, 4)[0],
+                          16), 4, 16),
+    # LeNet-5's C1 on the ULX3S-85F: 14 pairs a row on 8 columns.
+    "pairs_lenet_c1": (paired(descriptor(1, 32, 32, 5, 1, 0, 6, 16, w_base=150), 16), 8, 16),
+}
+
+
 def run_im2col(dut, desc, *, seed, name, stall=0.3):
     got = []
     expected = list(im2col_reference(desc, dut.cols, dut.act_addr_width, dut.w_addr_width,
@@ -111,6 +139,39 @@ def test_im2col_matches_reference(request, geometry, wrap_rows):
     desc, cols = GEOMETRIES[geometry]
     run_im2col(Im2col(cols, wrap_rows=wrap_rows), desc, seed=len(geometry) + wrap_rows,
                name=request.node.name)
+
+
+@pytest.mark.parametrize("wrap_rows", [False, True])
+@pytest.mark.parametrize("geometry", PAIR_GEOMETRIES)
+def test_im2col_pixel_pairs_match_reference(request, geometry, wrap_rows):
+    desc, cols, _ = PAIR_GEOMETRIES[geometry]
+    run_im2col(Im2col(cols, wrap_rows=wrap_rows, column_blocks=cols in (2, 4, 8),
+                      pixel_pairs=True),
+               desc, seed=len(geometry) + wrap_rows, name=request.node.name)
+
+
+def test_im2col_without_pixel_pairs_ignores_the_field(request):
+    """A unit built without pixel pairs walks a layer as if the field were 0."""
+    desc, cols, _ = PAIR_GEOMETRIES["pairs_wrap"]
+    plain = {**desc, "pixel_pairs": 0}
+    dut = Im2col(cols, wrap_rows=True)
+
+    async def bench(ctx):
+        ctx.set(dut.start.payload, desc)
+        ctx.set(dut.start.valid, 1)
+        ctx.set(dut.o_stream.ready, 1)
+        await ctx.tick().until(dut.start.ready)
+        ctx.set(dut.start.valid, 0)
+        got = []
+        while True:
+            _, _, valid, p = await ctx.tick().sample(dut.o_stream.valid, dut.o_stream.payload)
+            if valid:
+                got.append(p.w_addr)
+                if p.end:
+                    break
+        assert got == [b["w_addr"] for b in im2col_reference(plain, cols, wrap_rows=True)]
+
+    run_simulation(dut, [bench], name=request.node.name)
 
 
 COLUMN_GEOMETRIES = {  # name: (descriptor, cols); w_base a multiple of cols
@@ -191,19 +252,24 @@ def test_im2col_back_to_back_layers(request):
 
 def conv_by_reference(desc, cols, rows, x, wt, wrap_rows):
     """The layer computed from operands fetched at the reference's addresses (tile by
-    tile, wrapping rows if ``wrap_rows``), as ``(out_channels, out_h, out_w)``."""
-    k = desc["out_channels"]
+    tile, wrapping rows if ``wrap_rows``), as ``(out_channels, out_h, out_w)``. With
+    ``pixel_pairs`` the weight words are ``compiler.paired_weights``."""
+    k, pairs = desc["out_channels"], desc.get("pixel_pairs", 0)
     act = np.zeros(1 << 16, dtype=np.int64)
     flat = x.reshape(-1).astype(np.int64)
     act[(desc["in_base"] + np.arange(flat.size)) & 0xFFFF] = flat
     wmat = np.zeros((desc["k_blocks"] * rows, desc["reduction"]), dtype=np.int64)
-    wmat[:k] = wt.reshape(k, -1)
+    if pairs:
+        wmat[:] = paired_weights(wt, rows, desc["stride"]).T
+    else:
+        wmat[:k] = wt.reshape(k, -1)
     words = {}   # word address -> rows weights
     for kb in range(desc["k_blocks"]):
         for d in range(desc["reduction"]):
             words[(desc["w_base"] + kb * desc["reduction"] + d) & 0xFFFF] = \
                 wmat[kb * rows:(kb + 1) * rows, d]
-    out_h, out_w, k_blocks = desc["out_h"], desc["out_w"], desc["k_blocks"]
+    out_h, k_blocks = desc["out_h"], desc["k_blocks"]
+    out_w = paired_walk(1, 1, desc["out_w"], pairs)[2]     # the walk's pixels
     out = np.zeros((k_blocks * rows, out_h + 1, -(-out_w // cols) * cols), dtype=np.int64)
     acc = np.zeros((rows, cols), dtype=np.int64)
     tile = 0
@@ -223,8 +289,13 @@ def conv_by_reference(desc, cols, rows, x, wt, wrap_rows):
                 out[kb * rows:(kb + 1) * rows, y, xt * cols:(xt + 1) * cols] = acc
             acc[:] = 0
             tile += 1
-    assert tile == array_tiles(cols, out_h, out_w, k_blocks, wrap_rows=wrap_rows)
-    return out[:k, :out_h, :out_w]
+    assert tile == array_tiles(cols, out_h, desc["out_w"], k_blocks, wrap_rows=wrap_rows,
+                               pixel_pairs=pairs)
+    out = out[:, :out_h, :out_w]
+    if pairs:   # row g*rows/2 + k of pair x is channel k of pixel 2x + g
+        out = out.reshape(2, rows // 2, out_h, out_w).transpose(1, 2, 3, 0)
+        out = out.reshape(rows // 2, out_h, 2 * out_w)
+    return out[:k]
 
 
 def random_layer(desc, seed):
@@ -245,6 +316,17 @@ def test_reference_computes_the_convolution(geometry, wrap_rows):
     desc, cols = GEOMETRIES[geometry]
     rows = -(-desc["out_channels"] // desc["k_blocks"])     # the descriptor's k-block size
     x, wt = random_layer(desc, 0)
+    expected = golden.conv2d(x, wt, stride=desc["stride"], pad=desc["pad"])
+    np.testing.assert_array_equal(conv_by_reference(desc, cols, rows, x, wt, wrap_rows),
+                                  expected)
+
+
+@pytest.mark.parametrize("wrap_rows", [False, True])
+@pytest.mark.parametrize("geometry", [g for g in PAIR_GEOMETRIES if g != "pairs_band"])
+def test_reference_computes_the_convolution_in_pairs(geometry, wrap_rows):
+    """Pixel pairs: the same convolution, from the paired weight words."""
+    desc, cols, rows = PAIR_GEOMETRIES[geometry]
+    x, wt = random_layer(desc, 1)
     expected = golden.conv2d(x, wt, stride=desc["stride"], pad=desc["pad"])
     np.testing.assert_array_equal(conv_by_reference(desc, cols, rows, x, wt, wrap_rows),
                                   expected)
