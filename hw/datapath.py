@@ -81,6 +81,12 @@ class Datapath(wiring.Component):
     ``kb + c`` from its own lane of a ``rows·cols``-weight memory word (Im2col's column
     mode); other layers pick their ``rows`` weights from a lane of such a word.
 
+    With ``config.pixel_pairs`` a descriptor with ``pixel_pairs`` runs half the tiles
+    (Im2col's walk of pixel pairs, a wider kernel): every row of a tile drains, and the
+    drop stage keeps rows whose channel ``r mod R/2`` is the layer's, reading its QParam
+    there; pixel ``2j`` of a column drains before ``2j + 1``, so stages 4 and 5 see the
+    layer's own stream.
+
     Control: hold ``desc``/``image_base`` stable and pulse ``start``; ``done`` pulses
     once the layer's last output is written. The descriptor must be consistent, as the
     compiler makes it (``k_blocks = ceil(out_channels / rows)``, the geometry of
