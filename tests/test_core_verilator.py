@@ -163,3 +163,13 @@ def test_seeds_network_ulx3s(request):
     total = result["counters"][0][0]
     print(f"\nseeds32x3 on {config.name}: {total} cycles per image (array beats "
           f"{sum(program.ideal_cycles())}, ideal MACs/PEs {net.macs / config.multipliers:.0f})")
+    # The same core runs a C1-like layer with pixel pairs (6 channels, 16 pixels a row).
+    net = nets.Network("pairs", (1, 16, 16), [nets.Conv(6, 5, pad=2), nets.ReLU(),
+                                              nets.MaxPool(2, 2), nets.FC(10)])
+    params = nets.random_params(net, 6)
+    program = compile_network(net, params, config)
+    assert program.descriptors[0]["pixel_pairs"] == 1
+    images = [rng.integers(-128, 128, net.input_shape, dtype=np.int8) for _ in range(2)]
+    images.append(np.full(net.input_shape, 127, np.int8))
+    result, expected = run_job(build, request, program, params, images, seed=2)
+    np.testing.assert_array_equal(np.array(result["logits"]), np.array(expected))
