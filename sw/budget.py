@@ -112,12 +112,14 @@ def _weight_contents(stages, config):
     """Weight memory contents in the compiler's order (:func:`compiler.weight_placement`):
     each stage's k-blocks × D words, after the padding column mode needs."""
     rows, contents = config.rows, []
-    for s, (pad, _, k_blocks) in zip(stages, compiler.weight_placement(stages, config)):
+    pairs = compiler.pixel_pairs(stages, config)
+    for s, paired, (pad, _, k_blocks) in zip(stages, pairs,
+                                             compiler.weight_placement(stages, config, pairs)):
         if pad:
             contents.append((f"padding to a word of {config.cols} k-blocks", pad * rows))
-        reduction = compiler.descriptor_reduction(s, config)
-        pairs = " (pixel pairs)" if compiler.pixel_pairs(s, config) else ""
-        contents.append((f"{compiler._describe(s)}: {k_blocks} x {reduction} words{pairs}",
+        reduction = compiler.stage_reduction(s, paired)
+        how = " (pixel pairs)" if paired else ""
+        contents.append((f"{compiler._describe(s)}: {k_blocks} x {reduction} words{how}",
                          k_blocks * reduction * rows))
     return tuple(contents)
 

@@ -42,7 +42,7 @@ from ..hw.protocol import CHUNK_BYTES
 
 __all__ = ["CompileError", "MemoryPlan", "CompiledProgram", "compile_network",
            "plan_activations", "tap_program", "pixel_pairs", "paired_weights",
-           "descriptor_reduction", "POOL_KERNELS", "POOL_STRIDES", "CHUNK_BYTES",
+           "stage_reduction", "POOL_KERNELS", "POOL_STRIDES", "CHUNK_BYTES",
            "ideal_cycles"]
 
 #: Max-pool windows the gateware supports: kernel × kernel at stride, with
@@ -106,69 +106,91 @@ class MemoryPlan:
         return self.buffers[0]
 
 
-def ideal_cycles(stage, config):
+def ideal_cycles(stage, config, *, pairs=False):
     """Operand beats the array needs for ``stage``: its tiles times ``D``
     (:func:`~fpgacnn.hw.program.array_tiles`; in column mode ``out_h·ceil(k_blocks/cols)``
-    tiles; with pixel pairs half the tiles of a wider kernel's ``D``)."""
+    tiles; with ``pairs``, pixel pairs (:func:`pixel_pairs`), half the tiles of a wider
+    kernel's ``D``)."""
     _, h, w = stage.conv_shape
     k_blocks = -(-stage.out_channels // config.rows)
     lanes = _lanes(stage, config)
     if lanes > 1:
         return h * -(-k_blocks // lanes) * stage.reduction
     return prog.array_tiles(config.cols, h, w, k_blocks, wrap_rows=config.wrap_rows,
-                            pixel_pairs=pixel_pairs(stage, config)) * \
-        descriptor_reduction(stage, config)
+                            pixel_pairs=pairs) * stage_reduction(stage, pairs)
 
 
-def pixel_pairs(stage, config):
-    """Whether ``stage`` runs with ``pixel_pairs`` (:class:`~fpgacnn.hw.program.
-    LayerDescriptor`) on ``config``: the board has them, the stage fits them
-    (:func:`~fpgacnn.hw.program.pixel_pairs_fit`) and its tiles then take fewer cycles.
+def pixel_pairs(stages, config):
+    """Which of a network's ``stages`` run with ``pixel_pairs``
+    (:class:`~fpgacnn.hw.program.LayerDescriptor`) on ``config``: a list of bools.
 
-    A tile takes about ``max(D, drained beats + 4)`` cycles (its operand beats, or its
-    results when the drain is the bound: ``cols`` columns of the rows it uses, ``rows``
-    with pairs, ``result_lanes`` a beat), so pairs pay where a layer has few channels
-    and its tiles are short, as LeNet-5's C1 (6 channels, 5×5).
+    A stage pairs its pixels if the board has pixel pairs, the stage fits them
+    (:func:`~fpgacnn.hw.program.pixel_pairs_fit`) and they make it faster by this
+    estimate: a tile takes ``max(D, drained beats + 4)`` cycles (its operand beats, or
+    its results when the drain is the bound: ``cols`` columns of the rows it uses, all
+    ``rows`` with pairs, ``result_lanes`` a beat), and a layer at least one cycle per
+    byte it writes (the one write port). So pairs pay where a layer has few channels,
+    short tiles and a pool, as LeNet-5's C1 (6 channels, 5×5, pool 2/2). Paired weights
+    take ``cin·F·S`` more words; if the network's weights would then not fit the weight
+    memory, no stage pairs.
     """
+    paying = [_pairs_pay(stage, config) for stage in stages]
+    if any(paying) and _weight_words_used(stages, config, paying) > config.weight_words:
+        return [False] * len(stages)
+    return paying
+
+
+def _pairs_pay(stage, config):
+    """Whether pixel pairs would run ``stage`` faster on ``config`` (see :func:`pixel_pairs`)."""
     if not config.pixel_pairs:
         return False
     k, h, w = stage.conv_shape
     k_blocks = -(-k // config.rows)
     if not prog.pixel_pairs_fit(config.rows, k, w, k_blocks):
         return False
+    writes = int(np.prod(stage.out_shape))
 
     def cycles(pairs, rows_used):
-        beats = prog.array_tiles(config.cols, h, w, k_blocks, wrap_rows=config.wrap_rows,
+        tiles = prog.array_tiles(config.cols, h, w, k_blocks, wrap_rows=config.wrap_rows,
                                  pixel_pairs=pairs)
         drain = config.cols * -(-rows_used // config.result_lanes) + 4
-        return beats * max(_reduction(stage, pairs), drain)
+        return max(tiles * max(stage_reduction(stage, pairs), drain), writes)
     return cycles(True, config.rows) < cycles(False, k)
 
 
-def _reduction(stage, pairs):
-    """``D`` of ``stage``'s descriptor: ``cin*F*F``, or ``cin*F*(F + stride)`` in pairs."""
+def stage_reduction(stage, pairs):
+    """``D`` of ``stage``'s descriptor (weight words per k-block, beats per tile):
+    ``cin*F*F``, or with ``pairs`` (pixel pairs) ``cin*F*(F + stride)``."""
     c, f, s = stage.in_shape[0], stage.kernel, stage.stride
     return c * prog.paired_walk(f, s, 0, pairs)[0] * f
 
 
-def descriptor_reduction(stage, config):
-    """``D`` (weight words per k-block, beats per tile) of ``stage`` on ``config``."""
-    return _reduction(stage, pixel_pairs(stage, config))
-
-
-def weight_placement(stages, config):
+def weight_placement(stages, config, pairs=None):
     """The weight memory's layout, stage by stage: yields ``(pad, w_base, k_blocks)``,
     the zero words before the stage, its first word and its k-blocks (``k_blocks * D``
-    words). Column mode (:func:`_lanes` > 1) rounds the k-blocks up to a multiple of
-    ``cols`` and starts at a multiple of ``cols`` words (it reads whole memory words)."""
+    words, ``D`` with the stage's pixel pairs: ``pairs``, by default
+    :func:`pixel_pairs`). Column mode (:func:`_lanes` > 1) rounds the k-blocks up to a
+    multiple of ``cols`` and starts at a multiple of ``cols`` words (it reads whole
+    memory words)."""
+    if pairs is None:
+        pairs = pixel_pairs(stages, config)
     w_base = 0
-    for stage in stages:
+    for stage, paired in zip(stages, pairs):
         lanes = _lanes(stage, config)
         pad = -w_base % lanes
         w_base += pad
         k_blocks = -(-stage.out_channels // (config.rows * lanes)) * lanes
         yield pad, w_base, k_blocks
-        w_base += k_blocks * descriptor_reduction(stage, config)
+        w_base += k_blocks * stage_reduction(stage, paired)
+
+
+def _weight_words_used(stages, config, pairs):
+    """Weight words ``stages`` take with ``pairs`` (:func:`weight_placement`)."""
+    end = 0
+    for stage, paired, (_, w_base, k_blocks) in zip(
+            stages, pairs, weight_placement(stages, config, pairs)):
+        end = w_base + k_blocks * stage_reduction(stage, paired)
+    return end
 
 
 def _lanes(stage, config):
@@ -365,11 +387,11 @@ def _check_stage(stage, config, *, groups=False):
                            f"k-blocks of {config.rows} channels)")
 
 
-def _check_capacity(stage, config, w_base, q_base, k_blocks):
-    """Raises if ``stage``'s ``k_blocks`` weight blocks or its qparams, placed after the
-    earlier stages' (at ``w_base``, ``q_base``), overflow the memories."""
+def _check_capacity(stage, config, w_base, q_base, k_blocks, reduction):
+    """Raises if ``stage``'s ``k_blocks`` weight blocks of ``reduction`` words or its
+    qparams, placed after the earlier stages' (at ``w_base``, ``q_base``), overflow the
+    memories."""
     where = _describe(stage)
-    reduction = descriptor_reduction(stage, config)
     n_words = k_blocks * reduction
     if w_base + n_words > config.weight_words:
         raise CompileError(f"{where}: needs {n_words} weight words ({k_blocks} k-blocks × "
@@ -382,9 +404,10 @@ def _check_capacity(stage, config, w_base, q_base, k_blocks):
                            f"but {config.name} holds {config.qparam_entries}")
 
 
-def _descriptor(stage, plan, config, *, final, out_buffer, w_base, q_base):
+def _descriptor(stage, plan, config, *, final, out_buffer, w_base, q_base, pairs):
     """The LayerDescriptor fields of ``stage`` on ``config`` (each checked against its
-    field width); it writes ping-pong buffer ``out_buffer`` of ``plan``."""
+    field width); it writes ping-pong buffer ``out_buffer`` of ``plan``, with pixel
+    pairs if ``pairs``."""
     rows = config.rows
     first = stage.index == 0
     c, in_h, in_w = stage.in_shape
@@ -395,24 +418,25 @@ def _descriptor(stage, plan, config, *, final, out_buffer, w_base, q_base):
         in_from_image=int(first), to_logits=int(final), copy=0,
         cin=c, in_h=in_h, in_w=in_w, kernel=stage.kernel, stride=stage.stride,
         pad=stage.pad, pad_top=stage.pad, out_h=out_h, out_w=out_w, out_channels=k,
-        k_blocks=-(-k // rows), reduction=descriptor_reduction(stage, config),
+        k_blocks=-(-k // rows), reduction=stage_reduction(stage, pairs),
         pool_kernel=stage.pool[0] if stage.pool else 0,
         pool_stride=stage.pool[1] if stage.pool else 0,
         pool_h=pool_h, pool_w=pool_w,
         in_base=plan.image_slots[0] if first else plan.buffers[1 - out_buffer],
         out_base=plan.buffers[out_buffer],
-        w_base=w_base, q_base=q_base, pixel_pairs=int(pixel_pairs(stage, config)))
+        w_base=w_base, q_base=q_base, pixel_pairs=int(pairs))
     for name, value in desc.items():
         _check_field(stage, name, value)
     return desc
 
 
-def _weight_words(stage, p, config):
+def _weight_words(stage, p, config, pairs):
     """``stage``'s weight words on ``config``: word ``kb*D + d``, byte ``r`` = ``W[kb*R +
     r, d]``; with ``lanes`` k-blocks side by side (column mode), word ``(kg*D + d)*lanes +
-    c`` holds k-block ``kg*lanes + c``; with pixel pairs :func:`paired_weights`."""
+    c`` holds k-block ``kg*lanes + c``; with ``pairs`` (pixel pairs)
+    :func:`paired_weights`."""
     rows, lanes = config.rows, _lanes(stage, config)
-    if pixel_pairs(stage, config):
+    if pairs:
         return paired_weights(np.asarray(p.weight), rows, stage.stride)
     k, d_red = stage.out_channels, stage.reduction
     groups = -(-k // (rows * lanes))
@@ -482,10 +506,10 @@ def compile_network(network, params, config):
     plan = plan_activations(network, stages, config)
     descriptors = []
 
-    def describe(stage, w_base, q_base):
+    def describe(stage, w_base, q_base, pairs):
         descriptors.append(_descriptor(stage, plan, config, final=stage is stages[-1],
                                        out_buffer=_buffer(stage, stages), w_base=w_base,
-                                       q_base=q_base))
+                                       q_base=q_base, pairs=pairs))
     _, weight_words, qparams = _place_parameters(stages, params, config, describe)
     base_bits = prog.field_widths(prog.StartCommand)["image_base"]
     if plan.image_slots[1] >> base_bits:
@@ -509,8 +533,8 @@ def _fits_block_ram(network, stages, config):
 
 def _place_parameters(stages, params, config, describe=None, *, groups=False):
     """Check every stage and lay out its weights and qparams after the earlier stages'
-    (``describe(stage, w_base, q_base)``, if given, is called once a stage's place is
-    known, before its bias is checked).
+    (``describe(stage, w_base, q_base, pairs)``, if given, is called once a stage's place
+    and pixel pairs (:func:`pixel_pairs`) are known, before its bias is checked).
 
     Returns
     -------
@@ -521,16 +545,18 @@ def _place_parameters(stages, params, config, describe=None, *, groups=False):
     """
     rows = config.rows
     bases, words, qparams = [], [], []
-    for stage, p, (pad, w_base, k_blocks) in zip(stages, params,
-                                                 weight_placement(stages, config)):
+    pairs = pixel_pairs(stages, config)
+    for stage, p, paired, (pad, w_base, k_blocks) in zip(
+            stages, params, pairs, weight_placement(stages, config, pairs)):
         _check_stage(stage, config, groups=groups)
         if pad:
             words.append(np.zeros((pad, rows), np.int8))
-        _check_capacity(stage, config, w_base, len(qparams), k_blocks)
+        _check_capacity(stage, config, w_base, len(qparams), k_blocks,
+                        stage_reduction(stage, paired))
         bases.append((w_base, len(qparams)))
         if describe is not None:
-            describe(stage, w_base, len(qparams))
-        words.append(_weight_words(stage, p, config))
+            describe(stage, w_base, len(qparams), paired)
+        words.append(_weight_words(stage, p, config, paired))
         _check_bias(stage, p, config)
         for ch in range(stage.out_channels):
             qparams.append(dict(bias=int(p.bias[ch]), m=int(p.m[ch]), s=int(p.s[ch]), _pad=0))
@@ -543,6 +569,11 @@ def _compile_streamed(network, params, config, stages):
     """:func:`compile_network` with a streamed plan (:mod:`.stream`): maps in the
     activation window, stages in bands and channel groups with copy descriptors."""
     from . import stream
+    # Streamed descriptors (stream.stage_descriptors) never pair pixels: the weights
+    # must not either (the configuration keeps pixel_pairs and act_window apart).
+    if any(pixel_pairs(stages, config)):
+        raise CompileError(f"{network.name}: a streamed plan cannot run pixel pairs "
+                           f"({config.name} has both pixel_pairs and act_window)")
     bases, weight_words, qparams = _place_parameters(stages, params, config, groups=True)
     outputs = int(np.prod(stages[-1].out_shape))
     if outputs > config.max_logits:
@@ -606,7 +637,7 @@ def tap_program(program, index):
     plan = plan_activations(program.network, stages, program.config)
     descriptors = [_descriptor(s, plan, program.config, final=s is stages[-1],
                                out_buffer=_buffer(s, stages), w_base=d["w_base"],
-                               q_base=d["q_base"])
+                               q_base=d["q_base"], pairs=bool(d["pixel_pairs"]))
                    for s, d in zip(stages, program.descriptors)]
     return replace(program, stages=stages, descriptors=descriptors, plan=plan,
                    descriptor_stages=list(range(len(stages))))

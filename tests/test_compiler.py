@@ -127,16 +127,29 @@ def test_lenet_c1_pairs_pixels_on_ulx3s():
 
 
 @pytest.mark.parametrize("layers,expected", [
-    ([Conv(6, 5, pad=2)], 1),            # 16 pixels a row, 6 channels: pairs
-    ([Conv(6, 4, pad=1)], 0),            # 15 pixels a row: odd
-    ([Conv(9, 5, pad=2)], 0),            # 9 channels: more than half of 16 rows
-    ([Conv(8, 5, pad=2)], 1),            # 8: half the rows exactly
-    ([Conv(4, 1)], 0),                   # 1x1, D = 1: drain-bound either way, no gain
+    ([Conv(6, 5, pad=2), ReLU(), MaxPool(2, 2)], 1),     # 16 pixels a row, 6 channels
+    ([Conv(6, 4, pad=1), ReLU(), MaxPool(3, 2)], 0),     # 15 pixels a row: odd
+    ([Conv(9, 5, pad=2), ReLU(), MaxPool(2, 2)], 0),     # 9 channels: more than 16 / 2
+    ([Conv(8, 5, pad=2), ReLU(), MaxPool(2, 2)], 1),     # 8: half the rows exactly
+    ([Conv(6, 5, pad=2), ReLU()], 0),    # no pool: bound by its 1,536 writes either way
+    ([Conv(4, 1), ReLU(), MaxPool(2, 2)], 0),   # D = 1: drain-bound either way
 ])
 def test_pixel_pairs_where_they_pay(layers, expected):
-    net = Network("t", (1, 16, 16), [*layers, ReLU(), FC(10)])
+    net = Network("t", (1, 16, 16), [*layers, FC(10)])
     p = compile_network(net, nets.random_params(net, 0), ULX3S)
     assert p.descriptors[0]["pixel_pairs"] == expected
+
+
+def test_no_pixel_pairs_where_their_weights_do_not_fit():
+    """Pairs would take 8,204 of the 8,192 weight words (their kernel is 3 wider): the
+    network compiles without them, as it does on a board without pairs."""
+    net = Network("t", (9, 21, 32), [Conv(6, 3, pad=1), ReLU(), FC(32), ReLU(), FC(10)])
+    params = nets.random_params(net, 0)
+    p = compile_network(net, params, ULX3S)
+    assert [d["pixel_pairs"] for d in p.descriptors] == [0, 0, 0]
+    assert len(p.weight_words) == 8177 <= ULX3S.weight_words
+    paired = compile_network(net, params, ULX3S.with_(weight_words=8192 * 2))
+    assert paired.descriptors[0]["pixel_pairs"] == 1 and len(paired.weight_words) == 8204
 
 
 @pytest.mark.parametrize("config", [ICEBREAKER, ULX3S], ids=lambda c: c.name)

@@ -46,7 +46,7 @@ def test_seeds_network_on_ulx3s_matches(edge_images):
 @pytest.mark.parametrize("layers,shape", [
     ([nets.Conv(6, 5, pad=2), nets.ReLU(), nets.MaxPool(2, 2)], (1, 28, 28)),
     ([nets.Conv(3, 5, stride=2, pad=2), nets.MaxPool(2, 1)], (2, 31, 31)),
-    ([nets.Conv(8, 3, pad=1), nets.ReLU()], (3, 10, 18)),
+    ([nets.Conv(8, 3, pad=1), nets.ReLU(), nets.MaxPool(2, 2)], (3, 10, 18)),
     ([nets.Conv(5, 5, stride=3, pad=1)], (2, 48, 48)),
 ])
 def test_pixel_pairs_match_the_golden_model(layers, shape, edge_images):
@@ -59,7 +59,8 @@ def test_pixel_pairs_match_the_golden_model(layers, shape, edge_images):
 
 
 def test_pixel_pairs_need_a_board_with_them():
-    net = nets.Network("t", (1, 12, 12), [nets.Conv(6, 5, pad=2), nets.FC(10)])
+    net = nets.Network("t", (1, 12, 12), [nets.Conv(6, 5, pad=2), nets.MaxPool(2, 2),
+                                          nets.FC(10)])
     program = compile_network(net, nets.random_params(net, 0), ULX3S)
     assert program.descriptors[0]["pixel_pairs"] == 1
     m = Machine(ULX3S.with_(pixel_pairs=False))

@@ -42,7 +42,8 @@ def figures(config, net, counters, program):
     """Per-layer and total cycles against the ideal, under stable JSON keys."""
     from ..sw import compiler
     stages = net.stages()
-    beats = [compiler.ideal_cycles(s, config) for s in stages]
+    beats = [compiler.ideal_cycles(s, config, pairs=paired)
+             for s, paired in zip(stages, compiler.pixel_pairs(stages, config))]
     copied = stage_copy_bytes(program)
     layers = counters[:, 1:].mean(axis=0)
     total = float(counters[:, 0].mean())
