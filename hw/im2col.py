@@ -110,9 +110,11 @@ class Im2col(wiring.Component):
     operands are unspecified (they are never read).
 
     Only ``cin, in_h, in_w, kernel, stride, pad, pad_top, out_h, out_w, k_blocks,
-    reduction, in_base, w_base`` are used. The geometry must be a consistent convolution
-    across: ``reduction = cin*kernel**2`` and ``out_w = (in_w - kernel + 2*pad)/stride +
-    1`` (the host compiler guarantees it; :func:`im2col_reference` is the exact model).
+    reduction, in_base, w_base`` (and with ``pixel_pairs`` below, ``pixel_pairs``) are
+    used. The geometry must be a consistent convolution across: ``reduction =
+    cin*kernel**2`` (pixel pairs: ``cin*kernel*(kernel + stride)``) and ``out_w = (in_w -
+    kernel + 2*pad)/stride + 1`` (the host compiler guarantees it;
+    :func:`im2col_reference` is the exact model).
     Down, ``out_h`` is free (a horizontal band of a layer, ``pad_top`` zero rows above
     its ``in_h`` input rows, any rows below them zero) as long as the last row's input
     rows stay below ``in_h + 256``. A whole layer has ``pad_top = pad``. A descriptor

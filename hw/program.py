@@ -86,7 +86,7 @@ class LayerDescriptor(data.Struct):
     out_w: unsigned(8)
     out_channels: unsigned(12)
     k_blocks: unsigned(8)     # ceil(out_channels / rows)
-    reduction: unsigned(16)   # cin * kernel * kernel
+    reduction: unsigned(16)   # cin * kernel * kernel (pixel pairs: * (kernel + stride))
     pool_kernel: unsigned(3)
     pool_stride: unsigned(3)
     pool_h: unsigned(8)       # pooled output

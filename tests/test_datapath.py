@@ -12,6 +12,7 @@ from fpgacnn.hw import program as prog
 from fpgacnn.hw.config import get_config
 from fpgacnn.hw.datapath import Datapath
 from fpgacnn.sim.amaranth_sim import run_simulation
+from fpgacnn.sw import compiler
 from fpgacnn.sw import network as nets
 from fpgacnn.sw.compiler import compile_network
 from fpgacnn.sw.network import FC, Conv, MaxPool, Network, ReLU
@@ -481,7 +482,8 @@ def test_result_lanes_match_golden(request, case):
 
 PAIRS = LANES.with_(pixel_pairs=True)
 PAIR_CASES = {
-    # (network, config, layers run); every case's first layer runs with pixel pairs.
+    # (network, config, layers run); every case's first layer runs with pixel pairs
+    # (forced where the compiler would find them no faster: no-pool layers).
     # C1's shape on 16x8: 10 pairs a row on 8 columns (tiles wrap rows), pooled 2/2.
     "c6_pool_16x8_l4": (Network("t", (1, 20, 20), [Conv(6, 5, pad=2), ReLU(), MaxPool(2, 2),
                                                     FC(1)]), PAIRS.with_(cols=8), 1),
@@ -506,8 +508,14 @@ PAIR_CASES = {
 
 
 @pytest.mark.parametrize("case", PAIR_CASES)
-def test_pixel_pairs_match_golden(request, case):
+def test_pixel_pairs_match_golden(request, monkeypatch, case):
     net, config, layers = PAIR_CASES[case]
+
+    def fits(stage, config):     # every layer that may pair does (the hardware's cases)
+        k, _, w = stage.conv_shape
+        return config.pixel_pairs and prog.pixel_pairs_fit(config.rows, k, w,
+                                                           -(-k // config.rows))
+    monkeypatch.setattr(compiler, "_pairs_pay", fits)
     cycles, p = run_case(request, PAIR_CASES, case, net, config, layers=layers,
                          dataflow=config.dataflow, mac="registered")
     assert p.descriptors[0]["pixel_pairs"] == 1
