@@ -637,7 +637,7 @@ def tap_program(program, index):
     plan = plan_activations(program.network, stages, program.config)
     descriptors = [_descriptor(s, plan, program.config, final=s is stages[-1],
                                out_buffer=_buffer(s, stages), w_base=d["w_base"],
-                               q_base=d["q_base"], pairs=bool(d["pixel_pairs"]))
+                               q_base=d["q_base"], pairs=bool(d.get("pixel_pairs", 0)))
                    for s, d in zip(stages, program.descriptors)]
     return replace(program, stages=stages, descriptors=descriptors, plan=plan,
                    descriptor_stages=list(range(len(stages))))
