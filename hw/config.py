@@ -121,9 +121,9 @@ class AcceleratorConfig:
         ``pixel_pairs``: each array column computes two neighbouring pixels, one on each
         half of the rows, from a kernel ``stride`` columns wider. LeNet-5's C1 (6
         channels, 5×5) then runs half the tiles of 30 beats instead of 25 on 12 of 16
-        rows. The compiler uses it where it saves cycles. It costs the address
-        generator's wider kernel and column step, and a per-lane channel check in the
-        drain. Needs ``compact_drain``, no ``act_window`` (streamed plans do not pair) and
+        rows. The compiler uses it where it saves cycles and the weights still fit
+        (``compiler.pixel_pairs``). It costs the address generator's wider kernel and
+        column step, and a per-lane channel check in the drain. Needs ``compact_drain``, no ``act_window`` (streamed plans do not pair) and
         ``result_lanes`` dividing ``rows / 2``. Off by default.
     act_window : bool
         Activation addresses ``act_bytes … 65535`` (the *window*) are bytes of the
