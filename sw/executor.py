@@ -210,14 +210,17 @@ class Machine:
     def _paired_weights(self, d, where):
         """The ``(rows, cin, F, F + stride)`` weights of pixel-pairs layer ``d`` as the
         weight memory holds them (:func:`compiler.paired_weights`)."""
-        rows, red = self.config.rows, d["reduction"]
-        words = self.weights.view(np.int8).reshape(-1, rows)
-        if d["w_base"] + red > len(words):
-            raise ExecutionError(f"{where}: weight words {d['w_base']}..+{red} beyond the "
-                                 f"weight memory")
         f = d["kernel"]
-        return words[d["w_base"]:d["w_base"] + red].T.reshape(
-            rows, d["cin"], f, paired_walk(f, d["stride"], 0, 1)[0])
+        return self._weight_words(d, d["reduction"], where).T.reshape(
+            self.config.rows, d["cin"], f, paired_walk(f, d["stride"], 0, 1)[0])
+
+    def _weight_words(self, d, n, where):
+        """Weight words ``w_base .. w_base + n - 1`` of layer ``d``, ``(n, rows)`` int8."""
+        words = self.weights.view(np.int8).reshape(-1, self.config.rows)
+        if d["w_base"] + n > len(words):
+            raise ExecutionError(f"{where}: weight words {d['w_base']}..+{n} beyond the "
+                                 f"weight memory")
+        return words[d["w_base"]:d["w_base"] + n]
 
     def _weights(self, d, where):
         """Weights ``(K, cin, F, F)`` of layer ``d`` from the weight memory (layout of
@@ -226,11 +229,7 @@ class Machine:
         lanes = _lanes(d, self.config)
         groups = -(-kb // lanes)
         n = groups * lanes * red
-        words = self.weights.view(np.int8).reshape(-1, rows)
-        if d["w_base"] + n > len(words):
-            raise ExecutionError(f"{where}: weight words {d['w_base']}..+{n} beyond the "
-                                 f"weight memory")
-        block = words[d["w_base"]:d["w_base"] + n].reshape(groups, red, lanes, rows)
+        block = self._weight_words(d, n, where).reshape(groups, red, lanes, rows)
         wmat = block.transpose(0, 2, 3, 1).reshape(groups * lanes * rows, red)
         f = d["kernel"]
         return np.ascontiguousarray(wmat[:d["out_channels"]]).reshape(
