@@ -125,6 +125,15 @@ class AcceleratorConfig:
         (``compiler.pixel_pairs``). It costs the address generator's wider kernel and
         column step, and a per-lane channel check in the drain. Needs ``compact_drain``, no ``act_window`` (streamed plans do not pair) and
         ``result_lanes`` dividing ``rows / 2``. Off by default.
+    overlap_drain : bool
+        The array queues its results (:data:`~.datapath.RESULT_QUEUE` beats, the array's
+        ``queue``)
+        so a tile's last beat need not wait for the previous tile's last results to
+        drain: tiles bound by their results take one cycle more than their result beats
+        instead of ``mac.LATENCY + 2`` more (LeNet-5's C1 with pixel pairs on the
+        ULX3S-85F). Costs the queue (lookup-table RAM on an ECP5) and a counter. Needs
+        the broadcast dataflow and no ``ice40`` (whose array drains through shift
+        chains). Off by default.
     act_window : bool
         Activation addresses ``act_bytes … 65535`` (the *window*) are bytes of the
         weight memory's top (:attr:`window_weight_byte`): image slots and maps too large
@@ -164,6 +173,7 @@ class AcceleratorConfig:
     wrap_rows: bool = False
     result_lanes: int = 1
     pixel_pairs: bool = False
+    overlap_drain: bool = False
 
     def __post_init__(self):
         name = self.name
@@ -187,7 +197,7 @@ class AcceleratorConfig:
             raise ValueError(f"config {name}: watchdog_log2 = {self.watchdog_log2} must be "
                              f"10..31 (a run is stopped after 2 ** watchdog_log2 cycles)")
         for flag in ("ice40", "compact_drain", "fc_columns", "act_window", "wrap_rows",
-                     "pixel_pairs"):
+                     "pixel_pairs", "overlap_drain"):
             if type(getattr(self, flag)) is not bool:
                 raise ValueError(f"config {name}: {flag} must be True or False, not "
                                  f"{getattr(self, flag)!r}")
@@ -233,6 +243,9 @@ class AcceleratorConfig:
             raise ValueError(f"config {name}: pixel_pairs needs compact_drain, no act_window "
                              f"and result_lanes = {lanes} dividing rows / 2 = {self.rows // 2} "
                              f"(a lane's channels are the same in both halves)")
+        if self.overlap_drain and (self.ice40 or self.dataflow != Dataflow.BROADCAST):
+            raise ValueError(f"config {name}: overlap_drain needs dataflow='broadcast' and "
+                             f"no ice40 (the iCE40 array drains through shift chains)")
         m_bits = data.Layout.cast(QParam)["m"].shape.width     # of the multiplier M
         if self.requant_interval & (self.requant_interval - 1) or \
                 m_bits % self.requant_interval:
@@ -328,7 +341,8 @@ CONFIGS = {
     # the tiles' results, so tiles drain only the PEs they use, four rows a cycle
     # (result_lanes); fully connected layers put a k-block on each column (fc_columns,
     # which needs the broadcast dataflow), 8× fewer beats; C1 pairs its pixels
-    # (pixel_pairs: two pixels a column on 12 of 16 rows). 60 MHz divides into the
+    # (pixel_pairs: two pixels a column on 12 of 16 rows) and the array queues its
+    # results so such tiles overlap their drains (overlap_drain). 60 MHz divides into the
     # 3 Mbaud UART exactly (20 clocks per bit). README ("Build", "Throughput") has the
     # measured Fmax and cycles per image.
     "ulx3s-85f": AcceleratorConfig(
@@ -336,7 +350,7 @@ CONFIGS = {
         weight_words=8192, act_bytes=28672, qparam_entries=1024, max_layers=16,
         clock_hz=60_000_000, ice40=False, dataflow=Dataflow.BROADCAST, fc_columns=True,
         pool_width=64, pool_blocks=4, rx_fifo_bytes=8192, compact_drain=True,
-        wrap_rows=True, result_lanes=4, pixel_pairs=True),
+        wrap_rows=True, result_lanes=4, pixel_pairs=True, overlap_drain=True),
 }
 
 

@@ -18,10 +18,12 @@ from .memories import read_port_signature, write_port_signature
 from .requant import Requantizer
 from .systolic import SystolicArray
 
-__all__ = ["Datapath", "requant_multiplier", "WRITE_QUEUE"]
+__all__ = ["Datapath", "requant_multiplier", "RESULT_QUEUE", "WRITE_QUEUE"]
 
 #: Writes each result lane may queue for the activation memory's one write port.
 WRITE_QUEUE = 16
+#: Result beats the array queues with ``config.overlap_drain`` (its ``queue``).
+RESULT_QUEUE = 8
 
 
 def requant_multiplier(mac, interval):
@@ -73,8 +75,10 @@ class Datapath(wiring.Component):
     and the requantiser's and max-pool's latencies. With
     ``config.compact_drain`` a tile drains only its real channels and pixels (the array's
     ``compact`` option): ``max(D, n + 2 + e + mac.LATENCY)`` cycles for a tile of ``n``
-    result beats (``e`` = 1 with the array's ``register_capture``, iCE40 builds; else 0),
-    and no results past ``out_channels`` reach the requantiser or the writer. All lanes'
+    result beats (``e`` = 1 with the array's ``register_capture``, iCE40 builds; else 0;
+    ``max(D, n + 1, 2 + e + mac.LATENCY)`` with ``config.overlap_drain``, whose result
+    queue adds 2 cycles to the array's latency), and no results past ``out_channels``
+    reach the requantiser or the writer. All lanes'
     bytes share ``act_wr``: one write per cycle, which bounds layers without pooling.
     With ``config.fc_columns`` a layer in :func:`~fpgacnn.hw.program.column_mode` runs
     ``ceil(k_blocks / cols)`` tiles per output row, column ``c`` computing k-block
@@ -129,7 +133,8 @@ class Datapath(wiring.Component):
                                    shift_drain=ice40_broadcast,
                                    register_capture=config.ice40,
                                    weights_in_mac=ice40_broadcast and not config.fc_columns,
-                                   lanes=lanes)
+                                   lanes=lanes,
+                                   queue=RESULT_QUEUE if config.overlap_drain else 0)
         # With lanes, the tag says which of a beat's lanes hold a result to write.
         self.requant = Requantizer(config.acc_width, lanes=lanes, interval=requant_interval,
                                    tag=unsigned(lanes) if lanes > 1 else None,

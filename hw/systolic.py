@@ -8,6 +8,7 @@ import inspect
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from .multiplier import DualMul8, RegisteredDualMul8
@@ -157,6 +158,15 @@ class SystolicArray(wiring.Component):
         through its own ``rows*cols/lanes``-way multiplexer), so a tile drains in
         ``lanes`` times fewer cycles. Broadcast dataflow only (every PE captures in the
         same cycle), not with ``shift_drain``.
+    queue : int
+        0 (default), or the depth (at least ``mac.LATENCY + 6 + e``) of a result queue
+        between the drain and ``o_stream``. A tile's last beat is then accepted while the
+        previous tile's last ``mac.LATENCY + 2 + e`` result beats are still draining, as
+        long as the queue has room for all of them: they leave the shadows before the
+        new capture whatever ``o_stream`` does. Tiles then take
+        ``max(D, n + 1, mac.LATENCY + 2 + e)`` cycles for ``n`` result beats instead of
+        ``max(D, n + mac.LATENCY + 2 + e)``, and ``result_latency`` is 2 cycles more.
+        Broadcast dataflow only, not with ``shift_drain``.
 
     Attributes
     ----------
@@ -166,7 +176,7 @@ class SystolicArray(wiring.Component):
 
     def __init__(self, rows, cols, acc_width, mac="generic", dataflow="systolic",
                  compact=False, column_weights=False, shift_drain=False,
-                 register_capture=False, weights_in_mac=False, lanes=1):
+                 register_capture=False, weights_in_mac=False, lanes=1, queue=0):
         for name, value in (("rows", rows), ("cols", cols)):
             if not isinstance(value, int) or value < 1:
                 raise TypeError(f"{name} must be a positive integer, not {value!r}")
@@ -194,31 +204,54 @@ class SystolicArray(wiring.Component):
             raise ValueError("lanes > 1 needs the broadcast dataflow (a systolic array's "
                              "rows capture their sums one cycle apart)")
         self._mac = resolve_mac(mac)
+        extra = int(bool(register_capture))
+        min_queue = self._mac.LATENCY + 6 + extra
+        if queue and (not isinstance(queue, int) or queue < min_queue or
+                      dataflow != "broadcast" or shift_drain):
+            raise ValueError(f"queue must be 0 or an integer >= {min_queue} (mac.LATENCY + "
+                             f"6 + register_capture), with the broadcast dataflow and no "
+                             f"shift_drain, not {queue!r}")
         if weights_in_mac and "a_registered" not in inspect.signature(self._mac).parameters:
             raise ValueError(f"weights_in_mac needs a multiplier block with an "
                              f"a_registered option, not {mac!r}")
         self.shift_drain = bool(shift_drain)
         self.register_capture = bool(register_capture)
         self.weights_in_mac = bool(weights_in_mac)
-        extra = int(self.register_capture)
         self.column_weights = bool(column_weights)
         self.dataflow, self.compact = dataflow, bool(compact)
         self.rows, self.cols, self.acc_width, self.lanes = rows, cols, acc_width, lanes
-        self.result_latency = self._mac.LATENCY + 3 + extra
-        self.min_tile = rows * cols // lanes + self._mac.LATENCY + 2 + extra
+        self.queue = queue
+        # Cycles from a tile's last beat until its sums are captured, and one more.
+        self._capture_gap = self._mac.LATENCY + 2 + extra
+        self.result_latency = self._mac.LATENCY + 3 + extra + (2 if queue else 0)
+        self.min_tile = self.tile_cycles(rows * cols // lanes)
         super().__init__({
             "i_stream": In(stream.Signature(operands_layout(rows, cols, compact,
                                                             column_weights))),
             "o_stream": Out(stream.Signature(result_layout(rows, cols, acc_width, lanes))),
         })
 
+    def tile_cycles(self, beats):
+        """Fewest cycles between two tiles' last beats when each drains ``beats`` result
+        beats (``o_stream`` keeping up): a tile of ``D`` operand beats takes
+        ``max(D, tile_cycles(beats))``."""
+        if self.queue:
+            return max(beats + 1, self._capture_gap)
+        return beats + self._capture_gap
+
     def elaborate(self, platform):
         m = Module()
         i = self.i_stream
         busy = Signal()        # a tile's results are still in the shadow registers
         accept = Signal()
+        # With a queue, a last beat waits while the previous one's sums are not captured
+        # yet, or while their drain might not end before this tile's capture.
+        hold = busy
+        if self.queue:
+            pending, early = Signal(), Signal()
+            hold = pending | (busy & ~early)
         m.d.comb += [
-            i.ready.eq(~(i.payload.last & busy)),
+            i.ready.eq(~(i.payload.last & hold)),
             accept.eq(i.valid & i.ready),
         ]
         wreg, xreg = self._operands(m, accept)
@@ -231,17 +264,64 @@ class SystolicArray(wiring.Component):
         lastpipe = Signal(capture + self._skew(self.rows - 1, self.cols - 1) + 1)
         m.d.sync += lastpipe.eq(Cat(accept & i.payload.last, lastpipe[:-1]))
         shadow = self._accumulators(m, prod, lastpipe)
-        with m.If(accept & i.payload.last):
-            m.d.sync += busy.eq(1)
+        captured = lastpipe[capture]
+        if self.queue:
+            # busy (results in the shadows) is set by the capture, below.
+            with m.If(accept & i.payload.last):
+                m.d.sync += pending.eq(1)
+            with m.If(captured):
+                m.d.sync += pending.eq(0)
+        else:
+            with m.If(accept & i.payload.last):
+                m.d.sync += busy.eq(1)
         # The drained shape of the tile: latched with its last beat, which is accepted
-        # only once the previous tile has drained, so it never changes under a drain.
+        # only once the previous tile has drained, so it never changes under a drain;
+        # with a queue it may be accepted during the drain, so the shape waits for the
+        # capture.
         if self.compact:
             last_r, last_c = Signal(range(self.rows)), Signal(range(self.cols))
+            latched_r, latched_c = last_r, last_c
+            if self.queue:
+                latched_r, latched_c = Signal.like(last_r), Signal.like(last_c)
+                with m.If(captured):
+                    m.d.sync += [last_r.eq(latched_r), last_c.eq(latched_c)]
             with m.If(accept & i.payload.last):
-                m.d.sync += [last_r.eq(i.payload.last_row), last_c.eq(i.payload.last_col)]
+                m.d.sync += [latched_r.eq(i.payload.last_row),
+                             latched_c.eq(i.payload.last_col)]
         else:
-            last_r, last_c = self.rows - 1, self.cols - 1
-        self._drain(m, shadow, lastpipe[capture], busy, last_r, last_c)
+            last_r, last_c = latched_r, latched_c = self.rows - 1, self.cols - 1
+        if not self.queue:
+            self._drain(m, shadow, captured, busy, last_r, last_c, self.o_stream)
+            return m
+        # The drain fills the queue through a register; ``left`` counts the result beats
+        # still in the shadows.
+        out = stream.Signature(result_layout(self.rows, self.cols, self.acc_width,
+                                             self.lanes)).create()
+        queue = m.submodules.result_queue = SyncFIFOBuffered(
+            width=out.payload.shape().size, depth=self.queue)
+        m.d.comb += [queue.w_en.eq(out.valid), queue.w_data.eq(out.payload),
+                     out.ready.eq(queue.w_rdy),
+                     self.o_stream.valid.eq(queue.r_rdy),
+                     self.o_stream.payload.eq(queue.r_data),
+                     queue.r_en.eq(self.o_stream.ready)]
+        G = self.rows // self.lanes
+        log_l = (self.lanes - 1).bit_length()
+        left = Signal(range(G * self.cols + 1))
+        beats = ((latched_r >> log_l) + 1) * (latched_c + 1)      # of the tile captured
+        with m.If(captured):
+            m.d.sync += [busy.eq(1), left.eq(beats)]
+        read = self._drain(m, shadow, captured, busy, last_r, last_c, out)
+        with m.If(read):
+            m.d.sync += left.eq(left - 1)
+        # ``early`` is registered: computed in cycle t for a last beat accepted in t + 1,
+        # whose capture comes ``gap`` cycles after that. The drain reads a beat in every
+        # cycle from t on (t + 1 on after a capture in t, hence its ``+ 1``) while the
+        # queue has room for every beat left, so its last read comes before that
+        # capture if at most ``gap + 1`` are left.
+        gap = self._capture_gap - 1
+        expect = Mux(captured, beats + 1, left)
+        m.d.sync += early.eq((expect <= gap + 1) &
+                             (queue.level + out.valid + expect + 1 <= self.queue))
         return m
 
     def _skew(self, r, c):
@@ -337,9 +417,11 @@ class SystolicArray(wiring.Component):
                     m.d.sync += acc.eq(total)
         return shadow
 
-    def _drain(self, m, shadow, captured, busy, last_r, last_c):
+    def _drain(self, m, shadow, captured, busy, last_r, last_c, o):
         """Stream the shadows ``(r <= last_r, c <= last_c)`` out ``for col: for row``
-        (``lanes`` rows a beat), from the cycle after ``captured``.
+        (``lanes`` rows a beat) into the stream ``o`` through its payload register, from
+        the cycle after ``captured``; ``busy`` is cleared with the last. Returns the
+        signal that is high in each cycle a beat is read.
 
         PE (r, c) captures in cycle A + 1 + lat + e + r + c (+ 0 when broadcast; e = 1 with
         ``register_capture``, else 0); reading index j = c*R + r from cycle A + 2 + lat + e
@@ -348,7 +430,7 @@ class SystolicArray(wiring.Component):
         ``shift_drain`` every PE has captured by then; draining a column shifts its chain
         once per result.
         """
-        R, C, L, o = self.rows, self.cols, self.lanes, self.o_stream
+        R, C, L = self.rows, self.cols, self.lanes
         G = R // L                              # beats per column
         log_l = (L - 1).bit_length()
         draining = Signal()
@@ -404,3 +486,4 @@ class SystolicArray(wiring.Component):
                     m.d.sync += [idx_r.eq(0), idx_c.eq(idx_c + 1)]
                 with m.Else():
                     m.d.sync += idx_r.eq(idx_r + 1)
+        return draining & (o.ready | ~o.valid)

@@ -128,7 +128,7 @@ def pixel_pairs(stages, config):
     (:func:`~fpgacnn.hw.program.pixel_pairs_fit`) and they make it faster by this
     estimate: a tile takes ``max(D, drained beats + 4)`` cycles (its operand beats, or
     its results when the drain is the bound: ``cols`` columns of the rows it uses, all
-    ``rows`` with pairs, ``result_lanes`` a beat), and a layer at least one cycle per
+    ``rows`` with pairs, ``result_lanes`` a beat; ``+ 1`` with ``overlap_drain``), and a layer at least one cycle per
     byte it writes (the one write port). So pairs pay where a layer has few channels,
     short tiles and a pool, as LeNet-5's C1 (6 channels, 5×5, pool 2/2). Paired weights
     take ``cin·F·S`` more words; if the network's weights would then not fit the weight
@@ -153,7 +153,8 @@ def _pairs_pay(stage, config):
     def cycles(pairs, rows_used):
         tiles = prog.array_tiles(config.cols, h, w, k_blocks, wrap_rows=config.wrap_rows,
                                  pixel_pairs=pairs)
-        drain = config.cols * -(-rows_used // config.result_lanes) + 4
+        drain = (config.cols * -(-rows_used // config.result_lanes) +
+                 (1 if config.overlap_drain else 4))
         return max(tiles * max(stage_reduction(stage, pairs), drain), writes)
     return cycles(True, config.rows) < cycles(False, k)
 

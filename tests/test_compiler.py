@@ -50,7 +50,8 @@ def test_lenet5_plan_and_descriptors():
 
 @pytest.mark.parametrize("config", [ICEBREAKER, ULX3S,
                                     ULX3S.with_(name="ulx3s-rows", dataflow="systolic",
-                                                fc_columns=False, result_lanes=1)], ids=lambda c: c.name)
+                                                fc_columns=False, result_lanes=1,
+                                                overlap_drain=False)], ids=lambda c: c.name)
 @pytest.mark.parametrize("seed", range(2))
 def test_weight_words_layout(config, seed):
     net = nets.lenet5()

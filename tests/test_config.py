@@ -141,3 +141,13 @@ def test_pixel_pairs_needs(changes):
 def test_pixel_pairs_refuses_act_window():
     with pytest.raises(ValueError, match="pixel_pairs needs"):
         get_config("icebreaker").with_(pixel_pairs=True)
+
+
+@pytest.mark.parametrize("changes", [
+    dict(dataflow="systolic", fc_columns=False, result_lanes=1, pixel_pairs=False),
+    dict(ice40=True, result_lanes=1, fc_columns=False),
+])
+def test_overlap_drain_needs(changes):
+    with pytest.raises(ValueError, match="overlap_drain needs dataflow='broadcast' and no ice40"):
+        ULX3S.with_(overlap_drain=True, **changes)
+    assert ULX3S.with_(overlap_drain=False, **changes).overlap_drain is False

@@ -16,7 +16,8 @@ WINDOW = ICEBREAKER.with_(act_window=True, max_layers=32)
 
 
 # The ULX3S-85F runs FC layers in column mode (fc_columns); the same array in row mode too.
-ROWS = ULX3S.with_(fc_columns=False, dataflow="systolic", result_lanes=1)
+ROWS = ULX3S.with_(fc_columns=False, dataflow="systolic", result_lanes=1,
+                   overlap_drain=False)
 
 
 @pytest.mark.parametrize("config", [ICEBREAKER, ULX3S, ROWS],

@@ -107,7 +107,11 @@ DRAINS = {"systolic": {}, "broadcast": {"dataflow": "broadcast"},
           "registered": {"dataflow": "broadcast", "mac": "registered"},
           # The iCE40 builds' array: also the weights registered inside the multipliers.
           "ice40": {"dataflow": "broadcast", "shift_drain": True, "register_capture": True,
-                    "weights_in_mac": True}}
+                    "weights_in_mac": True},
+          # A result queue: last beats accepted while the previous tile still drains.
+          "queued": {"dataflow": "broadcast", "mac": "registered", "queue": 8},
+          "queued_register": {"dataflow": "broadcast", "register_capture": True,
+                              "queue": 8}}
 
 
 @pytest.mark.parametrize("drain", DRAINS)
@@ -156,6 +160,8 @@ def test_throughput_one_beat_per_cycle(request, drain):
     ideal = sum(depths) + dut.result_latency + rows * cols - 1
     print(f"8x2 array: {sum(depths)} beats, {cycles} cycles (ideal {ideal})")
     assert cycles <= ideal + 1
+    if dut.queue:
+        assert dut.min_tile == rows * cols + 1
 
 
 def test_bad_arguments():
@@ -192,14 +198,18 @@ def test_array_compact_drains_used_pes(request, rows, cols, drain):
     assert len(got) == sum((r + 1) * (c + 1) for r, c in shapes)
 
 
+@pytest.mark.parametrize("queue", [0, 8], ids=["direct", "queued"])
 @pytest.mark.parametrize("compact", [False, True], ids=["full", "compact"])
 @pytest.mark.parametrize("rows,cols,lanes", [(4, 2, 2), (8, 3, 4), (4, 1, 4), (2, 2, 2)])
-def test_result_lanes(request, rows, cols, lanes, compact):
+def test_result_lanes(request, rows, cols, lanes, compact, queue):
     """Several rows a beat: the same results in the same order (lanes past a compact
     tile's last row invalid), under bubbles and back-pressure; a tile of D >= min_tile
     beats streams without stall."""
-    dut = SystolicArray(rows, cols, 24, dataflow="broadcast", compact=compact, lanes=lanes)
-    assert dut.min_tile == rows * cols // lanes + dut.result_latency - 1
+    dut = SystolicArray(rows, cols, 24, dataflow="broadcast", compact=compact, lanes=lanes,
+                        mac="registered", queue=queue)
+    beats = rows * cols // lanes
+    assert dut.min_tile == (max(beats + 1, dut.result_latency - 3) if queue else
+                            beats + dut.result_latency - 1)
     shapes = None
     depths = [1, 2, 7, 30, dut.min_tile, 3]
     if compact:
@@ -214,6 +224,30 @@ def test_result_lanes(request, rows, cols, lanes, compact):
         assert cycles <= sum(depths) + dut.result_latency + rows * cols // lanes
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_queue_overlaps_drains(request, seed):
+    """Tiles bound by their results (as LeNet-5's C1 on the ULX3S-85F: fewer operand
+    beats than result beats) take one cycle more than their result beats with a queue,
+    ``mac.LATENCY + 2`` more without; the same results either way, also when the
+    consumer stalls right as a tile's last beat comes (the queue must then hold the
+    previous tile's remaining results)."""
+    rows, cols, lanes = 8, 4, 2
+    beats = rows * cols // lanes
+    depths = [beats - 2] * 12
+    tiles = systolic_tiles(rows, cols, depths, seed=seed)
+    cycles = {}
+    for queue in (0, 8):
+        dut = SystolicArray(rows, cols, 24, dataflow="broadcast", lanes=lanes,
+                            mac="registered", queue=queue)
+        _, cycles[queue] = run_array(dut, tiles, seed=seed, idle=0, stall=0,
+                                     name=f"{request.node.name}_{queue}")
+        assert cycles[queue] <= len(depths) * dut.min_tile + dut.result_latency + beats
+        run_array(dut, tiles, seed=seed, idle=0.05, stall=0.4,
+                  name=f"{request.node.name}_{queue}_stalls")
+    # Tiles RegisteredDualMul8.LATENCY + 1 cycles apart, less the queue's 2 cycles.
+    assert cycles[0] - cycles[8] >= (len(depths) - 1) * 3 - 2, cycles
+
+
 def test_result_lanes_bad_arguments():
     for lanes in (0, 3, 8, "2"):
         with pytest.raises(ValueError, match="lanes must be a power of two dividing rows"):
@@ -223,3 +257,12 @@ def test_result_lanes_bad_arguments():
     # A systolic array's rows capture one cycle apart: a beat of lanes would be early.
     with pytest.raises(ValueError, match="lanes > 1 needs the broadcast dataflow"):
         SystolicArray(4, 2, 24, lanes=2)
+
+
+def test_queue_bad_arguments():
+    for kwargs in ({"dataflow": "broadcast", "queue": 3},           # too short to help
+                   {"dataflow": "broadcast", "queue": "8"},
+                   {"queue": 8},                                    # systolic: skewed
+                   {"dataflow": "broadcast", "shift_drain": True, "queue": 8}):
+        with pytest.raises(ValueError, match="queue must be 0 or an integer >= 7"):
+            SystolicArray(4, 2, 24, **kwargs)
