@@ -166,7 +166,7 @@ class SystolicArray(wiring.Component):
         new capture whatever ``o_stream`` does. Tiles then take
         ``max(D, n + 1, mac.LATENCY + 2 + e)`` cycles for ``n`` result beats instead of
         ``max(D, n + mac.LATENCY + 2 + e)``, and ``result_latency`` is 2 cycles more.
-        Broadcast dataflow only, not with ``shift_drain``.
+        Broadcast dataflow only, not with ``shift_drain``; ``mac.LATENCY >= 1``.
 
     Attributes
     ----------
@@ -207,10 +207,10 @@ class SystolicArray(wiring.Component):
         extra = int(bool(register_capture))
         min_queue = self._mac.LATENCY + 6 + extra
         if queue and (not isinstance(queue, int) or queue < min_queue or
-                      dataflow != "broadcast" or shift_drain):
+                      dataflow != "broadcast" or shift_drain or self._mac.LATENCY < 1):
             raise ValueError(f"queue must be 0 or an integer >= {min_queue} (mac.LATENCY + "
-                             f"6 + register_capture), with the broadcast dataflow and no "
-                             f"shift_drain, not {queue!r}")
+                             f"6 + register_capture), with the broadcast dataflow, no "
+                             f"shift_drain and mac.LATENCY >= 1, not {queue!r}")
         if weights_in_mac and "a_registered" not in inspect.signature(self._mac).parameters:
             raise ValueError(f"weights_in_mac needs a multiplier block with an "
                              f"a_registered option, not {mac!r}")
@@ -307,7 +307,15 @@ class SystolicArray(wiring.Component):
         G = self.rows // self.lanes
         log_l = (self.lanes - 1).bit_length()
         left = Signal(range(G * self.cols + 1))
-        beats = ((latched_r >> log_l) + 1) * (latched_c + 1)      # of the tile captured
+        # The result beats of the tile captured next, registered: its shape is latched at
+        # least two cycles before its capture.
+        beats = G * self.cols
+        if self.compact:
+            beats = Signal.like(left)
+            groups, used_cols = (latched_r >> log_l) + 1, latched_c + 1
+            # Shift and add: as a ``*`` this became a multiplier block and a 45 MHz path.
+            m.d.sync += beats.eq(sum(Mux(groups[b], used_cols << b, 0)
+                                     for b in range(len(groups))))
         with m.If(captured):
             m.d.sync += [busy.eq(1), left.eq(beats)]
         read = self._drain(m, shadow, captured, busy, last_r, last_c, out)
