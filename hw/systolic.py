@@ -91,16 +91,19 @@ class SystolicArray(wiring.Component):
     The array itself never stalls: a bubble on ``i_stream`` (``valid`` low) enters as
     zero operands, which add nothing. Backpressure on ``o_stream`` only holds back the
     *last* beat of the next tile: it is accepted once every result of the previous tile
-    has left the shadow registers, so no sum is ever lost or overwritten. (``ready``
-    therefore depends combinationally on ``i_stream.payload.last``, never on ``valid``.)
+    has left the shadow registers (with ``queue``: once the rest is sure to leave them
+    before the capture), so no sum is ever lost or overwritten. (``ready`` therefore
+    depends combinationally on ``i_stream.payload.last``, never on ``valid``.)
 
     Latency and throughput: one operand beat per cycle as long as tiles have
     ``D >= min_tile = rows*cols/lanes + mac.LATENCY + 2 + e`` beats (``e`` is 1 with
     ``register_capture``, else 0; e.g. 19 for 8×2 with
-    ``DualMul8``) and ``o_stream`` keeps up; shorter tiles run at one tile per ``min_tile`` cycles,
-    since the array emits one result beat per cycle. The first result of a tile is valid
-    ``result_latency = mac.LATENCY + 3 + e`` cycles after its last beat was accepted, the
-    tile's last result ``rows*cols/lanes - 1`` cycles after that.
+    ``DualMul8``; with ``queue``, ``max(rows*cols/lanes + 1, mac.LATENCY + 2 + e)``:
+    :meth:`tile_cycles`) and ``o_stream`` keeps up; shorter tiles run at one tile per
+    ``min_tile`` cycles, since the array emits one result beat per cycle. The first
+    result of a tile is valid ``result_latency = mac.LATENCY + 3 + e`` cycles (2 more
+    with ``queue``) after its last beat was accepted, the tile's last result
+    ``rows*cols/lanes - 1`` cycles after that.
 
     Parameters
     ----------
@@ -124,7 +127,7 @@ class SystolicArray(wiring.Component):
         The last beat of each tile also carries ``last_row``/``last_col``, and only
         PEs ``(r <= last_row, c <= last_col)`` are drained (same order): a tile that
         uses ``n`` PEs (few output channels, a narrow last x-tile) takes
-        ``max(D, n + mac.LATENCY + 2 + e)`` cycles instead of ``max(D, min_tile)`` (with
+        ``max(D, tile_cycles(n))`` cycles instead of ``max(D, min_tile)`` (with
         lanes, ``n`` counts result beats). Costs two small registers and comparators.
     column_weights : bool
         Beats carry ``rows * cols`` weights; on a beat with ``per_col`` PE (r, c) takes
@@ -160,10 +163,10 @@ class SystolicArray(wiring.Component):
         same cycle), not with ``shift_drain``.
     queue : int
         0 (default), or the depth (at least ``mac.LATENCY + 6 + e``) of a result queue
-        between the drain and ``o_stream``. A tile's last beat is then accepted while the
-        previous tile's last ``mac.LATENCY + 2 + e`` result beats are still draining, as
-        long as the queue has room for all of them: they leave the shadows before the
-        new capture whatever ``o_stream`` does. Tiles then take
+        between the drain and ``o_stream``. A tile's last beat is then accepted while up
+        to ``mac.LATENCY + 1 + e`` of the previous tile's result beats are still in the
+        shadow registers, as long as the queue has room for all of them: they leave the
+        shadows before the new capture whatever ``o_stream`` does. Tiles then take
         ``max(D, n + 1, mac.LATENCY + 2 + e)`` cycles for ``n`` result beats instead of
         ``max(D, n + mac.LATENCY + 2 + e)``, and ``result_latency`` is 2 cycles more.
         Broadcast dataflow only, not with ``shift_drain``; ``mac.LATENCY >= 1``.
@@ -412,7 +415,8 @@ class SystolicArray(wiring.Component):
             shadow[(r, c)] = Signal(signed(self.acc_width), name=f"sh_{r}_{c}")
             total = acc + p
             # (The drain's shift, assigned later, would win over this capture; the two
-            # never meet: a tile's last beat is accepted only once the drain is over.)
+            # never meet: a tile's last beat is accepted only once the drain is over, or
+            # with a queue will be before the capture.)
             if self.register_capture:
                 restart = lastpipe[lat + self._skew(r, c) + 1]
                 m.d.sync += acc.eq(Mux(restart, p, total))
