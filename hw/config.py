@@ -131,9 +131,9 @@ class AcceleratorConfig:
         so a tile's last beat need not wait for the previous tile's last results to
         drain: tiles bound by their results take one cycle more than their result beats
         instead of ``mac.LATENCY + 2`` more (LeNet-5's C1 with pixel pairs on the
-        ULX3S-85F). Costs the queue (lookup-table RAM on an ECP5) and a counter. Needs
-        the broadcast dataflow and no ``ice40`` (whose array drains through shift
-        chains). Off by default.
+        ULX3S-85F's array; off in its configuration, README has why). Costs the queue
+        (lookup-table RAM on an ECP5) and a counter. Needs the broadcast dataflow and no
+        ``ice40`` (whose array drains through shift chains). Off by default.
     act_window : bool
         Activation addresses ``act_bytes … 65535`` (the *window*) are bytes of the
         weight memory's top (:attr:`window_weight_byte`): image slots and maps too large
@@ -341,8 +341,8 @@ CONFIGS = {
     # the tiles' results, so tiles drain only the PEs they use, four rows a cycle
     # (result_lanes); fully connected layers put a k-block on each column (fc_columns,
     # which needs the broadcast dataflow), 8× fewer beats; C1 pairs its pixels
-    # (pixel_pairs: two pixels a column on 12 of 16 rows) and the array queues its
-    # results so such tiles overlap their drains (overlap_drain). 60 MHz divides into the
+    # (pixel_pairs: two pixels a column on 12 of 16 rows); overlap_drain stays off
+    # until its gate-level netlist runs (README, "Benchmarks"). 60 MHz divides into the
     # 3 Mbaud UART exactly (20 clocks per bit). README ("Build", "Throughput") has the
     # measured Fmax and cycles per image.
     "ulx3s-85f": AcceleratorConfig(
@@ -350,7 +350,7 @@ CONFIGS = {
         weight_words=8192, act_bytes=28672, qparam_entries=1024, max_layers=16,
         clock_hz=60_000_000, ice40=False, dataflow=Dataflow.BROADCAST, fc_columns=True,
         pool_width=64, pool_blocks=4, rx_fifo_bytes=8192, compact_drain=True,
-        wrap_rows=True, result_lanes=4, pixel_pairs=True, overlap_drain=True),
+        wrap_rows=True, result_lanes=4, pixel_pairs=True),
 }
 
 

@@ -128,11 +128,11 @@ def pixel_pairs(stages, config):
     (:func:`~fpgacnn.hw.program.pixel_pairs_fit`) and they make it faster by this
     estimate: a tile takes ``max(D, drained beats + 4)`` cycles (its operand beats, or
     its results when the drain is the bound: ``cols`` columns of the rows it uses, all
-    ``rows`` with pairs, ``result_lanes`` a beat; ``+ 1`` with ``overlap_drain``), and a layer at least one cycle per
-    byte it writes (the one write port). So pairs pay where a layer has few channels,
-    short tiles and a pool, as LeNet-5's C1 (6 channels, 5×5, pool 2/2). Paired weights
-    take ``cin·F·S`` more words; if the network's weights would then not fit the weight
-    memory, no stage pairs.
+    ``rows`` with pairs, ``result_lanes`` a beat; ``+ 1`` with ``overlap_drain``), and
+    a layer at least one cycle per byte it writes (the one write port). So pairs pay
+    where a layer has few channels, short tiles and a pool, as LeNet-5's C1 (6 channels,
+    5×5, pool 2/2). Paired weights take ``cin·F·S`` more words; if the network's weights
+    would then not fit the weight memory, no stage pairs.
     """
     paying = [_pairs_pay(stage, config) for stage in stages]
     if any(paying) and _weight_words_used(stages, config, paying) > config.weight_words:
