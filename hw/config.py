@@ -127,9 +127,8 @@ class AcceleratorConfig:
         ``result_lanes`` dividing ``rows / 2``. Off by default.
     overlap_drain : bool
         The array queues its results (:data:`~.datapath.RESULT_QUEUE` beats, the array's
-        ``queue``)
-        so a tile's last beat need not wait for the previous tile's last results to
-        drain: tiles bound by their results take one cycle more than their result beats
+        ``queue``) so a tile's last beat need not wait for the previous tile's last
+        results to drain: tiles bound by their results take one cycle more than their result beats
         instead of ``mac.LATENCY + 2`` more (LeNet-5's C1 with pixel pairs on the
         ULX3S-85F's array; off in its configuration, README has why). Costs the queue
         (lookup-table RAM on an ECP5) and a counter. Needs the broadcast dataflow and no
