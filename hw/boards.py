@@ -378,7 +378,7 @@ class Board:
         (:mod:`~fpgacnn.hw.programmer`).
     seed : int
         nextpnr placement seed of a build that does not name one: one at which the
-        board's design meets its clock (Fmax varies by about ±1 MHz with the seed;
+        board's design meets its clock (Fmax varies with the seed by several MHz;
         README, "Build", has the measured seeds).
     """
     name: str
@@ -436,7 +436,7 @@ BOARDS = {board.name: board for board in (
     Board("icebreaker", "ice40", _icebreaker_platform, ICEBreakerBoard, "icebreaker",
           "ice40_generic"),
     Board("ulx3s-85f", "ecp5", _ulx3s_85f_platform, ULX3SBoard, "ulx3s-85f",
-          "ulx3s"),
+          "ulx3s", seed=2),
 )}
 
 

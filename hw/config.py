@@ -128,11 +128,17 @@ class AcceleratorConfig:
     overlap_drain : bool
         The array queues its results (:data:`~.datapath.RESULT_QUEUE` beats, the array's
         ``queue``) so a tile's last beat need not wait for the previous tile's last
-        results to drain: tiles bound by their results take one cycle more than their result beats
-        instead of ``mac.LATENCY + 2`` more (LeNet-5's C1 with pixel pairs on the
-        ULX3S-85F's array; off in its configuration, README has why). Costs the queue
-        (lookup-table RAM on an ECP5) and a counter. Needs the broadcast dataflow and no
-        ``ice40`` (whose array drains through shift chains). Off by default.
+        results to drain: tiles bound by their results take one cycle more than their
+        result beats instead of ``mac.LATENCY + 2`` more (LeNet-5's C1 with pixel pairs
+        on the ULX3S-85F's array). Costs the queue (lookup-table RAM on an ECP5) and a
+        counter. Needs the broadcast dataflow and no ``ice40`` (whose array drains
+        through shift chains). Off by default.
+    prefetch_descriptors : bool
+        The sequencer reads the next layer descriptor while the current one runs
+        (:class:`~fpgacnn.hw.core.Sequencer`): a layer after the first starts a
+        descriptor fetch sooner (``ceil(LayerDescriptor bits / 16) + 1`` cycles). Costs
+        a second descriptor's worth of flip-flops (the running one is then held in
+        flip-flops too). Off by default.
     act_window : bool
         Activation addresses ``act_bytes … 65535`` (the *window*) are bytes of the
         weight memory's top (:attr:`window_weight_byte`): image slots and maps too large
@@ -173,6 +179,7 @@ class AcceleratorConfig:
     result_lanes: int = 1
     pixel_pairs: bool = False
     overlap_drain: bool = False
+    prefetch_descriptors: bool = False
 
     def __post_init__(self):
         name = self.name
@@ -196,7 +203,7 @@ class AcceleratorConfig:
             raise ValueError(f"config {name}: watchdog_log2 = {self.watchdog_log2} must be "
                              f"10..31 (a run is stopped after 2 ** watchdog_log2 cycles)")
         for flag in ("ice40", "compact_drain", "fc_columns", "act_window", "wrap_rows",
-                     "pixel_pairs", "overlap_drain"):
+                     "pixel_pairs", "overlap_drain", "prefetch_descriptors"):
             if type(getattr(self, flag)) is not bool:
                 raise ValueError(f"config {name}: {flag} must be True or False, not "
                                  f"{getattr(self, flag)!r}")
@@ -340,16 +347,18 @@ CONFIGS = {
     # the tiles' results, so tiles drain only the PEs they use, four rows a cycle
     # (result_lanes); fully connected layers put a k-block on each column (fc_columns,
     # which needs the broadcast dataflow), 8× fewer beats; C1 pairs its pixels
-    # (pixel_pairs: two pixels a column on 12 of 16 rows); overlap_drain stays off
-    # until its gate-level netlist runs (README, "Benchmarks"). 60 MHz divides into the
-    # 3 Mbaud UART exactly (20 clocks per bit). README ("Build", "Throughput") has the
+    # (pixel_pairs: two pixels a column on 12 of 16 rows) and the array queues its
+    # results so such tiles overlap their drains (overlap_drain); the sequencer reads
+    # the next descriptor while a layer runs (prefetch_descriptors). 60 MHz divides into
+    # the 3 Mbaud UART exactly (20 clocks per bit). README ("Build", "Throughput") has the
     # measured Fmax and cycles per image.
     "ulx3s-85f": AcceleratorConfig(
         name="ulx3s-85f", rows=16, cols=8, max_reduction=4096,
         weight_words=8192, act_bytes=28672, qparam_entries=1024, max_layers=16,
         clock_hz=60_000_000, ice40=False, dataflow=Dataflow.BROADCAST, fc_columns=True,
         pool_width=64, pool_blocks=4, rx_fifo_bytes=8192, compact_drain=True,
-        wrap_rows=True, result_lanes=4, pixel_pairs=True),
+        wrap_rows=True, result_lanes=4, pixel_pairs=True, overlap_drain=True,
+        prefetch_descriptors=True),
 }
 
 

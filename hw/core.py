@@ -436,6 +436,11 @@ class Sequencer(wiring.Component):
     last descriptor until the next run (its ``out_base`` is where the result is); its
     last full halfword is the program memory's read data, which only a fetch changes.
 
+    With ``config.prefetch_descriptors`` the next descriptor is read while the current
+    one runs (into a second set of registers; ``desc`` is all flip-flops then), so a
+    descriptor after the first starts the cycle after its predecessor's count is stored
+    instead of a fetch later.
+
     Latency: ``busy`` rises the cycle after ``start`` is taken; one run at a time
     (``start.ready`` only while idle and no ``program_pending``). ``overrun`` rises when a
     run reaches ``2 ** config.watchdog_log2`` cycles (the core then resets the sequencer).
@@ -498,9 +503,21 @@ class Sequencer(wiring.Component):
         # No count reaches 2 ** watchdog_log2 + 1: the watchdog stops the run first.
         total = Signal(cfg.watchdog_log2 + 1)
         cycles = Signal(cfg.watchdog_log2 + 1)              # of the current descriptor
+        prefetch = cfg.prefetch_descriptors
+        fetched = Cat(*words)[:desc_size]
+        if prefetch:
+            # ``words`` (with the held halfword) is the next descriptor; ``current`` the
+            # one running, loaded from it at launch.
+            current = Signal(program.LayerDescriptor)
+            upcoming = Signal(program.LayerDescriptor)
+            fetching = Signal()                             # reading ``upcoming``
+            have = Signal()                                 # ``upcoming`` is all in
+            next_ready = have | (fetching & (fetch == halves))
+            m.d.comb += upcoming.eq(fetched)
         # launch is high only in RUN's first cycle (set on entering RUN, cleared in it):
         # the flip-flop drives the units' start directly, no state decode in front.
-        m.d.comb += [self.busy.eq(state != _State.IDLE), self.desc.eq(Cat(*words)[:desc_size]),
+        m.d.comb += [self.busy.eq(state != _State.IDLE),
+                     self.desc.eq(current if prefetch else fetched),
                      self.overrun.eq(total[cfg.watchdog_log2]), self.launch.eq(launch)]
         with m.If(self.busy):
             m.d.sync += total.eq(total + 1)
@@ -513,23 +530,45 @@ class Sequencer(wiring.Component):
                 with m.Case(pos):
                     m.d.comb += half.eq(j)
         m.d.comb += self.program.addr.eq(pc + half)
+
+        def read_halfwords():
+            # The halfword order[k] is requested in cycle k and arrives in cycle k + 1.
+            m.d.comb += self.program.en.eq(fetch != halves)
+            m.d.sync += fetch.eq(fetch + 1)
+            with m.Switch(fetch):
+                for pos, j in enumerate(order[:-1]):
+                    with m.Case(pos + 1):
+                        m.d.sync += words[j].eq(self.program.data)
+
+        def launch_upcoming():
+            # Comes after read_halfwords' statements: its fetch of the successor wins.
+            m.d.sync += [current.eq(upcoming), launch.eq(1), cycles.eq(0),
+                         state.eq(_State.RUN), have.eq(0)]
+            with m.If(~upcoming.to_logits & (pc != (cfg.max_layers - 1) * step)):
+                m.d.sync += [pc.eq(pc + step), fetching.eq(1)]
+
+        if prefetch:
+            with m.If(fetching):
+                read_halfwords()
+                with m.If(fetch == halves):
+                    m.d.sync += [fetching.eq(0), have.eq(1), fetch.eq(0)]
         with m.Switch(state):
             with m.Case(_State.IDLE):
                 m.d.comb += self.start.ready.eq(~self.program_pending)
                 with m.If(self.start.valid & self.start.ready):
                     m.d.sync += [self.image_base.eq(self.start.p.image_base), pc.eq(0),
                                  layer.eq(0), fetch.eq(0), total.eq(1), state.eq(_State.FETCH)]
+                    if prefetch:
+                        m.d.sync += [fetching.eq(1), have.eq(0)]
             with m.Case(_State.FETCH):
-                # The halfword order[k] is requested in cycle k and arrives in cycle k + 1.
-                m.d.comb += self.program.en.eq(fetch != halves)
-                m.d.sync += fetch.eq(fetch + 1)
-                with m.Switch(fetch):
-                    for pos, j in enumerate(order[:-1]):
-                        with m.Case(pos + 1):
-                            m.d.sync += words[j].eq(self.program.data)
-                with m.If(fetch == halves):
-                    m.d.sync += [state.eq(_State.RUN), launch.eq(1), fetch.eq(0),
-                                 cycles.eq(0)]
+                if prefetch:
+                    with m.If(next_ready):
+                        launch_upcoming()
+                else:
+                    read_halfwords()
+                    with m.If(fetch == halves):
+                        m.d.sync += [state.eq(_State.RUN), launch.eq(1), fetch.eq(0),
+                                     cycles.eq(0)]
             with m.Case(_State.RUN):
                 # Counted like the units' own cycles: launch to the done strobe.
                 m.d.sync += launch.eq(0)
@@ -541,8 +580,16 @@ class Sequencer(wiring.Component):
                 m.d.comb += [res.addr.eq(1 + layer), res.data.eq(cycles), res.en.eq(1)]
                 with m.If(self.desc.to_logits | (layer == cfg.max_layers - 1)):
                     m.d.sync += state.eq(_State.FINISH)
+                if prefetch:
+                    with m.Elif(next_ready):
+                        m.d.sync += layer.eq(layer + 1)
+                        launch_upcoming()
                 with m.Else():
-                    m.d.sync += [layer.eq(layer + 1), pc.eq(pc + step), state.eq(_State.FETCH)]
+                    if prefetch:
+                        m.d.sync += [layer.eq(layer + 1), state.eq(_State.FETCH)]
+                    else:
+                        m.d.sync += [layer.eq(layer + 1), pc.eq(pc + step),
+                                     state.eq(_State.FETCH)]
             with m.Case(_State.FINISH):
                 m.d.comb += [res.addr.eq(0), res.data.eq(total), res.en.eq(1)]
                 m.d.sync += state.eq(_State.IDLE)

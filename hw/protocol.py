@@ -122,9 +122,11 @@ IDENTITY_FLAG_ICE40 = 1
 #: ``Identity.flags`` bits of the boolean config options that are not ``ice40`` (the host
 #: must compile for them: ``fc_columns`` changes the weight layout, ``act_window`` the
 #: activation addresses, ``compact_drain`` and ``wrap_rows`` the cycles a layer takes,
-#: ``pixel_pairs`` whether a layer may pair pixels, ``overlap_drain`` the cycles again).
+#: ``pixel_pairs`` whether a layer may pair pixels, ``overlap_drain`` and
+#: ``prefetch_descriptors`` the cycles again).
 IDENTITY_FLAGS = {"ice40": IDENTITY_FLAG_ICE40, "compact_drain": 2, "fc_columns": 4,
-                  "act_window": 8, "wrap_rows": 16, "pixel_pairs": 32, "overlap_drain": 64}
+                  "act_window": 8, "wrap_rows": 16, "pixel_pairs": 32, "overlap_drain": 64,
+                  "prefetch_descriptors": 128}
 #: ``Identity.dataflow``: the code of each :class:`~.config.Dataflow`.
 DATAFLOW_CODES = {Dataflow.SYSTOLIC: 0, Dataflow.BROADCAST: 1}
 
