@@ -176,7 +176,8 @@ def test_sequencer_runs_the_program(request, prefetch, case):
         descs = random_descriptors(rng, config.max_layers, last_to_logits=False)
         durations = [rng.randrange(1, 30) for _ in descs]
     else:
-        # Reset in the middle of the third layer, while the fourth is being fetched.
+        # Reset mid-run: with prefetching in the third layer while the fourth is read,
+        # without it while the third is read.
         descs = random_descriptors(rng, 5)
         durations = [20, 3, 25, 9, 14]
         kwargs["reset_at"] = 2 * (HALVES + 1) + 20 + 3 + 10
