@@ -139,6 +139,15 @@ class AcceleratorConfig:
         descriptor fetch sooner (``ceil(LayerDescriptor bits / 16) + 1`` cycles). Costs
         a second descriptor's worth of flip-flops (the running one is then held in
         flip-flops too). Off by default.
+    write_banks : int
+        The activation memory's banks (``1``, ``2``, ``4``, ...): address ``a`` is in bank
+        ``a mod write_banks``, each bank a write port of its own, so the result lanes
+        write up to ``write_banks`` bytes a cycle (the lowest lane with a write for a
+        bank goes first). Layers whose lanes' writes bound them (fully connected ones:
+        one byte a cycle for each output) take that many times fewer cycles to write
+        their outputs. Each array column's copy then reads every bank (same block RAM
+        in total) and picks the byte. With one result lane it changes nothing but the
+        memory. Needs no ``act_window``. 1 by default.
     act_window : bool
         Activation addresses ``act_bytes … 65535`` (the *window*) are bytes of the
         weight memory's top (:attr:`window_weight_byte`): image slots and maps too large
@@ -180,6 +189,7 @@ class AcceleratorConfig:
     pixel_pairs: bool = False
     overlap_drain: bool = False
     prefetch_descriptors: bool = False
+    write_banks: int = 1
 
     def __post_init__(self):
         name = self.name
@@ -252,6 +262,13 @@ class AcceleratorConfig:
         if self.overlap_drain and (self.ice40 or self.dataflow != Dataflow.BROADCAST):
             raise ValueError(f"config {name}: overlap_drain needs dataflow='broadcast' and "
                              f"no ice40 (the iCE40 array drains through shift chains)")
+        banks = self.write_banks
+        if banks & (banks - 1) or self.act_bytes % banks:
+            raise ValueError(f"config {name}: write_banks = {banks} must be a power of two "
+                             f"dividing act_bytes = {self.act_bytes}")
+        if banks > 1 and self.act_window:
+            raise ValueError(f"config {name}: write_banks = {banks} needs no act_window "
+                             f"(the copier writes one byte a cycle)")
         m_bits = data.Layout.cast(QParam)["m"].shape.width     # of the multiplier M
         if self.requant_interval & (self.requant_interval - 1) or \
                 m_bits % self.requant_interval:
@@ -358,7 +375,7 @@ CONFIGS = {
         clock_hz=60_000_000, ice40=False, dataflow=Dataflow.BROADCAST, fc_columns=True,
         pool_width=64, pool_blocks=4, rx_fifo_bytes=8192, compact_drain=True,
         wrap_rows=True, result_lanes=4, pixel_pairs=True, overlap_drain=True,
-        prefetch_descriptors=True),
+        prefetch_descriptors=True, write_banks=2),
 }
 
 

@@ -156,7 +156,7 @@ class Core(wiring.Component):
         # (CopyDescriptor); the host writes an image slot only while no run reads it (the
         # driver's queue alternates slots) and reads outputs only once the core is idle.
         m.submodules.act = act = Ram(unsigned(8), cfg.act_bytes, copies=cfg.cols,
-                                     rw_exclusive=True)
+                                     rw_exclusive=True, banks=cfg.write_banks)
         m.submodules.qparams = qmem = Ram(program.stored_qparam(cfg.bias_width),
                                           cfg.qparam_entries, copies=cfg.result_lanes,
                                           rw_exclusive=True)
@@ -180,7 +180,8 @@ class Core(wiring.Component):
         wiring.connect(m, wiring.flipped(self.wr), writes.wr)
         wiring.connect(m, writes.qparams, qmem.wr)
         wiring.connect(m, writes.program, pmem.wr)
-        wiring.connect(m, writes.act, act.wr)
+        for bank_out, bank_wr in zip(_bank_ports(cfg, writes.act), act.write_ports):
+            wiring.connect(m, bank_out, bank_wr)
         wiring.connect(m, wiring.flipped(self.start), seq.start)
         wiring.connect(m, seq.program, pmem.rd[0])
         wiring.connect(m, seq.results, rmem.wr)
@@ -209,7 +210,8 @@ class Core(wiring.Component):
                          reads.act.data.eq(act.rd[0].data)]
             wiring.connect(m, dp.w_rd, wmem.rd)
             wiring.connect(m, writes.weights, wmem.wr)
-            wiring.connect(m, dp.act_wr, writes.act_in)
+            for dp_wr, bank_in in zip(dp.act_wr_ports, _bank_ports(cfg, writes.act_in)):
+                wiring.connect(m, dp_wr, bank_in)
             # No copier on this board: a copy descriptor ends at once, writing nothing.
             noop_done = Signal()
             m.d.sync += noop_done.eq(seq.launch & copy)
@@ -307,7 +309,9 @@ class HostWrites(wiring.Component):
         start (it would read a half-written program, or find the weight memory in use);
         with the window, the host's reads of the weight memory wait.
     act_in : In(write port)
-        The datapath's (and the copier's) activation writes.
+        The datapath's (and the copier's) activation writes; with ``config.write_banks``
+        > 1 one port per bank (``act`` too), and an IMAGE byte waits only for its own
+        bank's.
     window_in : In(write port)
         With the window: the copier's window bytes (16-bit activation addresses), written
         in their cycle (the host's chunks wait: the copier runs only while ``busy``).
@@ -321,13 +325,15 @@ class HostWrites(wiring.Component):
             "wr": In(stream.Signature(WriteCommand)),
             "busy": In(1),
             "program_pending": Out(1),
-            "act_in": In(write_port_signature(config.act_bytes, unsigned(8))),
+            "act_in": _per_bank(config, In(write_port_signature(config.act_bytes,
+                                                                unsigned(8)))),
             "window_in": In(write_port_signature(ACT_SPACE, unsigned(8))),
             "weights": Out(weight_write_signature(config.weight_words * (config.rows // 8))),
             "qparams": Out(write_port_signature(config.qparam_entries,
                                                 program.stored_qparam(config.bias_width))),
             "program": Out(write_port_signature(_program_halfwords(config), unsigned(16))),
-            "act": Out(write_port_signature(config.act_bytes, unsigned(8))),
+            "act": _per_bank(config, Out(write_port_signature(config.act_bytes,
+                                                              unsigned(8)))),
         })
 
     def elaborate(self, platform):
@@ -382,16 +388,36 @@ class HostWrites(wiring.Component):
         else:
             m.d.comb += [self.weights.addr.eq(wr.addr), self.weights.data.eq(wr.data),
                          self.weights.en.eq(go & space[Space.WEIGHTS])]
-        with m.If(self.act_in.en):
-            m.d.comb += [self.act.addr.eq(self.act_in.addr), self.act.data.eq(self.act_in.data),
-                         self.act.en.eq(1)]
-        with m.Elif(bram_image):
-            m.d.comb += [self.act.addr.eq(Cat(part, wr.addr)), self.act.data.eq(byte),
-                         self.act.en.eq(valid), may_step.eq(1)]
+        if cfg.write_banks == 1:
+            with m.If(self.act_in.en):
+                m.d.comb += [self.act.addr.eq(self.act_in.addr),
+                             self.act.data.eq(self.act_in.data), self.act.en.eq(1)]
+            with m.Elif(bram_image):
+                m.d.comb += [self.act.addr.eq(Cat(part, wr.addr)), self.act.data.eq(byte),
+                             self.act.en.eq(valid), may_step.eq(1)]
+        else:
+            low = (cfg.write_banks - 1).bit_length()
+            for bank, (act_in, act) in enumerate(zip(self.act_in, self.act)):
+                with m.If(act_in.en):
+                    m.d.comb += [act.addr.eq(act_in.addr), act.data.eq(act_in.data),
+                                 act.en.eq(1)]
+                with m.Elif(bram_image & (Cat(part, wr.addr)[:low] == bank)):
+                    m.d.comb += [act.addr.eq(Cat(part, wr.addr)), act.data.eq(byte),
+                                 act.en.eq(valid), may_step.eq(1)]
         with m.If(may & in_place & ~bram_image):
             m.d.comb += may_step.eq(1)
         m.d.comb += self.wr.ready.eq(Mux(in_place, may_step & (part == 7), may))
         return m
+
+
+def _per_bank(config, member):
+    """``member`` (a write port), one per activation bank when ``config.write_banks`` > 1."""
+    return member if config.write_banks == 1 else member.array(config.write_banks)
+
+
+def _bank_ports(config, ports):
+    """A :func:`_per_bank` member as a list of ports."""
+    return [ports] if config.write_banks == 1 else list(ports)
 
 
 def _at_least(value, bound):

@@ -18,12 +18,16 @@ from .memories import read_port_signature, write_port_signature
 from .requant import Requantizer
 from .systolic import SystolicArray
 
-__all__ = ["Datapath", "requant_multiplier", "RESULT_QUEUE", "WRITE_QUEUE"]
+__all__ = ["Datapath", "requant_multiplier", "RESULT_QUEUE", "REQUANT_QUEUE", "WRITE_QUEUE"]
 
 #: Writes each result lane may queue for the activation memory's one write port.
 WRITE_QUEUE = 16
 #: Result beats the array queues with ``config.overlap_drain`` (its ``queue``).
 RESULT_QUEUE = 8
+#: Requantised beats queued behind the requantiser with ``config.result_lanes`` > 1:
+#: room for every beat in flight (:attr:`Requantizer.LATENCY` + 1) and a few more, so
+#: the drop stage advances on its own count of free places, never on the lanes' ready.
+REQUANT_QUEUE = 16
 
 
 def requant_multiplier(mac, interval):
@@ -66,7 +70,12 @@ class Datapath(wiring.Component):
     With ``config.result_lanes`` L > 1, stages 3 to 5 are L lanes: the array drains L
     rows a beat, lane ``l`` takes channels ``l, l + L, ...`` of each k-block (its own
     QParam port ``q_rd[l]``, requantiser lane, max-pool and writer counters) and queues
-    its writes (:data:`WRITE_QUEUE`) for ``act_wr``, lowest lane first.
+    its writes (:data:`WRITE_QUEUE`) for ``act_wr``, lowest lane first (with
+    ``config.write_banks`` B > 1, ``act_wr`` is B ports, bank ``b`` taking addresses
+    ``b mod B``: each port takes the lowest lane whose next write is in its bank). The
+    requantiser (at full rate) never stalls: :data:`REQUANT_QUEUE` beats wait behind it
+    and the drop stage counts their free places, so the lanes' ready does not reach back
+    into the array.
 
     Throughput: one operand beat per cycle (``array_tiles·D`` cycles per layer,
     :func:`~fpgacnn.hw.program.array_tiles`) as long as ``D >= array.min_tile``, plus the
@@ -79,7 +88,8 @@ class Datapath(wiring.Component):
     ``max(D, n + 1, 2 + e + mac.LATENCY)`` with ``config.overlap_drain``, whose result
     queue adds 2 cycles to the array's latency), and no results past ``out_channels``
     reach the requantiser or the writer. All lanes'
-    bytes share ``act_wr``: one write per cycle, which bounds layers without pooling.
+    bytes share ``act_wr``: ``write_banks`` writes per cycle at most, which bounds
+    layers without pooling.
     With ``config.fc_columns`` a layer in :func:`~fpgacnn.hw.program.column_mode` runs
     ``ceil(k_blocks / cols)`` tiles per output row, column ``c`` computing k-block
     ``kb + c`` from its own lane of a ``rows·cols``-weight memory word (Im2col's column
@@ -161,12 +171,21 @@ class Datapath(wiring.Component):
                                             unsigned(rows * config.weight_lanes * 8))),
             # One port per result lane (``q_rd_ports`` lists them).
             "q_rd": Out(q_port) if lanes == 1 else Out(q_port).array(lanes),
-            "act_wr": Out(write_port_signature(config.act_bytes, unsigned(8))),
+            # One port per bank of the activation memory (``act_wr_ports`` lists them).
+            "act_wr": (Out(write_port_signature(config.act_bytes, unsigned(8)))
+                       if config.write_banks == 1 else
+                       Out(write_port_signature(config.act_bytes, unsigned(8))).array(
+                           config.write_banks)),
         })
 
     def _lane_name(self, name, lane):
         """``name`` with the lane's number when there are several."""
         return name if self.lanes == 1 else f"{name}{lane}"
+
+    @property
+    def act_wr_ports(self):
+        """The activation write ports, one per bank (``act_wr`` as a list)."""
+        return [self.act_wr] if self._config.write_banks == 1 else list(self.act_wr)
 
     @property
     def q_rd_ports(self):
@@ -216,6 +235,7 @@ class Datapath(wiring.Component):
         m.d.comb += self.k_last.eq(
             (desc.out_channels - 1)[:(self._config.rows - 1).bit_length()])
         self._fetch(m)
+        self._requant_out = self._requant_queue(m)
         tiles_done = self._drop_and_read_qparam(m)
         written = []
         for lane, (valid, value, ready) in enumerate(self._lane_streams(m)):
@@ -356,7 +376,18 @@ class Datapath(wiring.Component):
                                  keep[lane].eq(in_layer & kept if L > 1 else in_layer)]
             m.d.comb += self.q_rd_ports[lane].addr.eq(desc.q_base + channel[lane])
         any_kept = Cat(keep).any() if L > 1 else keep[0]
-        if self.requant.interval == 1:
+        if self.requant.interval == 1 and L > 1:
+            # A value every cycle into a requantiser that never stalls: a kept result
+            # moves into a register (its QParam read meanwhile) while the queue behind
+            # the requantiser has a free place for it (``_requant_queue``).
+            acc = [Signal(signed(self._config.acc_width), name=self._lane_name("acc", lane))
+                   for lane in range(L)]
+            m.d.comb += [self.q_rd_ports[lane].en.eq(1) for lane in range(L)]
+            m.d.comb += [res.ready.eq(self._rq_room | ~any_kept),
+                         self._rq_push.eq(res.valid & any_kept & self._rq_room)]
+            m.d.sync += [rq_in.valid.eq(self._rq_push), rq_in.p.tag.eq(Cat(keep))]
+            m.d.sync += [acc[lane].eq(res.p.acc[lane]) for lane in range(L)]
+        elif self.requant.interval == 1:
             # A value every cycle: the result moves into a register while its QParam is
             # read.
             adv_q = Signal()
@@ -397,10 +428,38 @@ class Datapath(wiring.Component):
         # written; the layer is only done once they have (the next layer resets these).
         return tile.done
 
+    def _requant_queue(self, m):
+        """With several lanes at full rate: :data:`REQUANT_QUEUE` beats behind the
+        requantiser, which then never stalls. The drop stage pushes a beat only while
+        ``_rq_room`` (fewer than ``REQUANT_QUEUE`` beats between its register and the
+        queue's output), so the queue always takes the requantiser's output, and the
+        lanes' ready (max-pool, writer) stops at the queue instead of running through
+        the requantiser and the drop stage into the array. Adds the queue's read
+        register to a layer's fill. Returns the stream the lanes take (the requantiser's
+        output itself otherwise)."""
+        rq_out = self.requant.o_stream
+        self._rq_push = Signal()
+        self._rq_room = Signal(init=1)
+        if self.lanes == 1 or self.requant.interval != 1:
+            return rq_out
+        queue = m.submodules.requant_queue = SyncFIFOBuffered(
+            width=rq_out.payload.shape().size, depth=REQUANT_QUEUE)
+        out = SimpleNamespace(valid=queue.r_rdy, ready=queue.r_en,
+                              p=rq_out.payload.shape()(queue.r_data))
+        m.d.comb += [rq_out.ready.eq(1), queue.w_en.eq(rq_out.valid),
+                     queue.w_data.eq(rq_out.payload)]
+        # Beats pushed and not yet read from the queue; room while below its depth.
+        held = Signal(range(REQUANT_QUEUE + 1))
+        pop = queue.r_rdy & queue.r_en
+        held_next = held + self._rq_push - pop
+        m.d.sync += [held.eq(held_next), self._rq_room.eq(held_next < REQUANT_QUEUE)]
+        return out
+
     def _lane_streams(self, m):
-        """The requantiser's output as one ``(valid, value, ready)`` stream per lane: a
-        beat is taken once each lane its tag names has taken its value."""
-        rq_out, L = self.requant.o_stream, self.lanes
+        """The requantiser's output (through :meth:`_requant_queue`) as one ``(valid,
+        value, ready)`` stream per lane: a beat is taken once each lane its tag names has
+        taken its value."""
+        rq_out, L = self._requant_out, self.lanes
         if L == 1:
             return [(rq_out.valid, rq_out.p.y[0], rq_out.ready)]
         taken = Signal(L)           # lanes of the current beat already taken
@@ -460,9 +519,10 @@ class Datapath(wiring.Component):
         lane's last output is written, or with several lanes queued (set at once if the
         layer has no channel for the lane; the layer is done once the queues are empty).
 
-        One lane writes through ``act_wr``'s registers; several through a queue each
-        (:data:`WRITE_QUEUE` writes), the lowest-numbered non-empty one moving a write into
-        ``act_wr`` every cycle."""
+        One lane writes through ``act_wr``'s registers (the port of its byte's bank);
+        several through a queue each (:data:`WRITE_QUEUE` writes), each bank's port
+        taking a write every cycle from the lowest-numbered lane whose next write is in
+        that bank."""
         desc, R, L = self.desc, self._config.rows, self.lanes
         log_r = (R - 1).bit_length()
         log_l = (L - 1).bit_length()
@@ -470,7 +530,7 @@ class Datapath(wiring.Component):
         out_w = Mux(desc.pool_en, desc.pool_w, desc.out_w)
         if lane == 0:
             self._plane = self._plane_size(m, out_h, out_w)
-            self._writes_pending = self._writes_queued = Const(0)
+            self._writes_queued = Const(0)
         plane, plane_ok = self._plane
         blocks, last_channel = self._lane_channels(lane)
 
@@ -503,10 +563,11 @@ class Datapath(wiring.Component):
         addr = Signal(aw, name=self._lane_name("addr", lane))
         m.d.comb += addr.eq(kb_row + rx)
         if L == 1:
-            port = self.act_wr
+            ports = self.act_wr_ports
             take = out_valid & out_ready
             written = Signal(name="written")
-            m.d.sync += [port.en.eq(0), self.done.eq(0)]
+            m.d.sync += [port.en.eq(0) for port in ports]
+            m.d.sync += self.done.eq(0)
         else:
             # A queue per lane: a pooled row's writes come in bursts (a tile's results at
             # once, only on the rows that end a window), the port takes one a cycle.
@@ -515,15 +576,26 @@ class Datapath(wiring.Component):
             port = SimpleNamespace(en=queue.w_en, addr=queue.w_data[:aw],
                                    data=queue.w_data[aw:])
             m.d.comb += out_ready.eq(plane_ok & running & queue.w_rdy)
-            # Lower lanes first: the port takes this lane's write when none below has one.
-            grant = queue.r_rdy & ~self._writes_pending
-            m.d.comb += queue.r_en.eq(grant)
+            # Lower lanes first: a bank's port takes this lane's write when no lane below
+            # has one for the same bank (the bank: the address's low bits).
+            ports = self.act_wr_ports
             if lane == 0:
-                m.d.sync += [self.act_wr.en.eq(0), self.done.eq(0)]
-            with m.If(grant):
-                m.d.sync += [self.act_wr.addr.eq(queue.r_data[:aw]),
-                             self.act_wr.data.eq(queue.r_data[aw:]), self.act_wr.en.eq(1)]
-            self._writes_pending = self._writes_pending | queue.r_rdy
+                self._writes_pending = [Const(0)] * len(ports)
+                m.d.sync += [port_.en.eq(0) for port_ in ports]
+                m.d.sync += self.done.eq(0)
+            head = queue.r_data[:(len(ports) - 1).bit_length()]
+            grants = []
+            for bank, port_ in enumerate(ports):
+                wants = queue.r_rdy & (head == bank) if len(ports) > 1 else queue.r_rdy
+                grant = Signal(name=f"grant{lane}_{bank}" if len(ports) > 1 else
+                               f"grant{lane}")
+                m.d.comb += grant.eq(wants & ~self._writes_pending[bank])
+                with m.If(grant):
+                    m.d.sync += [port_.addr.eq(queue.r_data[:aw]),
+                                 port_.data.eq(queue.r_data[aw:]), port_.en.eq(1)]
+                self._writes_pending[bank] = self._writes_pending[bank] | wants
+                grants.append(grant)
+            m.d.comb += queue.r_en.eq(Cat(grants).any())
             self._writes_queued = self._writes_queued | (queue.level != 0)
             take = out_valid & out_ready
             written = Signal(name=self._lane_name("written", lane))
@@ -533,8 +605,11 @@ class Datapath(wiring.Component):
             # drop stage drops them in column mode).
             in_range = 1 if self._config.compact_drain else ~last_kb | (wr_ <= k_last_r)
             if L == 1:
-                m.d.sync += [port.addr.eq(addr), port.data.eq(out_value),
-                             port.en.eq(in_range)]
+                low = (len(ports) - 1).bit_length()
+                for bank, port in enumerate(ports):
+                    m.d.sync += [port.addr.eq(addr), port.data.eq(out_value),
+                                 port.en.eq(in_range & (addr[:low] == bank) if low else
+                                            in_range)]
             m.d.sync += [wr_.eq(wr_ + 1), rx.eq(rx + step)]
             with m.If(wr_ == last_r):
                 m.d.sync += [wr_.eq(0), rx.eq(lane_plane + wx if L > 1 else wx),

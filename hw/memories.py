@@ -9,7 +9,7 @@ the previous cycle in which ``en`` was high, and holds while ``en`` is low (a 1-
 synchronous read with a clock enable, which both iCE40 EBR/SPRAM and ECP5 EBR provide).
 """
 
-from amaranth.hdl import C, Cat, ClockSignal, Instance, Module, Mux, Signal, unsigned
+from amaranth.hdl import Array, C, Cat, ClockSignal, Instance, Module, Mux, Signal, unsigned
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -73,46 +73,78 @@ class Ram(wiring.Component):
     ram_style : str, optional
         The storage synthesis should use (yosys attribute ``ram_style``: ``"block"``,
         ``"distributed"``, ``"logic"``); default its own choice.
+    banks : int
+        A power of two dividing ``depth``: word ``a`` is in bank ``a mod banks``, and
+        ``wr`` is then one write port per bank (``wr[b]`` writes only words of bank ``b``;
+        its address's low bits are ignored), so ``banks`` words of different banks are
+        written in one cycle. Each copy holds every bank (the same storage in total) and
+        a read picks its bank's word after the block RAMs' output registers.
     """
     def __init__(self, shape, depth, *, copies=1, init=(), rw_exclusive=False,
-                 ram_style=None):
+                 ram_style=None, banks=1):
         if not isinstance(depth, int) or depth < 1:
             raise TypeError(f"Memory depth must be a positive integer, not {depth!r}")
         if not isinstance(copies, int) or copies < 1:
             raise TypeError(f"Read-port copies must be a positive integer, not {copies!r}")
+        if (not isinstance(banks, int) or banks < 1 or banks & (banks - 1) or
+                depth % banks):
+            raise ValueError(f"Memory banks must be a power of two dividing the depth "
+                             f"{depth}, not {banks!r}")
         self._shape, self._depth, self._copies, self._init = shape, depth, copies, list(init)
+        self._banks = banks
         self._rw_exclusive = bool(rw_exclusive)
         self._attrs = {"no_rw_check": 1} if rw_exclusive else {}
         if ram_style is not None:
             self._attrs["ram_style"] = ram_style
+        wr = In(write_port_signature(depth, shape))
         super().__init__({
             "rd": In(read_port_signature(depth, shape)).array(copies),
-            "wr": In(write_port_signature(depth, shape)),
+            "wr": wr if banks == 1 else wr.array(banks),
         })
+
+    @property
+    def write_ports(self):
+        """The write ports, one per bank (``wr`` as a list)."""
+        return [self.wr] if self._banks == 1 else list(self.wr)
 
     def elaborate(self, platform):
         m = Module()
+        banks = self._banks
+        low = (banks - 1).bit_length()
         for i in range(self._copies):
-            mem = m.submodules[f"mem{i}"] = memory.Memory(
-                shape=self._shape, depth=self._depth, init=self._init,
-                attrs=self._attrs)
-            wp = mem.write_port()
-            m.d.comb += [wp.addr.eq(self.wr.addr), wp.data.eq(self.wr.data),
-                         wp.en.eq(self.wr.en)]
-            if self._rw_exclusive:
-                # yosys applies no_rw_check when it merges a register into an
-                # asynchronous read port (memory_dff), not to a synchronous port.
-                # Without a reset or a power-up value, like a synchronous port's data.
-                rp = mem.read_port(domain="comb")
-                data = Signal(self._shape, reset_less=True, name=f"rd{i}_data",
-                              attrs={INIT_DONT_CARE: 1})
-                m.d.comb += [rp.addr.eq(self.rd[i].addr), self.rd[i].data.eq(data)]
-                with m.If(self.rd[i].en):
-                    m.d.sync += data.eq(rp.data)
+            rd, words = self.rd[i], []
+            for b, wr in enumerate(self.write_ports):
+                name = f"mem{i}" if banks == 1 else f"mem{i}_{b}"
+                mem = m.submodules[name] = memory.Memory(
+                    shape=self._shape, depth=self._depth // banks,
+                    init=self._init[b::banks], attrs=self._attrs)
+                wp = mem.write_port()
+                m.d.comb += [wp.addr.eq(wr.addr[low:]), wp.data.eq(wr.data),
+                             wp.en.eq(wr.en)]
+                if self._rw_exclusive:
+                    # yosys applies no_rw_check when it merges a register into an
+                    # asynchronous read port (memory_dff), not to a synchronous port.
+                    # Without a reset or a power-up value, like a synchronous port's data.
+                    rp = mem.read_port(domain="comb")
+                    data = Signal(self._shape, reset_less=True, name=f"rd{i}_data" if banks == 1 else f"rd{i}_data{b}",
+                                  attrs={INIT_DONT_CARE: 1})
+                    m.d.comb += rp.addr.eq(rd.addr[low:])
+                    with m.If(rd.en):
+                        m.d.sync += data.eq(rp.data)
+                else:
+                    rp = mem.read_port()
+                    data = rp.data
+                    m.d.comb += [rp.addr.eq(rd.addr[low:]), rp.en.eq(rd.en)]
+                words.append(data)
+            if banks == 1:
+                m.d.comb += rd.data.eq(words[0])
             else:
-                rp = mem.read_port()
-                m.d.comb += [rp.addr.eq(self.rd[i].addr), rp.en.eq(self.rd[i].en),
-                             self.rd[i].data.eq(rp.data)]
+                # The bank is picked after the read registers (a multiplexer in front of
+                # them would keep yosys from merging them into the block RAMs).
+                bank = Signal(low, name=f"rd{i}_bank")
+                with m.If(rd.en):
+                    m.d.sync += bank.eq(rd.addr[:low])
+                m.d.comb += rd.data.eq(Array(words)[bank])
         return m
 
 

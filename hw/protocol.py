@@ -88,15 +88,16 @@ __all__ = [
     "DATAFLOW_CODES", "ReadSpace", "Space", "REQUEST_HEADER_BYTES", "RESPONSE_HEADER_BYTES",
 ]
 
-#: Version 8: layer descriptors have ``pixel_pairs``, the identity's flags say whether
-#: the board obeys it. (7: the identity's reserved byte is ``result_lanes``. 6: layer descriptors
-#: have ``copy`` and ``pad_top`` (and copy descriptors exist), RESULT reads from the last
-#: descriptor's ``out_base``, the activation window. 5: RESULT returns the last layer's
-#: whole output map from the activation memory (16-bit ``n_logits``); the identity no
-#: longer has a logits-buffer size. 4: no frame time-out, ABORT, the WATCHDOG status, RUN
-#: range check, response padding, the receive queue and watchdog in the identity; 3: the
-#: identity carries every field of the board's AcceleratorConfig.)
-PROTOCOL_VERSION = 8
+#: Version 9: the identity has ``write_banks``. (8: layer descriptors have
+#: ``pixel_pairs``, the identity's flags say whether the board obeys it. 7: the
+#: identity's reserved byte is ``result_lanes``. 6: layer descriptors have ``copy`` and
+#: ``pad_top`` (and copy descriptors exist), RESULT reads from the last descriptor's
+#: ``out_base``, the activation window. 5: RESULT returns the last layer's whole output
+#: map from the activation memory (16-bit ``n_logits``); the identity no longer has a
+#: logits-buffer size. 4: no frame time-out, ABORT, the WATCHDOG status, RUN range check,
+#: response padding, the receive queue and watchdog in the identity; 3: the identity
+#: carries every field of the board's AcceleratorConfig.)
+PROTOCOL_VERSION = 9
 REQUEST_SYNC = 0xA5
 RESPONSE_SYNC = 0x5A
 #: Bytes of one WRITE chunk (a 64-bit ``Core.wr`` beat).
@@ -210,6 +211,7 @@ class Identity(data.Struct):
     pool_blocks: 8
     dataflow: 8          # DATAFLOW_CODES
     requant_interval: 8
+    write_banks: 8
     name: 8 * MAX_NAME_CHARS
 
 
@@ -347,7 +349,7 @@ def space_chunks(config, space):
 _CONFIG_FIELDS = ("rows", "cols", "weight_words", "act_bytes", "max_reduction",
                   "qparam_entries", "max_layers", "clock_hz", "baud",
                   "pool_width", "pool_blocks", "requant_interval", "watchdog_log2",
-                  "result_lanes")
+                  "result_lanes", "write_banks")
 
 
 def identity_fields(config):

@@ -131,7 +131,8 @@ def pixel_pairs(stages, config):
     ``rows`` with pairs, ``result_lanes`` a beat; ``+ 1`` with ``overlap_drain``), and
     a layer at least one cycle per byte it writes (the one write port). So pairs pay
     where a layer has few channels, short tiles and a pool, as LeNet-5's C1 (6 channels,
-    5×5, pool 2/2). Paired weights take ``cin·F·S`` more words; if the network's weights
+    5×5, pool 2/2). With ``write_banks`` the lanes write up to that many bytes a cycle.
+    Paired weights take ``cin·F·S`` more words; if the network's weights
     would then not fit the weight memory, no stage pairs.
     """
     paying = [_pairs_pay(stage, config) for stage in stages]
@@ -148,7 +149,8 @@ def _pairs_pay(stage, config):
     k_blocks = -(-k // config.rows)
     if not prog.pixel_pairs_fit(config.rows, k, w, k_blocks):
         return False
-    writes = int(np.prod(stage.out_shape))
+    # The lanes' bytes leave through up to write_banks ports a cycle.
+    writes = -(-int(np.prod(stage.out_shape)) // min(config.write_banks, config.result_lanes))
 
     def cycles(pairs, rows_used):
         tiles = prog.array_tiles(config.cols, h, w, k_blocks, wrap_rows=config.wrap_rows,

@@ -167,7 +167,7 @@ def test_identity_gives_the_board_config(server):
     assert info.describe().startswith(f"custom: 8x{odd.cols} array")
 
 
-@pytest.mark.parametrize("version, size", [(2, 32), (proto.PROTOCOL_VERSION + 1, 52)])
+@pytest.mark.parametrize("version, size", [(2, 32), (proto.PROTOCOL_VERSION + 1, 53)])
 def test_other_protocol_version_is_refused(server, version, size):
     raw = bytes([version]) + identity(get_config("icebreaker"))[1:size]
     srv = server(lambda opcode, payload: proto.encode_response(proto.Status.OK, opcode, raw))
@@ -185,8 +185,8 @@ def test_malformed_identity_is_refused(server):
     srv = server(lambda opcode, payload: proto.encode_response(
         proto.Status.OK, opcode, next(answers)))
     with Accelerator.open(srv.url, timeout=1) as acc:
-        with pytest.raises(ProtocolMismatch, match=f"identity has 51 bytes, protocol version "
-                                                   f"{proto.PROTOCOL_VERSION} has 52"):
+        with pytest.raises(ProtocolMismatch, match=f"identity has 52 bytes, protocol version "
+                                                   f"{proto.PROTOCOL_VERSION} has 53"):
             acc.identify()
         with pytest.raises(ProtocolMismatch, match="invalid configuration"):
             acc.identify()

@@ -70,6 +70,56 @@ def test_ram_copies_share_writes(request):
     run_simulation(dut, [bench], name=request.node.name, max_cycles=200)
 
 
+@pytest.mark.parametrize("banks, rw_exclusive", [(2, True), (4, False)])
+def test_ram_banks_write_together(request, banks, rw_exclusive):
+    """A banked Ram against a model: every cycle each bank's port writes a random word of
+    its bank (or not), and each copy reads a random address (or holds its data)."""
+    depth, copies = 64, 2
+    rng = random.Random(banks)
+    init = [rng.randrange(256) for _ in range(depth)]
+    dut = Ram(unsigned(8), depth, copies=copies, init=init, banks=banks,
+              rw_exclusive=rw_exclusive)
+    model = list(init)
+
+    async def bench(ctx):
+        held = [None] * copies
+        for n in range(300):
+            writes = {}
+            for b in range(banks):
+                a = rng.randrange(depth // banks) * banks + b
+                en = rng.random() < 0.7
+                # The port's own low address bits are ignored: give it junk there.
+                ctx.set(dut.wr[b].addr, a ^ rng.randrange(banks))
+                ctx.set(dut.wr[b].data, v := rng.randrange(256))
+                ctx.set(dut.wr[b].en, en)
+                if en:
+                    writes[a] = v
+            reads = []
+            for i in range(copies):
+                a = rng.randrange(depth)
+                # rw_exclusive: a read that meets a write of its word is never used.
+                en = rng.random() < 0.6 and not (rw_exclusive and a in writes)
+                ctx.set(dut.rd[i].addr, a)
+                ctx.set(dut.rd[i].en, en)
+                reads.append(model[a] if en else held[i])
+            await ctx.tick()
+            for a, v in writes.items():
+                model[a] = v
+            for i in range(copies):
+                got = ctx.get(dut.rd[i].data)
+                assert reads[i] is None or got == reads[i], f"cycle {n} copy {i}"
+                held[i] = got
+
+    run_simulation(dut, [bench], name=request.node.name, max_cycles=2000)
+
+
+def test_ram_rejects_bad_banks():
+    with pytest.raises(ValueError, match="power of two dividing the depth 24, not 16"):
+        Ram(unsigned(8), 24, banks=16)
+    with pytest.raises(ValueError, match="power of two dividing the depth 24, not 3"):
+        Ram(unsigned(8), 24, banks=3)
+
+
 def test_weight_memory_rejects_bad_shapes():
     with pytest.raises(ValueError, match="8 times a power of two, not 24"):
         WeightMemory(rows=24, depth=16)

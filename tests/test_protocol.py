@@ -64,7 +64,7 @@ def test_identity_round_trip(name):
     exactly what the board was built with."""
     cfg = CONFIGS[name]
     raw = proto.encode_struct(proto.Identity, proto.identity_fields(cfg))
-    assert len(raw) == proto.struct_bytes(proto.Identity) == 52
+    assert len(raw) == proto.struct_bytes(proto.Identity) == 53
     assert raw[0] == proto.PROTOCOL_VERSION              # first in every version
     fields = proto.decode_struct(proto.Identity, raw)
     assert fields == proto.identity_fields(cfg)
