@@ -370,6 +370,9 @@ FC_CASES = {
     "fc_100_70": (Network("t", (100, 1, 1), [FC(70), ReLU(), FC(1)]), FC_COLS, 1),
     "fc_100_70_compact": (Network("t", (100, 1, 1), [FC(70), FC(1)]),
                           FC_COLS.with_(compact_drain=True), 1),
+    # Two write banks with one result lane: each write goes to its byte's bank.
+    "fc_100_70_banks": (Network("t", (100, 1, 1), [FC(70), FC(1)]),
+                        FC_COLS.with_(compact_drain=True, write_banks=2), 1),
     # One k-block: no column mode (it would only waste weight words).
     "fc_20_5": (Network("t", (20, 1, 1), [FC(5)]), FC_COLS, 1),
     # Two k-blocks on four columns (the last of 5 channels): columns 2-3 unused.
