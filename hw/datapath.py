@@ -20,7 +20,7 @@ from .systolic import SystolicArray
 
 __all__ = ["Datapath", "requant_multiplier", "RESULT_QUEUE", "REQUANT_QUEUE", "WRITE_QUEUE"]
 
-#: Writes each result lane may queue for the activation memory's one write port.
+#: Writes each result lane may queue for the activation memory's write ports.
 WRITE_QUEUE = 16
 #: Result beats the array queues with ``config.overlap_drain`` (its ``queue``).
 RESULT_QUEUE = 8
