@@ -127,17 +127,21 @@ def test_lenet_c1_pairs_pixels_on_ulx3s():
     assert not any(d["pixel_pairs"] for d in lenet(0, ICEBREAKER).descriptors)
 
 
-@pytest.mark.parametrize("layers,expected", [
-    ([Conv(6, 5, pad=2), ReLU(), MaxPool(2, 2)], 1),     # 16 pixels a row, 6 channels
-    ([Conv(6, 4, pad=1), ReLU(), MaxPool(3, 2)], 0),     # 15 pixels a row: odd
-    ([Conv(9, 5, pad=2), ReLU(), MaxPool(2, 2)], 0),     # 9 channels: more than 16 / 2
-    ([Conv(8, 5, pad=2), ReLU(), MaxPool(2, 2)], 1),     # 8: half the rows exactly
-    ([Conv(6, 5, pad=2), ReLU()], 0),    # no pool: bound by its 1,536 writes either way
-    ([Conv(4, 1), ReLU(), MaxPool(2, 2)], 0),   # D = 1: drain-bound either way
+@pytest.mark.parametrize("layers,expected,write_banks", [
+    ([Conv(6, 5, pad=2), ReLU(), MaxPool(2, 2)], 1, None),     # 16 pixels a row, 6 channels
+    ([Conv(6, 4, pad=1), ReLU(), MaxPool(3, 2)], 0, None),     # 15 pixels a row: odd
+    ([Conv(9, 5, pad=2), ReLU(), MaxPool(2, 2)], 0, None),     # 9 channels: more than 16 / 2
+    ([Conv(8, 5, pad=2), ReLU(), MaxPool(2, 2)], 1, None),     # 8: half the rows exactly
+    # No pool: 1,536 writes. Through one write port they bound the layer either way;
+    # through two banks (768 cycles) the pairs' fewer tiles pay.
+    ([Conv(6, 5, pad=2), ReLU()], 0, 1),
+    ([Conv(6, 5, pad=2), ReLU()], 1, 2),
+    ([Conv(4, 1), ReLU(), MaxPool(2, 2)], 0, None),   # D = 1: drain-bound either way
 ])
-def test_pixel_pairs_where_they_pay(layers, expected):
+def test_pixel_pairs_where_they_pay(layers, expected, write_banks):
     net = Network("t", (1, 16, 16), [*layers, FC(10)])
-    p = compile_network(net, nets.random_params(net, 0), ULX3S)
+    config = ULX3S if write_banks is None else ULX3S.with_(write_banks=write_banks)
+    p = compile_network(net, nets.random_params(net, 0), config)
     assert p.descriptors[0]["pixel_pairs"] == expected
 
 
