@@ -171,7 +171,8 @@ class Core(wiring.Component):
         m.submodules.writes = writes = HostWrites(cfg)
         seq = Sequencer(cfg)
         m.submodules.sequencer = ResetInserter({"sync": stop})(seq)
-        m.submodules.reads = reads = ResultReads(cfg)
+        # The iCE40's block RAM reaches the link in time, and its cells are scarce.
+        m.submodules.reads = reads = ResultReads(cfg, registered=not cfg.ice40)
 
         for i in range(1, cfg.cols):
             wiring.connect(m, dp.act_rd[i], act.rd[i])
@@ -625,8 +626,9 @@ class Sequencer(wiring.Component):
 class ResultReads(wiring.Component):
     """Host reads of the outputs and counters: ``rd`` → ``rd_data``.
 
-    Latency 1 cycle, one read per cycle; ``rd`` is ready whenever ``rd_data`` is empty or
-    being taken and ``hold`` is low. ``LOGITS`` addr ``k`` reads activation byte ``base +
+    Latency 1 cycle, or 2 with ``registered`` (the read data is registered once more
+    before ``rd_data``); one read per cycle; ``rd`` is ready whenever the stage after
+    the memory read is empty or being taken and ``hold`` is low. ``LOGITS`` addr ``k`` reads activation byte ``base +
     k`` (sign-extended; ``act`` spans the activation addresses, block RAM and window),
     ``COUNTERS`` addr ``i`` results word ``i``, ``IDENTITY`` addr ``k`` the identity's
     word ``k`` (stored above the counters); addresses wrap like the memories (the link
@@ -636,6 +638,10 @@ class ResultReads(wiring.Component):
     Parameters
     ----------
     config : AcceleratorConfig
+    registered : bool
+        Register the read data before ``rd_data``. An ECP5's block RAM output (its
+        clock-to-out, then the cascade and bank multiplexers of a large activation
+        memory) otherwise reaches the link's response register in one cycle.
 
     Attributes
     ----------
@@ -651,8 +657,9 @@ class ResultReads(wiring.Component):
         Activation bytes (only used while the core is idle).
     """
 
-    def __init__(self, config):
+    def __init__(self, config, *, registered=False):
         self._config = config
+        self._registered = registered
         super().__init__({
             "rd": In(stream.Signature(ReadCommand)),
             "rd_data": Out(stream.Signature(ReadData)),
@@ -665,19 +672,28 @@ class ResultReads(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         rd = self.rd.p
+        # `read`: the stream whose data is the memories' output.
+        if self._registered:
+            read = stream.Signature(ReadData).create(path=("read",))
+        else:
+            read = self.rd_data
         output_r = Signal()
-        with m.If((~self.rd_data.valid | self.rd_data.ready) & ~self.hold):
+        with m.If((~read.valid | read.ready) & ~self.hold):
             m.d.comb += [self.rd.ready.eq(1), self.results.en.eq(1), self.act.en.eq(1)]
-            m.d.sync += [self.rd_data.valid.eq(self.rd.valid),
+            m.d.sync += [read.valid.eq(self.rd.valid),
                          output_r.eq(rd.space == program.ReadSpace.LOGITS)]
-        with m.Elif(self.rd_data.ready):
-            m.d.sync += self.rd_data.valid.eq(0)
+        with m.Elif(read.ready):
+            m.d.sync += read.valid.eq(0)
         m.d.comb += self.act.addr.eq(self.base + rd.addr)
         identity = rd.space == program.ReadSpace.IDENTITY
         m.d.comb += self.results.addr.eq(Mux(identity, rd.addr | _identity_base(self._config),
                                              rd.addr))
         with m.If(output_r):
-            m.d.comb += self.rd_data.p.data.eq(self.act.data.as_signed())
+            m.d.comb += read.p.data.eq(self.act.data.as_signed())
         with m.Else():
-            m.d.comb += self.rd_data.p.data.eq(self.results.data)
+            m.d.comb += read.p.data.eq(self.results.data)
+        if self._registered:
+            m.d.comb += read.ready.eq(~self.rd_data.valid | self.rd_data.ready)
+            with m.If(read.ready):
+                m.d.sync += [self.rd_data.valid.eq(read.valid), self.rd_data.p.eq(read.p)]
         return m
