@@ -17,8 +17,8 @@ from . import program
 from .config import ACT_SPACE, AcceleratorConfig
 from .copier import Copier
 from .datapath import Datapath
-from .memories import (Ram, WeightMemory, read_port_signature, weight_write_signature,
-                       write_port_signature)
+from .memories import (Ram, WeightMemory, one_or_array, port_list, read_port_signature,
+                       weight_write_signature, write_port_signature)
 from .program import HostInterface, ReadCommand, ReadData, StartCommand, WriteCommand
 from .protocol import identity_words
 
@@ -181,7 +181,7 @@ class Core(wiring.Component):
         wiring.connect(m, wiring.flipped(self.wr), writes.wr)
         wiring.connect(m, writes.qparams, qmem.wr)
         wiring.connect(m, writes.program, pmem.wr)
-        for bank_out, bank_wr in zip(_bank_ports(cfg, writes.act), act.write_ports):
+        for bank_out, bank_wr in zip(port_list(writes.act), act.write_ports):
             wiring.connect(m, bank_out, bank_wr)
         wiring.connect(m, wiring.flipped(self.start), seq.start)
         wiring.connect(m, seq.program, pmem.rd[0])
@@ -211,7 +211,7 @@ class Core(wiring.Component):
                          reads.act.data.eq(act.rd[0].data)]
             wiring.connect(m, dp.w_rd, wmem.rd)
             wiring.connect(m, writes.weights, wmem.wr)
-            for dp_wr, bank_in in zip(dp.act_wr_ports, _bank_ports(cfg, writes.act_in)):
+            for dp_wr, bank_in in zip(dp.act_wr_ports, port_list(writes.act_in)):
                 wiring.connect(m, dp_wr, bank_in)
             # No copier on this board: a copy descriptor ends at once, writing nothing.
             noop_done = Signal()
@@ -326,15 +326,15 @@ class HostWrites(wiring.Component):
             "wr": In(stream.Signature(WriteCommand)),
             "busy": In(1),
             "program_pending": Out(1),
-            "act_in": _per_bank(config, In(write_port_signature(config.act_bytes,
-                                                                unsigned(8)))),
+            "act_in": one_or_array(In(write_port_signature(config.act_bytes, unsigned(8))),
+                                   config.write_banks),
             "window_in": In(write_port_signature(ACT_SPACE, unsigned(8))),
             "weights": Out(weight_write_signature(config.weight_words * (config.rows // 8))),
             "qparams": Out(write_port_signature(config.qparam_entries,
                                                 program.stored_qparam(config.bias_width))),
             "program": Out(write_port_signature(_program_halfwords(config), unsigned(16))),
-            "act": _per_bank(config, Out(write_port_signature(config.act_bytes,
-                                                              unsigned(8)))),
+            "act": one_or_array(Out(write_port_signature(config.act_bytes, unsigned(8))),
+                                config.write_banks),
         })
 
     def elaborate(self, platform):
@@ -389,36 +389,19 @@ class HostWrites(wiring.Component):
         else:
             m.d.comb += [self.weights.addr.eq(wr.addr), self.weights.data.eq(wr.data),
                          self.weights.en.eq(go & space[Space.WEIGHTS])]
-        if cfg.write_banks == 1:
-            with m.If(self.act_in.en):
-                m.d.comb += [self.act.addr.eq(self.act_in.addr),
-                             self.act.data.eq(self.act_in.data), self.act.en.eq(1)]
-            with m.Elif(bram_image):
-                m.d.comb += [self.act.addr.eq(Cat(part, wr.addr)), self.act.data.eq(byte),
-                             self.act.en.eq(valid), may_step.eq(1)]
-        else:
-            low = (cfg.write_banks - 1).bit_length()
-            for bank, (act_in, act) in enumerate(zip(self.act_in, self.act)):
-                with m.If(act_in.en):
-                    m.d.comb += [act.addr.eq(act_in.addr), act.data.eq(act_in.data),
-                                 act.en.eq(1)]
-                with m.Elif(bram_image & (Cat(part, wr.addr)[:low] == bank)):
-                    m.d.comb += [act.addr.eq(Cat(part, wr.addr)), act.data.eq(byte),
-                                 act.en.eq(valid), may_step.eq(1)]
+        # Each bank's port: the datapath's byte, else an IMAGE byte of that bank.
+        low = (cfg.write_banks - 1).bit_length()
+        image_addr = Cat(part, wr.addr)
+        for bank, (act_in, act) in enumerate(zip(port_list(self.act_in), port_list(self.act))):
+            with m.If(act_in.en):
+                m.d.comb += [act.addr.eq(act_in.addr), act.data.eq(act_in.data), act.en.eq(1)]
+            with m.Elif(bram_image & (image_addr[:low] == bank) if low else bram_image):
+                m.d.comb += [act.addr.eq(image_addr), act.data.eq(byte), act.en.eq(valid),
+                             may_step.eq(1)]
         with m.If(may & in_place & ~bram_image):
             m.d.comb += may_step.eq(1)
         m.d.comb += self.wr.ready.eq(Mux(in_place, may_step & (part == 7), may))
         return m
-
-
-def _per_bank(config, member):
-    """``member`` (a write port), one per activation bank when ``config.write_banks`` > 1."""
-    return member if config.write_banks == 1 else member.array(config.write_banks)
-
-
-def _bank_ports(config, ports):
-    """A :func:`_per_bank` member as a list of ports."""
-    return [ports] if config.write_banks == 1 else list(ports)
 
 
 def _at_least(value, bound):

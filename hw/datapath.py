@@ -14,7 +14,7 @@ from . import program
 from .config import AcceleratorConfig
 from .im2col import Im2col
 from .maxpool import MaxPool
-from .memories import read_port_signature, write_port_signature
+from .memories import one_or_array, port_list, read_port_signature, write_port_signature
 from .requant import Requantizer
 from .systolic import SystolicArray
 
@@ -170,12 +170,10 @@ class Datapath(wiring.Component):
             "w_rd": Out(read_port_signature(config.weight_words // config.weight_lanes,
                                             unsigned(rows * config.weight_lanes * 8))),
             # One port per result lane (``q_rd_ports`` lists them).
-            "q_rd": Out(q_port) if lanes == 1 else Out(q_port).array(lanes),
+            "q_rd": one_or_array(Out(q_port), lanes),
             # One port per bank of the activation memory (``act_wr_ports`` lists them).
-            "act_wr": (Out(write_port_signature(config.act_bytes, unsigned(8)))
-                       if config.write_banks == 1 else
-                       Out(write_port_signature(config.act_bytes, unsigned(8))).array(
-                           config.write_banks)),
+            "act_wr": one_or_array(Out(write_port_signature(config.act_bytes, unsigned(8))),
+                                   config.write_banks),
         })
 
     def _lane_name(self, name, lane):
@@ -185,12 +183,12 @@ class Datapath(wiring.Component):
     @property
     def act_wr_ports(self):
         """The activation write ports, one per bank (``act_wr`` as a list)."""
-        return [self.act_wr] if self._config.write_banks == 1 else list(self.act_wr)
+        return port_list(self.act_wr)
 
     @property
     def q_rd_ports(self):
         """The QParam read ports, one per result lane (``q_rd`` as a list)."""
-        return [self.q_rd] if self.lanes == 1 else list(self.q_rd)
+        return port_list(self.q_rd)
 
     def elaborate(self, platform):
         m = Module()
@@ -438,10 +436,10 @@ class Datapath(wiring.Component):
         register to a layer's fill. Returns the stream the lanes take (the requantiser's
         output itself otherwise)."""
         rq_out = self.requant.o_stream
-        self._rq_push = Signal()
-        self._rq_room = Signal(init=1)
         if self.lanes == 1 or self.requant.interval != 1:
             return rq_out
+        self._rq_push = Signal()
+        self._rq_room = Signal(init=1)
         queue = m.submodules.requant_queue = SyncFIFOBuffered(
             width=rq_out.payload.shape().size, depth=REQUANT_QUEUE)
         out = SimpleNamespace(valid=queue.r_rdy, ready=queue.r_en,

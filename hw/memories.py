@@ -15,7 +15,8 @@ from amaranth.lib.wiring import In, Out
 
 from .toolchain import INIT_DONT_CARE
 
-__all__ = ["read_port_signature", "write_port_signature", "weight_write_signature", "Ram",
+__all__ = ["read_port_signature", "write_port_signature", "weight_write_signature",
+           "one_or_array", "port_list", "Ram",
            "WeightMemory", "SPRAM_DEPTH", "SPRAM_WIDTH"]
 
 #: SB_SPRAM256KA: 16K words of 16 bits.
@@ -34,6 +35,17 @@ def read_port_signature(depth, shape):
 def write_port_signature(depth, shape):
     """A write port seen from its user: ``addr``, ``data``, ``en`` out (written on the edge)."""
     return wiring.Signature({"addr": Out(_bits(depth)), "data": Out(shape), "en": Out(1)})
+
+
+def one_or_array(member, count):
+    """``member`` (a port), or an array of ``count`` of them when ``count`` > 1: one per
+    bank or lane, a lone port keeping its plain name. :func:`port_list` lists either."""
+    return member if count == 1 else member.array(count)
+
+
+def port_list(ports):
+    """A :func:`one_or_array` member's ports as a list."""
+    return list(ports) if isinstance(ports, (list, tuple)) else [ports]
 
 
 def weight_write_signature(chunks):
@@ -96,16 +108,15 @@ class Ram(wiring.Component):
         self._attrs = {"no_rw_check": 1} if rw_exclusive else {}
         if ram_style is not None:
             self._attrs["ram_style"] = ram_style
-        wr = In(write_port_signature(depth, shape))
         super().__init__({
             "rd": In(read_port_signature(depth, shape)).array(copies),
-            "wr": wr if banks == 1 else wr.array(banks),
+            "wr": one_or_array(In(write_port_signature(depth, shape)), banks),
         })
 
     @property
     def write_ports(self):
         """The write ports, one per bank (``wr`` as a list)."""
-        return [self.wr] if self._banks == 1 else list(self.wr)
+        return port_list(self.wr)
 
     def elaborate(self, platform):
         m = Module()
