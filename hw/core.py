@@ -611,8 +611,9 @@ class ResultReads(wiring.Component):
 
     Latency 1 cycle, or 2 with ``registered`` (the read data is registered once more
     before ``rd_data``); one read per cycle; ``rd`` is ready whenever the stage after
-    the memory read is empty or being taken and ``hold`` is low. ``LOGITS`` addr ``k`` reads activation byte ``base +
-    k`` (sign-extended; ``act`` spans the activation addresses, block RAM and window),
+    the memory read is empty or being taken and ``hold`` is low. ``LOGITS`` addr ``k``
+    reads activation byte ``base + k`` (sign-extended; ``act`` spans the activation
+    addresses, block RAM and window),
     ``COUNTERS`` addr ``i`` results word ``i``, ``IDENTITY`` addr ``k`` the identity's
     word ``k`` (stored above the counters); addresses wrap like the memories (the link
     never reads beyond ``1 + max_layers`` counters, its checker refuses it, nor beyond
