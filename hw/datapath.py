@@ -448,11 +448,16 @@ class Datapath(wiring.Component):
                               p=rq_out.payload.shape()(queue.r_data))
         m.d.comb += [rq_out.ready.eq(1), queue.w_en.eq(rq_out.valid),
                      queue.w_data.eq(rq_out.payload)]
-        # Beats pushed and not yet read from the queue; room while below its depth.
+        # Beats pushed and not yet read from the queue, each counted the cycle after its
+        # push (the push ends a long path from the descriptor through the drop stage's
+        # keep), so at most one push is not yet in `held`: room while below the depth
+        # less one.
         held = Signal(range(REQUANT_QUEUE + 1))
+        pushed = Signal()
         pop = queue.r_rdy & queue.r_en
-        held_next = held + self._rq_push - pop
-        m.d.sync += [held.eq(held_next), self._rq_room.eq(held_next < REQUANT_QUEUE)]
+        held_next = held + pushed - pop
+        m.d.sync += [pushed.eq(self._rq_push), held.eq(held_next),
+                     self._rq_room.eq(held_next < REQUANT_QUEUE - 1)]
         return out
 
     def _lane_streams(self, m):
