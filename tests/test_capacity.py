@@ -121,6 +121,62 @@ def test_networks_on_ulx3s(ulx3s, make, seed):
     check_network(ulx3s, make(), seed, n_random=1)
 
 
+def random_small_network(seed):
+    """Seeded conv blocks (kernel 1..5, stride 1..2, pad 0..2; pool 2/2, 2/1, 3/2 or none;
+    the first block with 1..8 channels half the time, where pixel pairs may pay), then
+    0..2 FC layers on at most 1,024 inputs."""
+    rng = np.random.default_rng(seed)
+    c, h = int(rng.integers(1, 4)), int(rng.integers(8, 25))
+    shape, layers = (c, h, h), []
+    for i in range(int(rng.integers(1, 4))):
+        while True:
+            k, s, p = int(rng.integers(1, 6)), int(rng.integers(1, 3)), int(rng.integers(0, 3))
+            span = shape[1] - k + 2 * p
+            if span >= 0 and span % s == 0:
+                break
+        out = int(rng.integers(1, 9 if i == 0 and rng.random() < 0.5 else 25))
+        size = span // s + 1
+        layers += [nets.Conv(out, k, s, p), nets.ReLU()]
+        pools = [(pk, ps) for pk, ps in ((2, 2), (2, 1), (3, 2))
+                 if size >= pk and (size - pk) % ps == 0]
+        if pools and rng.random() < 0.6:
+            pk, ps = pools[int(rng.integers(len(pools)))]
+            layers.append(nets.MaxPool(pk, ps))
+            size = (size - pk) // ps + 1
+        shape = (out, size, size)
+    for _ in range(int(rng.integers(0, 3))):
+        if int(np.prod(shape)) > 1024:
+            break
+        out = int(rng.integers(1, 40))
+        layers += [nets.FC(out), nets.ReLU()]
+        shape = (out, 1, 1)
+    return nets.Network(f"random{seed}", (c, h, h), layers[:-1])
+
+
+# Seeds whose models are a few kilobytes (each loads over the simulated UART in seconds):
+# 1 and 51 pair pixels (51 in two layers), 107 and 160 end in column-mode FC layers, 0
+# and 22 have layers of two k-blocks (22 an FC one, too few for column mode); pools 2/2,
+# 2/1 and 3/2 among them.
+RANDOM_SEEDS = [0, 1, 22, 51, 107, 160]
+
+
+def test_random_geometries_on_ulx3s(ulx3s):
+    # The ULX3S-85F's pixel pairs, column mode, result lanes, write banks and queues on
+    # geometries no named network has: first stage (a tap) and output bit-exact, edge
+    # images included.
+    from fpgacnn.hw.program import column_mode
+    paired = columns = 0
+    for seed in RANDOM_SEEDS:
+        net = random_small_network(seed)
+        check_network(ulx3s, net, seed, n_random=1)
+        for d in ulx3s.program.descriptors:
+            paired += d["pixel_pairs"]
+            columns += bool(column_mode(ulx3s.program.config.cols, d["out_w"], d["k_blocks"],
+                                        fc_columns=True))
+    assert paired >= 3 and columns >= 2, \
+        f"the seeds no longer exercise pixel pairs ({paired}) or column mode ({columns})"
+
+
 def check_network(acc, net, seed, n_random):
     """``net`` with seeded random parameters on ``acc``: ``n_random`` random images and the
     three edge images, the first stage's map (a tap) and the output bit-exact."""
