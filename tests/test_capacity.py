@@ -150,7 +150,9 @@ def random_small_network(seed):
         out = int(rng.integers(1, 40))
         layers += [nets.FC(out), nets.ReLU()]
         shape = (out, 1, 1)
-    return nets.Network(f"random{seed}", (c, h, h), layers[:-1])
+    if isinstance(layers[-1], nets.ReLU):      # the output is a layer's, not rectified
+        layers.pop()
+    return nets.Network(f"random{seed}", (c, h, h), layers)
 
 
 # Seeds whose models are a few kilobytes (each loads over the simulated UART in seconds):
