@@ -30,6 +30,23 @@ def _edge_images(shape, seed, n_random=2):
     return x + [np.full(shape, v, np.int8) for v in (-128, 127, 0)]
 
 
+def _conv_geometry(rng, size):
+    """A seeded kernel (1..5), stride (1..2) and pad (0..2) that give an integer output on
+    ``size``."""
+    while True:
+        k, s, p = int(rng.integers(1, 6)), int(rng.integers(1, 3)), int(rng.integers(0, 3))
+        span = size - k + 2 * p
+        if span >= 0 and span % s == 0:
+            return k, s, p
+
+
+@pytest.fixture(scope="session")
+def conv_geometry():
+    """``conv_geometry(rng, size)``: a seeded ``(kernel, stride, pad)`` that fits ``size``
+    (for random networks)."""
+    return _conv_geometry
+
+
 @pytest.fixture(scope="session")
 def edge_images():
     """``edge_images(shape, seed, n_random=2)``: seeded random int8 images, then the edge

@@ -147,23 +147,14 @@ def test_channel_groups_without_copies(bit_exact):
     assert [d["out_channels"] for d in program.descriptors] == [8, 16, 16, 6]
 
 
-def _conv_geometry(rng, size):
-    """A seeded kernel, stride and pad that give an integer output on ``size``."""
-    while True:
-        k, s, p = int(rng.integers(1, 6)), int(rng.integers(1, 3)), int(rng.integers(0, 3))
-        span = size - k + 2 * p
-        if span >= 0 and span % s == 0:
-            return k, s, p
-
-
-def random_network(seed):
+def random_network(seed, conv_geometry):
     """Seeded conv blocks (kernel 1..5, stride 1..2, pad 0..2, pool 2/2, 2/1, 3/2 or none,
     1..70 channels), then 0..2 FC layers; inputs large enough to need the window."""
     rng = np.random.default_rng(seed)
     c, h = int(rng.integers(1, 5)), int(rng.integers(16, 33))
     shape, layers, channels = (c, h, h), [], 0
     for _ in range(int(rng.integers(1, 4))):
-        k, s, p = _conv_geometry(rng, shape[1])
+        k, s, p = conv_geometry(rng, shape[1])
         out = int(rng.integers(1, 71))
         size = (shape[1] - k + 2 * p) // s + 1
         if shape[0] * k * k > ICEBREAKER.max_reduction or channels + out > 200:
@@ -192,10 +183,10 @@ REFUSALS = (r"{name} needs at least \d+ descriptors to run in bands through the 
             r"output row at a time: \d+ B \(input rows \d+x\dx\d+ \+ output \d+x1x\d+\)")
 
 
-def test_random_geometries_are_bit_exact(bit_exact):
+def test_random_geometries_are_bit_exact(bit_exact, conv_geometry):
     streamed = refused = 0
     for seed in range(80):
-        net = random_network(seed)
+        net = random_network(seed, conv_geometry)
         params = nets.random_params(net, seed)
         try:
             program = bit_exact(net, params, WINDOW, seed, n_random=1)
