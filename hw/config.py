@@ -107,7 +107,8 @@ class AcceleratorConfig:
         goes out at once (:mod:`.protocol`); 0 for none. 0..65535.
     result_lanes : int
         Results the array drains per cycle (its ``lanes``), a power of two dividing
-        ``rows``. Each lane has its own requantiser, QParam memory copy, max-pool and
+        ``rows``. Each lane has its own requantiser, QParam read port (two lanes to a
+        copy of the QParam memory, one through its write's port), max-pool and
         address counters (lane ``l`` takes the channels ``l, l + lanes, ...`` of every
         k-block); the lanes' byte writes share the activation memory's one write port, so
         layers without pooling still write one byte per cycle. Layers whose tiles are
@@ -374,7 +375,7 @@ CONFIGS = {
         weight_words=8192, act_bytes=28672, qparam_entries=1024, max_layers=16,
         clock_hz=60_000_000, ice40=False, dataflow=Dataflow.BROADCAST, fc_columns=True,
         pool_width=64, pool_blocks=4, rx_fifo_bytes=8192, compact_drain=True,
-        wrap_rows=True, result_lanes=4, pixel_pairs=True, overlap_drain=True,
+        wrap_rows=True, result_lanes=8, pixel_pairs=True, overlap_drain=True,
         prefetch_descriptors=True, write_banks=2),
 }
 

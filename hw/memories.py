@@ -85,6 +85,11 @@ class Ram(wiring.Component):
     ram_style : str, optional
         The storage synthesis should use (yosys attribute ``ram_style``: ``"block"``,
         ``"distributed"``, ``"logic"``); default its own choice.
+    reads_per_copy : int
+        1, or 2 for a memory written only while nobody uses its reads: a copy's second
+        read port (``rd[2*i + 1]``) is then the write port's block RAM port, its address
+        the write's while a ``wr.en`` is high, so a read in a cycle with a write returns
+        an unrelated word. Needs ``rw_exclusive`` and one bank.
     banks : int
         A power of two dividing ``depth``: word ``a`` is in bank ``a mod banks``, and
         ``wr`` is then one write port per bank (``wr[b]`` writes only words of bank ``b``;
@@ -93,7 +98,7 @@ class Ram(wiring.Component):
         a read picks its bank's word after the block RAMs' output registers.
     """
     def __init__(self, shape, depth, *, copies=1, init=(), rw_exclusive=False,
-                 ram_style=None, banks=1):
+                 ram_style=None, banks=1, reads_per_copy=1):
         if not isinstance(depth, int) or depth < 1:
             raise TypeError(f"Memory depth must be a positive integer, not {depth!r}")
         if not isinstance(copies, int) or copies < 1:
@@ -102,14 +107,20 @@ class Ram(wiring.Component):
                 depth % banks):
             raise ValueError(f"Memory banks must be a power of two dividing the depth "
                              f"{depth}, not {banks!r}")
+        if reads_per_copy not in (1, 2):
+            raise ValueError(f"A memory copy serves 1 or 2 read ports, not {reads_per_copy!r}")
+        if reads_per_copy == 2 and (not rw_exclusive or banks != 1):
+            raise ValueError("A copy's second read port shares the write port's address: "
+                             "it needs rw_exclusive and one bank")
         self._shape, self._depth, self._copies, self._init = shape, depth, copies, list(init)
+        self._reads_per_copy = reads_per_copy
         self._banks = banks
         self._rw_exclusive = bool(rw_exclusive)
         self._attrs = {"no_rw_check": 1} if rw_exclusive else {}
         if ram_style is not None:
             self._attrs["ram_style"] = ram_style
         super().__init__({
-            "rd": In(read_port_signature(depth, shape)).array(copies),
+            "rd": In(read_port_signature(depth, shape)).array(copies * reads_per_copy),
             "wr": one_or_array(In(write_port_signature(depth, shape)), banks),
         })
 
@@ -120,43 +131,56 @@ class Ram(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        banks = self._banks
+        banks, per_copy = self._banks, self._reads_per_copy
         low = (banks - 1).bit_length()
         for i in range(self._copies):
-            rd, words = self.rd[i], []
+            ports = range(i * per_copy, (i + 1) * per_copy)
+            words = {n: [] for n in ports}
             for b, wr in enumerate(self.write_ports):
                 name = f"mem{i}" if banks == 1 else f"mem{i}_{b}"
                 mem = m.submodules[name] = memory.Memory(
                     shape=self._shape, depth=self._depth // banks,
                     init=self._init[b::banks], attrs=self._attrs)
                 wp = mem.write_port()
-                m.d.comb += [wp.addr.eq(wr.addr[low:]), wp.data.eq(wr.data),
-                             wp.en.eq(wr.en)]
-                if self._rw_exclusive:
-                    # yosys applies no_rw_check when it merges a register into an
-                    # asynchronous read port (memory_dff), not to a synchronous port.
-                    # Without a reset or a power-up value, like a synchronous port's data.
-                    rp = mem.read_port(domain="comb")
-                    data = Signal(self._shape, reset_less=True, name=f"rd{i}_data" if banks == 1 else f"rd{i}_data{b}",
-                                  attrs={INIT_DONT_CARE: 1})
-                    m.d.comb += rp.addr.eq(rd.addr[low:])
-                    with m.If(rd.en):
-                        m.d.sync += data.eq(rp.data)
+                addrs = {n: self.rd[n].addr[low:] for n in ports}
+                if per_copy == 2:
+                    # One address for the write and the second read, so that yosys puts
+                    # both on one block RAM port and the other read on the second port.
+                    shared = addrs[ports[1]] = Signal.like(wp.addr, name=f"mem{i}_port_addr")
+                    m.d.comb += shared.eq(Mux(wr.en, wr.addr, self.rd[ports[1]].addr))
+                m.d.comb += [wp.addr.eq(addrs[ports[-1]] if per_copy == 2 else wr.addr[low:]),
+                             wp.data.eq(wr.data), wp.en.eq(wr.en)]
+                for n in ports:
+                    words[n].append(self._read(m, mem, addrs[n], self.rd[n].en,
+                                               f"rd{n}_data" if banks == 1 else f"rd{n}_data{b}"))
+            for n in ports:
+                rd = self.rd[n]
+                if banks == 1:
+                    m.d.comb += rd.data.eq(words[n][0])
                 else:
-                    rp = mem.read_port()
-                    data = rp.data
-                    m.d.comb += [rp.addr.eq(rd.addr[low:]), rp.en.eq(rd.en)]
-                words.append(data)
-            if banks == 1:
-                m.d.comb += rd.data.eq(words[0])
-            else:
-                # The bank is picked after the read registers (a multiplexer in front of
-                # them would keep yosys from merging them into the block RAMs).
-                bank = Signal(low, name=f"rd{i}_bank")
-                with m.If(rd.en):
-                    m.d.sync += bank.eq(rd.addr[:low])
-                m.d.comb += rd.data.eq(Array(words)[bank])
+                    # The bank is picked after the read registers (a multiplexer in front
+                    # of them would keep yosys from merging them into the block RAMs).
+                    bank = Signal(low, name=f"rd{n}_bank")
+                    with m.If(rd.en):
+                        m.d.sync += bank.eq(rd.addr[:low])
+                    m.d.comb += rd.data.eq(Array(words[n])[bank])
         return m
+
+    def _read(self, m, mem, addr, en, name):
+        """A read port of ``mem`` at ``addr``: its data, a register loaded while ``en``."""
+        if self._rw_exclusive:
+            # yosys applies no_rw_check when it merges a register into an asynchronous
+            # read port (memory_dff), not to a synchronous port. Without a reset or a
+            # power-up value, like a synchronous port's data.
+            rp = mem.read_port(domain="comb")
+            data = Signal(self._shape, reset_less=True, name=name, attrs={INIT_DONT_CARE: 1})
+            m.d.comb += rp.addr.eq(addr)
+            with m.If(en):
+                m.d.sync += data.eq(rp.data)
+            return data
+        rp = mem.read_port()
+        m.d.comb += [rp.addr.eq(addr), rp.en.eq(en)]
+        return rp.data
 
 
 class WeightMemory(wiring.Component):

@@ -127,21 +127,24 @@ def test_lenet_c1_pairs_pixels_on_ulx3s():
     assert not any(d["pixel_pairs"] for d in lenet(0, ICEBREAKER).descriptors)
 
 
-@pytest.mark.parametrize("layers,expected,write_banks", [
-    ([Conv(6, 5, pad=2), ReLU(), MaxPool(2, 2)], 1, None),     # 16 pixels a row, 6 channels
-    ([Conv(6, 4, pad=1), ReLU(), MaxPool(3, 2)], 0, None),     # 15 pixels a row: odd
-    ([Conv(9, 5, pad=2), ReLU(), MaxPool(2, 2)], 0, None),     # 9 channels: more than 16 / 2
-    ([Conv(8, 5, pad=2), ReLU(), MaxPool(2, 2)], 1, None),     # 8: half the rows exactly
+@pytest.mark.parametrize("layers,expected,changes", [
+    ([Conv(6, 5, pad=2), ReLU(), MaxPool(2, 2)], 1, {}),       # 16 pixels a row, 6 channels
+    ([Conv(6, 4, pad=1), ReLU(), MaxPool(3, 2)], 0, {}),       # 15 pixels a row: odd
+    ([Conv(9, 5, pad=2), ReLU(), MaxPool(2, 2)], 0, {}),       # 9 channels: more than 16 / 2
+    ([Conv(8, 5, pad=2), ReLU(), MaxPool(2, 2)], 1, {}),       # 8: half the rows exactly
     # No pool: 1,536 writes. Through one write port they bound the layer either way;
     # through two banks (768 cycles) the pairs' fewer tiles pay.
-    ([Conv(6, 5, pad=2), ReLU()], 0, 1),
-    ([Conv(6, 5, pad=2), ReLU()], 1, 2),
-    ([Conv(4, 1), ReLU(), MaxPool(2, 2)], 0, None),   # D = 1: drain-bound either way
+    ([Conv(6, 5, pad=2), ReLU()], 0, {"write_banks": 1}),
+    ([Conv(6, 5, pad=2), ReLU()], 1, {"write_banks": 2}),
+    # D = 1: drain-bound either way. On four lanes a paired tile drains 8 columns × 16
+    # rows in 33 cycles (16 tiles: 528), a plain one 4 rows in 9 (32 tiles: 288); on
+    # eight lanes the paired tile's 17 cycles pay (272).
+    ([Conv(4, 1), ReLU(), MaxPool(2, 2)], 0, {"result_lanes": 4}),
+    ([Conv(4, 1), ReLU(), MaxPool(2, 2)], 1, {"result_lanes": 8}),
 ])
-def test_pixel_pairs_where_they_pay(layers, expected, write_banks):
+def test_pixel_pairs_where_they_pay(layers, expected, changes):
     net = Network("t", (1, 16, 16), [*layers, FC(10)])
-    config = ULX3S if write_banks is None else ULX3S.with_(write_banks=write_banks)
-    p = compile_network(net, nets.random_params(net, 0), config)
+    p = compile_network(net, nets.random_params(net, 0), ULX3S.with_(**changes))
     assert p.descriptors[0]["pixel_pairs"] == expected
 
 

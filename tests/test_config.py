@@ -113,10 +113,10 @@ ULX3S = get_config("ulx3s-85f")
 @pytest.mark.parametrize("changes, message", [
     ({"result_lanes": 3}, "result_lanes = 3 must be a power of two dividing rows = 16"),
     ({"result_lanes": 32}, "result_lanes = 32 must be a power of two dividing rows = 16"),
-    ({"compact_drain": False}, "result_lanes = 4 needs compact_drain, dataflow='broadcast'"),
+    ({"compact_drain": False}, "result_lanes = 8 needs compact_drain, dataflow='broadcast'"),
     ({"dataflow": "systolic", "fc_columns": False},
-     "result_lanes = 4 needs compact_drain, dataflow='broadcast'"),
-    ({"ice40": True}, "result_lanes = 4 needs compact_drain, dataflow='broadcast' and no ice40"),
+     "result_lanes = 8 needs compact_drain, dataflow='broadcast'"),
+    ({"ice40": True}, "result_lanes = 8 needs compact_drain, dataflow='broadcast' and no ice40"),
 ])
 def test_bad_result_lanes(changes, message):
     with pytest.raises(ValueError, match=f"config ulx3s-85f: {message}"):

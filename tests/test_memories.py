@@ -113,6 +113,61 @@ def test_ram_banks_write_together(request, banks, rw_exclusive):
     run_simulation(dut, [bench], name=request.node.name, max_cycles=2000)
 
 
+@pytest.mark.parametrize("copies", [1, 3])
+def test_ram_two_reads_per_copy(request, copies):
+    """``reads_per_copy = 2`` against a model: bursts of random writes (each copy's
+    second port then follows the write's address, its data unused) alternate with bursts
+    in which every port reads a random address or holds its data, as the QParam memory
+    is used (written while idle, read by a run)."""
+    depth, ports = 48, 2 * copies
+    rng = random.Random(copies)
+    init = [rng.randrange(1 << 12) for _ in range(depth)]
+    dut = Ram(unsigned(12), depth, copies=copies, init=init, rw_exclusive=True,
+              reads_per_copy=2)
+    model = list(init)
+
+    async def bench(ctx):
+        held = [None] * ports
+        for burst in range(12):
+            for _ in range(rng.randrange(1, 20)):
+                a, v = rng.randrange(depth), rng.randrange(1 << 12)
+                ctx.set(dut.wr.addr, a)
+                ctx.set(dut.wr.data, v)
+                ctx.set(dut.wr.en, 1)
+                for n in range(ports):
+                    ctx.set(dut.rd[n].addr, rng.randrange(depth))
+                    ctx.set(dut.rd[n].en, rng.random() < 0.5)
+                await ctx.tick()
+                model[a] = v
+            ctx.set(dut.wr.en, 0)
+            # Data read while writing is unrelated: the first read of each port sets it.
+            held = [None] * ports
+            for cycle in range(rng.randrange(1, 30)):
+                expect = []
+                for n in range(ports):
+                    a, en = rng.randrange(depth), rng.random() < 0.7
+                    ctx.set(dut.rd[n].addr, a)
+                    ctx.set(dut.rd[n].en, en)
+                    expect.append(model[a] if en else held[n])
+                await ctx.tick()
+                for n in range(ports):
+                    got = ctx.get(dut.rd[n].data)
+                    assert expect[n] is None or got == expect[n], \
+                        f"burst {burst} cycle {cycle} port {n}"
+                    held[n] = got if expect[n] is not None else None
+
+    run_simulation(dut, [bench], name=request.node.name, max_cycles=2000)
+
+
+def test_ram_rejects_bad_reads_per_copy():
+    with pytest.raises(ValueError, match="1 or 2 read ports, not 3"):
+        Ram(unsigned(8), 24, reads_per_copy=3)
+    with pytest.raises(ValueError, match="needs rw_exclusive and one bank"):
+        Ram(unsigned(8), 24, reads_per_copy=2)
+    with pytest.raises(ValueError, match="needs rw_exclusive and one bank"):
+        Ram(unsigned(8), 24, reads_per_copy=2, rw_exclusive=True, banks=2)
+
+
 def test_ram_rejects_bad_banks():
     with pytest.raises(ValueError, match="power of two dividing the depth 24, not 16"):
         Ram(unsigned(8), 24, banks=16)
