@@ -110,8 +110,9 @@ class AcceleratorConfig:
         ``rows``. Each lane has its own requantiser, QParam read port (two lanes to a
         copy of the QParam memory, one through its write's port), max-pool and
         address counters (lane ``l`` takes the channels ``l, l + lanes, ...`` of every
-        k-block); the lanes' byte writes share the activation memory's one write port, so
-        layers without pooling still write one byte per cycle. Layers whose tiles are
+        k-block); the lanes' byte writes share the activation memory's write ports (one
+        per bank, ``write_banks``), so layers without pooling write at most that many
+        bytes a cycle. Layers whose tiles are
         bound by their results (few output channels, short reductions: LeNet-5's C1 on
         many columns) drain ``result_lanes`` times faster. Needs ``compact_drain``, the
         broadcast dataflow and no ``ice40`` (whose array drains through shift chains).
@@ -362,8 +363,9 @@ CONFIGS = {
     # memory most of the block RAM) hold a 3×32×32 input's two slots and the 64×16×16
     # output of 64 3×3 filters with pool 2/2, or 32×32×10 after 10 5×5 filters. Layers
     # with few output channels (LeNet-5's C1: 6 of 16 rows, 25-beat tiles) are bound by
-    # the tiles' results, so tiles drain only the PEs they use, four rows a cycle
-    # (result_lanes); fully connected layers put a k-block on each column (fc_columns,
+    # the tiles' results, so tiles drain only the PEs they use, eight rows a cycle
+    # (result_lanes: a paired C1 tile's 16 result beats then fit in its 30 operand
+    # beats); fully connected layers put a k-block on each column (fc_columns,
     # which needs the broadcast dataflow), 8× fewer beats; C1 pairs its pixels
     # (pixel_pairs: two pixels a column on 12 of 16 rows) and the array queues its
     # results so such tiles overlap their drains (overlap_drain); the sequencer reads
