@@ -88,7 +88,7 @@ class Ram(wiring.Component):
     reads_per_copy : int
         1, or 2 for a memory written only while nobody uses its reads: a copy's second
         read port (``rd[2*i + 1]``) is then the write port's block RAM port, its address
-        the write's while a ``wr.en`` is high, so a read in a cycle with a write returns
+        the write's while ``wr.en`` is high, so a read in a cycle with a write returns
         an unrelated word. Needs ``rw_exclusive`` and one bank.
     banks : int
         A power of two dividing ``depth``: word ``a`` is in bank ``a mod banks``, and

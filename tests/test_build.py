@@ -132,7 +132,7 @@ def test_ulx3s_smoke_build(build_dir):
     # An 8x1 array (the smallest shape a configuration allows) behind the UART on the
     # ECP5-85F: EHXPLLL 25 MHz -> the configuration's clock, one MULT18X18D per
     # multiplier, bitstream written (the full design takes much longer to route).
-    config = get_config("ulx3s-85f").with_(rows=8, cols=1)
+    config = get_config("ulx3s-85f").with_(rows=8, cols=1, result_lanes=4)
     r = build_board("ulx3s-85f", design="array", config=config,
                     build_dir=build_dir / "test-ulx3s-array", progress=False)
     assert r.ok, r.summary()
