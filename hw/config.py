@@ -107,8 +107,8 @@ class AcceleratorConfig:
         goes out at once (:mod:`.protocol`); 0 for none. 0..65535.
     result_lanes : int
         Results the array drains per cycle (its ``lanes``), a power of two dividing
-        ``rows``. Each lane has its own requantiser, QParam read port (two lanes to a
-        copy of the QParam memory, one through its write's port), max-pool and
+        ``rows``. Each lane has its own requantiser, QParam memory copy (a read port
+        of one, two lanes to a copy, with ``shared_qparams``), max-pool and
         address counters (lane ``l`` takes the channels ``l, l + lanes, ...`` of every
         k-block); the lanes' byte writes share the activation memory's write ports (one
         per bank, ``write_banks``), so layers without pooling write at most that many
@@ -141,6 +141,12 @@ class AcceleratorConfig:
         descriptor fetch sooner (``ceil(LayerDescriptor bits / 16) + 1`` cycles). Costs
         a second descriptor's worth of flip-flops (the running one is then held in
         flip-flops too). Off by default.
+    shared_qparams : bool
+        Two result lanes read each copy of the QParam memory, one through the block
+        RAM's port that writes it (``memories.Ram(reads_per_copy=2)``; the host writes
+        QParams only while the core is idle): half the copies, so eight lanes on the
+        ULX3S-85F take the block RAM of four (3 DP16KD a copy). Needs ``result_lanes``
+        > 1. Off by default.
     write_banks : int
         The activation memory's banks (``1``, ``2``, ``4``, ...): address ``a`` is in bank
         ``a mod write_banks``, each bank a write port of its own, so the result lanes
@@ -191,6 +197,7 @@ class AcceleratorConfig:
     pixel_pairs: bool = False
     overlap_drain: bool = False
     prefetch_descriptors: bool = False
+    shared_qparams: bool = False
     write_banks: int = 1
 
     def __post_init__(self):
@@ -215,7 +222,8 @@ class AcceleratorConfig:
             raise ValueError(f"config {name}: watchdog_log2 = {self.watchdog_log2} must be "
                              f"10..31 (a run is stopped after 2 ** watchdog_log2 cycles)")
         for flag in ("ice40", "compact_drain", "fc_columns", "act_window", "wrap_rows",
-                     "pixel_pairs", "overlap_drain", "prefetch_descriptors"):
+                     "pixel_pairs", "overlap_drain", "prefetch_descriptors",
+                     "shared_qparams"):
             if type(getattr(self, flag)) is not bool:
                 raise ValueError(f"config {name}: {flag} must be True or False, not "
                                  f"{getattr(self, flag)!r}")
@@ -261,6 +269,9 @@ class AcceleratorConfig:
             raise ValueError(f"config {name}: pixel_pairs needs compact_drain, no act_window "
                              f"and result_lanes = {lanes} dividing rows / 2 = {self.rows // 2} "
                              f"(a lane's channels are the same in both halves)")
+        if self.shared_qparams and lanes == 1:
+            raise ValueError(f"config {name}: shared_qparams needs result_lanes > 1 (two "
+                             f"lanes to a QParam copy)")
         if self.overlap_drain and (self.ice40 or self.dataflow != Dataflow.BROADCAST):
             raise ValueError(f"config {name}: overlap_drain needs dataflow='broadcast' and "
                              f"no ice40 (the iCE40 array drains through shift chains)")
@@ -363,9 +374,9 @@ CONFIGS = {
     # memory most of the block RAM) hold a 3×32×32 input's two slots and the 64×16×16
     # output of 64 3×3 filters with pool 2/2, or 32×32×10 after 10 5×5 filters. Layers
     # with few output channels (LeNet-5's C1: 6 of 16 rows, 25-beat tiles) are bound by
-    # the tiles' results, so tiles drain only the PEs they use, eight rows a cycle
-    # (result_lanes: a paired C1 tile's 16 result beats then fit in its 30 operand
-    # beats); fully connected layers put a k-block on each column (fc_columns,
+    # the tiles' results, so tiles drain only the PEs they use, four rows a cycle
+    # (result_lanes; eight with shared_qparams cut C1 further but missed 60 MHz:
+    # README); fully connected layers put a k-block on each column (fc_columns,
     # which needs the broadcast dataflow), 8× fewer beats; C1 pairs its pixels
     # (pixel_pairs: two pixels a column on 12 of 16 rows) and the array queues its
     # results so such tiles overlap their drains (overlap_drain); the sequencer reads
@@ -377,7 +388,7 @@ CONFIGS = {
         weight_words=8192, act_bytes=28672, qparam_entries=1024, max_layers=16,
         clock_hz=60_000_000, ice40=False, dataflow=Dataflow.BROADCAST, fc_columns=True,
         pool_width=64, pool_blocks=4, rx_fifo_bytes=8192, compact_drain=True,
-        wrap_rows=True, result_lanes=8, pixel_pairs=True, overlap_drain=True,
+        wrap_rows=True, result_lanes=4, pixel_pairs=True, overlap_drain=True,
         prefetch_descriptors=True, write_banks=2),
 }
 

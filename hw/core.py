@@ -157,9 +157,7 @@ class Core(wiring.Component):
         # driver's queue alternates slots) and reads outputs only once the core is idle.
         m.submodules.act = act = Ram(unsigned(8), cfg.act_bytes, copies=cfg.cols,
                                      rw_exclusive=True, banks=cfg.write_banks)
-        # Two lanes read each copy of the qparams, one of them through the write's port
-        # (true dual-port block RAM; only the ECP5's configs have lanes).
-        q_reads = 2 if cfg.result_lanes > 1 else 1
+        q_reads = 2 if cfg.shared_qparams else 1
         m.submodules.qparams = qmem = Ram(program.stored_qparam(cfg.bias_width),
                                           cfg.qparam_entries,
                                           copies=cfg.result_lanes // q_reads,

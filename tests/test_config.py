@@ -101,7 +101,7 @@ def test_unknown_config_names_the_choices():
         get_config("icestick")
 
 
-@pytest.mark.parametrize("flag", ["compact_drain", "wrap_rows"])
+@pytest.mark.parametrize("flag", ["compact_drain", "wrap_rows", "shared_qparams"])
 def test_boolean_flags_are_checked(flag):
     with pytest.raises(ValueError, match=f"{flag} must be True or False"):
         get_config("icebreaker").with_(**{flag: 1})
@@ -113,14 +113,21 @@ ULX3S = get_config("ulx3s-85f")
 @pytest.mark.parametrize("changes, message", [
     ({"result_lanes": 3}, "result_lanes = 3 must be a power of two dividing rows = 16"),
     ({"result_lanes": 32}, "result_lanes = 32 must be a power of two dividing rows = 16"),
-    ({"compact_drain": False}, "result_lanes = 8 needs compact_drain, dataflow='broadcast'"),
+    ({"compact_drain": False}, "result_lanes = 4 needs compact_drain, dataflow='broadcast'"),
     ({"dataflow": "systolic", "fc_columns": False},
-     "result_lanes = 8 needs compact_drain, dataflow='broadcast'"),
-    ({"ice40": True}, "result_lanes = 8 needs compact_drain, dataflow='broadcast' and no ice40"),
+     "result_lanes = 4 needs compact_drain, dataflow='broadcast'"),
+    ({"ice40": True}, "result_lanes = 4 needs compact_drain, dataflow='broadcast' and no ice40"),
 ])
 def test_bad_result_lanes(changes, message):
     with pytest.raises(ValueError, match=f"config ulx3s-85f: {message}"):
         ULX3S.with_(**changes)
+
+
+def test_shared_qparams_need_lanes():
+    with pytest.raises(ValueError, match="config ulx3s-85f: shared_qparams needs "
+                                         "result_lanes > 1"):
+        ULX3S.with_(result_lanes=1, pixel_pairs=False, shared_qparams=True)
+    assert ULX3S.with_(result_lanes=8, shared_qparams=True).shared_qparams
 
 
 def test_result_lanes_accepted():

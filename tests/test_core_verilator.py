@@ -173,3 +173,25 @@ def test_seeds_network_ulx3s(request):
     images.append(np.full(net.input_shape, 127, np.int8))
     result, expected = run_job(build, request, program, params, images, seed=2)
     np.testing.assert_array_equal(np.array(result["logits"]), np.array(expected))
+
+
+def test_shared_qparams_eight_lanes_ulx3s(request):
+    # Eight result lanes reading four QParam copies (shared_qparams: each copy's second
+    # lane reads through the port the host's QParam writes use), small memories as above:
+    # a C1-like layer with pixel pairs on 12 of 16 rows, a second conv of 16 channels
+    # (every lane's two channels), both pooled, then two FC layers in column mode.
+    config = get_config("ulx3s-85f").with_(weight_words=2048, act_bytes=4096,
+                                           qparam_entries=128, max_layers=4, result_lanes=8,
+                                           shared_qparams=True)
+    net = nets.Network("lanes8", (1, 16, 16), [
+        nets.Conv(6, 5, pad=2), nets.ReLU(), nets.MaxPool(2, 2), nets.Conv(16, 3),
+        nets.ReLU(), nets.MaxPool(2, 2), nets.FC(40), nets.ReLU(), nets.FC(10)])
+    params = nets.random_params(net, 8)
+    program = compile_network(net, params, config)
+    assert program.descriptors[0]["pixel_pairs"] == 1
+    rng = np.random.default_rng(8)
+    images = [rng.integers(-128, 128, net.input_shape, dtype=np.int8) for _ in range(2)]
+    images += [np.full(net.input_shape, v, np.int8) for v in (-128, 127, 0)]
+    result, expected = run_job(build_core(config), request, program, params, images,
+                               seed=3)
+    np.testing.assert_array_equal(np.array(result["logits"]), np.array(expected))

@@ -9,7 +9,7 @@ the golden model's and its cycle counters the RTL simulated board's, exactly.
 The iCEBreaker runs LeNet-5 on three held-out digits. The ULX3S-85F's gate-level model is
 several times slower per cycle and LeNet-5's load over its simulated 3 Mbaud UART is 15 M
 cycles, so here it runs a small network that uses what LeNet-5 uses on that board (pixel
-pairs, eight result lanes, two write banks, max-pools, column-mode FC layers) on three
+pairs, four result lanes, two write banks, max-pools, column-mode FC layers) on three
 seeded int8 images; its LeNet-5 run is ``fpgacnn bench --board ulx3s-85f
 --post-synthesis 3`` (README).
 
@@ -48,7 +48,7 @@ def digits():
     return net, params, x_u8, golden
 
 
-#: The ULX3S-85F's network: 16x16 input, C1-like conv (pixel pairs, 6 channels on the eight
+#: The ULX3S-85F's network: 16x16 input, C1-like conv (pixel pairs, 6 channels on the four
 #: lanes), a second conv, both pooled, two FC layers in column mode; a 2.6 k-byte load.
 SMALL = Network("netlist-small", (1, 16, 16), [
     Conv(6, 5, pad=2), ReLU(), MaxPool(2, 2), Conv(8, 3), ReLU(), MaxPool(2, 2),
