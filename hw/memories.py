@@ -143,13 +143,13 @@ class Ram(wiring.Component):
                     init=self._init[b::banks], attrs=self._attrs)
                 wp = mem.write_port()
                 addrs = {n: self.rd[n].addr[low:] for n in ports}
+                w_addr = wr.addr[low:]
                 if per_copy == 2:
                     # One address for the write and the second read, so that yosys puts
                     # both on one block RAM port and the other read on the second port.
-                    shared = addrs[ports[1]] = Signal.like(wp.addr, name=f"mem{i}_port_addr")
-                    m.d.comb += shared.eq(Mux(wr.en, wr.addr, self.rd[ports[1]].addr))
-                m.d.comb += [wp.addr.eq(addrs[ports[-1]] if per_copy == 2 else wr.addr[low:]),
-                             wp.data.eq(wr.data), wp.en.eq(wr.en)]
+                    w_addr = addrs[ports[1]] = Signal.like(wp.addr, name=f"mem{i}_port_addr")
+                    m.d.comb += w_addr.eq(Mux(wr.en, wr.addr, self.rd[ports[1]].addr))
+                m.d.comb += [wp.addr.eq(w_addr), wp.data.eq(wr.data), wp.en.eq(wr.en)]
                 for n in ports:
                     words[n].append(self._read(m, mem, addrs[n], self.rd[n].en,
                                                f"rd{n}_data" if banks == 1 else f"rd{n}_data{b}"))

@@ -540,8 +540,9 @@ PAIR_CASES = {
     "c7_overlap_banks_l4": (Network("t", (2, 6, 16), [Conv(7, 3, pad=1), ReLU(),
                                                        FC(20), ReLU(), FC(3)]),
                             PAIRS.with_(cols=8, overlap_drain=True, write_banks=2), 3),
-    # The ULX3S-85F's eight lanes (a channel of each half of the rows per lane): C1's
-    # shape pooled 2/2, overlapped drains, two banks; then FC in column mode and a last FC.
+    # Eight lanes (a channel of each half of the rows per lane; the ULX3S-85F with
+    # shared_qparams): C1's shape pooled 2/2, overlapped drains, two banks; then FC in
+    # column mode and a last FC.
     "c6_pool_overlap_banks_l8": (Network("t", (1, 10, 16), [Conv(6, 5, pad=2), ReLU(),
                                                             MaxPool(2, 2), FC(24), ReLU(),
                                                             FC(5)]),
@@ -577,7 +578,7 @@ def test_pixel_pairs_match_golden(request, monkeypatch, case):
 def test_pixel_pairs_cut_c1_cycles(request):
     """LeNet-5's C1 on a 16x8 array with 4 lanes: 98 tiles of 25 beats, or 49 of 30
     beats (drain-bound: 32 result beats, and the array's capture latency unless drains
-    overlap) with pixel pairs; with 8 lanes (the ULX3S-85F's) bound by the 30 beats."""
+    overlap) with pixel pairs; with 8 lanes bound by the 30 beats."""
     net = Network("t", (1, 28, 28), [Conv(6, 5, pad=2), ReLU(), MaxPool(2, 2), FC(1)])
     params = nets.random_params(net, 2)
     x = edge_input(net.input_shape, 2)

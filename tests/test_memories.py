@@ -127,7 +127,6 @@ def test_ram_two_reads_per_copy(request, copies):
     model = list(init)
 
     async def bench(ctx):
-        held = [None] * ports
         for burst in range(12):
             for _ in range(rng.randrange(1, 20)):
                 a, v = rng.randrange(depth), rng.randrange(1 << 12)
