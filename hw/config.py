@@ -399,3 +399,30 @@ def get_config(name):
     except KeyError:
         raise ValueError(f"unknown board/config {name!r}; choose one of "
                          f"{', '.join(CONFIGS)}") from None
+
+
+def _ulx3s_stage(name, **sizes):
+    """A stage of a ULX3S-85F layer pipeline: the board's clock and datapath options,
+    one write bank, its own array shape and memory sizes."""
+    return CONFIGS["ulx3s-85f"].with_(name=name, pixel_pairs=False, write_banks=1,
+                                      shared_qparams=False, **sizes)
+
+
+#: Layer pipelines (``hw/pipeline.py``): per name, the board, how many compute layers of
+#: the network each stage runs, and each stage's config. ``ulx3s-85f-lenet5`` runs
+#: LeNet-5 (and any network of its layer shapes) on three stages sized so that each takes
+#: about the same time per image: C1 (6 channels, 784 pixels) on 8×8, C3 (16 channels, 100
+#: pixels) on 16×6, the three fully connected layers on 8×4 with a k-block per column.
+PIPELINES = {
+    "ulx3s-85f-lenet5": ("ulx3s-85f", (1, 1, 3), (
+        _ulx3s_stage("lenet5-c1", rows=8, cols=8, result_lanes=2, fc_columns=False,
+                     weight_words=32, qparam_entries=8, max_layers=1, max_reduction=32,
+                     pool_width=28, pool_blocks=1),
+        _ulx3s_stage("lenet5-c3", rows=16, cols=6, result_lanes=1, fc_columns=False,
+                     weight_words=256, qparam_entries=16, max_layers=1, max_reduction=160,
+                     pool_width=10, pool_blocks=1),
+        _ulx3s_stage("lenet5-fc", rows=8, cols=4, result_lanes=1, fc_columns=True,
+                     weight_words=8192, qparam_entries=256, max_layers=4,
+                     max_reduction=512, pool_width=3, pool_blocks=1),
+    )),
+}

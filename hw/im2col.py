@@ -19,6 +19,16 @@ _FIELDS = field_widths(LayerDescriptor)
 _ACT_ADDR, _W_ADDR = _FIELDS["in_base"], _FIELDS["w_base"]
 
 
+def shift_add(value, k):
+    """``value * k`` for a constant ``k >= 0`` as shifted copies of ``value`` added up
+    (one per set bit of ``k``): no multiplier for synthesis to map onto a DSP block."""
+    total = None
+    for b in range(k.bit_length()):
+        if k >> b & 1:
+            total = value << b if total is None else total + (value << b)
+    return Const(0, 1) if total is None else total
+
+
 def beat_layout(cols, act_addr_width=_ACT_ADDR, w_addr_width=_W_ADDR):
     """Addresses of one operand beat."""
     return data.StructLayout({
@@ -125,8 +135,8 @@ class Im2col(wiring.Component):
     ``fx``, one precomputed step per ``fy`` and per channel, reloads from per-tile and
     per-row origins) instead of being recomputed from the loop indices; the padding
     coordinates are a tile/row origin plus ``fx``/``fy``. Column ``j > 0`` is column 0
-    shifted by ``j*stride`` (one adder each; the products are latched with the
-    descriptor). How it stays fast: each loop's end is a flip-flop set as its counter
+    shifted by ``j*stride`` (one adder each; the products are shifts and adds of the
+    latched stride, computed while the per-layer steps are). How it stays fast: each loop's end is a flip-flop set as its counter
     moves (channels, k-blocks and rows count down, so the flag's next value is a compare
     with a constant), and a beat is taken by one LUT from registers.
 
@@ -270,7 +280,10 @@ class Im2col(wiring.Component):
                         r.step_y.eq(p.in_w - kernel_w + 1), r.step_c.eq(1 - kernel_w),
                         r.step_r.eq(0), r.row_a.eq(base),
                     ]
-                    m.d.sync += [r.stride_x[j].eq(col_step * j) for j in range(1, self.cols)]
+                    if self.cols > 1:
+                        # (A product by 1, which synthesis removes: the iCEBreaker's
+                        # netlist, placed at 30 MHz with no margin, stays as it was.)
+                        m.d.sync += r.stride_x[1].eq(col_step * 1)
                     if self.wrap_rows:
                         walk_w = p.out_w >> p.pixel_pairs if self.pixel_pairs else p.out_w
                         m.d.sync += [r.wrap.eq(wraps_rows(self.cols, walk_w, p.k_blocks,
@@ -294,6 +307,13 @@ class Im2col(wiring.Component):
                 # row_a -= pad_top*in_w.
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += [wsh.eq(wsh << 1), hsh.eq(hsh >> 1), n.eq(n + 1)]
+                # Column j's offset (and a tile's step, cols*col_step) from the latched
+                # col_step by shifts and adds: a multiplier here is a DSP block that
+                # placement may put far from the address generator.
+                m.d.sync += [r.stride_x[j].eq(shift_add(r.stride_x[1], j))
+                             for j in range(2, self.cols)]
+                if r.cs_latched:
+                    m.d.sync += r.cs.eq(shift_add(r.stride_x[1], self.cols))
                 k_bit = r.km1.bit_select(n, 1) & (n < len(r.km1))
                 with m.If(hsh[0] & ~k_bit):
                     m.d.sync += r.step_c.eq(r.step_c + wsh)
@@ -350,8 +370,9 @@ class Im2col(wiring.Component):
             tile_a_step = Mux(r.last_tile, r.cs_wrap_a, r.cs)
             tile_x_step = Mux(r.last_tile, r.cs_wrap_x, r.cs)
             rem_next = Mux(r.last_tile, r.rem + r.rem_wrap, r.rem - C)
+        if not r.cs_latched:
+            m.d.comb += r.cs.eq(r.col_step * C)     # a shift
         m.d.comb += [
-            r.cs.eq(r.col_step * C),
             row_next.eq(r.row_a + r.step_r),
             tile_a_next.eq(Mux(new_row, Mux(r.last_kb, row_next, r.row_a),
                                r.tile_a + tile_a_step)),
@@ -429,6 +450,8 @@ class _Registers:
         self.step_c = Signal(A)
         self.step_r = Signal(A)                         # stride*in_w: next output row
         self.cs = Signal(range(max_step * cols + 1))  # cols*col_step: next x-tile
+        # A shift of the descriptor's col_step for a power-of-two cols, else latched.
+        self.cs_latched = bool(cols & (cols - 1))
         # j*col_step: column j's input x and address offset from column 0's, latched with
         # the descriptor so no multiplier sits between the loop state and the beat.
         self.stride_x = [None] + [Signal(range(max_step * j + 1), name=f"stride_x{j}")

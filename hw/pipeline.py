@@ -1,0 +1,435 @@
+"""A layer pipeline: each group of layers on a datapath of its own, images handed on.
+
+The core (``hw/core.py``) runs a network one layer at a time on one array, so the
+array's shape suits some layers and not others (LeNet-5's C1 has 6 output channels for
+16 rows). A pipeline gives each group of layers a :class:`~.datapath.Datapath` shaped
+for it and runs different images on the stages at once: stage ``s`` works on image
+``n`` while stage ``s + 1`` works on image ``n - 1``, so an image leaves every
+``max(stage cycles)`` cycles (FINN's dataflow builds work this way).
+
+Each stage is the core's machinery without the link: a :class:`~.core.Sequencer`
+running the stage's layer program, its own weight, QParam and program memories written
+through a :class:`~.core.HostWrites`, and two activation memories:
+
+* the *input buffer*: two slots of the stage's input map, one copy per array column.
+  Stage 0's is written by the host (``IMAGE`` chunks), stage ``s > 0``'s by stage
+  ``s - 1``'s last layer; the stage reads image ``n`` from slot ``n mod 2`` while the
+  previous stage writes image ``n + 1`` into the other.
+* the *work memory* (only for a stage of several layers): the maps of its inner layers.
+
+A stage's activation addresses (:class:`StageShape`): its input slots at ``0`` and
+``slot_bytes``, its inner maps from ``work_base`` (a power of two) on; its last layer
+writes its output map from address 0, which goes to the next stage's input slot (or
+the output buffer, after the last stage) instead of its own memories.
+
+Stage ``s`` starts image ``n`` when its input slot ``n mod 2`` is full and the slot it
+writes (the next stage's, or the output buffer's) is free; when it finishes, its input
+slot is free and the next one full. The output buffer's slots leave through
+``o_stream`` a byte per cycle, in image order.
+"""
+
+from dataclasses import dataclass
+
+from amaranth.hdl import Cat, Module, Mux, ResetInserter, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from . import program
+from .config import AcceleratorConfig
+from .core import HostWrites, Sequencer, _program_halfwords
+from .datapath import Datapath
+from .memories import Ram, WeightMemory
+from .program import WriteCommand
+
+__all__ = ["StageShape", "PipelineShape", "LayerPipeline", "OutputByte"]
+
+
+def _align8(n):
+    return -(-n // 8) * 8
+
+
+@dataclass(frozen=True)
+class StageShape:
+    """What one pipeline stage is built for.
+
+    Attributes
+    ----------
+    config : AcceleratorConfig
+        The stage's array and memories: ``rows``, ``cols``, the datapath options, and
+        ``weight_words``, ``qparam_entries``, ``max_layers`` for its memories (its
+        ``act_bytes`` is replaced by :attr:`act_bytes`). One write bank, no window.
+    slot_bytes : int
+        One input slot: the stage's input map (a multiple of 8).
+    work_bytes : int
+        The maps of the stage's inner layers (0 for a stage of one layer).
+    """
+    config: AcceleratorConfig
+    slot_bytes: int
+    work_bytes: int = 0
+
+    def __post_init__(self):
+        cfg = self.config
+        if not isinstance(cfg, AcceleratorConfig):
+            raise TypeError(f"a stage needs an AcceleratorConfig, not {cfg!r}")
+        if cfg.write_banks != 1 or cfg.act_window or cfg.ice40:
+            raise ValueError(f"stage {cfg.name}: a pipeline stage needs one write bank, no "
+                             f"act_window and no ice40")
+        if type(self.slot_bytes) is not int or self.slot_bytes < 8 or self.slot_bytes % 8:
+            raise ValueError(f"stage {cfg.name}: slot_bytes must be a positive multiple "
+                             f"of 8, not {self.slot_bytes!r}")
+        if type(self.work_bytes) is not int or self.work_bytes < 0 or self.work_bytes % 8:
+            raise ValueError(f"stage {cfg.name}: work_bytes must be a multiple of 8, not "
+                             f"{self.work_bytes!r}")
+
+    @property
+    def work_base(self):
+        """First address of the work memory: a power of two above both input slots."""
+        need = max(2 * self.slot_bytes, self.work_bytes, 8)
+        return 1 << (need - 1).bit_length()
+
+    @property
+    def act_bytes(self):
+        """The stage's activation address space (input slots, then the work memory)."""
+        return 2 * self.work_base if self.work_bytes else self.work_base
+
+    @property
+    def datapath_config(self):
+        return self.config.with_(act_bytes=self.act_bytes)
+
+    @property
+    def weight_chunks(self):
+        """Host chunks the weight memory takes (``weight_words`` words of ``rows``)."""
+        return self.config.weight_words * self.config.rows // 8
+
+    @property
+    def program_chunks(self):
+        return self.config.max_layers * program.DESCRIPTOR_WORDS
+
+
+@dataclass(frozen=True)
+class PipelineShape:
+    """The stages and the output map of a pipeline; where the host writes each stage.
+
+    The host's chunk addresses (:class:`~.program.WriteCommand`) put the stages' memories
+    one after the other in each space: stage ``s``'s weight chunk ``a`` is chunk
+    ``weight_base[s] + a`` of ``WEIGHTS``, likewise ``QPARAMS`` (:attr:`qparam_base`) and
+    ``PROGRAM`` (:attr:`program_base`); ``IMAGE`` chunk ``a`` is bytes ``8a … 8a + 7``
+    of stage 0's input buffer (slot ``k`` at byte ``k * slot_bytes``).
+    """
+    stages: tuple
+    output_bytes: int
+
+    def __post_init__(self):
+        object.__setattr__(self, "stages", tuple(self.stages))
+        if not self.stages or not all(isinstance(s, StageShape) for s in self.stages):
+            raise TypeError("a pipeline needs one or more StageShape")
+        if type(self.output_bytes) is not int or self.output_bytes < 1:
+            raise ValueError(f"output_bytes must be a positive integer, not "
+                             f"{self.output_bytes!r}")
+        for space, sizes in (("WEIGHTS", [s.weight_chunks for s in self.stages]),
+                             ("QPARAMS", [s.config.qparam_entries for s in self.stages]),
+                             ("PROGRAM", [s.program_chunks for s in self.stages])):
+            if sum(sizes) > 1 << 16:
+                raise ValueError(f"the stages' {space} memories take {sum(sizes)} chunks, "
+                                 f"more than the 16-bit chunk address reaches")
+        if 2 * self.stages[0].slot_bytes // 8 > 1 << 16:
+            raise ValueError("stage 0's input slots exceed the 16-bit IMAGE chunk address")
+
+    @staticmethod
+    def _bases(sizes):
+        out, at = [], 0
+        for n in sizes:
+            out.append(at)
+            at += n
+        return tuple(out)
+
+    @property
+    def weight_base(self):
+        return self._bases(s.weight_chunks for s in self.stages)
+
+    @property
+    def qparam_base(self):
+        return self._bases(s.config.qparam_entries for s in self.stages)
+
+    @property
+    def program_base(self):
+        return self._bases(s.program_chunks for s in self.stages)
+
+    @property
+    def output_slot_bytes(self):
+        return _align8(self.output_bytes)
+
+    @property
+    def multipliers(self):
+        return sum(s.config.multipliers for s in self.stages)
+
+
+class OutputByte(data.Struct):
+    """One byte of an output map; ``last`` marks an image's last byte."""
+    data: unsigned(8)
+    last: unsigned(1)
+
+
+class LayerPipeline(wiring.Component):
+    """The stages of a :class:`PipelineShape`, their memories and the slots between.
+
+    Members
+    -------
+    wr : In(stream.Signature(WriteCommand))
+        Host chunks (addresses: :class:`PipelineShape`). ``WEIGHTS``, ``QPARAMS`` and
+        ``PROGRAM`` chunks wait while any stage runs (``busy``); ``IMAGE`` chunks go into
+        stage 0's input buffer at any time (the host writes only a free slot:
+        ``next_slot`` once ``start.ready``). A chunk beyond every stage's memory is
+        taken and dropped.
+    start : In(stream.Signature(1))
+        The host has written slot ``payload`` of stage 0's input buffer: run that image.
+        Taken when ``payload`` is ``next_slot`` and that slot is free (slots alternate
+        from 0 after reset or ``abort``; another slot is never taken).
+    next_slot : Out(1)
+        The slot the next image goes in.
+    o_stream : Out(stream.Signature(OutputByte))
+        Each image's output map (``output_bytes`` bytes, CHW), images in start order.
+    busy : Out(1)
+        A stage runs or an image is in flight (started and not all of it out).
+    abort : In(1)
+        Pulse: stop every stage and drop every image in flight (the model stays).
+    fault : Out(1)
+        A stage ran ``2 ** watchdog_log2`` cycles on one image and everything was
+        stopped as by ``abort``; low again after ``abort`` or the next ``start``.
+    cycles : Out(32) per stage
+        Cycles of the stage's last image (start to its results stored).
+
+    Timing: stage ``s`` takes its layers' cycles (see :class:`~.core.Core`: the
+    datapath's beats and fills plus the sequencer's descriptor fetches) per image;
+    a new image is taken every ``max`` over the stages of that plus 3 cycles (the
+    handshake of the slot flags and the sequencer's start and last store). An output
+    byte leaves per cycle of ``o_stream.ready``, from 2 cycles after the last stage
+    finishes.
+
+    Parameters
+    ----------
+    shape : PipelineShape
+    mac : str
+        Multiplier blocks of the arrays (:func:`~.systolic.resolve_mac`).
+    """
+    def __init__(self, shape, *, mac="registered"):
+        if not isinstance(shape, PipelineShape):
+            raise TypeError(f"LayerPipeline needs a PipelineShape, not {shape!r}")
+        self.shape = shape
+        self.datapaths = [Datapath(s.datapath_config, mac=mac,
+                                   dataflow=s.config.dataflow,
+                                   requant_interval=s.config.requant_interval)
+                          for s in shape.stages]
+        super().__init__({
+            "wr": In(stream.Signature(WriteCommand)),
+            "start": In(stream.Signature(1)),
+            "next_slot": Out(1),
+            "o_stream": Out(stream.Signature(OutputByte)),
+            "busy": Out(1),
+            "abort": In(1),
+            "fault": Out(1),
+            "cycles": Out(32).array(len(shape.stages)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        shape, n = self.shape, len(self.shape.stages)
+        stop, dp_stop = Signal(), Signal()
+        overrun = Signal()
+        # full[s][k]: slot k of stage s's input buffer holds an image not yet used up;
+        # full[n] is the output buffer's.
+        full = [[Signal(name=f"full{s}_{k}") for k in range(2)] for s in range(n + 1)]
+        slot = [Signal(name=f"slot{s}") for s in range(n + 1)]     # next slot per stage
+        host_slot = Signal()                                        # next slot to start
+        running = []
+        writers = []        # per stage: its HostWrites
+        inbufs = []
+        finishing = []
+        exports = []        # per stage: (addr, data, en) registers written downstream
+        overruns = []
+
+        for s, (st, dp) in enumerate(zip(shape.stages, self.datapaths)):
+            cfg = st.datapath_config
+            m.submodules[f"datapath{s}"] = ResetInserter({"sync": dp_stop})(dp)
+            seq = Sequencer(cfg)
+            m.submodules[f"sequencer{s}"] = ResetInserter({"sync": stop})(seq)
+            wmem = m.submodules[f"weights{s}"] = WeightMemory(
+                rows=cfg.rows * cfg.weight_lanes, depth=cfg.weight_words // cfg.weight_lanes)
+            q_reads = 2 if cfg.shared_qparams else 1
+            qmem = m.submodules[f"qparams{s}"] = Ram(
+                program.stored_qparam(cfg.bias_width), cfg.qparam_entries,
+                copies=cfg.result_lanes // q_reads, rw_exclusive=True,
+                reads_per_copy=q_reads)
+            pmem = m.submodules[f"program{s}"] = Ram(unsigned(16), _program_halfwords(cfg),
+                                                     rw_exclusive=True)
+            writes = m.submodules[f"writes{s}"] = HostWrites(cfg)
+            # The previous stage writes one slot while this stage reads the other; the
+            # host writes stage 0's the same way.
+            inbuf = m.submodules[f"inbuf{s}"] = Ram(unsigned(8), 2 * st.slot_bytes,
+                                                    copies=cfg.cols, rw_exclusive=True)
+            wiring.connect(m, dp.w_rd, wmem.rd)
+            wiring.connect(m, writes.weights, wmem.wr)
+            for lane, q_rd in enumerate(dp.q_rd_ports):
+                wiring.connect(m, q_rd, qmem.rd[lane])
+            wiring.connect(m, writes.qparams, qmem.wr)
+            wiring.connect(m, writes.program, pmem.wr)
+            wiring.connect(m, seq.program, pmem.rd[0])
+            m.d.comb += [seq.program_pending.eq(writes.program_pending),
+                         writes.busy.eq(self.busy),
+                         dp.desc.eq(seq.desc), dp.image_base.eq(seq.image_base),
+                         dp.start.eq(seq.launch), seq.layer_done.eq(dp.done)]
+
+            # Reads: addresses from work_base on are the work memory's.
+            base_bit = (st.work_base - 1).bit_length()
+            if st.work_bytes:
+                work = m.submodules[f"work{s}"] = Ram(unsigned(8), st.work_bytes,
+                                                      copies=cfg.cols, rw_exclusive=True)
+            for j in range(cfg.cols):
+                rd = dp.act_rd[j]
+                if st.work_bytes:
+                    in_work, was_work = Signal(name=f"in_work{s}_{j}"), Signal(
+                        name=f"was_work{s}_{j}")
+                    m.d.comb += in_work.eq(rd.addr[base_bit])
+                    with m.If(rd.en):
+                        m.d.sync += was_work.eq(in_work)
+                    m.d.comb += [work.rd[j].addr.eq(rd.addr), work.rd[j].en.eq(rd.en & in_work),
+                                 inbuf.rd[j].addr.eq(rd.addr),
+                                 inbuf.rd[j].en.eq(rd.en & ~in_work),
+                                 rd.data.eq(Mux(was_work, work.rd[j].data, inbuf.rd[j].data))]
+                else:
+                    m.d.comb += [inbuf.rd[j].addr.eq(rd.addr), inbuf.rd[j].en.eq(rd.en),
+                                 rd.data.eq(inbuf.rd[j].data)]
+
+            # Writes: the last layer's (to_logits) leave the stage, a cycle later; an
+            # inner layer's go to the work memory.
+            wr = dp.act_wr
+            final = seq.desc.to_logits
+            if st.work_bytes:
+                m.d.comb += [work.wr.addr.eq(wr.addr), work.wr.data.eq(wr.data),
+                             work.wr.en.eq(wr.en & ~final)]
+            next_slot_bytes = (shape.stages[s + 1].slot_bytes if s + 1 < n
+                               else shape.output_slot_bytes)
+            ex_addr = Signal(range(2 * next_slot_bytes), name=f"export_addr{s}")
+            ex_data = Signal(8, name=f"export_data{s}")
+            ex_en = Signal(name=f"export_en{s}")
+            m.d.sync += [ex_addr.eq(wr.addr + Mux(slot[s], next_slot_bytes, 0)),
+                         ex_data.eq(wr.data), ex_en.eq(wr.en & final)]
+            exports.append((ex_addr, ex_data, ex_en))
+
+            # Start the image in slot[s] once it is in and its output slot is free.
+            m.d.comb += [seq.start.valid.eq(full[s][0] & ~full[s + 1][0] & ~slot[s] |
+                                            full[s][1] & ~full[s + 1][1] & slot[s]),
+                         seq.start.p.image_base.eq(Mux(slot[s], st.slot_bytes, 0))]
+            # The sequencer stores the run's total last (results word 0), then idles.
+            done = Signal(name=f"finishing{s}")
+            m.d.comb += done.eq(seq.results.en & (seq.results.addr == 0))
+            with m.If(done):
+                m.d.sync += self.cycles[s].eq(seq.results.data)
+            finishing.append(done)
+            running.append(seq.busy)
+            overruns.append(seq.overrun)
+            writers.append(writes)
+            inbufs.append(inbuf)
+
+        # Stage 0's input buffer takes the host's IMAGE chunks; stage s's the exports of
+        # stage s - 1.
+        w0 = writers[0]
+        m.d.comb += [inbufs[0].wr.addr.eq(w0.act.addr), inbufs[0].wr.data.eq(w0.act.data),
+                     inbufs[0].wr.en.eq(w0.act.en)]
+        for s in range(1, n):
+            ex_addr, ex_data, ex_en = exports[s - 1]
+            m.d.comb += [inbufs[s].wr.addr.eq(ex_addr), inbufs[s].wr.data.eq(ex_data),
+                         inbufs[s].wr.en.eq(ex_en)]
+        out_slot = shape.output_slot_bytes
+        obuf = m.submodules.outbuf = Ram(unsigned(8), 2 * out_slot, rw_exclusive=True)
+        ex_addr, ex_data, ex_en = exports[-1]
+        m.d.comb += [obuf.wr.addr.eq(ex_addr), obuf.wr.data.eq(ex_data),
+                     obuf.wr.en.eq(ex_en)]
+
+        m.d.comb += overrun.eq(Cat(*overruns).any())
+        self._host_writes(m, writers)
+
+        # Slot flags: a stage that finishes frees its input slot and fills its output's.
+        for s in range(n):
+            with m.If(finishing[s]):
+                m.d.sync += slot[s].eq(~slot[s])
+                for k in range(2):
+                    with m.If(slot[s] == k):
+                        m.d.sync += [full[s][k].eq(0), full[s + 1][k].eq(1)]
+        # The host's start fills stage 0's next slot.
+        m.d.comb += [self.next_slot.eq(host_slot),
+                     self.start.ready.eq((self.start.p == host_slot) &
+                                         ~Mux(host_slot, full[0][1], full[0][0]))]
+        with m.If(self.start.valid & self.start.ready):
+            m.d.sync += host_slot.eq(~host_slot)
+            for k in range(2):
+                with m.If(host_slot == k):
+                    m.d.sync += full[0][k].eq(1)
+
+        self._output(m, obuf, full[n], slot[n], stop)
+
+        in_flight = Cat(*(f for pair in full for f in pair)).any()
+        m.d.comb += self.busy.eq(Cat(*running).any() | in_flight)
+        m.d.sync += [stop.eq(self.abort | overrun), dp_stop.eq(self.abort | overrun | stop)]
+        with m.If(overrun):
+            m.d.sync += self.fault.eq(1)
+        with m.If(self.abort | (self.start.valid & self.start.ready)):
+            m.d.sync += self.fault.eq(0)
+        # Stopped: every image in flight is dropped (last, so it wins).
+        with m.If(stop):
+            m.d.sync += [host_slot.eq(0), *(sl.eq(0) for sl in slot),
+                         *(f.eq(0) for pair in full for f in pair)]
+        return m
+
+    def _host_writes(self, m, writers):
+        """Route each host chunk to its stage's HostWrites, the address made local."""
+        shape, wr = self.shape, self.wr
+        Space = program.Space
+        bases = {Space.WEIGHTS: (shape.weight_base, [s.weight_chunks for s in shape.stages]),
+                 Space.QPARAMS: (shape.qparam_base,
+                                 [s.config.qparam_entries for s in shape.stages]),
+                 Space.PROGRAM: (shape.program_base, [s.program_chunks for s in shape.stages])}
+        taken, owners = [], []
+        for s, writes in enumerate(writers):
+            mine = Signal(name=f"chunk_for{s}")
+            local = Signal(16, name=f"chunk_addr{s}")
+            with m.Switch(wr.p.space):
+                for space, (base, size) in bases.items():
+                    with m.Case(space):
+                        lo, hi = base[s], base[s] + size[s]
+                        m.d.comb += [mine.eq((wr.p.addr >= lo) & (wr.p.addr < hi)),
+                                     local.eq(wr.p.addr - lo)]
+                with m.Case(Space.IMAGE):
+                    m.d.comb += [mine.eq(s == 0), local.eq(wr.p.addr)]
+            m.d.comb += [writes.wr.valid.eq(wr.valid & mine),
+                         writes.wr.p.space.eq(wr.p.space), writes.wr.p.addr.eq(local),
+                         writes.wr.p.data.eq(wr.p.data)]
+            taken.append(mine & writes.wr.ready)
+            owners.append(mine)
+        # A chunk no stage takes is dropped (ready), so a bad address cannot hang the link.
+        m.d.comb += self.wr.ready.eq(Cat(*taken).any() | ~Cat(*owners).any())
+
+    def _output(self, m, obuf, full, slot, stop):
+        """The output buffer's full slots → ``o_stream``, a byte per cycle."""
+        count = self.shape.output_bytes
+        out_slot = self.shape.output_slot_bytes
+        o = self.o_stream
+        idx = Signal(range(count + 1))
+        last = Signal()
+        have = Mux(slot, full[1], full[0])
+        issue = Signal()
+        m.d.comb += [issue.eq((~o.valid | o.ready) & have & (idx != count)),
+                     obuf.rd[0].addr.eq(Mux(slot, out_slot, 0) + idx),
+                     obuf.rd[0].en.eq(issue),
+                     o.p.data.eq(obuf.rd[0].data), o.p.last.eq(last)]
+        with m.If(issue):
+            m.d.sync += [idx.eq(idx + 1), o.valid.eq(1), last.eq(idx == count - 1)]
+        with m.Elif(o.ready):
+            m.d.sync += o.valid.eq(0)
+        with m.If(o.valid & o.ready & o.p.last):
+            m.d.sync += [idx.eq(0), slot.eq(~slot)]
+            for k in range(2):
+                with m.If(slot == k):
+                    m.d.sync += full[k].eq(0)
+        with m.If(stop):
+            m.d.sync += [idx.eq(0), o.valid.eq(0)]

@@ -1,0 +1,225 @@
+# amaranth: UnusedElaboratable=no
+"""The layer pipeline (hw/pipeline.py, sw/pipeline.py): small networks through stages of
+their own in Amaranth's simulator, images streamed back to back, every output map equal
+to the golden model's; the compiler's address moves and its one-line errors."""
+
+import random
+
+import numpy as np
+import pytest
+from numpy.testing import assert_array_equal
+
+from fpgacnn.hw import program as prog
+from fpgacnn.hw.config import get_config
+from fpgacnn.hw.pipeline import LayerPipeline, PipelineShape, StageShape
+from fpgacnn.sim.amaranth_sim import run_simulation
+from fpgacnn.sw import network as nets
+from fpgacnn.sw.compiler import CompileError
+from fpgacnn.sw.network import FC, Conv, MaxPool, Network, ReLU
+from fpgacnn.sw.pipeline import compile_pipeline, group_networks, pipeline_shape
+
+# Stage configs with small memories (the datapath sees only their port widths).
+BASE = get_config("ulx3s-85f").with_(pixel_pairs=False, write_banks=1, fc_columns=False,
+                                     result_lanes=1, weight_words=1024, qparam_entries=64,
+                                     max_layers=4, pool_width=16, pool_blocks=2,
+                                     max_reduction=512)
+
+SMALL_NET = Network("small", (2, 10, 10), [
+    Conv(6, 3, pad=1), ReLU(), MaxPool(2, 2),       # 6x10x10 -> 6x5x5
+    Conv(12, 3), ReLU(),                            # 12x3x3
+    FC(20), ReLU(), FC(7),
+])
+
+CASES = {
+    # name: (network, groups, stage configs)
+    "three_stages": (SMALL_NET, (1, 1, 2), [
+        BASE.with_(name="s0", rows=8, cols=5, result_lanes=2),
+        BASE.with_(name="s1", rows=16, cols=3),
+        BASE.with_(name="s2", rows=8, cols=2, fc_columns=True)]),
+    "one_stage_all_layers": (SMALL_NET, (4,), [BASE.with_(name="s0", rows=8, cols=4)]),
+    "two_stages_inner_maps": (SMALL_NET, (2, 2), [
+        BASE.with_(name="s0", rows=8, cols=3), BASE.with_(name="s1", rows=8, cols=1)]),
+}
+
+
+def edge_images(shape, count, seed):
+    """Random int8 images, the first ones of -128, 127 and 0 patches and all-zero."""
+    rng = np.random.default_rng(seed)
+    out = [rng.integers(-128, 128, shape, dtype=np.int8) for _ in range(count)]
+    out[0][:, :shape[1] // 2] = -128
+    out[0][:, shape[1] // 2:, :shape[2] // 2] = 127
+    if count > 1:
+        out[1][:] = 0
+    return out
+
+
+def run_pipeline(request, program, params, images, *, stall=0.3, seed=0,
+                 max_cycles=200_000):
+    """Load ``program`` into a LayerPipeline, stream ``images`` (slots alternating, each
+    written while earlier ones compute), collect the output maps with random
+    back-pressure; returns (maps, cycle of each image's last byte, stage cycles)."""
+    dut = LayerPipeline(program.shape, mac="generic")
+    n_out = program.output_count
+    out = {"bytes": [], "ends": [], "cycles": None}
+
+    async def host(ctx):
+        async def put(space, addr, data):
+            ctx.set(dut.wr.p, {"space": space, "addr": addr, "data": data})
+            ctx.set(dut.wr.valid, 1)
+            await ctx.tick().until(dut.wr.ready)
+            ctx.set(dut.wr.valid, 0)
+
+        for space, writes in program.model_writes().items():
+            for addr, data in writes:
+                await put(space, addr, data)
+        for i, image in enumerate(images):
+            slot = i % 2
+            ctx.set(dut.start.p, slot)
+            # The slot is free once start would be taken.
+            while not ctx.get(dut.start.ready):
+                await ctx.tick()
+            for addr, data in program.image_writes(image, slot):
+                await put(prog.Space.IMAGE, addr, data)
+            ctx.set(dut.start.valid, 1)
+            await ctx.tick().until(dut.start.ready)
+            ctx.set(dut.start.valid, 0)
+
+    async def sink(ctx):
+        rng = random.Random(seed)
+        while len(out["ends"]) < len(images):
+            ctx.set(dut.o_stream.ready, rng.random() >= stall)
+            await ctx.tick()
+        ctx.set(dut.o_stream.ready, 0)
+        out["cycles"] = [ctx.get(c) for c in dut.cycles]
+
+    async def monitor(ctx):
+        cycle = 0
+        async for clk_edge, rst, valid, ready, payload in ctx.tick().sample(
+                dut.o_stream.valid, dut.o_stream.ready, dut.o_stream.p):
+            cycle += 1
+            if valid and ready:
+                out["bytes"].append(payload.data)
+                if payload.last:
+                    out["ends"].append(cycle)
+                    if len(out["ends"]) == len(images):
+                        return
+
+    expected = [nets.run_network(program.network, params, x) for x in images]
+
+    def check():
+        got = np.array(out["bytes"], np.uint8).view(np.int8)
+        assert got.size == n_out * len(images), f"{got.size} output bytes"
+        for i, want in enumerate(expected):
+            assert_array_equal(got[i * n_out:(i + 1) * n_out], want.reshape(-1),
+                               err_msg=f"image {i}")
+
+    run_simulation(dut, [host, sink, monitor], name=request.node.name, check=check,
+                   max_cycles=max_cycles)
+    return out
+
+
+def compiled(case, seed):
+    net, groups, configs = CASES[case]
+    params = nets.random_params(net, seed)
+    shape = pipeline_shape(net, groups, configs)
+    return compile_pipeline(net, params, shape, groups), params
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_pipeline_matches_golden(request, case):
+    program, params = compiled(case, seed=len(case))
+    images = edge_images(program.network.input_shape, 4, seed=len(case))
+    out = run_pipeline(request, program, params, images, seed=len(case))
+    print(f"\n{case}: stage cycles {out['cycles']}, images done at {out['ends']}")
+
+
+def build_pipeline(shape, name):
+    from fpgacnn.sim.cocotb_runner import build_verilator, write_verilog
+    path = write_verilog(LayerPipeline(shape), name)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O1")
+        return build_verilator(path, name)
+
+
+def run_pipeline_job(build, request, program, params, images, *, seed=0, stall=0.0):
+    """Stream ``images`` through the Verilator build of the pipeline (sim/benches/
+    pipeline_bench.py); returns its measurements (output maps checked there)."""
+    import json
+    from fpgacnn.sim.cocotb_runner import BUILD_DIR
+    folder = BUILD_DIR / "pipeline_jobs"
+    folder.mkdir(parents=True, exist_ok=True)
+    job, out = folder / f"{request.node.name}.json", folder / f"{request.node.name}.out.json"
+    out.unlink(missing_ok=True)
+    writes = [(space.value, a, v) for space, chunks in program.model_writes().items()
+              for a, v in chunks]
+    job.write_text(json.dumps({
+        "writes": writes, "n_out": program.output_count, "stages": len(program.programs),
+        "images": [[program.image_writes(x, slot) for slot in (0, 1)] for x in images],
+        "expected": [nets.run_network(program.network, params, x).reshape(-1).tolist()
+                     for x in images]}))
+    build.run("fpgacnn.sim.benches.pipeline_bench", name=request.node.name,
+              params={"job": str(job), "out": str(out), "seed": seed, "stall": stall})
+    return json.loads(out.read_text())
+
+
+def test_lenet5_pipeline_ulx3s(request):
+    """LeNet-5 (the shipped model) on the ULX3S-85F's pipeline (C1 on 8x8, C3 on 16x6,
+    the FC layers on 8x4) under Verilator: held-out digits streamed back to back,
+    outputs bit-exact; an image every ~2,660 cycles: 192 multipliers at >= 80 %."""
+    from fpgacnn.hw.config import PIPELINES
+    from fpgacnn.sw import mnist, modelfile
+    board, groups, configs = PIPELINES["ulx3s-85f-lenet5"]
+    if modelfile.default_model_path().is_file():
+        net, params, _ = modelfile.load_default()
+    else:
+        net = nets.lenet5()
+        params = nets.random_params(net, 2026)
+    shape = pipeline_shape(net, groups, configs)
+    program = compile_pipeline(net, params, shape, groups)
+    digits, _ = mnist.heldout()
+    images = [mnist.image_to_int8(d).reshape(1, 28, 28) for d in digits[:6]]
+    images.append(np.full((1, 28, 28), -128, np.int8))
+    images.append(np.zeros((1, 28, 28), np.int8))
+    result = run_pipeline_job(build_pipeline(shape, "pipeline_ulx3s_lenet5"), request,
+                              program, params, images)
+    ends, cycles = result["ends"], result["stage_cycles"]
+    steady = (ends[-1] - ends[2]) / (len(ends) - 3)
+    clock = get_config(board).clock_hz
+    util = net.macs / (shape.multipliers * steady)
+    print(f"\nLeNet-5 pipeline: stage cycles {cycles} (array beats "
+          f"{program.stage_ideal_cycles()}); images out at {ends}; {steady:.0f} cycles per "
+          f"image = {clock / steady:,.0f} images/s at {clock / 1e6:g} MHz; "
+          f"{shape.multipliers} multipliers, {util:.1%} MAC utilisation")
+    assert steady <= max(cycles) + 20, "the pipeline should take an image per slowest stage"
+
+
+def test_compile_errors_are_one_line():
+    net, groups, configs = CASES["three_stages"]
+    params = nets.random_params(net, 1)
+    shape = pipeline_shape(net, groups, configs)
+    with pytest.raises(CompileError, match=r"groups \(1, 1\) must be positive and add up"):
+        group_networks(net, (1, 1))
+    with pytest.raises(CompileError, match="does not match the pipeline's 3 stages"):
+        compile_pipeline(net, params, shape, (2, 2))
+    # A pipeline built for another network's maps.
+    other = Network("other", (2, 12, 12), net.layers)
+    with pytest.raises(CompileError, match="the pipeline was built for"):
+        compile_pipeline(other, nets.random_params(other, 1), shape, groups)
+    # A group too large for its stage's weight memory names the stage.
+    tight = pipeline_shape(net, groups, [configs[0], configs[1],
+                                         configs[2].with_(weight_words=64)])
+    with pytest.raises(CompileError, match=r"pipeline stage 2 \(s2\): .*weight memory") as err:
+        compile_pipeline(net, params, tight, groups)
+    assert "\n" not in str(err.value)
+
+
+def test_stage_shape_checks():
+    with pytest.raises(ValueError, match="one write bank"):
+        StageShape(BASE.with_(write_banks=2), 64)
+    with pytest.raises(ValueError, match="slot_bytes must be a positive multiple of 8"):
+        StageShape(BASE, 12)
+    st = StageShape(BASE, 400, 208)
+    assert (st.work_base, st.act_bytes) == (1024, 2048)
+    assert StageShape(BASE, 784).act_bytes == 2048
+    with pytest.raises(ValueError, match="output_bytes must be a positive integer"):
+        PipelineShape([st], 0)
