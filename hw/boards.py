@@ -37,6 +37,7 @@ __all__ = [
     "Board",
     "ICEBreakerBoard",
     "ULX3SBoard",
+    "board_pipeline",
     "ecp5_pll",
     "get_board",
     "ice40_pll",
@@ -353,8 +354,30 @@ def _full_design(config):
     return BoardTop(config)
 
 
-#: What goes inside the board top: the real accelerator, or the build-flow smoke test.
-DESIGNS = {"full": _full_design, "array": ArraySmokeTop}
+def board_pipeline(config):
+    """The name and :class:`~.config.PipelineSpec` of the layer pipeline for the board
+    of ``config`` (its :data:`~.config.PIPELINES` entry); ValueError if it has none."""
+    from .config import PIPELINES
+    for name, spec in PIPELINES.items():
+        if spec.board == config.name:
+            return name, spec
+    raise ValueError(f"board config {config.name} has no layer pipeline (pipelines: "
+                     f"{', '.join(f'{n} on {s.board}' for n, s in PIPELINES.items())})")
+
+
+def _pipeline_design(config):
+    from ..sw.pipeline import spec_shape
+    from .pipeline import PipelineCore, host_config
+    from .top import BoardTop
+    name, spec = board_pipeline(config)
+    shape = spec_shape(spec)
+    host = host_config(name, shape, config)
+    return BoardTop(host, core=PipelineCore(shape, host))
+
+
+#: What goes inside the board top: the real accelerator, the board's layer pipeline
+#: (one network's layer shapes, ``hw/pipeline.py``), or the build-flow smoke test.
+DESIGNS = {"full": _full_design, "pipeline": _pipeline_design, "array": ArraySmokeTop}
 
 
 @dataclass(frozen=True)
@@ -408,8 +431,9 @@ class Board:
         config : AcceleratorConfig, optional
             Default: :attr:`config`. Its ``clock_hz`` must be exactly reachable by the PLL.
         design : str
-            A key of :data:`DESIGNS`: ``"full"`` (``BoardTop``, the accelerator) or
-            ``"array"`` (:class:`ArraySmokeTop`).
+            A key of :data:`DESIGNS`: ``"full"`` (``BoardTop``, the accelerator),
+            ``"pipeline"`` (``BoardTop`` around the board's layer pipeline,
+            :func:`board_pipeline`) or ``"array"`` (:class:`ArraySmokeTop`).
 
         Returns
         -------

@@ -13,7 +13,7 @@ from amaranth.lib import data
 from .program import QParam
 
 __all__ = ["AcceleratorConfig", "Dataflow", "CONFIGS", "get_config", "DEFAULT_BAUD",
-           "MAX_NAME_CHARS"]
+           "MAX_NAME_CHARS", "PipelineSpec", "PIPELINES", "get_pipeline"]
 
 #: UART baud rate of every board configuration unless it says otherwise; the host
 #: driver's default too (it must match the build).
@@ -408,13 +408,39 @@ def _ulx3s_stage(name, **sizes):
                                       shared_qparams=False, **sizes)
 
 
-#: Layer pipelines (``hw/pipeline.py``): per name, the board, how many compute layers of
-#: the network each stage runs, and each stage's config. ``ulx3s-85f-lenet5`` runs
-#: LeNet-5 (and any network of its layer shapes) on three stages sized so that each takes
-#: about the same time per image: C1 (6 channels, 784 pixels) on 8×8, C3 (16 channels, 100
-#: pixels) on 16×6, the three fully connected layers on 8×4 with a k-block per column.
+@dataclass(frozen=True)
+class PipelineSpec:
+    """A layer pipeline (``hw/pipeline.py``) a board can be built with instead of its
+    core.
+
+    Attributes
+    ----------
+    board : str
+        The board's :data:`CONFIGS` name (clock, link).
+    network : str
+        The network whose layer shapes it is built for (``fpgacnn.sw.network``'s
+        function of that name); any weights of those shapes run on it.
+    groups : tuple of int
+        Compute layers per stage, in order.
+    stages : tuple of AcceleratorConfig
+        Each stage's array and memories.
+    macs : tuple of str
+        Each stage's multiplier blocks (``"registered"``: DSP blocks; ``"logic"``).
+    """
+    board: str
+    network: str
+    groups: tuple
+    stages: tuple
+    macs: tuple
+
+
+#: Layer pipelines by name (at most MAX_NAME_CHARS: the board reports it). On the
+#: ULX3S-85F, LeNet-5's C1 (6 channels, 784 pixels) runs on 8×8, C3 (16 channels, 100
+#: pixels) on 16×6 and the three fully connected layers on 8×4 with a k-block per column:
+#: each stage takes about the same time per image. 192 array multipliers and 8 in the
+#: requantisers are more than the 156 MULT18X18D, so C1's 64 are in logic.
 PIPELINES = {
-    "ulx3s-85f-lenet5": ("ulx3s-85f", (1, 1, 3), (
+    "ulx3s-85f-lenet5": PipelineSpec("ulx3s-85f", "lenet5", (1, 1, 3), (
         _ulx3s_stage("lenet5-c1", rows=8, cols=8, result_lanes=2, fc_columns=False,
                      weight_words=32, qparam_entries=8, max_layers=1, max_reduction=32,
                      pool_width=28, pool_blocks=1),
@@ -424,5 +450,13 @@ PIPELINES = {
         _ulx3s_stage("lenet5-fc", rows=8, cols=4, result_lanes=1, fc_columns=True,
                      weight_words=8192, qparam_entries=256, max_layers=4,
                      max_reduction=512, pool_width=3, pool_blocks=1),
-    )),
+    ), ("logic", "registered", "registered")),
 }
+
+
+def get_pipeline(name):
+    try:
+        return PIPELINES[name]
+    except KeyError:
+        raise ValueError(f"unknown pipeline {name!r}; choose one of "
+                         f"{', '.join(PIPELINES)}") from None

@@ -7,12 +7,12 @@ SB_MAC16 each in 16×16 mode (``Ice40Mul16``). This file holds the portable vers
 plain ``*`` that any synthesis tool maps to its DSPs or LUTs.
 """
 
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["DualMul8", "RegisteredDualMul8", "Mul16", "dual_mul8_signature",
-           "mul16_signature"]
+__all__ = ["DualMul8", "RegisteredDualMul8", "LogicDualMul8", "Mul16",
+           "dual_mul8_signature", "mul16_signature"]
 
 
 def dual_mul8_signature():
@@ -76,6 +76,31 @@ class RegisteredDualMul8(DualMul8):
             a = Signal.like(self.a[i], name=f"a_reg{i}")
             b = Signal.like(self.b[i], name=f"b_reg{i}")
             m.d.sync += [a.eq(self.a[i]), b.eq(self.b[i]), self.p[i].eq(a * b)]
+        return m
+
+
+def logic_product(a, b):
+    """``a * b`` for signed 8-bit ``a`` and ``b`` as shifted copies of ``a`` added up, one
+    per bit of ``b`` (the sign bit's subtracted): adders, no ``*`` for synthesis to put
+    on a DSP block."""
+    total = -Mux(b[7], a << 7, 0)
+    for i in range(7):
+        total = total + Mux(b[i], a << i, 0)
+    return total
+
+
+class LogicDualMul8(RegisteredDualMul8):
+    """:class:`RegisteredDualMul8` with its products in logic (:func:`logic_product`):
+    for arrays beyond the device's DSP blocks (an ECP5-85F has 156 MULT18X18D).
+    ``LATENCY = 2``; about 100 LUT4s per product on an ECP5 (the adders of eight
+    partial products) and the same 48 flip-flops."""
+
+    def elaborate(self, platform):
+        m = Module()
+        for i in range(2):
+            a = Signal.like(self.a[i], name=f"a_reg{i}")
+            b = Signal.like(self.b[i], name=f"b_reg{i}")
+            m.d.sync += [a.eq(self.a[i]), b.eq(self.b[i]), self.p[i].eq(logic_product(a, b))]
         return m
 
 

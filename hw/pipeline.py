@@ -31,17 +31,19 @@ slot is free and the next one full. The output buffer's slots leave through
 from dataclasses import dataclass
 
 from amaranth.hdl import Cat, Module, Mux, ResetInserter, Signal, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from . import program
-from .config import AcceleratorConfig
-from .core import HostWrites, Sequencer, _program_halfwords
+from .config import AcceleratorConfig, Dataflow
+from .core import (HostWrites, ResultReads, Sequencer, _program_halfwords, _result_init,
+                   _result_words)
 from .datapath import Datapath
 from .memories import Ram, WeightMemory
-from .program import WriteCommand
+from .program import HostInterface, WriteCommand
 
-__all__ = ["StageShape", "PipelineShape", "LayerPipeline", "OutputByte"]
+__all__ = ["StageShape", "PipelineShape", "LayerPipeline", "OutputByte", "PipelineCore",
+           "host_config"]
 
 
 def _align8(n):
@@ -62,10 +64,14 @@ class StageShape:
         One input slot: the stage's input map (a multiple of 8).
     work_bytes : int
         The maps of the stage's inner layers (0 for a stage of one layer).
+    mac : str
+        The array's multiplier blocks (:func:`~.systolic.resolve_mac`): ``"logic"`` for
+        a stage beyond the device's DSP blocks.
     """
     config: AcceleratorConfig
     slot_bytes: int
     work_bytes: int = 0
+    mac: str = "registered"
 
     def __post_init__(self):
         cfg = self.config
@@ -209,14 +215,15 @@ class LayerPipeline(wiring.Component):
     Parameters
     ----------
     shape : PipelineShape
-    mac : str
-        Multiplier blocks of the arrays (:func:`~.systolic.resolve_mac`).
+    mac : str, optional
+        Multiplier blocks of every array (:func:`~.systolic.resolve_mac`) instead of
+        each stage's :attr:`StageShape.mac`.
     """
-    def __init__(self, shape, *, mac="registered"):
+    def __init__(self, shape, *, mac=None):
         if not isinstance(shape, PipelineShape):
             raise TypeError(f"LayerPipeline needs a PipelineShape, not {shape!r}")
         self.shape = shape
-        self.datapaths = [Datapath(s.datapath_config, mac=mac,
+        self.datapaths = [Datapath(s.datapath_config, mac=mac or s.mac,
                                    dataflow=s.config.dataflow,
                                    requant_interval=s.config.requant_interval)
                           for s in shape.stages]
@@ -433,3 +440,126 @@ class LayerPipeline(wiring.Component):
                     m.d.sync += full[k].eq(0)
         with m.If(stop):
             m.d.sync += [idx.eq(0), o.valid.eq(0)]
+
+
+def host_config(name, shape, board_config):
+    """The :class:`AcceleratorConfig` a :class:`PipelineCore` reports to the host and its
+    link checks against: ``board_config``'s clock, link and watchdog; as many weight,
+    QParam and program chunks as all stages (8-weight words, ``rows`` 8); two stage-0
+    slots of activation bytes (the IMAGE space); a counter per stage.
+    """
+    stages = shape.stages
+    return board_config.with_(
+        name=name, rows=8, cols=1, dataflow=Dataflow.BROADCAST,
+        max_reduction=max(s.config.max_reduction for s in stages),
+        weight_words=sum(s.weight_chunks for s in stages),
+        act_bytes=2 * stages[0].slot_bytes,
+        qparam_entries=sum(s.config.qparam_entries for s in stages),
+        max_layers=sum(s.config.max_layers for s in stages),
+        compact_drain=False, fc_columns=False, wrap_rows=False, result_lanes=1,
+        pixel_pairs=False, overlap_drain=False, prefetch_descriptors=False,
+        shared_qparams=False, write_banks=1, act_window=False, pool_width=1,
+        pool_blocks=1)
+
+
+class _Run(enum.Enum):
+    IDLE = 0
+    RUN = 1      # the image is in the pipeline; its output bytes are collected
+    STORE = 2    # the counters are written, one a cycle
+
+
+class PipelineCore(wiring.Component):
+    """A :class:`LayerPipeline` behind the core's host interface, one image at a time.
+
+    The signature is :class:`~.program.HostInterface`, so ``BoardTop`` and the link run
+    it as they run :class:`~.core.Core`, with the addresses of ``config``
+    (:func:`host_config`): ``WEIGHTS``, ``QPARAMS`` and ``PROGRAM`` chunks as
+    :class:`PipelineShape` lays them out; ``IMAGE`` chunk ``a`` is byte ``8a mod
+    slot_bytes`` of the slot the next ``start`` runs (either slot's addresses: the
+    pipeline picks the slot, so a host that loads the next image during a run, as the
+    driver does, writes the free one); ``start`` runs that image (its ``image_base`` is
+    not used) and ``busy`` stays high until its output map is in the result buffer and
+    the counters are stored. ``LOGITS`` addr ``k`` reads output byte ``k``,
+    ``COUNTERS`` addr 0 the cycles from ``start`` to the last output byte, addr ``1 + s``
+    stage ``s``'s cycles, ``IDENTITY`` the identity of ``config``.
+
+    One image at a time, a run takes the stages' cycles one after the other (about
+    ``sum`` of them, not ``max``): what the link delivers (about 2.6 ms an MNIST image
+    at 3 Mbaud) is far below the pipeline either way; the pipeline's own rate is that of
+    :class:`LayerPipeline` streaming images (``tests/test_pipeline.py``).
+    """
+    def __init__(self, shape, config, *, mac=None):
+        self.pipeline = LayerPipeline(shape, mac=mac)
+        self._config = config
+        super().__init__(HostInterface())
+
+    @property
+    def config(self):
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, shape = self._config, self.pipeline.shape
+        pipe = m.submodules.pipeline = self.pipeline
+        results = m.submodules.results = Ram(unsigned(32), _result_words(cfg),
+                                             init=_result_init(cfg), rw_exclusive=True,
+                                             ram_style="distributed")
+        logits = m.submodules.logits = Ram(unsigned(8), shape.output_slot_bytes,
+                                           rw_exclusive=True)
+        reads = m.submodules.reads = ResultReads(cfg, registered=True)
+        wiring.connect(m, wiring.flipped(self.rd), reads.rd)
+        wiring.connect(m, reads.rd_data, wiring.flipped(self.rd_data))
+        wiring.connect(m, reads.results, results.rd[0])
+        m.d.comb += [logits.rd[0].addr.eq(reads.act.addr), logits.rd[0].en.eq(reads.act.en),
+                     reads.act.data.eq(logits.rd[0].data)]
+
+        # Host chunks; an IMAGE chunk goes into the next slot, wherever it was addressed.
+        slot_chunks = shape.stages[0].slot_bytes // 8
+        wr = self.wr.p
+        in_slot = Signal.like(wr.addr)
+        m.d.comb += in_slot.eq(Mux(wr.addr >= slot_chunks, wr.addr - slot_chunks, wr.addr))
+        m.d.comb += [pipe.wr.valid.eq(self.wr.valid), self.wr.ready.eq(pipe.wr.ready),
+                     pipe.wr.p.space.eq(wr.space), pipe.wr.p.data.eq(wr.data),
+                     pipe.wr.p.addr.eq(Mux(wr.space == program.Space.IMAGE,
+                                           in_slot + Mux(pipe.next_slot, slot_chunks, 0),
+                                           wr.addr))]
+
+        state = Signal(_Run)
+        total = Signal(32)
+        out_idx = Signal(range(shape.output_bytes + 1))
+        store = Signal(range(len(shape.stages) + 1))
+        m.d.comb += [self.busy.eq(state != _Run.IDLE), pipe.abort.eq(self.abort),
+                     self.fault.eq(pipe.fault),
+                     pipe.start.p.eq(pipe.next_slot)]
+        with m.If(self.busy):
+            m.d.sync += total.eq(total + 1)
+        with m.Switch(state):
+            with m.Case(_Run.IDLE):
+                m.d.comb += [pipe.start.valid.eq(self.start.valid),
+                             self.start.ready.eq(pipe.start.ready)]
+                with m.If(self.start.valid & pipe.start.ready):
+                    m.d.sync += [state.eq(_Run.RUN), total.eq(1), out_idx.eq(0)]
+            with m.Case(_Run.RUN):
+                o = pipe.o_stream
+                m.d.comb += [o.ready.eq(1), logits.wr.addr.eq(out_idx),
+                             logits.wr.data.eq(o.p.data), logits.wr.en.eq(o.valid)]
+                with m.If(o.valid):
+                    m.d.sync += out_idx.eq(out_idx + 1)
+                    with m.If(o.p.last):
+                        m.d.sync += [state.eq(_Run.STORE), store.eq(0)]
+            with m.Case(_Run.STORE):
+                # Word 0 is the run's total, then a word per stage.
+                m.d.comb += [results.wr.addr.eq(store), results.wr.en.eq(1)]
+                with m.Switch(store):
+                    with m.Case(0):
+                        m.d.comb += results.wr.data.eq(total)
+                    for s in range(len(shape.stages)):
+                        with m.Case(s + 1):
+                            m.d.comb += results.wr.data.eq(pipe.cycles[s])
+                m.d.sync += store.eq(store + 1)
+                with m.If(store == len(shape.stages)):
+                    m.d.sync += state.eq(_Run.IDLE)
+        # A stopped run (abort, or a stage's watchdog) ends at once; its counters stay.
+        with m.If(self.abort | pipe.fault & (state == _Run.RUN)):
+            m.d.sync += state.eq(_Run.IDLE)
+        return m

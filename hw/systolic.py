@@ -11,7 +11,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from .multiplier import DualMul8, RegisteredDualMul8
+from .multiplier import DualMul8, LogicDualMul8, RegisteredDualMul8
 
 __all__ = ["SystolicArray", "operands_layout", "resolve_mac", "result_layout"]
 
@@ -56,19 +56,21 @@ def result_layout(rows, cols, acc_width, lanes=1):
 
 def resolve_mac(mac):
     """The DualMul8-compatible class for ``mac`` (``"generic"``, ``"registered"``,
-    ``"ice40"`` or a class)."""
+    ``"logic"``, ``"ice40"`` or a class)."""
     if mac == "generic":
         return DualMul8
     if mac == "registered":
         return RegisteredDualMul8
+    if mac == "logic":
+        return LogicDualMul8
     if mac == "ice40":
         # Imported lazily: the iCE40 primitive wrapper is only needed for iCE40 builds.
         from .ice40 import Ice40DualMul8
         return Ice40DualMul8
     if isinstance(mac, type) and isinstance(getattr(mac, "LATENCY", None), int):
         return mac
-    raise ValueError(f"mac must be 'generic', 'registered', 'ice40' or a DualMul8-like class "
-                     f"with an int LATENCY attribute, not {mac!r}")
+    raise ValueError(f"mac must be 'generic', 'registered', 'logic', 'ice40' or a "
+                     f"DualMul8-like class with an int LATENCY attribute, not {mac!r}")
 
 
 class SystolicArray(wiring.Component):

@@ -19,7 +19,8 @@ from ..hw.pipeline import PipelineShape, StageShape
 from . import network as nets
 from .compiler import CHUNK_BYTES, CompileError, MemoryPlan, compile_network, plan_activations
 
-__all__ = ["PipelineProgram", "compile_pipeline", "pipeline_shape", "group_networks"]
+__all__ = ["PipelineProgram", "compile_pipeline", "pipeline_shape", "group_networks",
+           "spec_shape"]
 
 #: Activation bytes a group is planned in before its addresses move to the stage's map.
 _PLAN_SPACE = 1 << 16
@@ -59,16 +60,17 @@ def group_networks(network, groups):
     return out
 
 
-def pipeline_shape(network, groups, configs):
+def pipeline_shape(network, groups, configs, macs=None):
     """The :class:`PipelineShape` that runs ``network`` cut into ``groups`` on stages of
-    ``configs`` (one each): slots sized for each group's input, work memory for its
-    inner maps."""
+    ``configs`` (one each, with multiplier blocks ``macs``, default DSP blocks): slots
+    sized for each group's input, work memory for its inner maps."""
     parts = group_networks(network, groups)
-    if len(configs) != len(parts):
-        raise CompileError(f"{len(parts)} groups need {len(parts)} stage configs, not "
-                           f"{len(configs)}")
+    macs = ("registered",) * len(parts) if macs is None else tuple(macs)
+    if len(configs) != len(parts) or len(macs) != len(parts):
+        raise CompileError(f"{len(parts)} groups need {len(parts)} stage configs and "
+                           f"multiplier kinds, not {len(configs)} and {len(macs)}")
     stages = []
-    for (sub, _), cfg in zip(parts, configs):
+    for (sub, _), cfg, mac in zip(parts, configs, macs):
         sub_stages = sub.stages()
         # The inner maps where the group's plan puts them (ping-pong buffers A at 0 and
         # B; the last map, in A, goes to the next stage instead).
@@ -76,7 +78,7 @@ def pipeline_shape(network, groups, configs):
         last = len(sub_stages) - 1
         work = max((plan.buffers[(last - s.index) % 2] + _align(int(np.prod(s.out_shape)))
                     for s in sub_stages[:-1]), default=0)
-        stages.append(StageShape(cfg, _align(int(np.prod(sub.input_shape))), work))
+        stages.append(StageShape(cfg, _align(int(np.prod(sub.input_shape))), work, mac))
     return PipelineShape(stages, int(np.prod(network.output_shape)))
 
 
@@ -160,7 +162,8 @@ def compile_pipeline(network, params, shape, groups):
     if len(parts) != len(shape.stages):
         raise CompileError(f"{network.name} cut into {len(parts)} groups does not match the "
                            f"pipeline's {len(shape.stages)} stages")
-    want = pipeline_shape(network, groups, [s.config for s in shape.stages])
+    want = pipeline_shape(network, groups, [s.config for s in shape.stages],
+                          [s.mac for s in shape.stages])
     if want != shape:
         raise CompileError(f"{network.name}'s maps need stage slots of "
                            f"{[s.slot_bytes for s in want.stages]} B, work memories of "
@@ -191,3 +194,9 @@ def compile_pipeline(network, params, shape, groups):
         p.config = st.datapath_config
         programs.append(p)
     return PipelineProgram(network, shape, tuple(groups), programs)
+
+
+def spec_shape(spec):
+    """The :class:`PipelineShape` of a :class:`~fpgacnn.hw.config.PipelineSpec`."""
+    network = getattr(nets, spec.network)()
+    return pipeline_shape(network, spec.groups, spec.stages, spec.macs)

@@ -2,12 +2,12 @@
 
 import pytest
 
-from fpgacnn.hw.multiplier import DualMul8, RegisteredDualMul8
+from fpgacnn.hw.multiplier import DualMul8, LogicDualMul8, RegisteredDualMul8, logic_product
 from fpgacnn.sim.amaranth_sim import run_simulation
 from fpgacnn.sim.vectors import product_pairs
 
 
-@pytest.mark.parametrize("block", [DualMul8, RegisteredDualMul8])
+@pytest.mark.parametrize("block", [DualMul8, RegisteredDualMul8, LogicDualMul8])
 @pytest.mark.parametrize("seed", range(2))
 def test_dual_mul8_products(request, seed, block):
     dut = block()
@@ -65,3 +65,28 @@ def test_registered_dual_mul8_pipelines():
 
     run_simulation(dut, [bench], name="test_registered_dual_mul8_pipelines")
     assert seen[1:-1] == [(a0 * b0, a1 * b1) for a0, b0, a1, b1 in ops]
+
+
+def test_logic_product_every_pair():
+    """The shift-and-add product equals a * b for all 65,536 signed 8-bit pairs
+    (evaluated as Amaranth constants)."""
+    from amaranth.hdl import Module, Signal, signed
+    from amaranth.sim import Simulator
+    a, b = Signal(signed(8)), Signal(signed(8))
+    p = Signal(signed(16))
+    m = Module()
+    m.d.comb += p.eq(logic_product(a, b))
+    sim = Simulator(m)
+    bad = []
+
+    async def bench(ctx):
+        for x in range(-128, 128):
+            ctx.set(a, x)
+            for y in range(-128, 128):
+                ctx.set(b, y)
+                if ctx.get(p) != x * y:
+                    bad.append((x, y, ctx.get(p)))
+
+    sim.add_testbench(bench)
+    sim.run()
+    assert not bad, bad[:5]

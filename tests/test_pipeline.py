@@ -10,13 +10,13 @@ import pytest
 from numpy.testing import assert_array_equal
 
 from fpgacnn.hw import program as prog
-from fpgacnn.hw.config import get_config
+from fpgacnn.hw.config import get_config, get_pipeline
 from fpgacnn.hw.pipeline import LayerPipeline, PipelineShape, StageShape
 from fpgacnn.sim.amaranth_sim import run_simulation
 from fpgacnn.sw import network as nets
 from fpgacnn.sw.compiler import CompileError
 from fpgacnn.sw.network import FC, Conv, MaxPool, Network, ReLU
-from fpgacnn.sw.pipeline import compile_pipeline, group_networks, pipeline_shape
+from fpgacnn.sw.pipeline import compile_pipeline, group_networks, pipeline_shape, spec_shape
 
 # Stage configs with small memories (the datapath sees only their port widths).
 BASE = get_config("ulx3s-85f").with_(pixel_pairs=False, write_banks=1, fc_columns=False,
@@ -163,19 +163,18 @@ def run_pipeline_job(build, request, program, params, images, *, seed=0, stall=0
 
 
 def test_lenet5_pipeline_ulx3s(request):
-    """LeNet-5 (the shipped model) on the ULX3S-85F's pipeline (C1 on 8x8, C3 on 16x6,
-    the FC layers on 8x4) under Verilator: held-out digits streamed back to back,
+    """LeNet-5 (the shipped model) on the ULX3S-85F's pipeline (C1 on 8x8 in logic, C3
+    on 16x6, the FC layers on 8x4) under Verilator: held-out digits streamed back to back,
     outputs bit-exact; an image every ~2,660 cycles: 192 multipliers at >= 80 %."""
-    from fpgacnn.hw.config import PIPELINES
     from fpgacnn.sw import mnist, modelfile
-    board, groups, configs = PIPELINES["ulx3s-85f-lenet5"]
+    spec = get_pipeline("ulx3s-85f-lenet5")
     if modelfile.default_model_path().is_file():
         net, params, _ = modelfile.load_default()
     else:
         net = nets.lenet5()
         params = nets.random_params(net, 2026)
-    shape = pipeline_shape(net, groups, configs)
-    program = compile_pipeline(net, params, shape, groups)
+    shape = spec_shape(spec)
+    program = compile_pipeline(net, params, shape, spec.groups)
     digits, _ = mnist.heldout()
     images = [mnist.image_to_int8(d).reshape(1, 28, 28) for d in digits[:6]]
     images.append(np.full((1, 28, 28), -128, np.int8))
@@ -184,7 +183,7 @@ def test_lenet5_pipeline_ulx3s(request):
                               program, params, images)
     ends, cycles = result["ends"], result["stage_cycles"]
     steady = (ends[-1] - ends[2]) / (len(ends) - 3)
-    clock = get_config(board).clock_hz
+    clock = get_config(spec.board).clock_hz
     util = net.macs / (shape.multipliers * steady)
     print(f"\nLeNet-5 pipeline: stage cycles {cycles} (array beats "
           f"{program.stage_ideal_cycles()}); images out at {ends}; {steady:.0f} cycles per "
@@ -223,3 +222,86 @@ def test_stage_shape_checks():
     assert StageShape(BASE, 784).act_bytes == 2048
     with pytest.raises(ValueError, match="output_bytes must be a positive integer"):
         PipelineShape([st], 0)
+
+
+def test_pipeline_core_host_interface(request):
+    """PipelineCore through the core's host interface: the model loaded, images run one at
+    a time (the next loaded during a run, at either slot's addresses), output bytes
+    read back as LOGITS (bit-exact), one counter per stage; an abort in mid-run leaves
+    the model, and the next image runs."""
+    from fpgacnn.hw.pipeline import PipelineCore, host_config
+    from fpgacnn.hw.program import ReadSpace
+    program, params = compiled("three_stages", seed=5)
+    host = host_config("small-pipe", program.shape, BASE)
+    dut = PipelineCore(program.shape, host, mac="generic")
+    images = edge_images(program.network.input_shape, 4, seed=5)
+    want = [nets.run_network(program.network, params, x).reshape(-1) for x in images]
+    n_out, stages = program.output_count, len(program.programs)
+    got, counters = [], []
+
+    async def bench(ctx):
+        async def put(space, addr, data):
+            ctx.set(dut.wr.p, {"space": space, "addr": addr, "data": data})
+            ctx.set(dut.wr.valid, 1)
+            await ctx.tick().until(dut.wr.ready)
+            ctx.set(dut.wr.valid, 0)
+
+        async def read(space, addr):
+            ctx.set(dut.rd.p, {"space": space, "addr": addr})
+            ctx.set(dut.rd.valid, 1)
+            await ctx.tick().until(dut.rd.ready)
+            ctx.set(dut.rd.valid, 0)
+            ctx.set(dut.rd_data.ready, 1)
+            value, = await ctx.tick().sample(dut.rd_data.p.data).until(
+                dut.rd_data.valid)
+            ctx.set(dut.rd_data.ready, 0)
+            return value
+
+        async def start():
+            ctx.set(dut.start.p.image_base, 0)
+            ctx.set(dut.start.valid, 1)
+            await ctx.tick().until(dut.start.ready)
+            ctx.set(dut.start.valid, 0)
+
+        for space, writes in program.model_writes().items():
+            for addr, data in writes:
+                await put(space, addr, data)
+        # Image 0 at slot 1's addresses: the core puts it in the slot it runs next.
+        for addr, data in program.image_writes(images[0], 1):
+            await put(prog.Space.IMAGE, addr, data)
+        for i in range(len(images)):
+            await start()
+            assert ctx.get(dut.busy)
+            if i + 1 < len(images):
+                for addr, data in program.image_writes(images[i + 1], (i + 1) % 2):
+                    await put(prog.Space.IMAGE, addr, data)
+            while ctx.get(dut.busy):
+                await ctx.tick()
+            out = [await read(ReadSpace.LOGITS, k) for k in range(n_out)]
+            got.append([v - (1 << 32) if v >> 31 else v for v in out])
+            counters.append([await read(ReadSpace.COUNTERS, k) for k in range(1 + stages)])
+        # Abort in mid-run; the model stays, the next image runs.
+        for addr, data in program.image_writes(images[2], 0):
+            await put(prog.Space.IMAGE, addr, data)
+        await start()
+        await ctx.tick().repeat(100)
+        ctx.set(dut.abort, 1)
+        await ctx.tick()
+        ctx.set(dut.abort, 0)
+        await ctx.tick().repeat(3)
+        assert not ctx.get(dut.busy), "busy after abort"
+        for addr, data in program.image_writes(images[3], 1):
+            await put(prog.Space.IMAGE, addr, data)
+        await start()
+        while ctx.get(dut.busy):
+            await ctx.tick()
+        out = [await read(ReadSpace.LOGITS, k) for k in range(n_out)]
+        got.append([v - (1 << 32) if v >> 31 else v for v in out])
+
+    def check():
+        for i, (g, w) in enumerate(zip(got, want + [want[3]])):
+            assert_array_equal(np.array(g), w, err_msg=f"run {i}")
+        for c in counters:
+            assert c[0] >= sum(c[1:]) and all(c[1:]), c
+
+    run_simulation(dut, [bench], name=request.node.name, check=check, max_cycles=300_000)

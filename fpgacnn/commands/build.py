@@ -27,8 +27,10 @@ def configure(parser):
                         help="nextpnr placement seed (default: the board's, one that meets "
                              "its clock); try others on a near miss")
     parser.add_argument("--design", choices=list(DESIGNS), default="full",
-                        help="full: the accelerator (default); array: only the systolic "
-                             "array behind the UART, a quick check of the toolchain")
+                        help="full: the accelerator (default); pipeline: the board's "
+                             "layer pipeline for one network's layer shapes (ulx3s-85f: "
+                             "LeNet-5); array: only the systolic array behind the UART, a "
+                             "quick check of the toolchain")
     parser.add_argument("--build-dir", metavar="DIR",
                         help="output folder (default: build/<board>, or "
                              "build/<board>-array for --design array)")
