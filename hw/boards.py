@@ -40,6 +40,7 @@ __all__ = [
     "board_pipeline",
     "ecp5_pll",
     "get_board",
+    "pipeline_board_top",
     "ice40_pll",
 ]
 
@@ -365,14 +366,22 @@ def board_pipeline(config):
                      f"{', '.join(f'{n} on {s.board}' for n, s in PIPELINES.items())})")
 
 
-def _pipeline_design(config):
+def pipeline_board_top(config, *, debug=False):
+    """``BoardTop`` around the board's layer pipeline (:func:`board_pipeline`), built for
+    ``config``'s clock and link; its link and identity use the pipeline's
+    :func:`~.pipeline.host_config` (``debug``: as ``BoardTop``'s, for the simulated
+    board)."""
     from ..sw.pipeline import spec_shape
     from .pipeline import PipelineCore, host_config
     from .top import BoardTop
     name, spec = board_pipeline(config)
     shape = spec_shape(spec)
     host = host_config(name, shape, config)
-    return BoardTop(host, core=PipelineCore(shape, host))
+    return BoardTop(host, core=PipelineCore(shape, host), debug=debug)
+
+
+def _pipeline_design(config):
+    return pipeline_board_top(config)
 
 
 #: What goes inside the board top: the real accelerator, the board's layer pipeline

@@ -31,28 +31,47 @@ def golden(net, params, images):
     return logits.reshape(len(images), -1), len(images) / (time.perf_counter() - started)
 
 
-def build_figures(board, config, *, rebuild, build_dir=None):
-    """The board's :class:`~fpgacnn.hw.flow.BuildReport`: an earlier build of the same
-    gateware in ``build_dir`` (default the board's) when there is one (``fpgacnn build``
-    leaves one), else built now."""
+def build_figures(board, config, *, rebuild, build_dir=None, design="full"):
+    """The board's :class:`~fpgacnn.hw.flow.BuildReport` of ``design``: an earlier build
+    of the same gateware in ``build_dir`` (default the design's) when there is one
+    (``fpgacnn build`` leaves one), else built now."""
     from ..hw.flow import build_board, load_build
-    report = None if rebuild else load_build(board, config=config, build_dir=build_dir)
+    report = None if rebuild else load_build(board, design=design, config=config,
+                                             build_dir=build_dir)
     if report is None:
         print(f"building the {board} bitstream for its Fmax and utilisation "
               f"(several minutes; later runs re-use it)...", file=sys.stderr)
-        report = build_board(board, config=config, build_dir=build_dir)
+        report = build_board(board, design=design, config=config, build_dir=build_dir)
     return report
 
 
-def collect_figures(board, config, net, counters, rate, build, golden_ips):
-    """Every figure of the table under its stable JSON key."""
+def collect_figures(board, config, net, counters, rate, build, golden_ips, *,
+                    pipeline=None):
+    """Every figure of the table under its stable JSON key.
+
+    ``pipeline`` (the board's layer pipeline, ``fpgacnn bench --design pipeline``): a
+    dict with its ``multipliers``, the ``cycles_per_image`` it sustains streaming
+    images, each stage's cycles (``stage_cycles``) and compute layers (``groups``); the
+    compute figures are then the pipeline's, and ``counters`` (one image at a time
+    through the host interface) give ``cycles_one_at_a_time``.
+    """
     total = float(np.mean(counters[:, 0]))
     mults, clock_hz = config.multipliers, config.clock_hz
+    if pipeline is not None:
+        one_at_a_time = total
+        mults, total = pipeline["multipliers"], float(pipeline["cycles_per_image"])
     ideal = net.macs / mults
     fmax_mhz = build.fmax_mhz if build and build.fmax_mhz else None
     image_bytes = int(np.prod(net.input_shape))
     link_s = image_bytes * 10 / config.baud          # 8N1: 10 bits per byte
     compute_s, bridge = total / clock_hz, LINK_BRIDGES[board]
+    extra = {} if pipeline is None else {
+        "design": "pipeline",
+        "cycles_one_at_a_time": one_at_a_time,
+        "pipeline_stage_cycles": [float(c) for c in pipeline["stage_cycles"]],
+        "pipeline_groups": list(pipeline["groups"]),
+        "pipeline_stage_multipliers": list(pipeline["stage_multipliers"]),
+    }
     return {
         "board": board,
         "network": net.name,
@@ -97,6 +116,7 @@ def collect_figures(board, config, net, counters, rate, build, golden_ips):
         "link_compute_s_per_image": compute_s,
         "link_compute_ceiling_images_per_s": 1 / compute_s,
         "link_bound": "link" if link_s >= compute_s else "compute",
+        **extra,
     }
 
 
@@ -108,13 +128,27 @@ def format_table(f, net):
     def row(what, value, reference=""):
         rows.append((what, value, reference))
 
-    row("cycles / LeNet-5 inference", f"{f['cycles_per_image']:,.0f}",
-        f"ideal {f['ideal_cycles']:,.0f} = {net.macs:,} MACs / {f['multipliers']} "
-        f"multipliers ({f['cycles_vs_ideal']:.2f}x; goal <= 1.3x)")
-    for i, c in enumerate(f["cycles_per_layer"]):
-        stage = net.stages()[i]
-        row(f"  layer {i} ({stage.kind} -> {stage.out_shape[0]})", f"{c:,.0f}",
-            f"ideal {stage.macs / f['multipliers']:,.0f}")
+    if f.get("design") == "pipeline":
+        row("cycles / image (pipeline, streaming)", f"{f['cycles_per_image']:,.0f}",
+            f"ideal {f['ideal_cycles']:,.0f} = {net.macs:,} MACs / {f['multipliers']} "
+            f"multipliers ({f['cycles_vs_ideal']:.2f}x); one image at a time through "
+            f"the link: {f['cycles_one_at_a_time']:,.0f}")
+        first, stages = 0, net.stages()
+        for s, (c, g, k) in enumerate(zip(f["pipeline_stage_cycles"], f["pipeline_groups"],
+                                          f["pipeline_stage_multipliers"])):
+            macs = sum(st.macs for st in stages[first:first + g])
+            layers = f"layer {first}" if g == 1 else f"layers {first}-{first + g - 1}"
+            row(f"  stage {s} ({layers}, {k} multipliers)", f"{c:,.0f}",
+                f"ideal {macs / k:,.0f}")
+            first += g
+    else:
+        row("cycles / LeNet-5 inference", f"{f['cycles_per_image']:,.0f}",
+            f"ideal {f['ideal_cycles']:,.0f} = {net.macs:,} MACs / {f['multipliers']} "
+            f"multipliers ({f['cycles_vs_ideal']:.2f}x; goal <= 1.3x)")
+        for i, c in enumerate(f["cycles_per_layer"]):
+            stage = net.stages()[i]
+            row(f"  layer {i} ({stage.kind} -> {stage.out_shape[0]})", f"{c:,.0f}",
+                f"ideal {stage.macs / f['multipliers']:,.0f}")
     goals = GOALS.get(f["board"], {"macs": "", "clock": "", "compute": ""})
 
     def goal(key):
@@ -159,7 +193,8 @@ def format_table(f, net):
         row("synthesized netlist (gate level)", *post_synthesis_row(f["post_synthesis"]))
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
-    title = (f"fpgacnn bench: {f['network']} on {f['board']} ({f['images']} held-out "
-             f"digits, bit-exact vs golden)")
+    board = f"{f['board']}'s layer pipeline" if f.get("design") == "pipeline" else f["board"]
+    title = (f"fpgacnn bench: {f['network']} on {board} ({f['images']} held-out digits, "
+             f"bit-exact vs golden)")
     lines = [title, *(f"{a:<{w0}}  {b:>{w1}}  {c}".rstrip() for a, b, c in rows)]
     return "\n".join(lines)

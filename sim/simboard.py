@@ -423,7 +423,8 @@ def sustained_rate(config, single, batch):
     return ips, ips / batch["ceiling"]
 
 
-def measure_batch(config, net, params, images_u8, *, usb_latency_ms=0, progress=print):
+def measure_batch(config, net, params, images_u8, *, usb_latency_ms=0, progress=print,
+                  top=None):
     """Run a batch on a simulated board (``fpgacnn bench``): ``(classes, logits,
     counters int64 (N, 1 + layers), rate)``.
 
@@ -434,14 +435,16 @@ def measure_batch(config, net, params, images_u8, *, usb_latency_ms=0, progress=
     ``batch_efficiency`` (the batch end to end, its latency included), ``single``
     (the one image's :func:`batch_rate`: its ``cycles`` are the latency of one image),
     ``result_bytes`` (one RESULT answer), ``usb_latency_ms`` and the driver's
-    ``retries``.
+    ``retries``. ``top`` is the design to simulate (:class:`SimBoard`'s; default the
+    board's core).
     """
     import numpy as np
 
     from ..hw import protocol as proto
     from ..sw.driver import Accelerator
     image_bytes = int(np.prod(net.input_shape))
-    with (SimBoard(config, progress=progress, usb_latency_ms=usb_latency_ms) as board,
+    with (SimBoard(config, progress=progress, usb_latency_ms=usb_latency_ms,
+                   top=top) as board,
           Accelerator.open(board.url, timeout=60) as acc):
         acc.load(net, params, progress=False)
         before = board.snapshot()
@@ -466,14 +469,16 @@ def parse_stats(line):
     return {k: float(v) for k, v in (f.split("=") for f in line.split()[1:])}
 
 
-def serve_forever(config="icebreaker", *, port=0, usb_latency_ms=0):
+def serve_forever(config="icebreaker", *, port=0, usb_latency_ms=0, top=None):
     """Run the simulated board in the foreground (``fpgacnn sim-board``) until Ctrl-C,
-    SIGTERM or SIGHUP, each of which ends the simulator too."""
+    SIGTERM or SIGHUP, each of which ends the simulator too. ``top``: the design (see
+    :func:`build`; ``config`` is then its link's)."""
     import signal
     cfg = _config(config)
     args = harness_args(cfg, port, usb_latency_ms)
     # Build messages go to stderr: stdout is the listening banner (scripts read its URL).
-    exe = build(config, progress=lambda text: print(text, file=sys.stderr, flush=True))
+    exe = build(config, top=top,
+                progress=lambda text: print(text, file=sys.stderr, flush=True))
     proc = subprocess.Popen([str(exe), *args], stdout=subprocess.PIPE, text=True)
 
     def stop(signum, frame):
@@ -484,7 +489,8 @@ def serve_forever(config="icebreaker", *, port=0, usb_latency_ms=0):
         if not url:
             return proc.wait()
         usb = f", USB latency {usb_latency_ms:g} ms" if usb_latency_ms else ""
-        print(f"simulated {cfg.name} board ({cfg.rows}x{cfg.cols} array, "
+        what = "layer pipeline" if top is not None else f"{cfg.rows}x{cfg.cols} array"
+        print(f"simulated {cfg.name} board ({what}, "
               f"{cfg.clock_hz / 1e6:g} MHz, {cfg.baud:,} baud{usb}) listening on")
         print(f"  {url}")
         print(f"e.g. fpgacnn infer --port {url} IMAGE.png    (Ctrl-C to stop)")

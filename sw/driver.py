@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..hw import protocol as proto
-from ..hw.config import DEFAULT_BAUD, AcceleratorConfig
+from ..hw.config import DEFAULT_BAUD, PIPELINES, AcceleratorConfig
 from ..hw.program import Space
-from . import compiler, mnist
+from . import compiler, mnist, pipeline
 
 __all__ = ["Accelerator", "BoardInfo", "DriverError", "BoardNotFound", "BoardTimeout",
            "BoardError", "BoardDisconnected", "BoardBusy", "LinkDamaged",
@@ -681,7 +681,12 @@ class Accelerator:
         from tqdm import tqdm
         info = self.info or self.identify()
         try:
-            program = compiler.compile_network(network, params, info.config)
+            if info.config.name in PIPELINES:      # a layer pipeline for one network's shapes
+                spec = PIPELINES[info.config.name]
+                program = pipeline.compile_pipeline(network, params,
+                                                    pipeline.spec_shape(spec), spec.groups)
+            else:
+                program = compiler.compile_network(network, params, info.config)
         except compiler.CompileError as e:
             raise ModelDoesNotFit(f"{network.name} does not fit the board at {self.url} "
                                   f"({info.describe()}): {e}") from None
@@ -700,14 +705,14 @@ class Accelerator:
     def _result_args(self, counters):
         return proto.encode_struct(proto.ResultArgs, {
             "n_logits": self.program.output_count,
-            "n_counters": 1 + len(self.program.descriptors) if counters else 0})
+            "n_counters": 1 + len(self.program.descriptor_stages) if counters else 0})
 
     def _stage_counters(self, counters):
         """RESULT counters (total, then per descriptor) → ``(N, 1 + stages)``: the total,
         then per stage the sum of its descriptors' cycles (bands, groups, copies)."""
         program = self.program
         raw = np.array(counters, dtype=np.uint32).reshape(
-            len(counters), 1 + len(program.descriptors))
+            len(counters), 1 + len(program.descriptor_stages))
         out = np.zeros((len(raw), 1 + len(program.stages)), np.uint32)
         out[:, 0] = raw[:, 0]
         for i, stage in enumerate(program.descriptor_stages):
@@ -796,6 +801,9 @@ class Accelerator:
         """
         if self.program is None:
             raise DriverError("no model loaded; call load(network, params) first")
+        if not hasattr(self.program, "descriptors"):
+            raise DriverError(f"taps need the core's layer program; {self.info.config.name} "
+                              f"is a layer pipeline, whose inner maps stay on the board")
         full, last = self.program, len(self.program.stages) - 1
         cuts = {int(t): compiler.tap_program(full, t) for t in taps}    # checks each tap
         maps = {}

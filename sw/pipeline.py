@@ -103,6 +103,26 @@ class PipelineProgram:
         return self.shape.output_bytes
 
     @property
+    def stages(self):
+        """The network's compute layers (as :attr:`CompiledProgram.stages`)."""
+        return self.network.stages()
+
+    @property
+    def descriptor_stages(self):
+        """Per counter the board keeps after the total (one per pipeline stage), the
+        compute layer it is reported at: the stage's first (a stage's layers are not
+        timed apart)."""
+        return [int(p.descriptor_stages[0] + first) for p, first in
+                zip(self.programs, np.cumsum((0,) + self.groups[:-1]))]
+
+    def image_base(self, slot):
+        """The START argument for ``slot`` (the pipeline picks the slot itself; the
+        link checks the base is inside stage 0's slots)."""
+        if slot not in (0, 1):
+            raise ValueError(f"image slot must be 0 or 1, not {slot!r}")
+        return slot * self.shape.stages[0].slot_bytes
+
+    @property
     def macs(self):
         return self.network.macs
 

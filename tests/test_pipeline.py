@@ -13,6 +13,7 @@ from fpgacnn.hw import program as prog
 from fpgacnn.hw.config import get_config, get_pipeline
 from fpgacnn.hw.pipeline import LayerPipeline, PipelineShape, StageShape
 from fpgacnn.sim.amaranth_sim import run_simulation
+from fpgacnn.sim.pipeline_stream import build_pipeline, steady_cycles, stream_images
 from fpgacnn.sw import network as nets
 from fpgacnn.sw.compiler import CompileError
 from fpgacnn.sw.network import FC, Conv, MaxPool, Network, ReLU
@@ -133,35 +134,6 @@ def test_pipeline_matches_golden(request, case):
     print(f"\n{case}: stage cycles {out['cycles']}, images done at {out['ends']}")
 
 
-def build_pipeline(shape, name):
-    from fpgacnn.sim.cocotb_runner import build_verilator, write_verilog
-    path = write_verilog(LayerPipeline(shape), name)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O1")
-        return build_verilator(path, name)
-
-
-def run_pipeline_job(build, request, program, params, images, *, seed=0, stall=0.0):
-    """Stream ``images`` through the Verilator build of the pipeline (sim/benches/
-    pipeline_bench.py); returns its measurements (output maps checked there)."""
-    import json
-    from fpgacnn.sim.cocotb_runner import BUILD_DIR
-    folder = BUILD_DIR / "pipeline_jobs"
-    folder.mkdir(parents=True, exist_ok=True)
-    job, out = folder / f"{request.node.name}.json", folder / f"{request.node.name}.out.json"
-    out.unlink(missing_ok=True)
-    writes = [(space.value, a, v) for space, chunks in program.model_writes().items()
-              for a, v in chunks]
-    job.write_text(json.dumps({
-        "writes": writes, "n_out": program.output_count, "stages": len(program.programs),
-        "images": [[program.image_writes(x, slot) for slot in (0, 1)] for x in images],
-        "expected": [nets.run_network(program.network, params, x).reshape(-1).tolist()
-                     for x in images]}))
-    build.run("fpgacnn.sim.benches.pipeline_bench", name=request.node.name,
-              params={"job": str(job), "out": str(out), "seed": seed, "stall": stall})
-    return json.loads(out.read_text())
-
-
 def test_lenet5_pipeline_ulx3s(request):
     """LeNet-5 (the shipped model) on the ULX3S-85F's pipeline (C1 on 8x8 in logic, C3
     on 16x6, the FC layers on 8x4) under Verilator: held-out digits streamed back to back,
@@ -179,10 +151,10 @@ def test_lenet5_pipeline_ulx3s(request):
     images = [mnist.image_to_int8(d).reshape(1, 28, 28) for d in digits[:6]]
     images.append(np.full((1, 28, 28), -128, np.int8))
     images.append(np.zeros((1, 28, 28), np.int8))
-    result = run_pipeline_job(build_pipeline(shape, "pipeline_ulx3s_lenet5"), request,
-                              program, params, images)
+    result = stream_images(build_pipeline(shape, "pipeline_ulx3s_85f_lenet5"),
+                           request.node.name, program, params, images)
     ends, cycles = result["ends"], result["stage_cycles"]
-    steady = (ends[-1] - ends[2]) / (len(ends) - 3)
+    steady = steady_cycles(ends)
     clock = get_config(spec.board).clock_hz
     util = net.macs / (shape.multipliers * steady)
     print(f"\nLeNet-5 pipeline: stage cycles {cycles} (array beats "
@@ -305,3 +277,66 @@ def test_pipeline_core_host_interface(request):
             assert c[0] >= sum(c[1:]) and all(c[1:]), c
 
     run_simulation(dut, [bench], name=request.node.name, check=check, max_cycles=300_000)
+
+
+def test_driver_runs_lenet5_on_the_simulated_pipeline_board():
+    """The ULX3S-85F's pipeline design (``fpgacnn build --design pipeline``) on the
+    simulated board: the driver identifies it, loads LeNet-5 through the link and
+    classifies held-out digits bit-exact; a network of other shapes is refused in one
+    line, before anything is sent."""
+    from fpgacnn.hw.boards import pipeline_board_top
+    from fpgacnn.sim.simboard import SimBoard
+    from fpgacnn.sw import mnist, modelfile
+    from fpgacnn.sw.driver import Accelerator, ModelDoesNotFit
+    if modelfile.default_model_path().is_file():
+        net, params, _ = modelfile.load_default()
+    else:
+        net = nets.lenet5()
+        params = nets.random_params(net, 2026)
+    top = pipeline_board_top(get_config("ulx3s-85f"), debug=True)
+    x = mnist.heldout()[0][:6]
+    golden = np.stack([nets.run_network(net, params, img[None])
+                       for img in mnist.image_to_int8(x)]).reshape(len(x), -1)
+    with SimBoard(top.core.config, top=top, progress=None) as board:
+        with Accelerator.open(board.url, timeout=60) as acc:
+            assert acc.identify().config.name == "ulx3s-85f-lenet5"
+            other = nets.Network("wide", (1, 28, 28), [Conv(8, 5, pad=2), ReLU(),
+                                                       MaxPool(2, 2), FC(10)])
+            with pytest.raises(ModelDoesNotFit, match="groups") as err:
+                acc.load(other, nets.random_params(other, 1), progress=False)
+            assert "\n" not in str(err.value)
+            acc.load(net, params, progress=False)
+            classes, logits = acc.infer(x, progress=False, all_counters=True)
+    assert_array_equal(logits, golden)
+    assert_array_equal(classes, golden.argmax(axis=1))
+    counters = acc.counters
+    # The total, then each stage's cycles at its first layer (C1, C3, F5).
+    assert counters.shape == (len(x), 1 + len(net.stages()))
+    assert (counters[:, 1:4] > 2000).all() and (counters[:, 4:] == 0).all()
+
+
+def test_cli_bench_pipeline(tmp_path, capsys):
+    """``fpgacnn bench --design pipeline`` (no build): bit-exact through the link and
+    streamed, the pipeline's figures under the bench's keys; a board without a pipeline
+    and another network are refused in one line."""
+    import json
+    from fpgacnn.cli import main
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--board", "ulx3s-85f", "--design", "pipeline", "--images", "2",
+                 "--no-build", "--json", str(out)]) == 0
+    f = json.loads(out.read_text())
+    assert f["design"] == "pipeline" and f["multipliers"] == 192
+    assert f["pipeline_groups"] == [1, 1, 3] and len(f["pipeline_stage_cycles"]) == 3
+    assert f["cycles_per_image"] <= max(f["pipeline_stage_cycles"]) + 20
+    assert f["mac_utilisation"] == pytest.approx(
+        nets.lenet5().macs / (192 * f["cycles_per_image"]))
+    assert f["cycles_one_at_a_time"] > sum(f["pipeline_stage_cycles"])
+    table = capsys.readouterr().out
+    assert "cycles / image (pipeline, streaming)" in table and "stage 2 (layers 2-4" in table
+    assert main(["bench", "--board", "icebreaker", "--design", "pipeline", "--no-build"]) == 2
+    assert capsys.readouterr().err.startswith("error: board config icebreaker has no layer "
+                                              "pipeline")
+    assert main(["bench", "--board", "ulx3s-85f", "--design", "pipeline", "--network",
+                 "cifar-small", "--no-build"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "built for lenet5's layer shapes" in err

@@ -46,6 +46,10 @@ def configure(parser):
                        help="build the bitstream even if a matching build exists")
     build.add_argument("--no-build", action="store_true",
                        help="skip the bitstream figures (Fmax, utilisation)")
+    parser.add_argument("--design", choices=("full", "pipeline"), default="full",
+                        help="full: the board's core (default); pipeline: its layer "
+                             "pipeline (`fpgacnn build --design pipeline`; ulx3s-85f, "
+                             "lenet5): compute figures from images streamed through it")
     parser.add_argument("--post-synthesis", type=int, default=None, metavar="N",
                         help="digits run on the synthesized netlist (gate level, slow: "
                              "minutes); 0 skips it (default 3, or --images if fewer; "
@@ -56,6 +60,7 @@ def run(args):
     from ..sim.netlist import post_synthesis_figures
     from ..sim.simboard import measure_batch
     from ..sw import mnist, modelfile
+    netlist_asked = args.post_synthesis is not None
     if args.post_synthesis is None:     # the default never exceeds --images
         args.post_synthesis = min(3, args.images)
     if not 1 <= args.images <= 1000 or not 0 <= args.post_synthesis <= args.images:
@@ -65,6 +70,8 @@ def run(args):
     config = checked_link_config(args)
     if config is None:
         return 2
+    if args.design == "pipeline":
+        return run_pipeline(args, config, netlist_asked=netlist_asked)
     if args.network != "lenet5":        # random parameters and images (bench_network)
         from . import bench_network
         return bench_network.run(args, config)
@@ -93,6 +100,65 @@ def run(args):
     n = args.post_synthesis
     figures["post_synthesis"] = post_synthesis_figures(     # the netlist at this --baud
         config, net, params, x_u8[:n], expected[:n], counters[:n], build_dir=folder)
+    print(format_table(figures, net))
+    write_json(args.json, figures)
+    return 0
+
+
+def run_pipeline(args, config, *, netlist_asked=False):
+    """``--design pipeline``: LeNet-5 through the link one image at a time on the
+    simulated board (bit-exact, link figures), then streamed through the pipeline
+    itself under Verilator (its cycles per image, bit-exact), then the build."""
+    from ..hw.boards import board_pipeline, pipeline_board_top
+    from ..sim.pipeline_stream import build_pipeline, steady_cycles, stream_images
+    from ..sim.simboard import measure_batch
+    from ..sw import mnist, modelfile
+    from ..sw.pipeline import compile_pipeline, spec_shape
+    try:
+        name, spec = board_pipeline(config)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.network != spec.network:
+        print(f"error: the {name} pipeline is built for {spec.network}'s layer shapes, not "
+              f"{args.network}'s", file=sys.stderr)
+        return 2
+    if netlist_asked and args.post_synthesis:
+        print("note: --post-synthesis runs the core's netlist; not done for the pipeline "
+              "design", file=sys.stderr)
+    net, params, _ = modelfile.load_default()
+    x_u8 = mnist.heldout()[0][:args.images]
+    x = mnist.image_to_int8(x_u8).reshape((len(x_u8),) + tuple(net.input_shape))
+    expected, golden_ips = golden(net, params, x)
+    top = pipeline_board_top(config, debug=True)
+    _, logits, counters, rate = measure_batch(
+        top.core.config, net, params, x_u8, usb_latency_ms=args.usb_latency_ms, top=top,
+        progress=lambda text: print(text, file=sys.stderr))
+    if not np.array_equal(logits, expected):
+        bad = int(np.sum(np.any(logits != expected, axis=1)))
+        print(f"error: {bad} of {len(x)} images differ from the golden model through the "
+              f"link", file=sys.stderr)
+        return 1
+    shape = spec_shape(spec)
+    program = compile_pipeline(net, params, shape, spec.groups)
+    # The steady state needs a few images past the fill: repeat the digits if few.
+    streamed = [x[i % len(x)] for i in range(max(len(x), 8))]
+    print(f"streaming {len(streamed)} images through the {name} pipeline (Verilator; "
+          f"a few minutes the first time)...", file=sys.stderr)
+    stream = stream_images(build_pipeline(shape, f"pipeline_{name.replace('-', '_')}"),
+                           f"bench_{name}", program, params, streamed)
+    folder = None if config == get_config(args.board) else \
+        Path("build") / f"{args.board}-pipeline-{config.baud}baud"
+    build = None if args.no_build else build_figures(args.board, config, rebuild=args.rebuild,
+                                                     build_dir=folder, design="pipeline")
+    figures = collect_figures(args.board, config, net, counters, rate, build, golden_ips,
+                              pipeline={"multipliers": shape.multipliers,
+                                        "cycles_per_image": steady_cycles(stream["ends"]),
+                                        "stage_cycles": stream["stage_cycles"],
+                                        "groups": spec.groups,
+                                        "stage_multipliers": [s.config.multipliers
+                                                              for s in shape.stages]})
+    figures["post_synthesis"] = None
     print(format_table(figures, net))
     write_json(args.json, figures)
     return 0

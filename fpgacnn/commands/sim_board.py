@@ -19,6 +19,9 @@ def configure(parser):
                              "USB frames to the board, answers held until 510 bytes wait or "
                              "this latency timer expires (Linux default 16; default 0: an "
                              "ideal link)")
+    parser.add_argument("--design", choices=("full", "pipeline"), default="full",
+                        help="full: the board's core (default); pipeline: its layer "
+                             "pipeline (ulx3s-85f: LeNet-5's layer shapes)")
 
 
 def run(args):
@@ -29,8 +32,18 @@ def run(args):
     config = checked_link_config(args)
     if config is None:
         return 2
+    top = None
+    if args.design == "pipeline":
+        from ..hw.boards import pipeline_board_top
+        try:
+            top = pipeline_board_top(config, debug=True)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        config = top.core.config
     try:
-        return serve_forever(config, port=args.port, usb_latency_ms=args.usb_latency_ms)
+        return serve_forever(config, port=args.port, usb_latency_ms=args.usb_latency_ms,
+                             top=top)
     except (SimBoardError, OSError) as e:
         # A failed Verilator build appends its log's tail; the first line names the log.
         print(f"error: {(str(e).splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
