@@ -371,13 +371,11 @@ def pipeline_board_top(config, *, debug=False):
     ``config``'s clock and link; its link and identity use the pipeline's
     :func:`~.pipeline.host_config` (``debug``: as ``BoardTop``'s, for the simulated
     board)."""
-    from ..sw.pipeline import spec_shape
     from .pipeline import PipelineCore, host_config
     from .top import BoardTop
     name, spec = board_pipeline(config)
-    shape = spec_shape(spec)
-    host = host_config(name, shape, config)
-    return BoardTop(host, core=PipelineCore(shape, host), debug=debug)
+    host = host_config(name, spec.shape, config)
+    return BoardTop(host, core=PipelineCore(spec.shape, host), debug=debug)
 
 
 def _pipeline_design(config):

@@ -10,10 +10,11 @@ from dataclasses import dataclass, fields, replace
 
 from amaranth.lib import data
 
-from .program import QParam
+from .program import DESCRIPTOR_WORDS, QParam
 
 __all__ = ["AcceleratorConfig", "Dataflow", "CONFIGS", "get_config", "DEFAULT_BAUD",
-           "MAX_NAME_CHARS", "PipelineSpec", "PIPELINES", "get_pipeline"]
+           "MAX_NAME_CHARS", "StageShape", "PipelineShape", "PipelineSpec", "PIPELINES",
+           "get_pipeline"]
 
 #: UART baud rate of every board configuration unless it says otherwise; the host
 #: driver's default too (it must match the build).
@@ -401,6 +402,130 @@ def get_config(name):
                          f"{', '.join(CONFIGS)}") from None
 
 
+def _align8(n):
+    return -(-n // 8) * 8
+
+
+@dataclass(frozen=True)
+class StageShape:
+    """What one pipeline stage is built for.
+
+    Attributes
+    ----------
+    config : AcceleratorConfig
+        The stage's array and memories: ``rows``, ``cols``, the datapath options, and
+        ``weight_words``, ``qparam_entries``, ``max_layers`` for its memories (its
+        ``act_bytes`` is replaced by :attr:`act_bytes`). One write bank, no window.
+    slot_bytes : int
+        One input slot: the stage's input map (a multiple of 8).
+    work_bytes : int
+        The maps of the stage's inner layers (0 for a stage of one layer).
+    mac : str
+        The array's multiplier blocks (:func:`~.systolic.resolve_mac`): ``"logic"`` for
+        a stage beyond the device's DSP blocks.
+    """
+    config: AcceleratorConfig
+    slot_bytes: int
+    work_bytes: int = 0
+    mac: str = "registered"
+
+    def __post_init__(self):
+        cfg = self.config
+        if not isinstance(cfg, AcceleratorConfig):
+            raise TypeError(f"a stage needs an AcceleratorConfig, not {cfg!r}")
+        if cfg.write_banks != 1 or cfg.act_window or cfg.ice40:
+            raise ValueError(f"stage {cfg.name}: a pipeline stage needs one write bank, no "
+                             f"act_window and no ice40")
+        if type(self.slot_bytes) is not int or self.slot_bytes < 8 or self.slot_bytes % 8:
+            raise ValueError(f"stage {cfg.name}: slot_bytes must be a positive multiple "
+                             f"of 8, not {self.slot_bytes!r}")
+        if type(self.work_bytes) is not int or self.work_bytes < 0 or self.work_bytes % 8:
+            raise ValueError(f"stage {cfg.name}: work_bytes must be a multiple of 8, not "
+                             f"{self.work_bytes!r}")
+
+    @property
+    def work_base(self):
+        """First address of the work memory: a power of two above both input slots."""
+        need = max(2 * self.slot_bytes, self.work_bytes, 8)
+        return 1 << (need - 1).bit_length()
+
+    @property
+    def act_bytes(self):
+        """The stage's activation address space (input slots, then the work memory)."""
+        return 2 * self.work_base if self.work_bytes else self.work_base
+
+    @property
+    def datapath_config(self):
+        return self.config.with_(act_bytes=self.act_bytes)
+
+    @property
+    def weight_chunks(self):
+        """Host chunks the weight memory takes (``weight_words`` words of ``rows``)."""
+        return self.config.weight_words * self.config.rows // 8
+
+    @property
+    def program_chunks(self):
+        return self.config.max_layers * DESCRIPTOR_WORDS
+
+
+@dataclass(frozen=True)
+class PipelineShape:
+    """The stages and the output map of a pipeline; where the host writes each stage.
+
+    The host's chunk addresses (:class:`~.program.WriteCommand`) put the stages' memories
+    one after the other in each space: stage ``s``'s weight chunk ``a`` is chunk
+    ``weight_base[s] + a`` of ``WEIGHTS``, likewise ``QPARAMS`` (:attr:`qparam_base`) and
+    ``PROGRAM`` (:attr:`program_base`); ``IMAGE`` chunk ``a`` is bytes ``8a … 8a + 7``
+    of stage 0's input buffer (slot ``k`` at byte ``k * slot_bytes``).
+    """
+    stages: tuple
+    output_bytes: int
+
+    def __post_init__(self):
+        object.__setattr__(self, "stages", tuple(self.stages))
+        if not self.stages or not all(isinstance(s, StageShape) for s in self.stages):
+            raise TypeError("a pipeline needs one or more StageShape")
+        if type(self.output_bytes) is not int or self.output_bytes < 1:
+            raise ValueError(f"output_bytes must be a positive integer, not "
+                             f"{self.output_bytes!r}")
+        for space, sizes in (("WEIGHTS", [s.weight_chunks for s in self.stages]),
+                             ("QPARAMS", [s.config.qparam_entries for s in self.stages]),
+                             ("PROGRAM", [s.program_chunks for s in self.stages])):
+            if sum(sizes) > 1 << 16:
+                raise ValueError(f"the stages' {space} memories take {sum(sizes)} chunks, "
+                                 f"more than the 16-bit chunk address reaches")
+        if 2 * self.stages[0].slot_bytes // 8 > 1 << 16:
+            raise ValueError("stage 0's input slots exceed the 16-bit IMAGE chunk address")
+
+    @staticmethod
+    def _bases(sizes):
+        out, at = [], 0
+        for n in sizes:
+            out.append(at)
+            at += n
+        return tuple(out)
+
+    @property
+    def weight_base(self):
+        return self._bases(s.weight_chunks for s in self.stages)
+
+    @property
+    def qparam_base(self):
+        return self._bases(s.config.qparam_entries for s in self.stages)
+
+    @property
+    def program_base(self):
+        return self._bases(s.program_chunks for s in self.stages)
+
+    @property
+    def output_slot_bytes(self):
+        return _align8(self.output_bytes)
+
+    @property
+    def multipliers(self):
+        return sum(s.config.multipliers for s in self.stages)
+
+
 def _ulx3s_stage(name, **sizes):
     """A stage of a ULX3S-85F layer pipeline: the board's clock and datapath options,
     one write bank, its own array shape and memory sizes."""
@@ -419,38 +544,42 @@ class PipelineSpec:
         The board's :data:`CONFIGS` name (clock, link).
     network : str
         The network whose layer shapes it is built for (``fpgacnn.sw.network``'s
-        function of that name); any weights of those shapes run on it.
+        function of that name); any weights of those shapes run on it
+        (``fpgacnn.sw.pipeline.compile_pipeline`` checks a network against ``shape``).
     groups : tuple of int
         Compute layers per stage, in order.
-    stages : tuple of AcceleratorConfig
-        Each stage's array and memories.
-    macs : tuple of str
-        Each stage's multiplier blocks (``"registered"``: DSP blocks; ``"logic"``).
+    shape : PipelineShape
+        The stages (array, memories, multiplier blocks, slot and work bytes) and the
+        output map's bytes.
     """
     board: str
     network: str
     groups: tuple
-    stages: tuple
-    macs: tuple
+    shape: PipelineShape
 
 
 #: Layer pipelines by name (at most MAX_NAME_CHARS: the board reports it). On the
 #: ULX3S-85F, LeNet-5's C1 (6 channels, 784 pixels) runs on 8×8, C3 (16 channels, 100
 #: pixels) on 16×6 and the three fully connected layers on 8×4 with a k-block per column:
 #: each stage takes about the same time per image. 192 array multipliers and 8 in the
-#: requantisers are more than the 156 MULT18X18D, so C1's 64 are in logic.
+#: requantisers are more than the 156 MULT18X18D, so C1's 64 are in logic. Slots: the
+#: 1×28×28 image, C1's pooled 6×14×14 map, C3's 16×5×5; the FC stage's work memory
+#: holds F5's 120 outputs and F6's 84 (at 120); 10 logits.
 PIPELINES = {
-    "ulx3s-85f-lenet5": PipelineSpec("ulx3s-85f", "lenet5", (1, 1, 3), (
-        _ulx3s_stage("lenet5-c1", rows=8, cols=8, result_lanes=2, fc_columns=False,
-                     weight_words=32, qparam_entries=8, max_layers=1, max_reduction=32,
-                     pool_width=28, pool_blocks=1),
-        _ulx3s_stage("lenet5-c3", rows=16, cols=6, result_lanes=1, fc_columns=False,
-                     weight_words=256, qparam_entries=16, max_layers=1, max_reduction=160,
-                     pool_width=10, pool_blocks=1),
-        _ulx3s_stage("lenet5-fc", rows=8, cols=4, result_lanes=1, fc_columns=True,
-                     weight_words=8192, qparam_entries=256, max_layers=4,
-                     max_reduction=512, pool_width=3, pool_blocks=1),
-    ), ("logic", "registered", "registered")),
+    "ulx3s-85f-lenet5": PipelineSpec("ulx3s-85f", "lenet5", (1, 1, 3), PipelineShape((
+        StageShape(_ulx3s_stage("lenet5-c1", rows=8, cols=8, result_lanes=2,
+                                fc_columns=False, weight_words=32, qparam_entries=8,
+                                max_layers=1, max_reduction=32, pool_width=28,
+                                pool_blocks=1), 784, 0, "logic"),
+        StageShape(_ulx3s_stage("lenet5-c3", rows=16, cols=6, result_lanes=1,
+                                fc_columns=False, weight_words=256, qparam_entries=16,
+                                max_layers=1, max_reduction=160, pool_width=10,
+                                pool_blocks=1), 1176),
+        StageShape(_ulx3s_stage("lenet5-fc", rows=8, cols=4, result_lanes=1,
+                                fc_columns=True, weight_words=8192, qparam_entries=256,
+                                max_layers=4, max_reduction=512, pool_width=3,
+                                pool_blocks=1), 400, 208),
+    ), 10)),
 }
 
 

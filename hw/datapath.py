@@ -16,13 +16,14 @@ from .im2col import Im2col
 from .maxpool import MaxPool
 from .memories import one_or_array, port_list, read_port_signature, write_port_signature
 from .requant import Requantizer
-from .systolic import SystolicArray
+from .systolic import SystolicArray, resolve_mac
 
 __all__ = ["Datapath", "requant_multiplier", "RESULT_QUEUE", "REQUANT_QUEUE", "WRITE_QUEUE"]
 
 #: Writes each result lane may queue for the activation memory's write ports.
 WRITE_QUEUE = 16
-#: Result beats the array queues with ``config.overlap_drain`` (its ``queue``).
+#: Result beats the array queues with ``config.overlap_drain`` (its ``queue``), or the
+#: least its multiplier blocks allow (:class:`~.systolic.SystolicArray`) if more.
 RESULT_QUEUE = 8
 #: Requantised beats queued behind the requantiser with ``config.result_lanes`` > 1:
 #: room for every beat in flight (:attr:`Requantizer.LATENCY` + 1) and a few more, so
@@ -144,7 +145,7 @@ class Datapath(wiring.Component):
                                    register_capture=config.ice40,
                                    weights_in_mac=ice40_broadcast and not config.fc_columns,
                                    lanes=lanes,
-                                   queue=RESULT_QUEUE if config.overlap_drain else 0)
+                                   queue=self._result_queue(config, mac))
         # With lanes, the tag says which of a beat's lanes hold a result to write.
         self.requant = Requantizer(config.acc_width, lanes=lanes, interval=requant_interval,
                                    tag=unsigned(lanes) if lanes > 1 else None,
@@ -175,6 +176,14 @@ class Datapath(wiring.Component):
             "act_wr": one_or_array(Out(write_port_signature(config.act_bytes, unsigned(8))),
                                    config.write_banks),
         })
+
+    @staticmethod
+    def _result_queue(config, mac):
+        """The array's result queue: :data:`RESULT_QUEUE` beats with ``overlap_drain``,
+        more for multiplier blocks of a longer latency (the array's minimum)."""
+        if not config.overlap_drain:
+            return 0
+        return max(RESULT_QUEUE, resolve_mac(mac).LATENCY + 6 + int(config.ice40))
 
     def _lane_name(self, name, lane):
         """``name`` with the lane's number when there are several."""

@@ -79,28 +79,35 @@ class RegisteredDualMul8(DualMul8):
         return m
 
 
-def logic_product(a, b):
-    """``a * b`` for signed 8-bit ``a`` and ``b`` as shifted copies of ``a`` added up, one
-    per bit of ``b`` (the sign bit's subtracted): adders, no ``*`` for synthesis to put
-    on a DSP block."""
-    total = -Mux(b[7], a << 7, 0)
-    for i in range(7):
-        total = total + Mux(b[i], a << i, 0)
-    return total
+def logic_partials(a, b):
+    """Four partial sums whose total is ``a * b`` (signed 8-bit ``a`` and ``b``): ``a``
+    shifted by each bit ``i`` of ``b`` where it is set (subtracted for the sign bit,
+    ``i = 7``), bits ``2k`` and ``2k + 1`` in sum ``k`` — adders, no ``*`` for synthesis
+    to put on a DSP block."""
+    def term(i):
+        return Mux(b[i], a << i, 0)
+    return [term(0) + term(1), term(2) + term(3), term(4) + term(5), term(6) - term(7)]
 
 
 class LogicDualMul8(RegisteredDualMul8):
-    """:class:`RegisteredDualMul8` with its products in logic (:func:`logic_product`):
+    """:class:`RegisteredDualMul8` with its products in logic (:func:`logic_partials`):
     for arrays beyond the device's DSP blocks (an ECP5-85F has 156 MULT18X18D).
-    ``LATENCY = 2``; about 100 LUT4s per product on an ECP5 (the adders of eight
-    partial products) and the same 48 flip-flops."""
+
+    ``LATENCY = 3``: the operand registers, the four partial sums (one adder each) in
+    registers, then their sum (two adders deep) in ``p``; 112 flip-flops per block
+    (4 × 16 of partial sums besides the operands and products).
+    """
+    LATENCY = 3
 
     def elaborate(self, platform):
         m = Module()
         for i in range(2):
             a = Signal.like(self.a[i], name=f"a_reg{i}")
             b = Signal.like(self.b[i], name=f"b_reg{i}")
-            m.d.sync += [a.eq(self.a[i]), b.eq(self.b[i]), self.p[i].eq(logic_product(a, b))]
+            partial = [Signal(signed(16), name=f"partial{i}_{k}") for k in range(4)]
+            m.d.sync += [a.eq(self.a[i]), b.eq(self.b[i]),
+                         *(r.eq(v) for r, v in zip(partial, logic_partials(a, b))),
+                         self.p[i].eq((partial[0] + partial[1]) + (partial[2] + partial[3]))]
         return m
 
 

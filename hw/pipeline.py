@@ -28,14 +28,12 @@ slot is free and the next one full. The output buffer's slots leave through
 ``o_stream`` a byte per cycle, in image order.
 """
 
-from dataclasses import dataclass
-
 from amaranth.hdl import Cat, Module, Mux, ResetInserter, Signal, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from . import program
-from .config import AcceleratorConfig, Dataflow
+from .config import Dataflow, PipelineShape, StageShape
 from .core import (HostWrites, ResultReads, Sequencer, _program_halfwords, _result_init,
                    _result_words)
 from .datapath import Datapath
@@ -44,130 +42,6 @@ from .program import HostInterface, WriteCommand
 
 __all__ = ["StageShape", "PipelineShape", "LayerPipeline", "OutputByte", "PipelineCore",
            "host_config"]
-
-
-def _align8(n):
-    return -(-n // 8) * 8
-
-
-@dataclass(frozen=True)
-class StageShape:
-    """What one pipeline stage is built for.
-
-    Attributes
-    ----------
-    config : AcceleratorConfig
-        The stage's array and memories: ``rows``, ``cols``, the datapath options, and
-        ``weight_words``, ``qparam_entries``, ``max_layers`` for its memories (its
-        ``act_bytes`` is replaced by :attr:`act_bytes`). One write bank, no window.
-    slot_bytes : int
-        One input slot: the stage's input map (a multiple of 8).
-    work_bytes : int
-        The maps of the stage's inner layers (0 for a stage of one layer).
-    mac : str
-        The array's multiplier blocks (:func:`~.systolic.resolve_mac`): ``"logic"`` for
-        a stage beyond the device's DSP blocks.
-    """
-    config: AcceleratorConfig
-    slot_bytes: int
-    work_bytes: int = 0
-    mac: str = "registered"
-
-    def __post_init__(self):
-        cfg = self.config
-        if not isinstance(cfg, AcceleratorConfig):
-            raise TypeError(f"a stage needs an AcceleratorConfig, not {cfg!r}")
-        if cfg.write_banks != 1 or cfg.act_window or cfg.ice40:
-            raise ValueError(f"stage {cfg.name}: a pipeline stage needs one write bank, no "
-                             f"act_window and no ice40")
-        if type(self.slot_bytes) is not int or self.slot_bytes < 8 or self.slot_bytes % 8:
-            raise ValueError(f"stage {cfg.name}: slot_bytes must be a positive multiple "
-                             f"of 8, not {self.slot_bytes!r}")
-        if type(self.work_bytes) is not int or self.work_bytes < 0 or self.work_bytes % 8:
-            raise ValueError(f"stage {cfg.name}: work_bytes must be a multiple of 8, not "
-                             f"{self.work_bytes!r}")
-
-    @property
-    def work_base(self):
-        """First address of the work memory: a power of two above both input slots."""
-        need = max(2 * self.slot_bytes, self.work_bytes, 8)
-        return 1 << (need - 1).bit_length()
-
-    @property
-    def act_bytes(self):
-        """The stage's activation address space (input slots, then the work memory)."""
-        return 2 * self.work_base if self.work_bytes else self.work_base
-
-    @property
-    def datapath_config(self):
-        return self.config.with_(act_bytes=self.act_bytes)
-
-    @property
-    def weight_chunks(self):
-        """Host chunks the weight memory takes (``weight_words`` words of ``rows``)."""
-        return self.config.weight_words * self.config.rows // 8
-
-    @property
-    def program_chunks(self):
-        return self.config.max_layers * program.DESCRIPTOR_WORDS
-
-
-@dataclass(frozen=True)
-class PipelineShape:
-    """The stages and the output map of a pipeline; where the host writes each stage.
-
-    The host's chunk addresses (:class:`~.program.WriteCommand`) put the stages' memories
-    one after the other in each space: stage ``s``'s weight chunk ``a`` is chunk
-    ``weight_base[s] + a`` of ``WEIGHTS``, likewise ``QPARAMS`` (:attr:`qparam_base`) and
-    ``PROGRAM`` (:attr:`program_base`); ``IMAGE`` chunk ``a`` is bytes ``8a … 8a + 7``
-    of stage 0's input buffer (slot ``k`` at byte ``k * slot_bytes``).
-    """
-    stages: tuple
-    output_bytes: int
-
-    def __post_init__(self):
-        object.__setattr__(self, "stages", tuple(self.stages))
-        if not self.stages or not all(isinstance(s, StageShape) for s in self.stages):
-            raise TypeError("a pipeline needs one or more StageShape")
-        if type(self.output_bytes) is not int or self.output_bytes < 1:
-            raise ValueError(f"output_bytes must be a positive integer, not "
-                             f"{self.output_bytes!r}")
-        for space, sizes in (("WEIGHTS", [s.weight_chunks for s in self.stages]),
-                             ("QPARAMS", [s.config.qparam_entries for s in self.stages]),
-                             ("PROGRAM", [s.program_chunks for s in self.stages])):
-            if sum(sizes) > 1 << 16:
-                raise ValueError(f"the stages' {space} memories take {sum(sizes)} chunks, "
-                                 f"more than the 16-bit chunk address reaches")
-        if 2 * self.stages[0].slot_bytes // 8 > 1 << 16:
-            raise ValueError("stage 0's input slots exceed the 16-bit IMAGE chunk address")
-
-    @staticmethod
-    def _bases(sizes):
-        out, at = [], 0
-        for n in sizes:
-            out.append(at)
-            at += n
-        return tuple(out)
-
-    @property
-    def weight_base(self):
-        return self._bases(s.weight_chunks for s in self.stages)
-
-    @property
-    def qparam_base(self):
-        return self._bases(s.config.qparam_entries for s in self.stages)
-
-    @property
-    def program_base(self):
-        return self._bases(s.program_chunks for s in self.stages)
-
-    @property
-    def output_slot_bytes(self):
-        return _align8(self.output_bytes)
-
-    @property
-    def multipliers(self):
-        return sum(s.config.multipliers for s in self.stages)
 
 
 class OutputByte(data.Struct):
@@ -182,7 +56,8 @@ class LayerPipeline(wiring.Component):
     Members
     -------
     wr : In(stream.Signature(WriteCommand))
-        Host chunks (addresses: :class:`PipelineShape`). ``WEIGHTS``, ``QPARAMS`` and
+        Host chunks (addresses: :class:`PipelineShape`), one every other cycle at
+        most, ``ready`` a flip-flop. ``WEIGHTS``, ``QPARAMS`` and
         ``PROGRAM`` chunks wait while any stage runs (``busy``); ``IMAGE`` chunks go into
         stage 0's input buffer at any time (the host writes only a free slot:
         ``next_slot`` once ``start.ready``). A chunk beyond every stage's memory is
@@ -193,6 +68,8 @@ class LayerPipeline(wiring.Component):
         from 0 after reset or ``abort``; another slot is never taken).
     next_slot : Out(1)
         The slot the next image goes in.
+    wr_pending : Out(1)
+        A chunk taken from ``wr`` is not yet written (``start`` waits for it).
     o_stream : Out(stream.Signature(OutputByte))
         Each image's output map (``output_bytes`` bytes, CHW), images in start order.
     busy : Out(1)
@@ -231,6 +108,7 @@ class LayerPipeline(wiring.Component):
             "wr": In(stream.Signature(WriteCommand)),
             "start": In(stream.Signature(1)),
             "next_slot": Out(1),
+            "wr_pending": Out(1),
             "o_stream": Out(stream.Signature(OutputByte)),
             "busy": Out(1),
             "abort": In(1),
@@ -364,8 +242,9 @@ class LayerPipeline(wiring.Component):
                     with m.If(slot[s] == k):
                         m.d.sync += [full[s][k].eq(0), full[s + 1][k].eq(1)]
         # The host's start fills stage 0's next slot.
+        # A start waits for the chunk in the register (its image's last, maybe).
         m.d.comb += [self.next_slot.eq(host_slot),
-                     self.start.ready.eq((self.start.p == host_slot) &
+                     self.start.ready.eq((self.start.p == host_slot) & ~self.wr_pending &
                                          ~Mux(host_slot, full[0][1], full[0][0]))]
         with m.If(self.start.valid & self.start.ready):
             m.d.sync += host_slot.eq(~host_slot)
@@ -389,32 +268,44 @@ class LayerPipeline(wiring.Component):
         return m
 
     def _host_writes(self, m, writers):
-        """Route each host chunk to its stage's HostWrites, the address made local."""
+        """Each host chunk into a register, with its stage and its address in that stage
+        decided on the way in, then to the stage's HostWrites; ``wr.ready`` is that
+        register's emptiness (a flip-flop: the link's handshake sees no logic of ours).
+        A chunk every other cycle at most (the link prepares one in 17)."""
         shape, wr = self.shape, self.wr
         Space = program.Space
         bases = {Space.WEIGHTS: (shape.weight_base, [s.weight_chunks for s in shape.stages]),
                  Space.QPARAMS: (shape.qparam_base,
                                  [s.config.qparam_entries for s in shape.stages]),
                  Space.PROGRAM: (shape.program_base, [s.program_chunks for s in shape.stages])}
-        taken, owners = [], []
+        held = Signal()                                   # a chunk waits in the register
+        owner = [Signal(name=f"chunk_for{s}") for s in range(len(writers))]
+        local = Signal(16)
+        space, data_ = Signal(Space), Signal.like(wr.p.data)
+        m.d.comb += [self.wr.ready.eq(~held), self.wr_pending.eq(held)]
+        with m.If(self.wr.valid & ~held):
+            # A chunk no stage owns is taken and dropped: a bad address cannot hang the link.
+            m.d.sync += [held.eq(1), space.eq(wr.p.space), data_.eq(wr.p.data)]
+            for s in range(len(writers)):
+                with m.Switch(wr.p.space):
+                    for sp, (base, size) in bases.items():
+                        with m.Case(sp):
+                            lo, hi = base[s], base[s] + size[s]
+                            m.d.sync += owner[s].eq((wr.p.addr >= lo) & (wr.p.addr < hi))
+                            with m.If((wr.p.addr >= lo) & (wr.p.addr < hi)):
+                                m.d.sync += local.eq(wr.p.addr - lo)
+                    with m.Case(Space.IMAGE):
+                        m.d.sync += owner[s].eq(s == 0)
+                        if s == 0:
+                            m.d.sync += local.eq(wr.p.addr)
+        taken = []
         for s, writes in enumerate(writers):
-            mine = Signal(name=f"chunk_for{s}")
-            local = Signal(16, name=f"chunk_addr{s}")
-            with m.Switch(wr.p.space):
-                for space, (base, size) in bases.items():
-                    with m.Case(space):
-                        lo, hi = base[s], base[s] + size[s]
-                        m.d.comb += [mine.eq((wr.p.addr >= lo) & (wr.p.addr < hi)),
-                                     local.eq(wr.p.addr - lo)]
-                with m.Case(Space.IMAGE):
-                    m.d.comb += [mine.eq(s == 0), local.eq(wr.p.addr)]
-            m.d.comb += [writes.wr.valid.eq(wr.valid & mine),
-                         writes.wr.p.space.eq(wr.p.space), writes.wr.p.addr.eq(local),
-                         writes.wr.p.data.eq(wr.p.data)]
-            taken.append(mine & writes.wr.ready)
-            owners.append(mine)
-        # A chunk no stage takes is dropped (ready), so a bad address cannot hang the link.
-        m.d.comb += self.wr.ready.eq(Cat(*taken).any() | ~Cat(*owners).any())
+            m.d.comb += [writes.wr.valid.eq(held & owner[s]),
+                         writes.wr.p.space.eq(space), writes.wr.p.addr.eq(local),
+                         writes.wr.p.data.eq(data_)]
+            taken.append(owner[s] & writes.wr.ready)
+        with m.If(held & (Cat(*taken).any() | ~Cat(*owner).any())):
+            m.d.sync += held.eq(0)
 
     def _output(self, m, obuf, full, slot, stop):
         """The output buffer's full slots → ``o_stream``, a byte per cycle."""

@@ -683,8 +683,8 @@ class Accelerator:
         try:
             if info.config.name in PIPELINES:      # a layer pipeline for one network's shapes
                 spec = PIPELINES[info.config.name]
-                program = pipeline.compile_pipeline(network, params,
-                                                    pipeline.spec_shape(spec), spec.groups)
+                program = pipeline.compile_pipeline(network, params, spec.shape,
+                                                    spec.groups)
             else:
                 program = compiler.compile_network(network, params, info.config)
         except compiler.CompileError as e:

@@ -1,13 +1,14 @@
-"""Compile a network for a layer pipeline (:mod:`fpgacnn.hw.pipeline`).
+"""Compile a network for a layer pipeline (``hw/pipeline.py``; its shape:
+:class:`~fpgacnn.hw.config.PipelineShape`).
 
 A pipeline runs groups of consecutive layers on stages of their own. Each group is
 compiled like a network of its own (:func:`~.compiler.compile_network`, for its stage's
 :class:`~fpgacnn.hw.config.AcceleratorConfig`), then its activation addresses are moved
-to the stage's map (:class:`~fpgacnn.hw.pipeline.StageShape`): input slots at 0 and
+to the stage's map (:class:`~fpgacnn.hw.config.StageShape`): input slots at 0 and
 ``slot_bytes``, inner maps from ``work_base`` on, the group's output map from 0 (the
 stage sends it to the next stage's input slot). The host loads every stage's weights,
 QParams and descriptors through one chunk address space per memory kind
-(:class:`~fpgacnn.hw.pipeline.PipelineShape`).
+(:class:`~fpgacnn.hw.config.PipelineShape`).
 """
 
 from dataclasses import dataclass
@@ -15,12 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..hw import program as prog
-from ..hw.pipeline import PipelineShape, StageShape
+from ..hw.config import PipelineShape, StageShape
 from . import network as nets
 from .compiler import CHUNK_BYTES, CompileError, MemoryPlan, compile_network, plan_activations
 
-__all__ = ["PipelineProgram", "compile_pipeline", "pipeline_shape", "group_networks",
-           "spec_shape"]
+__all__ = ["PipelineProgram", "compile_pipeline", "pipeline_shape", "group_networks"]
 
 #: Activation bytes a group is planned in before its addresses move to the stage's map.
 _PLAN_SPACE = 1 << 16
@@ -214,9 +214,3 @@ def compile_pipeline(network, params, shape, groups):
         p.config = st.datapath_config
         programs.append(p)
     return PipelineProgram(network, shape, tuple(groups), programs)
-
-
-def spec_shape(spec):
-    """The :class:`PipelineShape` of a :class:`~fpgacnn.hw.config.PipelineSpec`."""
-    network = getattr(nets, spec.network)()
-    return pipeline_shape(network, spec.groups, spec.stages, spec.macs)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fpgacnn.hw.multiplier import DualMul8, LogicDualMul8, RegisteredDualMul8, logic_product
+from fpgacnn.hw.multiplier import DualMul8, LogicDualMul8, RegisteredDualMul8, logic_partials
 from fpgacnn.sim.amaranth_sim import run_simulation
 from fpgacnn.sim.vectors import product_pairs
 
@@ -68,14 +68,15 @@ def test_registered_dual_mul8_pipelines():
 
 
 def test_logic_product_every_pair():
-    """The shift-and-add product equals a * b for all 65,536 signed 8-bit pairs
-    (evaluated as Amaranth constants)."""
+    """The shift-and-add partial sums add up to a * b for all 65,536 signed 8-bit pairs,
+    each within the 16 bits LogicDualMul8 registers it in."""
     from amaranth.hdl import Module, Signal, signed
     from amaranth.sim import Simulator
     a, b = Signal(signed(8)), Signal(signed(8))
-    p = Signal(signed(16))
+    parts = [Signal(signed(16), name=f"part{k}") for k in range(4)]
+    p = Signal(signed(18))
     m = Module()
-    m.d.comb += p.eq(logic_product(a, b))
+    m.d.comb += [*(r.eq(v) for r, v in zip(parts, logic_partials(a, b))), p.eq(sum(parts))]
     sim = Simulator(m)
     bad = []
 

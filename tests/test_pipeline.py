@@ -11,13 +11,14 @@ from numpy.testing import assert_array_equal
 
 from fpgacnn.hw import program as prog
 from fpgacnn.hw.config import get_config, get_pipeline
-from fpgacnn.hw.pipeline import LayerPipeline, PipelineShape, StageShape
+from fpgacnn.hw.config import PipelineShape, StageShape
+from fpgacnn.hw.pipeline import LayerPipeline
 from fpgacnn.sim.amaranth_sim import run_simulation
 from fpgacnn.sim.pipeline_stream import build_pipeline, steady_cycles, stream_images
 from fpgacnn.sw import network as nets
 from fpgacnn.sw.compiler import CompileError
 from fpgacnn.sw.network import FC, Conv, MaxPool, Network, ReLU
-from fpgacnn.sw.pipeline import compile_pipeline, group_networks, pipeline_shape, spec_shape
+from fpgacnn.sw.pipeline import compile_pipeline, group_networks, pipeline_shape
 
 # Stage configs with small memories (the datapath sees only their port widths).
 BASE = get_config("ulx3s-85f").with_(pixel_pairs=False, write_banks=1, fc_columns=False,
@@ -145,7 +146,7 @@ def test_lenet5_pipeline_ulx3s(request):
     else:
         net = nets.lenet5()
         params = nets.random_params(net, 2026)
-    shape = spec_shape(spec)
+    shape = spec.shape
     program = compile_pipeline(net, params, shape, spec.groups)
     digits, _ = mnist.heldout()
     images = [mnist.image_to_int8(d).reshape(1, 28, 28) for d in digits[:6]]
@@ -340,3 +341,13 @@ def test_cli_bench_pipeline(tmp_path, capsys):
                  "cifar-small", "--no-build"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "built for lenet5's layer shapes" in err
+
+
+def test_shipped_pipeline_shape_is_lenet5s():
+    """The slots, work memory and output bytes the ULX3S-85F's pipeline is built with are
+    those its network's maps need."""
+    spec = get_pipeline("ulx3s-85f-lenet5")
+    net = getattr(nets, spec.network)()
+    assert pipeline_shape(net, spec.groups, [s.config for s in spec.shape.stages],
+                          [s.mac for s in spec.shape.stages]) == spec.shape
+    assert spec.shape.multipliers == 192

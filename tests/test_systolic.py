@@ -248,6 +248,19 @@ def test_queue_overlaps_drains(request, seed):
     assert cycles[0] - cycles[8] >= (len(depths) - 1) * 3 - 2, cycles
 
 
+def test_logic_multipliers_with_a_queue(request):
+    """An array of LogicDualMul8 (latency 3, as a layer pipeline's C1 stage on the
+    ULX3S-85F): the queue it needs is one longer (9); results exact under stalls."""
+    rows, cols, lanes = 8, 4, 2
+    tiles = systolic_tiles(rows, cols, [rows * cols // lanes - 2] * 8, seed=4)
+    with pytest.raises(ValueError, match="queue must be 0 or an integer >= 9"):
+        SystolicArray(rows, cols, 24, dataflow="broadcast", lanes=lanes, mac="logic",
+                      queue=8)
+    dut = SystolicArray(rows, cols, 24, dataflow="broadcast", lanes=lanes, mac="logic",
+                        queue=9)
+    run_array(dut, tiles, seed=4, idle=0.05, stall=0.4, name=request.node.name)
+
+
 def test_result_lanes_bad_arguments():
     for lanes in (0, 3, 8, "2"):
         with pytest.raises(ValueError, match="lanes must be a power of two dividing rows"):

@@ -113,7 +113,7 @@ def run_pipeline(args, config, *, netlist_asked=False):
     from ..sim.pipeline_stream import build_pipeline, steady_cycles, stream_images
     from ..sim.simboard import measure_batch
     from ..sw import mnist, modelfile
-    from ..sw.pipeline import compile_pipeline, spec_shape
+    from ..sw.pipeline import compile_pipeline
     try:
         name, spec = board_pipeline(config)
     except ValueError as e:
@@ -139,7 +139,7 @@ def run_pipeline(args, config, *, netlist_asked=False):
         print(f"error: {bad} of {len(x)} images differ from the golden model through the "
               f"link", file=sys.stderr)
         return 1
-    shape = spec_shape(spec)
+    shape = spec.shape
     program = compile_pipeline(net, params, shape, spec.groups)
     # The steady state needs a few images past the fill: repeat the digits if few.
     streamed = [x[i % len(x)] for i in range(max(len(x), 8))]
