@@ -129,8 +129,8 @@ class AcceleratorConfig:
         column step, and a per-lane channel check in the drain. Needs ``compact_drain``, no ``act_window`` (streamed plans do not pair) and
         ``result_lanes`` dividing ``rows / 2``. Off by default.
     overlap_drain : bool
-        The array queues its results (:data:`~.datapath.RESULT_QUEUE` beats, the array's
-        ``queue``) so a tile's last beat need not wait for the previous tile's last
+        The array queues its results (:data:`~.datapath.RESULT_QUEUE` beats, more for
+        slower multiplier blocks: the array's ``queue``) so a tile's last beat need not wait for the previous tile's last
         results to drain: tiles bound by their results take one cycle more than their
         result beats instead of ``mac.LATENCY + 2`` more (LeNet-5's C1 with pixel pairs
         on the ULX3S-85F's array). Costs the queue (lookup-table RAM on an ECP5) and a
@@ -442,6 +442,11 @@ class StageShape:
         if type(self.work_bytes) is not int or self.work_bytes < 0 or self.work_bytes % 8:
             raise ValueError(f"stage {cfg.name}: work_bytes must be a multiple of 8, not "
                              f"{self.work_bytes!r}")
+        if self.act_bytes > ACT_SPACE:
+            raise ValueError(f"stage {cfg.name}: two {self.slot_bytes}-byte input slots and "
+                             f"{self.work_bytes} bytes of work memory need "
+                             f"{self.act_bytes} activation addresses, more than the "
+                             f"descriptors' {ACT_SPACE}")
 
     @property
     def work_base(self):

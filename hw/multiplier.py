@@ -94,8 +94,8 @@ class LogicDualMul8(RegisteredDualMul8):
     for arrays beyond the device's DSP blocks (an ECP5-85F has 156 MULT18X18D).
 
     ``LATENCY = 3``: the operand registers, the four partial sums (one adder each) in
-    registers, then their sum (two adders deep) in ``p``; 112 flip-flops per block
-    (4 × 16 of partial sums besides the operands and products).
+    registers, then their sum (two adders deep) in ``p``; the partial sums are 128
+    flip-flops per block more than :class:`RegisteredDualMul8`'s.
     """
     LATENCY = 3
 

@@ -159,7 +159,10 @@ class LayerPipeline(wiring.Component):
             wiring.connect(m, writes.qparams, qmem.wr)
             wiring.connect(m, writes.program, pmem.wr)
             wiring.connect(m, seq.program, pmem.rd[0])
-            m.d.comb += [seq.program_pending.eq(writes.program_pending),
+            # Model chunks are written only while nothing is in flight (writes.busy), so
+            # a stage never starts on a half-written program; a chunk that waits must not
+            # hold back the stages, whose images keep ``busy`` high until they are out.
+            m.d.comb += [seq.program_pending.eq(0),
                          writes.busy.eq(self.busy),
                          dp.desc.eq(seq.desc), dp.image_base.eq(seq.image_base),
                          dp.start.eq(seq.launch), seq.layer_done.eq(dp.done)]
@@ -241,10 +244,12 @@ class LayerPipeline(wiring.Component):
                 for k in range(2):
                     with m.If(slot[s] == k):
                         m.d.sync += [full[s][k].eq(0), full[s + 1][k].eq(1)]
-        # The host's start fills stage 0's next slot.
-        # A start waits for the chunk in the register (its image's last, maybe).
+        # The host's start fills stage 0's next slot. It waits for the chunk in the
+        # register (its image's last, maybe), and for a stop to end (which empties the
+        # slots).
         m.d.comb += [self.next_slot.eq(host_slot),
                      self.start.ready.eq((self.start.p == host_slot) & ~self.wr_pending &
+                                         ~stop & ~self.abort &
                                          ~Mux(host_slot, full[0][1], full[0][0]))]
         with m.If(self.start.valid & self.start.ready):
             m.d.sync += host_slot.eq(~host_slot)
@@ -278,6 +283,7 @@ class LayerPipeline(wiring.Component):
                  Space.QPARAMS: (shape.qparam_base,
                                  [s.config.qparam_entries for s in shape.stages]),
                  Space.PROGRAM: (shape.program_base, [s.program_chunks for s in shape.stages])}
+        image_chunks = 2 * shape.stages[0].slot_bytes // 8
         held = Signal()                                   # a chunk waits in the register
         owner = [Signal(name=f"chunk_for{s}") for s in range(len(writers))]
         local = Signal(16)
@@ -295,9 +301,11 @@ class LayerPipeline(wiring.Component):
                             with m.If((wr.p.addr >= lo) & (wr.p.addr < hi)):
                                 m.d.sync += local.eq(wr.p.addr - lo)
                     with m.Case(Space.IMAGE):
-                        m.d.sync += owner[s].eq(s == 0)
-                        if s == 0:
-                            m.d.sync += local.eq(wr.p.addr)
+                        if s == 0:      # stage 0's two slots
+                            m.d.sync += [owner[s].eq(wr.p.addr < image_chunks),
+                                         local.eq(wr.p.addr)]
+                        else:
+                            m.d.sync += owner[s].eq(0)
         taken = []
         for s, writes in enumerate(writers):
             m.d.comb += [writes.wr.valid.eq(held & owner[s]),

@@ -18,7 +18,8 @@ import numpy as np
 from ..hw import program as prog
 from ..hw.config import PipelineShape, StageShape
 from . import network as nets
-from .compiler import CHUNK_BYTES, CompileError, MemoryPlan, compile_network, plan_activations
+from .compiler import (CHUNK_BYTES, CompileError, MemoryPlan, _check_field, compile_network,
+                       plan_activations)
 
 __all__ = ["PipelineProgram", "compile_pipeline", "pipeline_shape", "group_networks"]
 
@@ -46,6 +47,11 @@ def _layers(stage):
 def group_networks(network, groups):
     """``network`` cut into consecutive sub-networks of ``groups[i]`` compute layers."""
     stages = network.stages()
+    try:
+        groups = tuple(groups)
+    except TypeError:
+        raise CompileError(f"the pipeline's groups must be a sequence of compute-layer "
+                           f"counts, not {groups!r}") from None
     if (not groups or any(type(g) is not int or g < 1 for g in groups) or
             sum(groups) != len(stages)):
         raise CompileError(f"{network.name} has {len(stages)} compute layers; the pipeline's "
@@ -157,12 +163,15 @@ class PipelineProgram:
                 for i in range(len(raw) // CHUNK_BYTES)]
 
 
-def _move(desc, stage_shape):
-    """``desc`` with its activation addresses in the stage's map (see module doc)."""
+def _move(desc, stage_shape, stage):
+    """``desc`` (of compiled ``stage``) with its activation addresses in the stage's map
+    (see module doc), each checked against its descriptor field."""
     d = dict(desc)
     if not d["in_from_image"]:
         d["in_base"] += stage_shape.work_base
     d["out_base"] = 0 if d["to_logits"] else d["out_base"] + stage_shape.work_base
+    for name in ("in_base", "out_base"):
+        _check_field(stage, name, d[name])
     return d
 
 
@@ -179,6 +188,9 @@ def compile_pipeline(network, params, shape, groups):
     if not isinstance(shape, PipelineShape):
         raise TypeError(f"compile_pipeline needs a PipelineShape, not {shape!r}")
     parts = group_networks(network, groups)
+    if len(params) != len(network.stages()):
+        raise ValueError(f"{network.name} has {len(network.stages())} stages, got "
+                         f"{len(params)} parameter sets")
     if len(parts) != len(shape.stages):
         raise CompileError(f"{network.name} cut into {len(parts)} groups does not match the "
                            f"pipeline's {len(shape.stages)} stages")
@@ -203,7 +215,8 @@ def compile_pipeline(network, params, shape, groups):
             raise CompileError(f"pipeline stage {s} ({st.config.name}): its maps must be "
                                f"in block RAM")
         inner = p.descriptors[:-1]
-        p.descriptors = [_move(d, st) for d in p.descriptors]
+        p.descriptors = [_move(d, st, stage) for d, stage in zip(p.descriptors,
+                                                                  sub.stages())]
         # The moved inner maps must stay inside the work memory.
         for d, stage in zip(inner, sub.stages()):
             end = d["out_base"] + _align(int(np.prod(stage.out_shape)))

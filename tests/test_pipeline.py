@@ -58,8 +58,9 @@ def edge_images(shape, count, seed):
 def run_pipeline(request, program, params, images, *, stall=0.3, seed=0,
                  max_cycles=200_000):
     """Load ``program`` into a LayerPipeline, stream ``images`` (slots alternating, each
-    written while earlier ones compute), collect the output maps with random
-    back-pressure; returns (maps, cycle of each image's last byte, stage cycles)."""
+    written while earlier ones compute), then offer a model chunk while they are in
+    flight; collect the output maps with random back-pressure; returns (maps, cycle of
+    each image's last byte, stage cycles)."""
     dut = LayerPipeline(program.shape, mac="generic")
     n_out = program.output_count
     out = {"bytes": [], "ends": [], "cycles": None}
@@ -85,6 +86,10 @@ def run_pipeline(request, program, params, images, *, stall=0.3, seed=0,
             ctx.set(dut.start.valid, 1)
             await ctx.tick().until(dut.start.ready)
             ctx.set(dut.start.valid, 0)
+        # A model chunk (the same program chunk again) offered while images are in
+        # flight waits for them, and must not hold them back.
+        space, writes = prog.Space.PROGRAM, program.model_writes()[prog.Space.PROGRAM]
+        await put(space, *writes[0])
 
     async def sink(ctx):
         rng = random.Random(seed)
@@ -173,6 +178,10 @@ def test_compile_errors_are_one_line():
         group_networks(net, (1, 1))
     with pytest.raises(CompileError, match="does not match the pipeline's 3 stages"):
         compile_pipeline(net, params, shape, (2, 2))
+    with pytest.raises(CompileError, match="groups must be a sequence"):
+        group_networks(net, 4)
+    with pytest.raises(ValueError, match="has 4 stages, got 3 parameter sets"):
+        compile_pipeline(net, params[:3], shape, groups)
     # A pipeline built for another network's maps.
     other = Network("other", (2, 12, 12), net.layers)
     with pytest.raises(CompileError, match="the pipeline was built for"):
@@ -195,6 +204,9 @@ def test_stage_shape_checks():
     assert StageShape(BASE, 784).act_bytes == 2048
     with pytest.raises(ValueError, match="output_bytes must be a positive integer"):
         PipelineShape([st], 0)
+    # Slots and work memory beyond the descriptors' 16-bit activation addresses.
+    with pytest.raises(ValueError, match="more than the descriptors' 65536"):
+        StageShape(BASE, 20000, 8)
 
 
 def test_pipeline_core_host_interface(request):
