@@ -136,7 +136,7 @@ class Im2col(wiring.Component):
     per-row origins) instead of being recomputed from the loop indices; the padding
     coordinates are a tile/row origin plus ``fx``/``fy``. Column ``j > 0`` is column 0
     shifted by ``j*stride`` (one adder each; the products are shifts and adds of the
-    latched stride, computed while the per-layer steps are). How it stays fast: each loop's end is a flip-flop set as its counter
+    latched stride). How it stays fast: each loop's end is a flip-flop set as its counter
     moves (channels, k-blocks and rows count down, so the flag's next value is a compare
     with a constant), and a beat is taken by one LUT from registers.
 
