@@ -84,8 +84,8 @@ class LayerPipeline(wiring.Component):
 
     Timing: stage ``s`` takes its layers' cycles (see :class:`~.core.Core`: the
     datapath's beats and fills plus the sequencer's descriptor fetches) per image;
-    a new image is taken every ``max`` over the stages of that plus 3 cycles (the
-    handshake of the slot flags and the sequencer's start and last store). An output
+    an image leaves every ``max`` over the stages of their ``cycles`` plus 1 (the slot
+    flags' handshake). An output
     byte leaves per cycle of ``o_stream.ready``, from 2 cycles after the last stage
     finishes.
 
