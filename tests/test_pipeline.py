@@ -59,8 +59,9 @@ def run_pipeline(request, program, params, images, *, stall=0.3, seed=0,
                  max_cycles=200_000):
     """Load ``program`` into a LayerPipeline, stream ``images`` (slots alternating, each
     written while earlier ones compute), then offer a model chunk while they are in
-    flight; collect the output maps with random back-pressure; returns (maps, cycle of
-    each image's last byte, stage cycles)."""
+    flight; collect the output maps with random back-pressure and check them; returns
+    a dict: the output ``bytes``, each image's last byte's cycle (``ends``), the stages'
+    ``cycles``."""
     dut = LayerPipeline(program.shape, mac="generic")
     n_out = program.output_count
     out = {"bytes": [], "ends": [], "cycles": None}
