@@ -126,7 +126,7 @@ def test_make_refuses_before_creating_gateware():
         for design in boards.DESIGNS:
             with pytest.raises(ValueError, match="3000000 baud at 19500000 Hz"):
                 board.make(board.config.with_(clock_hz=19_500_000), design=design)
-        with pytest.raises(ValueError, match="design must be one of full, array"):
+        with pytest.raises(ValueError, match="design must be one of full, pipeline, array"):
             board.make(design="smoke")
         gc.collect()
     assert not [w for w in caught if issubclass(w.category, UnusedElaboratable)], \
