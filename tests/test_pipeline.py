@@ -55,6 +55,14 @@ def edge_images(shape, count, seed):
     return out
 
 
+async def put_chunk(ctx, dut, space, addr, data):
+    """Offer one host chunk on ``dut.wr`` until it is taken."""
+    ctx.set(dut.wr.p, {"space": space, "addr": addr, "data": data})
+    ctx.set(dut.wr.valid, 1)
+    await ctx.tick().until(dut.wr.ready)
+    ctx.set(dut.wr.valid, 0)
+
+
 def run_pipeline(request, program, params, images, *, stall=0.3, seed=0,
                  max_cycles=200_000):
     """Load ``program`` into a LayerPipeline, stream ``images`` (slots alternating, each
@@ -68,10 +76,7 @@ def run_pipeline(request, program, params, images, *, stall=0.3, seed=0,
 
     async def host(ctx):
         async def put(space, addr, data):
-            ctx.set(dut.wr.p, {"space": space, "addr": addr, "data": data})
-            ctx.set(dut.wr.valid, 1)
-            await ctx.tick().until(dut.wr.ready)
-            ctx.set(dut.wr.valid, 0)
+            await put_chunk(ctx, dut, space, addr, data)
 
         for space, writes in program.model_writes().items():
             for addr, data in writes:
@@ -227,10 +232,7 @@ def test_pipeline_core_host_interface(request):
 
     async def bench(ctx):
         async def put(space, addr, data):
-            ctx.set(dut.wr.p, {"space": space, "addr": addr, "data": data})
-            ctx.set(dut.wr.valid, 1)
-            await ctx.tick().until(dut.wr.ready)
-            ctx.set(dut.wr.valid, 0)
+            await put_chunk(ctx, dut, space, addr, data)
 
         async def read(space, addr):
             ctx.set(dut.rd.p, {"space": space, "addr": addr})

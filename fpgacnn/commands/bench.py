@@ -58,8 +58,6 @@ def configure(parser):
 
 def run(args):
     from ..sim.netlist import post_synthesis_figures
-    from ..sim.simboard import measure_batch
-    from ..sw import mnist, modelfile
     netlist_asked = args.post_synthesis is not None
     if args.post_synthesis is None:     # the default never exceeds --images
         args.post_synthesis = min(3, args.images)
@@ -75,18 +73,10 @@ def run(args):
     if args.network != "lenet5":        # random parameters and images (bench_network)
         from . import bench_network
         return bench_network.run(args, config)
-    net, params, _ = modelfile.load_default()
-    x_u8 = mnist.heldout()[0][:args.images]
-    x = mnist.image_to_int8(x_u8).reshape((len(x_u8),) + tuple(net.input_shape))
-    expected, golden_ips = golden(net, params, x)
-    _, logits, counters, rate = measure_batch(
-        config, net, params, x_u8, usb_latency_ms=args.usb_latency_ms,
-        progress=lambda text: print(text, file=sys.stderr))
-    if not np.array_equal(logits, expected):
-        bad = int(np.sum(np.any(logits != expected, axis=1)))
-        print(f"error: {bad} of {len(x)} images differ from the golden model; the "
-              f"figures below would be meaningless", file=sys.stderr)
+    measured = _measure_lenet5(args, config, "; the figures below would be meaningless")
+    if measured is None:
         return 1
+    net, params, x_u8, expected, golden_ips, counters, rate = measured
     cycles = counters[:, 0]
     if not np.all(cycles == cycles[0]):
         print(f"note: cycles vary between images ({cycles.min()}..{cycles.max()})",
@@ -105,14 +95,35 @@ def run(args):
     return 0
 
 
+def _measure_lenet5(args, config, what, *, top=None):
+    """The shipped LeNet-5 on ``--images`` held-out digits through the simulated board
+    (``top``, default the board's core): ``(net, params, digits, golden logits, golden
+    images/s, counters, rate)``, or None after a one-line error when a logit differs
+    from the golden model's (``what`` ends that line)."""
+    from ..sim.simboard import measure_batch
+    from ..sw import mnist, modelfile
+    net, params, _ = modelfile.load_default()
+    x_u8 = mnist.heldout()[0][:args.images]
+    x = mnist.image_to_int8(x_u8).reshape((len(x_u8),) + tuple(net.input_shape))
+    expected, golden_ips = golden(net, params, x)
+    _, logits, counters, rate = measure_batch(
+        config, net, params, x_u8, usb_latency_ms=args.usb_latency_ms, top=top,
+        progress=lambda text: print(text, file=sys.stderr))
+    if not np.array_equal(logits, expected):
+        bad = int(np.sum(np.any(logits != expected, axis=1)))
+        print(f"error: {bad} of {len(x)} images differ from the golden model{what}",
+              file=sys.stderr)
+        return None
+    return net, params, x_u8, expected, golden_ips, counters, rate
+
+
 def run_pipeline(args, config, *, netlist_asked=False):
     """``--design pipeline``: LeNet-5 through the link one image at a time on the
     simulated board (bit-exact, link figures), then streamed through the pipeline
     itself under Verilator (its cycles per image, bit-exact), then the build."""
     from ..hw.boards import board_pipeline, pipeline_board_top
     from ..sim.pipeline_stream import build_pipeline, steady_cycles, stream_images
-    from ..sim.simboard import measure_batch
-    from ..sw import mnist, modelfile
+    from ..sw import mnist
     from ..sw.pipeline import compile_pipeline
     try:
         name, spec = board_pipeline(config)
@@ -126,19 +137,12 @@ def run_pipeline(args, config, *, netlist_asked=False):
     if netlist_asked and args.post_synthesis:
         print("note: --post-synthesis runs the core's netlist; not done for the pipeline "
               "design", file=sys.stderr)
-    net, params, _ = modelfile.load_default()
-    x_u8 = mnist.heldout()[0][:args.images]
-    x = mnist.image_to_int8(x_u8).reshape((len(x_u8),) + tuple(net.input_shape))
-    expected, golden_ips = golden(net, params, x)
     top = pipeline_board_top(config, debug=True)
-    _, logits, counters, rate = measure_batch(
-        top.core.config, net, params, x_u8, usb_latency_ms=args.usb_latency_ms, top=top,
-        progress=lambda text: print(text, file=sys.stderr))
-    if not np.array_equal(logits, expected):
-        bad = int(np.sum(np.any(logits != expected, axis=1)))
-        print(f"error: {bad} of {len(x)} images differ from the golden model through the "
-              f"link", file=sys.stderr)
+    measured = _measure_lenet5(args, top.core.config, " through the link", top=top)
+    if measured is None:
         return 1
+    net, params, x_u8, expected, golden_ips, counters, rate = measured
+    x = mnist.image_to_int8(x_u8).reshape((len(x_u8),) + tuple(net.input_shape))
     shape = spec.shape
     program = compile_pipeline(net, params, shape, spec.groups)
     # The steady state needs a few images past the fill: repeat the digits if few.

@@ -50,16 +50,20 @@ async def pipeline_matches_golden(dut):
 
     cocotb.start_soon(count())
 
+    async def until_ready(ready):
+        """Wait for the clock edge at which ``ready`` is high (judged before it)."""
+        while True:
+            await ReadOnly()
+            high = ready.value
+            await FallingEdge(dut.clk)
+            if high:
+                return
+
     async def put(space, addr, data):
         dut.wr__payload.value = pack_fields(WriteCommand, {"space": space, "addr": addr,
                                                            "data": data})
         dut.wr__valid.value = 1
-        while True:
-            await ReadOnly()
-            taken = dut.wr__ready.value
-            await FallingEdge(dut.clk)
-            if taken:
-                break
+        await until_ready(dut.wr__ready)
         dut.wr__valid.value = 0
 
     for space, addr, data in job["writes"]:
@@ -88,21 +92,11 @@ async def pipeline_matches_golden(dut):
     for i, chunks in enumerate(images):
         slot = i % 2
         dut.start__payload.value = slot
-        while True:          # the slot is free once its start would be taken
-            await ReadOnly()
-            free = dut.start__ready.value
-            await FallingEdge(dut.clk)
-            if free:
-                break
+        await until_ready(dut.start__ready)  # the slot is free once a start would be taken
         for addr, data in chunks[slot]:
             await put(Space.IMAGE.value, addr, data)
         dut.start__valid.value = 1
-        while True:
-            await ReadOnly()
-            taken = dut.start__ready.value
-            await FallingEdge(dut.clk)
-            if taken:
-                break
+        await until_ready(dut.start__ready)
         dut.start__valid.value = 0
         starts.append(clock["cycle"] - loaded)
     await done
